@@ -1,0 +1,98 @@
+//! The built-in catalog of free providers (`providers/catalog.yaml`,
+//! embedded in the binary): base URLs, key variables, free models, limits
+//! and a few preset routes. It is what `serve` runs on without a config
+//! file; a config entry with a catalog name overrides any of its fields.
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+
+use crate::config::{ConfigError, Env, ProviderSpec, RouteSpec, parse_document, validate_catalog};
+
+/// The catalog file, as embedded.
+pub const CATALOG_YAML: &str = include_str!("../providers/catalog.yaml");
+
+/// Providers and preset routes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Catalog {
+    /// Providers by name.
+    pub providers: IndexMap<String, ProviderSpec>,
+    /// Preset routes.
+    pub routes: IndexMap<String, RouteSpec>,
+}
+
+impl Catalog {
+    /// The embedded catalog, with `${VAR}` in it expanded from `env`.
+    pub fn builtin(env: &Env) -> Result<Self, ConfigError> {
+        Self::from_yaml(CATALOG_YAML, "<embedded catalog>", env)
+    }
+
+    /// A catalog from YAML text, checked as strictly as a config file.
+    pub fn from_yaml(text: &str, origin: &str, env: &Env) -> Result<Self, ConfigError> {
+        let doc = parse_document::<Catalog>(text, origin, env)?;
+        let mut problems = doc.problems;
+        let mut warnings = Vec::new();
+        validate_catalog(&doc.value, &mut problems, &mut warnings);
+        problems.extend(warnings);
+        for p in &mut problems {
+            if p.line.is_none() {
+                p.line = doc.map.line(&p.path);
+            }
+        }
+        if problems.is_empty() {
+            Ok(doc.value)
+        } else {
+            Err(ConfigError {
+                origin: origin.to_owned(),
+                problems,
+            })
+        }
+    }
+
+    /// An empty catalog (embedders that configure every provider).
+    pub fn empty() -> Self {
+        Self::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_catalog_is_valid_and_complete() {
+        let catalog = Catalog::builtin(&Env::from_map([("CLOUDFLARE_ACCOUNT_ID", "acc")])).unwrap();
+        for name in [
+            "openrouter",
+            "groq",
+            "cerebras",
+            "sambanova",
+            "nvidia",
+            "mistral",
+            "github",
+            "huggingface",
+            "cloudflare",
+            "gemini",
+            "cohere",
+            "zhipu",
+            "moonshot",
+            "minimax",
+            "siliconflow",
+            "modelscope",
+            "longcat",
+            "volcengine",
+            "dashscope",
+            "deepseek",
+            "ollama",
+        ] {
+            let p = catalog.providers.get(name).unwrap_or_else(|| panic!("{name} missing"));
+            assert!(p.base_url.is_some(), "{name} has no base_url");
+            assert!(
+                p.key_env.is_some() || p.local == Some(true),
+                "{name} has no key variable"
+            );
+        }
+        assert!(catalog.routes.contains_key("chat-free"));
+        assert!(catalog.routes["chat-free"].targets.len() >= 3);
+    }
+}

@@ -1,0 +1,259 @@
+//! The `freeway` command line: `serve`, `check`, `models`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::catalog::Catalog;
+use crate::config::{Config, Env, Loaded, check_exposure, parse_listen};
+use crate::gateway::Gateway;
+use crate::server::{serve, shutdown_signal};
+use crate::translate::Target;
+use crate::upstream::read_body;
+
+/// freeway: one OpenAI-compatible endpoint over the free tiers of many LLM providers.
+#[derive(Debug, Parser)]
+#[command(name = "freeway", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// YAML config file (default: the embedded catalog, keys from the environment).
+        #[arg(long, short, env = "FREEWAY_CONFIG")]
+        config: Option<PathBuf>,
+        /// Address to listen on, overriding server.listen.
+        #[arg(long, short)]
+        listen: Option<String>,
+    },
+    /// Validate the config (and with --probe, every key); non-zero exit on any problem.
+    Check {
+        /// YAML config file.
+        #[arg(long, short, env = "FREEWAY_CONFIG")]
+        config: Option<PathBuf>,
+        /// Make one cheap live call (model listing) per provider key.
+        #[arg(long)]
+        probe: bool,
+    },
+    /// List the routable models as a table.
+    Models {
+        /// YAML config file.
+        #[arg(long, short, env = "FREEWAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Runs the command line; the binary's `main` is only this.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("freeway: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Serve { config, listen } => runtime.block_on(run_serve(config.as_deref(), listen.as_deref())),
+        Command::Check { config, probe } => runtime.block_on(run_check(config.as_deref(), probe)),
+        Command::Models { config } => runtime.block_on(run_models(config.as_deref())),
+    };
+    match result {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("freeway: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Reads the environment, the catalog and the config (or the default).
+fn load(config: Option<&Path>) -> Result<(Env, Catalog, Loaded), String> {
+    let env = Env::process_with_dotenv(Path::new(".env"))?;
+    let catalog = Catalog::builtin(&env).map_err(|e| e.to_string())?;
+    let loaded = match config {
+        Some(path) => Config::load(path, &env, &catalog),
+        None => Config::from_yaml("", "<default config>", &env, &catalog),
+    }
+    .map_err(|e| e.to_string())?;
+    Ok((env, catalog, loaded))
+}
+
+async fn run_serve(config: Option<&Path>, listen: Option<&str>) -> Result<ExitCode, String> {
+    let (env, catalog, loaded) = load(config)?;
+    for w in &loaded.warnings {
+        tracing::warn!("config: {w}");
+    }
+    let mut config = loaded.config;
+    if let Some(listen) = listen {
+        config.server.listen = listen.to_owned();
+    }
+    let addr = parse_listen(&config.server.listen)?;
+    check_exposure(addr, &config.server)?;
+    let gateway = Gateway::new(config, catalog, &env).await;
+    let router = gateway.router();
+    if router.providers().is_empty() {
+        tracing::warn!("{}", router.no_provider_message());
+    } else {
+        let names: Vec<&str> = router.providers().iter().map(|p| &*p.name).collect();
+        tracing::info!(providers = %names.join(", "), "providers enabled");
+    }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!("freeway listening on http://{bound}/v1");
+    serve(gateway, listener, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!("freeway stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_check(config: Option<&Path>, probe: bool) -> Result<ExitCode, String> {
+    let (env, catalog, loaded) = match load(config) {
+        Ok(x) => x,
+        Err(message) => {
+            eprintln!("{message}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    for w in &loaded.warnings {
+        println!("warning: {w}");
+    }
+    let gateway = Gateway::new(loaded.config, catalog, &env).await;
+    let router = gateway.router();
+    let names: Vec<&str> = router.providers().iter().map(|p| &*p.name).collect();
+    println!(
+        "config OK: {} provider(s) enabled{}{}, {} route(s)",
+        names.len(),
+        if names.is_empty() { "" } else { ": " },
+        names.join(", "),
+        router.route_names().count()
+    );
+    if names.is_empty() {
+        println!("note: {}", router.no_provider_message());
+    }
+    if !probe {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut problems = 0;
+    for provider in router.providers() {
+        for key in &provider.keys {
+            let target = Target {
+                base_url: &provider.base_url,
+                model: "",
+                key: key.secret(),
+            };
+            let label = format!("{} key #{}", provider.name, key.index + 1);
+            let outcome = match provider.translator.build_models(target) {
+                Err(e) => Err(e),
+                Ok(mut request) => {
+                    request.headers.extend(provider.headers.iter().cloned());
+                    probe_once(&gateway, request).await
+                }
+            };
+            match outcome {
+                Ok(n) => println!("probe {label}: ok ({n} models listed)"),
+                Err(e) => {
+                    problems += 1;
+                    println!(
+                        "probe {label}: FAILED: {}",
+                        crate::secret::redact(&e, &provider.secrets())
+                    );
+                }
+            }
+        }
+    }
+    Ok(if problems == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn probe_once(gateway: &Gateway, request: crate::translate::UpstreamRequest) -> Result<usize, String> {
+    let call = async {
+        let response = gateway.upstream().get(request).await.map_err(|e| e.to_string())?;
+        let status = response.status();
+        let body = read_body(response.into_body(), 8 * 1024 * 1024)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&body);
+            return Err(format!(
+                "HTTP {}: {}",
+                status.as_u16(),
+                text.chars().take(200).collect::<String>()
+            ));
+        }
+        Ok(body)
+    };
+    let body = tokio::time::timeout(Duration::from_secs(15), call)
+        .await
+        .map_err(|_| "timed out after 15s".to_owned())??;
+    let _ = &body;
+    Ok(serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("data").and_then(|d| d.as_array()).map(Vec::len))
+        .unwrap_or(0))
+}
+
+async fn run_models(config: Option<&Path>) -> Result<ExitCode, String> {
+    let (env, catalog, loaded) = load(config)?;
+    let gateway = Gateway::new(loaded.config, catalog, &env).await;
+    let router = gateway.router();
+    println!(
+        "{:<14} {:<52} {:<5} {:>8}  TAGS",
+        "PROVIDER", "MODEL", "FREE", "CONTEXT"
+    );
+    for p in router.providers() {
+        for m in &p.models {
+            let context = m.context.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
+            let free = if m.free { "yes" } else { "no" };
+            println!(
+                "{:<14} {:<52} {:<5} {:>8}  {}",
+                p.name,
+                m.id,
+                free,
+                context,
+                m.tags.join(",")
+            );
+        }
+    }
+    println!();
+    println!("ROUTES");
+    for name in router.route_names() {
+        let targets = router.route_targets(name).unwrap_or_default();
+        let list: Vec<String> = targets.iter().map(|c| format!("{c:?}")).collect();
+        println!(
+            "{name:<16} {}",
+            if list.is_empty() {
+                "(no enabled target)".to_owned()
+            } else {
+                list.join(" → ")
+            }
+        );
+    }
+    if router.providers().is_empty() {
+        println!();
+        println!("{}", router.no_provider_message());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,566 @@
+//! The YAML configuration: its schema, how a file is read (environment
+//! expansion, unknown keys, line numbers) and the validation `freeway check`
+//! runs. The schema is a superset of the sketch in DESIGN.md; every field has
+//! a default, so an empty file is a valid config.
+
+mod duration;
+mod env;
+mod source_map;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use indexmap::IndexMap;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+
+pub use duration::ConfigDuration;
+pub use env::{Env, Expanded, expand};
+pub use source_map::SourceMap;
+pub(crate) use validate::catalog as validate_catalog;
+pub use validate::check_base_url;
+
+use crate::catalog::Catalog;
+use crate::secret::Secret;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// The listening side: address, client tokens, limits, timeouts.
+    pub server: ServerConfig,
+    /// Providers by name: catalog names override catalog fields; other
+    /// names are custom providers and need `plugin` and `base_url`.
+    pub providers: IndexMap<String, ProviderSpec>,
+    /// Route aliases: a model name that expands to several targets.
+    pub routes: IndexMap<String, RouteSpec>,
+    /// How the dispatcher tries candidates.
+    pub dispatch: DispatchConfig,
+    /// Model discovery (accepted and validated; runs from a later release).
+    pub discovery: DiscoveryConfig,
+    /// Routing policies (accepted and validated; run from a later release).
+    pub policies: PoliciesConfig,
+    /// Persistent state (accepted and validated; used from a later release).
+    pub state: StateConfig,
+    /// The folder of the file this config was read from; relative paths in
+    /// the config are relative to it.
+    #[serde(skip)]
+    pub base_dir: Option<PathBuf>,
+}
+
+/// `server:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ServerConfig {
+    /// Address and port to listen on.
+    pub listen: String,
+    /// Bearer tokens clients must send on `/v1/` and `/admin/`. Empty: no
+    /// authentication (allowed on loopback only, unless
+    /// `allow_unauthenticated` says otherwise).
+    pub api_keys: Vec<Secret>,
+    /// Listen on a non-loopback address without `api_keys`: anyone who
+    /// can reach the port spends your provider quota.
+    pub allow_unauthenticated: bool,
+    /// Largest request body accepted (413 above it).
+    pub max_body_bytes: u64,
+    /// A client must send a request's headers within this time (slow-loris
+    /// protection; also closes idle keep-alive connections).
+    pub header_read_timeout: ConfigDuration,
+    /// A client must send a request's body within this time.
+    pub body_read_timeout: ConfigDuration,
+    /// On SIGINT/SIGTERM, in-flight requests and streams get this long.
+    pub shutdown_timeout: ConfigDuration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".to_owned(),
+            api_keys: Vec::new(),
+            allow_unauthenticated: false,
+            max_body_bytes: 16 * 1024 * 1024,
+            header_read_timeout: ConfigDuration::secs(10),
+            body_read_timeout: ConfigDuration::secs(30),
+            shutdown_timeout: ConfigDuration::secs(30),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The listen address, once validated.
+    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
+        parse_listen(&self.listen)
+    }
+}
+
+/// Refuses a non-loopback listen address without client tokens, unless the
+/// config accepts that explicitly.
+pub fn check_exposure(addr: SocketAddr, server: &ServerConfig) -> Result<(), String> {
+    if addr.ip().is_loopback() || !server.api_keys.is_empty() || server.allow_unauthenticated {
+        return Ok(());
+    }
+    Err(format!(
+        "{addr} is reachable from other machines and server.api_keys is empty: anyone who can reach it \
+         would spend your provider quota. Set server.api_keys, or set server.allow_unauthenticated: true"
+    ))
+}
+
+/// Parses a listen address, with a hint for host names.
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    text.trim().parse::<SocketAddr>().map_err(|_| {
+        format!("`{text}` is not an address:port such as 127.0.0.1:8080 or 0.0.0.0:8080 (host names are not resolved)")
+    })
+}
+
+/// One provider, as the catalog describes it or the config overrides it.
+/// Every field is optional so that a config entry for a catalog provider
+/// can name only what it changes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ProviderSpec {
+    /// Human name for tables and messages.
+    pub display_name: Option<String>,
+    /// The translator plugin: `openai-compat`.
+    pub plugin: Option<String>,
+    /// API root including its version (`https://api.groq.com/openai/v1`).
+    pub base_url: Option<String>,
+    /// API keys, used in turn. Overrides `key_env`.
+    pub keys: Option<Vec<Secret>>,
+    /// Environment variables holding keys; a value may hold several keys
+    /// separated by commas.
+    pub key_env: Option<Vec<String>>,
+    /// Other variables the provider needs (`CLOUDFLARE_ACCOUNT_ID`).
+    pub requires_env: Option<Vec<String>>,
+    /// Where a user gets a key.
+    pub signup: Option<String>,
+    /// Every model of this provider is free.
+    pub free: Option<bool>,
+    /// Runs on this machine (Ollama): enabled when it answers, no key.
+    pub local: Option<bool>,
+    /// `false` turns a catalog provider off even when its key is set.
+    pub enabled: Option<bool>,
+    /// Default limits per model per key.
+    pub limits: Option<Limits>,
+    /// Known models. A config list replaces the catalog's.
+    #[serde(deserialize_with = "opt_seq_of_string_or_map")]
+    pub models: Option<Vec<ModelSpec>>,
+    /// Extra headers sent on every upstream request (`HTTP-Referer`...).
+    pub headers: Option<IndexMap<String, String>>,
+}
+
+/// Request and token limits of a free tier, per model per key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct Limits {
+    /// Requests per minute.
+    pub rpm: Option<u64>,
+    /// Requests per day.
+    pub rpd: Option<u64>,
+    /// Tokens per minute.
+    pub tpm: Option<u64>,
+    /// Tokens per day.
+    pub tpd: Option<u64>,
+}
+
+/// A model entry: a bare id string, or a map with metadata.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ModelSpec {
+    /// The id the upstream API expects.
+    pub id: String,
+    /// Context window in tokens.
+    pub context: Option<u64>,
+    /// Free on the provider's free tier.
+    pub free: Option<bool>,
+    /// Limits for this model, overriding the provider's.
+    pub limits: Option<Limits>,
+    /// Capabilities and traits: chat, tools, reasoning, code, vision, fast.
+    pub tags: Vec<String>,
+}
+
+/// A route alias.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct RouteSpec {
+    /// `provider/model` pairs or bare model ids.
+    #[serde(deserialize_with = "seq_of_string_or_map")]
+    pub targets: Vec<RouteTarget>,
+    /// The order in which targets are tried.
+    pub strategy: Strategy,
+}
+
+/// One target of a route: `provider/model`, or a map with a weight.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct RouteTarget {
+    /// `provider/model` or a bare model id.
+    pub target: String,
+    /// Relative weight for the `weighted` strategy.
+    pub weight: Option<u32>,
+}
+
+/// How a route orders its targets for each request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// As written: the first target first, the rest as fallbacks.
+    #[default]
+    Ordered,
+    /// Each request starts one target further along.
+    RoundRobin,
+    /// A fresh random order for each request.
+    Random,
+    /// Random order drawn by weight (higher weight, earlier more often).
+    Weighted,
+}
+
+/// `dispatch:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct DispatchConfig {
+    /// Upstream attempts per request, across all candidates and keys.
+    pub max_attempts: u32,
+    /// How long a rate-limited model cools down on a key when the upstream
+    /// does not say (`Retry-After`).
+    pub cooldown: ConfigDuration,
+    /// Whole non-stream attempt: connect, send, read the answer.
+    pub timeout: ConfigDuration,
+    /// TCP and TLS connect.
+    pub connect_timeout: ConfigDuration,
+    /// Streams: from sending the request to the first event.
+    pub first_byte_timeout: ConfigDuration,
+    /// Streams: longest silence between two events once streaming.
+    pub stream_idle_timeout: ConfigDuration,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 8,
+            cooldown: ConfigDuration::secs(60),
+            timeout: ConfigDuration::secs(60),
+            connect_timeout: ConfigDuration::secs(10),
+            first_byte_timeout: ConfigDuration::secs(30),
+            stream_idle_timeout: ConfigDuration::secs(60),
+        }
+    }
+}
+
+/// `discovery:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct DiscoveryConfig {
+    /// Fetch model lists from providers.
+    pub enabled: bool,
+    /// How often.
+    pub interval: ConfigDuration,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: ConfigDuration::secs(24 * 3600),
+        }
+    }
+}
+
+/// `policies:`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct PoliciesConfig {
+    /// Folder of Rhai scripts.
+    pub dir: Option<String>,
+    /// Policies turned off by name.
+    pub disabled: Vec<String>,
+    /// Free-form settings handed to the scripts.
+    pub settings: serde_yaml::Mapping,
+}
+
+/// `state:`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct StateConfig {
+    /// A file path for the embedded database, or a `redis://` URL.
+    pub path: Option<String>,
+}
+
+/// A `T` written either as a plain string (its main field) or as a map.
+/// Map entries deserialize through `T`'s derived impl, so unknown keys
+/// inside them are still reported.
+struct StringOr<T>(T);
+
+impl<'de, T: Deserialize<'de> + From<String>> Deserialize<'de> for StringOr<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de> + From<String>> serde::de::Visitor<'de> for Visitor<T> {
+            type Value = StringOr<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or a map")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(StringOr(T::from(v.to_owned())))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(StringOr)
+            }
+        }
+        deserializer.deserialize_any(Visitor(std::marker::PhantomData))
+    }
+}
+
+fn seq_of_string_or_map<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + From<String>,
+{
+    let items = Vec::<StringOr<T>>::deserialize(deserializer)?;
+    Ok(items.into_iter().map(|s| s.0).collect())
+}
+
+fn opt_seq_of_string_or_map<'de, D, T>(deserializer: D) -> Result<Option<Vec<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + From<String>,
+{
+    seq_of_string_or_map(deserializer).map(Some)
+}
+
+impl From<String> for ModelSpec {
+    fn from(id: String) -> Self {
+        Self {
+            id,
+            ..Default::default()
+        }
+    }
+}
+
+impl From<String> for RouteTarget {
+    fn from(target: String) -> Self {
+        Self { target, weight: None }
+    }
+}
+
+/// A problem found in a config file, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted path of the offending key (`providers.groq.keys.1`).
+    pub path: String,
+    /// 1-based line in the file, when known.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.path.is_empty()) {
+            (Some(line), false) => write!(f, "line {line}: {}: {}", self.path, self.message),
+            (Some(line), true) => write!(f, "line {line}: {}", self.message),
+            (None, false) => write!(f, "{}: {}", self.path, self.message),
+            (None, true) => f.write_str(&self.message),
+        }
+    }
+}
+
+/// Every problem of a config file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    /// The file (or `<embedded catalog>`).
+    pub origin: String,
+    /// All problems found, in file order.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        write!(f, "{}: {n} problem{}", self.origin, if n == 1 { "" } else { "s" })?;
+        for p in &self.problems {
+            write!(f, "\n  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A config that passed validation, with the warnings found on the way.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The config.
+    pub config: Config,
+    /// Things that are allowed but probably not what was meant.
+    pub warnings: Vec<Problem>,
+}
+
+impl Config {
+    /// Reads, expands and validates the file at `path` against `catalog`.
+    pub fn load(path: &Path, env: &Env, catalog: &Catalog) -> Result<Loaded, ConfigError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            origin: origin.clone(),
+            problems: vec![Problem {
+                path: String::new(),
+                line: None,
+                message: format!("cannot read: {e}"),
+            }],
+        })?;
+        let mut loaded = Self::from_yaml(&text, &origin, env, catalog)?;
+        loaded.config.base_dir = path.parent().map(Path::to_path_buf);
+        Ok(loaded)
+    }
+
+    /// Reads, expands and validates YAML text; `origin` names it in messages.
+    pub fn from_yaml(text: &str, origin: &str, env: &Env, catalog: &Catalog) -> Result<Loaded, ConfigError> {
+        let doc = parse_document::<Config>(text, origin, env)?;
+        let mut problems = doc.problems;
+        let mut warnings = Vec::new();
+        validate::config(&doc.value, &doc.unset, catalog, &doc.map, &mut problems, &mut warnings);
+        locate(&mut problems, &doc.map);
+        locate(&mut warnings, &doc.map);
+        if problems.is_empty() {
+            Ok(Loaded {
+                config: doc.value,
+                warnings,
+            })
+        } else {
+            problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+            Err(ConfigError {
+                origin: origin.to_owned(),
+                problems,
+            })
+        }
+    }
+}
+
+fn locate(problems: &mut [Problem], map: &SourceMap) {
+    for p in problems {
+        if p.line.is_none() {
+            p.line = map.line(&p.path);
+        }
+    }
+}
+
+/// A YAML document deserialized into `T`, with what was found on the way.
+pub(crate) struct Document<T> {
+    pub value: T,
+    /// Unknown keys and malformed `${...}` references. Deserialization
+    /// itself succeeded.
+    pub problems: Vec<Problem>,
+    /// Paths whose strings referenced unset variables, with the names.
+    pub unset: Vec<(String, Vec<String>)>,
+    pub map: SourceMap,
+}
+
+/// Parses YAML into `T`: expands `${VAR}` in every string, collects every
+/// unknown key (not just the first) and reports type errors with their
+/// path and line.
+pub(crate) fn parse_document<T: DeserializeOwned>(
+    text: &str,
+    origin: &str,
+    env: &Env,
+) -> Result<Document<T>, ConfigError> {
+    let fail = |problems: Vec<Problem>| ConfigError {
+        origin: origin.to_owned(),
+        problems,
+    };
+    let map = SourceMap::new(text);
+    let mut tree: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
+        fail(vec![Problem {
+            path: String::new(),
+            line: e.location().map(|l| l.line()),
+            message: format!("not valid YAML: {e}"),
+        }])
+    })?;
+    if tree.is_null() {
+        tree = serde_yaml::Value::Mapping(serde_yaml::Mapping::new());
+    }
+    let mut problems = Vec::new();
+    let mut unset = Vec::new();
+    expand_tree(&mut tree, String::new(), env, &mut problems, &mut unset);
+
+    let mut unknown = Vec::new();
+    let mut record = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+    let ignored = serde_ignored::Deserializer::new(tree, &mut record);
+    let result: Result<T, _> = serde_path_to_error::deserialize(ignored);
+    for path in unknown {
+        let key = path.rsplit('.').next().unwrap_or(&path).to_owned();
+        problems.push(Problem {
+            line: map.line(&path),
+            message: format!("unknown key `{key}`"),
+            path,
+        });
+    }
+    match result {
+        Ok(value) => {
+            locate(&mut problems, &map);
+            Ok(Document {
+                value,
+                problems,
+                unset,
+                map,
+            })
+        }
+        Err(e) => {
+            let path = e.path().to_string().replace('[', ".").replace(']', "");
+            let path = if path == "." { String::new() } else { path };
+            problems.push(Problem {
+                line: map.line(&path),
+                message: e.into_inner().to_string(),
+                path,
+            });
+            locate(&mut problems, &map);
+            problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+            Err(fail(problems))
+        }
+    }
+}
+
+fn expand_tree(
+    node: &mut serde_yaml::Value,
+    path: String,
+    env: &Env,
+    problems: &mut Vec<Problem>,
+    unset: &mut Vec<(String, Vec<String>)>,
+) {
+    use serde_yaml::Value;
+    let child = |key: &str| {
+        if path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    match node {
+        Value::String(s) if s.contains('$') => match expand(s, env) {
+            Ok(expanded) => {
+                if !expanded.unset.is_empty() {
+                    unset.push((path, expanded.unset));
+                }
+                *s = expanded.value;
+            }
+            Err(message) => problems.push(Problem {
+                path,
+                line: None,
+                message,
+            }),
+        },
+        Value::Sequence(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                expand_tree(item, child(&i.to_string()), env, problems, unset);
+            }
+        }
+        Value::Mapping(map) => {
+            for (key, value) in map.iter_mut() {
+                let name = match key {
+                    Value::String(s) => s.clone(),
+                    other => serde_yaml::to_string(other).unwrap_or_default().trim().to_owned(),
+                };
+                expand_tree(value, child(&name), env, problems, unset);
+            }
+        }
+        Value::Tagged(tagged) => expand_tree(&mut tagged.value, path, env, problems, unset),
+        _ => {}
+    }
+}

@@ -1,0 +1,165 @@
+//! The gateway as a value: everything a running instance shares across
+//! requests. Build one with [`Gateway::new`], then serve it
+//! ([`crate::server::serve`]) or call [`Gateway::handle`] from your own
+//! hyper service.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+
+use crate::api;
+use crate::auth::Auth;
+use crate::body::ResponseBody;
+use crate::catalog::Catalog;
+use crate::config::{Config, Env};
+use crate::dispatch::Dispatcher;
+use crate::metrics::Metrics;
+use crate::providers::{self, LocalModels, merge};
+use crate::routing::Router;
+use crate::translate::{self, Target};
+use crate::upstream::{Upstream, read_body};
+
+/// How long the start-up probe waits for a local provider (Ollama).
+const LOCAL_PROBE_TIMEOUT: Duration = Duration::from_millis(700);
+
+/// A configured gateway. Cloning is cheap (one `Arc`).
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    router: Router,
+    dispatcher: Dispatcher,
+    metrics: Arc<Metrics>,
+    auth: Auth,
+    upstream: Upstream,
+    models_json: Bytes,
+    health_json: Bytes,
+}
+
+impl Gateway {
+    /// Builds a gateway from a validated config and the catalog: enables
+    /// every provider whose keys are in `env` (and local ones that answer).
+    pub async fn new(config: Config, catalog: Catalog, env: &Env) -> Self {
+        let upstream = Upstream::new(config.dispatch.connect_timeout.get());
+        let local = probe_local(&upstream, &config, &catalog).await;
+        let (enabled, disabled) = providers::build(&config, &catalog, env, &local);
+        let router = Router::new(enabled, disabled, &config, &catalog);
+        let metrics = Arc::new(Metrics::new());
+        let dispatcher = Dispatcher::new(upstream.clone(), config.dispatch.clone(), metrics.clone());
+        let auth = Auth::new(&config.server.api_keys);
+        let models_json = api::models_json(&router);
+        let health_json = api::health_json(&router);
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                router,
+                dispatcher,
+                metrics,
+                auth,
+                upstream,
+                models_json,
+                health_json,
+            }),
+        }
+    }
+
+    /// Answers one HTTP request (any body type), as the server does.
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<ResponseBody>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        api::handle(self, request).await
+    }
+
+    /// The config it runs on.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Model resolution and the enabled providers.
+    pub fn router(&self) -> &Router {
+        &self.inner.router
+    }
+
+    /// The dispatcher.
+    pub fn dispatcher(&self) -> &Dispatcher {
+        &self.inner.dispatcher
+    }
+
+    /// Its metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Client authentication.
+    pub fn auth(&self) -> &Auth {
+        &self.inner.auth
+    }
+
+    /// The upstream client (shared with the dispatcher).
+    pub fn upstream(&self) -> &Upstream {
+        &self.inner.upstream
+    }
+
+    pub(crate) fn models_json(&self) -> Bytes {
+        self.inner.models_json.clone()
+    }
+
+    pub(crate) fn health_json(&self) -> Bytes {
+        self.inner.health_json.clone()
+    }
+}
+
+/// Asks each local provider (Ollama) for its models, briefly: one that
+/// does not answer stays off.
+async fn probe_local(upstream: &Upstream, config: &Config, catalog: &Catalog) -> LocalModels {
+    let mut found = LocalModels::new();
+    let names = catalog
+        .providers
+        .keys()
+        .chain(config.providers.keys())
+        .collect::<std::collections::BTreeSet<_>>();
+    for name in names {
+        let spec = merge(config.providers.get(name), catalog.providers.get(name));
+        if spec.local != Some(true) || spec.enabled == Some(false) {
+            continue;
+        }
+        let (Some(base_url), Some(translator)) = (
+            spec.base_url.as_deref(),
+            translate::by_name(spec.plugin.as_deref().unwrap_or("openai-compat")),
+        ) else {
+            continue;
+        };
+        let target = Target {
+            base_url: base_url.trim_end_matches('/'),
+            model: "",
+            key: None,
+        };
+        let Ok(request) = translator.build_models(target) else {
+            continue;
+        };
+        let probe = async {
+            let response = upstream.get(request).await.ok()?;
+            if !response.status().is_success() {
+                return None;
+            }
+            let body = read_body(response.into_body(), 4 * 1024 * 1024).await.ok()?;
+            translator.decode_models(&body).ok()
+        };
+        match tokio::time::timeout(LOCAL_PROBE_TIMEOUT, probe).await {
+            Ok(Some(models)) => {
+                tracing::info!(provider = %name, models = models.len(), "local provider answered");
+                found.insert(name.clone(), models);
+            }
+            _ => tracing::debug!(provider = %name, "local provider did not answer"),
+        }
+    }
+    found
+}

@@ -1,0 +1,211 @@
+//! Prometheus metrics, one registry per gateway (no global state, so an
+//! embedding application or a test can run several gateways side by side).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::translate::Usage;
+
+/// Requests by endpoint and status.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The endpoint (`/v1/chat/completions`), or `other`.
+    pub route: &'static str,
+    /// HTTP status answered.
+    pub status: u16,
+}
+
+/// Upstream attempts by provider, model and outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttemptLabels {
+    /// Provider name.
+    pub provider: Arc<str>,
+    /// Upstream model id.
+    pub model: Arc<str>,
+    /// `ok`, `rate_limited`, `quota_exhausted`, `invalid_key`,
+    /// `client_error`, `upstream_error`, `timeout`, `connect_error`.
+    pub outcome: &'static str,
+}
+
+/// Provider and model.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    /// Provider name.
+    pub provider: Arc<str>,
+    /// Upstream model id.
+    pub model: Arc<str>,
+}
+
+/// Tokens by provider, model and kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    /// Provider name.
+    pub provider: Arc<str>,
+    /// Upstream model id.
+    pub model: Arc<str>,
+    /// `prompt` or `completion`.
+    pub kind: &'static str,
+}
+
+/// Fallbacks by the reason the failed attempt gave.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FallbackLabels {
+    /// The failed attempt's outcome.
+    pub reason: &'static str,
+}
+
+/// Endpoint label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// The endpoint.
+    pub route: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// All metrics of one gateway.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: HistogramFamily<RouteLabels>,
+    attempts: Family<AttemptLabels, Counter>,
+    attempt_duration: HistogramFamily<AttemptLabels>,
+    fallbacks: Family<FallbackLabels, Counter>,
+    cooldowns: Gauge,
+    tokens: Family<TokenLabels, Counter>,
+    stream_failures: Family<ModelLabels, Counter>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms … ~65 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("freeway");
+        let m = Self {
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(latency_histogram),
+            attempts: Family::default(),
+            attempt_duration: Family::new_with_constructor(latency_histogram),
+            fallbacks: Family::default(),
+            cooldowns: Gauge::default(),
+            tokens: Family::default(),
+            stream_failures: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "requests",
+            "HTTP requests answered, by endpoint and status",
+            m.requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time to the response head, by endpoint",
+            m.request_duration.clone(),
+        );
+        registry.register(
+            "upstream_attempts",
+            "Upstream attempts by provider, model and outcome",
+            m.attempts.clone(),
+        );
+        registry.register(
+            "upstream_attempt_duration_seconds",
+            "Upstream attempt latency (to the answer, or the first event of a stream)",
+            m.attempt_duration.clone(),
+        );
+        registry.register(
+            "fallbacks",
+            "Times the dispatcher moved on after a failed attempt, by reason",
+            m.fallbacks.clone(),
+        );
+        registry.register(
+            "cooldowns_active",
+            "Model/key pairs cooling down now",
+            m.cooldowns.clone(),
+        );
+        registry.register("tokens", "Tokens reported by upstreams", m.tokens.clone());
+        registry.register(
+            "stream_failures",
+            "Streams that failed after their first byte",
+            m.stream_failures.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// One answered request.
+    pub fn request(&self, route: &'static str, status: u16, elapsed: Duration) {
+        self.requests.get_or_create(&RequestLabels { route, status }).inc();
+        self.request_duration
+            .get_or_create(&RouteLabels { route })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// One upstream attempt.
+    pub fn attempt(&self, provider: &Arc<str>, model: &Arc<str>, outcome: &'static str, elapsed: Duration) {
+        let labels = AttemptLabels {
+            provider: provider.clone(),
+            model: model.clone(),
+            outcome,
+        };
+        self.attempts.get_or_create(&labels).inc();
+        self.attempt_duration
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The dispatcher moved on after an attempt failed with `reason`.
+    pub fn fallback(&self, reason: &'static str) {
+        self.fallbacks.get_or_create(&FallbackLabels { reason }).inc();
+    }
+
+    /// Usage an upstream reported.
+    pub fn tokens(&self, provider: &Arc<str>, model: &Arc<str>, usage: Usage) {
+        for (kind, n) in [("prompt", usage.prompt_tokens), ("completion", usage.completion_tokens)] {
+            let labels = TokenLabels {
+                provider: provider.clone(),
+                model: model.clone(),
+                kind,
+            };
+            self.tokens.get_or_create(&labels).inc_by(n);
+        }
+    }
+
+    /// A stream failed after its first byte.
+    pub fn stream_failure(&self, provider: &Arc<str>, model: &Arc<str>) {
+        let labels = ModelLabels {
+            provider: provider.clone(),
+            model: model.clone(),
+        };
+        self.stream_failures.get_or_create(&labels).inc();
+    }
+
+    /// The Prometheus text (OpenMetrics) exposition; `active_cooldowns` is
+    /// read at scrape time.
+    pub fn render(&self, active_cooldowns: usize) -> String {
+        self.cooldowns.set(active_cooldowns as i64);
+        let mut out = String::with_capacity(4096);
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// The content type of [`Metrics::render`].
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

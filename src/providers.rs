@@ -1,0 +1,351 @@
+//! Providers at run time: the catalog merged with the config, the keys
+//! found in the environment, and each key's state (cooling models, invalid).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use http::{HeaderName, HeaderValue};
+
+use crate::catalog::Catalog;
+use crate::config::{Config, Env, Limits, ProviderSpec};
+use crate::secret::Secret;
+use crate::translate::{self, Translator};
+
+/// An enabled provider.
+pub struct Provider {
+    /// Config/catalog name (`groq`).
+    pub name: Arc<str>,
+    /// Human name.
+    pub display_name: String,
+    /// API root without a trailing slash.
+    pub base_url: String,
+    /// Its wire format.
+    pub translator: Arc<dyn Translator>,
+    /// Its keys, used in turn; one keyless slot for providers without keys.
+    pub keys: Vec<KeySlot>,
+    next_key: AtomicUsize,
+    /// Models it is known to serve.
+    pub models: Vec<ModelInfo>,
+    /// Extra headers for every request.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Runs on this machine.
+    pub local: bool,
+}
+
+/// A model a provider lists.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    /// The upstream id.
+    pub id: Arc<str>,
+    /// Context window, when known.
+    pub context: Option<u64>,
+    /// Free on the provider's free tier.
+    pub free: bool,
+    /// Limits per key (provider defaults merged with the model's own).
+    pub limits: Limits,
+    /// Capabilities and traits.
+    pub tags: Vec<String>,
+}
+
+/// One API key of a provider and what the dispatcher learned about it.
+pub struct KeySlot {
+    /// Position in the provider's key list, for logs (`key #2`): never the key.
+    pub index: usize,
+    secret: Option<Secret>,
+    invalid: AtomicBool,
+    cooldowns: Mutex<HashMap<Arc<str>, Instant>>,
+}
+
+impl KeySlot {
+    fn new(index: usize, secret: Option<Secret>) -> Self {
+        Self {
+            index,
+            secret,
+            invalid: AtomicBool::new(false),
+            cooldowns: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The key, for the upstream request.
+    pub fn secret(&self) -> Option<&str> {
+        self.secret.as_ref().map(Secret::expose)
+    }
+
+    /// The upstream rejected this key (401/403): it is not used again
+    /// until the config changes.
+    pub fn mark_invalid(&self) {
+        self.invalid.store(true, Ordering::Relaxed);
+    }
+
+    /// See [`KeySlot::mark_invalid`].
+    pub fn is_invalid(&self) -> bool {
+        self.invalid.load(Ordering::Relaxed)
+    }
+
+    /// When `model` stops cooling down on this key, if it is cooling now.
+    pub fn cooling_until(&self, model: &str, now: Instant) -> Option<Instant> {
+        let mut map = self.cooldowns.lock().unwrap_or_else(|e| e.into_inner());
+        if map.is_empty() {
+            return None;
+        }
+        match map.get(model) {
+            Some(until) if *until > now => Some(*until),
+            Some(_) => {
+                map.remove(model);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Cools `model` on this key until `until` (never shortens a cooldown).
+    pub fn cool(&self, model: &Arc<str>, until: Instant) {
+        let mut map = self.cooldowns.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = map.entry(model.clone()).or_insert(until);
+        if *entry < until {
+            *entry = until;
+        }
+    }
+
+    /// Model cooldowns in force on this key.
+    pub fn active_cooldowns(&self, now: Instant) -> usize {
+        let map = self.cooldowns.lock().unwrap_or_else(|e| e.into_inner());
+        map.values().filter(|until| **until > now).count()
+    }
+}
+
+impl Provider {
+    /// Where to start in the key list for the next request: keys are used
+    /// in turn so that each key's quota is spent evenly.
+    pub fn next_key_start(&self) -> usize {
+        self.next_key.fetch_add(1, Ordering::Relaxed) % self.keys.len().max(1)
+    }
+
+    /// Metadata of a listed model.
+    pub fn model(&self, id: &str) -> Option<&ModelInfo> {
+        self.models.iter().find(|m| &*m.id == id)
+    }
+
+    /// Every key, for redacting upstream text.
+    pub fn secrets(&self) -> Vec<&str> {
+        self.keys.iter().filter_map(KeySlot::secret).collect()
+    }
+}
+
+/// A known provider that is not enabled, and what would enable it.
+#[derive(Debug, Clone)]
+pub struct DisabledProvider {
+    /// Name.
+    pub name: String,
+    /// Key variables, any one of which would do (empty when a key is set).
+    pub key_vars: Vec<String>,
+    /// Other variables that must all be set.
+    pub missing: Vec<String>,
+    /// Where to get a key.
+    pub signup: Option<String>,
+    /// Turned off in the config (not a missing key).
+    pub switched_off: bool,
+}
+
+impl DisabledProvider {
+    /// What to set to enable it, e.g. `CLOUDFLARE_API_TOKEN + CLOUDFLARE_ACCOUNT_ID`
+    /// or `GEMINI_API_KEY (or GOOGLE_API_KEY)`; `None` when no variable would.
+    pub fn what_to_set(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if let Some((first, rest)) = self.key_vars.split_first() {
+            if rest.is_empty() {
+                parts.push(first.clone());
+            } else {
+                parts.push(format!("{first} (or {})", rest.join(" or ")));
+            }
+        }
+        parts.extend(self.missing.iter().cloned());
+        (!parts.is_empty()).then(|| parts.join(" + "))
+    }
+}
+
+/// Local providers that answered the start-up probe, with the models they
+/// listed.
+pub type LocalModels = HashMap<String, Vec<String>>;
+
+/// Merges a config entry over its catalog entry, field by field.
+pub fn merge(config: Option<&ProviderSpec>, catalog: Option<&ProviderSpec>) -> ProviderSpec {
+    let c = config.cloned().unwrap_or_default();
+    let Some(base) = catalog else { return c };
+    let base = base.clone();
+    ProviderSpec {
+        display_name: c.display_name.or(base.display_name),
+        plugin: c.plugin.or(base.plugin),
+        base_url: c.base_url.or(base.base_url),
+        keys: c.keys.or(base.keys),
+        key_env: c.key_env.or(base.key_env),
+        requires_env: c.requires_env.or(base.requires_env),
+        signup: c.signup.or(base.signup),
+        free: c.free.or(base.free),
+        local: c.local.or(base.local),
+        enabled: c.enabled.or(base.enabled),
+        limits: merge_limits(c.limits, base.limits),
+        models: c.models.or(base.models),
+        headers: c.headers.or(base.headers),
+    }
+}
+
+fn merge_limits(over: Option<Limits>, base: Option<Limits>) -> Option<Limits> {
+    match (over, base) {
+        (Some(o), Some(b)) => Some(Limits {
+            rpm: o.rpm.or(b.rpm),
+            rpd: o.rpd.or(b.rpd),
+            tpm: o.tpm.or(b.tpm),
+            tpd: o.tpd.or(b.tpd),
+        }),
+        (o, b) => o.or(b),
+    }
+}
+
+/// Every provider of the catalog and the config, enabled or not. Catalog
+/// providers come first, in catalog order, then custom ones in config order.
+pub fn build(
+    config: &Config,
+    catalog: &Catalog,
+    env: &Env,
+    local: &LocalModels,
+) -> (Vec<Arc<Provider>>, Vec<DisabledProvider>) {
+    let mut enabled = Vec::new();
+    let mut disabled = Vec::new();
+    let names = catalog
+        .providers
+        .keys()
+        .chain(config.providers.keys().filter(|n| !catalog.providers.contains_key(*n)));
+    for name in names {
+        let in_config = config.providers.get(name);
+        let spec = merge(in_config, catalog.providers.get(name));
+        match enable(name, &spec, in_config.is_some(), env, local) {
+            Ok(provider) => enabled.push(Arc::new(provider)),
+            Err(off) => disabled.push(off),
+        }
+    }
+    (enabled, disabled)
+}
+
+fn enable(
+    name: &str,
+    spec: &ProviderSpec,
+    configured: bool,
+    env: &Env,
+    local: &LocalModels,
+) -> Result<Provider, DisabledProvider> {
+    let off = |key_vars: Vec<String>, missing: Vec<String>, switched_off: bool| DisabledProvider {
+        name: name.to_owned(),
+        key_vars,
+        missing,
+        signup: spec.signup.clone(),
+        switched_off,
+    };
+    if spec.enabled == Some(false) {
+        return Err(off(Vec::new(), Vec::new(), true));
+    }
+    let missing: Vec<String> = spec
+        .requires_env
+        .iter()
+        .flatten()
+        .filter(|v| env.get_nonempty(v).is_none())
+        .cloned()
+        .collect();
+    let key_vars = spec.key_env.clone().unwrap_or_default();
+    let is_local = spec.local == Some(true);
+    let keys: Vec<Secret> = match &spec.keys {
+        Some(keys) => keys.iter().filter(|k| !k.is_empty()).cloned().collect(),
+        None => key_vars
+            .iter()
+            .filter_map(|var| env.get_nonempty(var))
+            .flat_map(|value| {
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+                    .map(Secret::new)
+                    .collect::<Vec<_>>()
+            })
+            .collect(),
+    };
+    let needs_key = !is_local && (spec.keys.is_some() || !key_vars.is_empty());
+    if !missing.is_empty() || (needs_key && keys.is_empty()) {
+        let key_vars = if needs_key && keys.is_empty() {
+            key_vars
+        } else {
+            Vec::new()
+        };
+        return Err(off(key_vars, missing, false));
+    }
+    // A local provider from the catalog is used only when it answered; one
+    // named in the config is used as the config says.
+    let probed = local.get(name);
+    if is_local && !configured && probed.is_none() {
+        return Err(off(Vec::new(), Vec::new(), false));
+    }
+    let Some(translator) = translate::by_name(spec.plugin.as_deref().unwrap_or("openai-compat")) else {
+        return Err(off(Vec::new(), Vec::new(), true));
+    };
+    let provider_free = spec.free.unwrap_or(is_local);
+    let provider_limits = spec.limits.unwrap_or_default();
+    let mut models: Vec<ModelInfo> = spec
+        .models
+        .iter()
+        .flatten()
+        .map(|m| ModelInfo {
+            id: Arc::from(m.id.as_str()),
+            context: m.context,
+            free: m.free.unwrap_or(provider_free),
+            limits: merge_limits(m.limits, Some(provider_limits)).unwrap_or_default(),
+            tags: m.tags.clone(),
+        })
+        .collect();
+    for id in probed.into_iter().flatten() {
+        if !models.iter().any(|m| &*m.id == id) {
+            models.push(ModelInfo {
+                id: Arc::from(id.as_str()),
+                context: None,
+                free: provider_free,
+                limits: provider_limits,
+                tags: Vec::new(),
+            });
+        }
+    }
+    let headers = spec
+        .headers
+        .iter()
+        .flatten()
+        .filter_map(|(k, v)| {
+            Some((
+                HeaderName::from_bytes(k.as_bytes()).ok()?,
+                HeaderValue::from_str(v).ok()?,
+            ))
+        })
+        .collect();
+    let slots: Vec<KeySlot> = if keys.is_empty() {
+        vec![KeySlot::new(0, None)]
+    } else {
+        keys.into_iter()
+            .enumerate()
+            .map(|(i, k)| KeySlot::new(i, Some(k)))
+            .collect()
+    };
+    Ok(Provider {
+        name: Arc::from(name),
+        display_name: spec.display_name.clone().unwrap_or_else(|| name.to_owned()),
+        base_url: spec
+            .base_url
+            .clone()
+            .unwrap_or_default()
+            .trim_end_matches('/')
+            .to_owned(),
+        translator,
+        keys: slots,
+        next_key: AtomicUsize::new(0),
+        models,
+        headers,
+        local: is_local,
+    })
+}

@@ -1,0 +1,353 @@
+//! Model naming: what the `model` field of a request resolves to.
+//!
+//! - a route alias (`chat-free`) → its targets, in the route's strategy order;
+//! - `provider/model` → that provider only;
+//! - a bare model id → every enabled provider that lists it.
+//!
+//! Everything that does not depend on the request is worked out once, when
+//! the router is built; resolving a name is a map lookup and a small copy.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use indexmap::IndexMap;
+
+use crate::catalog::Catalog;
+use crate::config::{Config, RouteSpec, Strategy};
+use crate::errors::ApiError;
+use crate::providers::{DisabledProvider, Provider};
+
+/// One provider/model pair the dispatcher may try.
+#[derive(Clone)]
+pub struct Candidate {
+    /// The provider.
+    pub provider: Arc<Provider>,
+    /// The upstream model id.
+    pub model: Arc<str>,
+}
+
+impl std::fmt::Debug for Candidate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.provider.name, self.model)
+    }
+}
+
+struct Route {
+    targets: Vec<(Candidate, u32)>,
+    strategy: Strategy,
+    next: AtomicUsize,
+    /// Targets whose provider is not enabled, with what would enable it.
+    needs: Vec<String>,
+}
+
+/// Resolves model names to candidate lists.
+pub struct Router {
+    providers: Vec<Arc<Provider>>,
+    by_name: HashMap<String, usize>,
+    by_model: HashMap<String, Vec<Candidate>>,
+    routes: IndexMap<String, Route>,
+    disabled: Vec<DisabledProvider>,
+    no_provider_message: String,
+}
+
+impl Router {
+    /// Builds the tables from the enabled providers and the config's and
+    /// catalog's routes (config routes replace catalog routes of the same name).
+    pub fn new(
+        providers: Vec<Arc<Provider>>,
+        disabled: Vec<DisabledProvider>,
+        config: &Config,
+        catalog: &Catalog,
+    ) -> Self {
+        let by_name: HashMap<String, usize> = providers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.name.to_string(), i))
+            .collect();
+        let mut by_model: HashMap<String, Vec<Candidate>> = HashMap::new();
+        for p in &providers {
+            for m in &p.models {
+                by_model.entry(m.id.to_string()).or_default().push(Candidate {
+                    provider: p.clone(),
+                    model: m.id.clone(),
+                });
+            }
+        }
+        let mut routes = IndexMap::new();
+        let specs = config
+            .routes
+            .iter()
+            .chain(catalog.routes.iter().filter(|(n, _)| !config.routes.contains_key(*n)));
+        for (name, spec) in specs {
+            routes.insert(
+                name.clone(),
+                build_route(spec, &providers, &by_name, &by_model, &disabled),
+            );
+        }
+        let no_provider_message = no_provider_message(&disabled);
+        Self {
+            providers,
+            by_name,
+            by_model,
+            routes,
+            disabled,
+            no_provider_message,
+        }
+    }
+
+    /// The enabled providers.
+    pub fn providers(&self) -> &[Arc<Provider>] {
+        &self.providers
+    }
+
+    /// Known providers that are not enabled.
+    pub fn disabled(&self) -> &[DisabledProvider] {
+        &self.disabled
+    }
+
+    /// Route names, in config then catalog order.
+    pub fn route_names(&self) -> impl Iterator<Item = &str> {
+        self.routes.keys().map(String::as_str)
+    }
+
+    /// The targets a route would try, in written order.
+    pub fn route_targets(&self, name: &str) -> Option<Vec<Candidate>> {
+        self.routes
+            .get(name)
+            .map(|r| r.targets.iter().map(|(c, _)| c.clone()).collect())
+    }
+
+    /// What to tell a user when nothing is enabled.
+    pub fn no_provider_message(&self) -> &str {
+        &self.no_provider_message
+    }
+
+    /// The candidates for a requested model name, in the order to try them.
+    pub fn resolve(&self, model: &str) -> Result<Vec<Candidate>, ApiError> {
+        if let Some(route) = self.routes.get(model) {
+            if route.targets.is_empty() {
+                return Err(self.unavailable(model, &route.needs));
+            }
+            return Ok(route.order());
+        }
+        if let Some((provider, id)) = model.split_once('/') {
+            if let Some(&i) = self.by_name.get(provider) {
+                if id.is_empty() {
+                    return Err(ApiError::UnknownModel {
+                        message: format!("`{model}` names no model after the provider"),
+                    });
+                }
+                let provider = &self.providers[i];
+                let model = provider
+                    .model(id)
+                    .map(|m| m.id.clone())
+                    .unwrap_or_else(|| Arc::from(id));
+                return Ok(vec![Candidate {
+                    provider: provider.clone(),
+                    model,
+                }]);
+            }
+            if !self.by_model.contains_key(model) {
+                if let Some(off) = self.disabled.iter().find(|d| d.name == provider) {
+                    return Err(self.unavailable(model, &needs_of(off)));
+                }
+            }
+        }
+        if let Some(candidates) = self.by_model.get(model) {
+            return Ok(candidates.clone());
+        }
+        if self.providers.is_empty() {
+            return Err(ApiError::Unavailable {
+                message: self.no_provider_message.clone(),
+            });
+        }
+        let suggestions = nearest(model, self.model_names(), 3);
+        let hint = if suggestions.is_empty() {
+            "; GET /v1/models lists what is available".to_owned()
+        } else {
+            format!(
+                "; did you mean {}?",
+                suggestions
+                    .iter()
+                    .map(|s| format!("`{s}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        Err(ApiError::UnknownModel {
+            message: format!("unknown model `{model}`{hint}"),
+        })
+    }
+
+    fn unavailable(&self, model: &str, needs: &[String]) -> ApiError {
+        let message = if needs.is_empty() {
+            format!("no enabled provider serves `{model}`")
+        } else {
+            format!(
+                "no enabled provider serves `{model}`; set {} to enable one",
+                needs.join(" or ")
+            )
+        };
+        ApiError::Unavailable { message }
+    }
+
+    /// Every routable name: routes, then `provider/model` pairs.
+    pub fn model_names(&self) -> impl Iterator<Item = String> + '_ {
+        self.routes.keys().cloned().chain(
+            self.providers
+                .iter()
+                .flat_map(|p| p.models.iter().map(move |m| format!("{}/{}", p.name, m.id))),
+        )
+    }
+
+    /// Model/key pairs cooling down now, across every provider.
+    pub fn active_cooldowns(&self) -> usize {
+        let now = std::time::Instant::now();
+        self.providers
+            .iter()
+            .flat_map(|p| p.keys.iter())
+            .map(|k| k.active_cooldowns(now))
+            .sum()
+    }
+}
+
+impl Route {
+    fn order(&self) -> Vec<Candidate> {
+        let n = self.targets.len();
+        let pick = |i: usize| self.targets[i].0.clone();
+        match self.strategy {
+            Strategy::Ordered => (0..n).map(pick).collect(),
+            Strategy::RoundRobin => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+                (0..n).map(|k| pick((start + k) % n)).collect()
+            }
+            Strategy::Random => {
+                let mut order: Vec<usize> = (0..n).collect();
+                fastrand::shuffle(&mut order);
+                order.into_iter().map(pick).collect()
+            }
+            Strategy::Weighted => {
+                // Weighted order without replacement: sort by u^(1/w)
+                // (Efraimidis–Spirakis), so each position is drawn by weight.
+                let mut keyed: Vec<(f64, usize)> = (0..n)
+                    .map(|i| (fastrand::f64().powf(1.0 / f64::from(self.targets[i].1.max(1))), i))
+                    .collect();
+                keyed.sort_by(|a, b| b.0.total_cmp(&a.0));
+                keyed.into_iter().map(|(_, i)| pick(i)).collect()
+            }
+        }
+    }
+}
+
+fn build_route(
+    spec: &RouteSpec,
+    providers: &[Arc<Provider>],
+    by_name: &HashMap<String, usize>,
+    by_model: &HashMap<String, Vec<Candidate>>,
+    disabled: &[DisabledProvider],
+) -> Route {
+    let mut targets = Vec::new();
+    let mut needs = Vec::new();
+    for t in &spec.targets {
+        let weight = t.weight.unwrap_or(1);
+        let target = t.target.trim();
+        if let Some((p, id)) = target.split_once('/') {
+            if let Some(&i) = by_name.get(p) {
+                let provider = &providers[i];
+                let model = provider
+                    .model(id)
+                    .map(|m| m.id.clone())
+                    .unwrap_or_else(|| Arc::from(id));
+                targets.push((
+                    Candidate {
+                        provider: provider.clone(),
+                        model,
+                    },
+                    weight,
+                ));
+                continue;
+            }
+            if let Some(off) = disabled.iter().find(|d| d.name == p) {
+                for need in needs_of(off) {
+                    if !needs.contains(&need) {
+                        needs.push(need);
+                    }
+                }
+                continue;
+            }
+        }
+        for c in by_model.get(target).into_iter().flatten() {
+            targets.push((c.clone(), weight));
+        }
+    }
+    Route {
+        targets,
+        strategy: spec.strategy,
+        next: AtomicUsize::new(0),
+        needs,
+    }
+}
+
+fn needs_of(off: &DisabledProvider) -> Vec<String> {
+    if off.switched_off {
+        return vec![format!("providers.{}.enabled: true", off.name)];
+    }
+    match off.what_to_set() {
+        Some(vars) => vec![vars],
+        None => vec![format!("provider `{}` reachable (it did not answer)", off.name)],
+    }
+}
+
+fn no_provider_message(disabled: &[DisabledProvider]) -> String {
+    let mut options: Vec<String> = disabled
+        .iter()
+        .filter(|d| !d.switched_off)
+        .filter_map(|d| {
+            let vars = d.what_to_set()?;
+            Some(match &d.signup {
+                Some(url) => format!("{vars} [{url}]"),
+                None => vars,
+            })
+        })
+        .collect();
+    options.push("or run Ollama on 127.0.0.1:11434".to_owned());
+    format!(
+        "no provider is configured. Set an API key in the environment or in .env: {}",
+        options.join("; ")
+    )
+}
+
+/// Up to `n` names close to `query`, best first (for "did you mean").
+pub fn nearest<'a, S: AsRef<str> + 'a>(query: &str, names: impl Iterator<Item = S>, n: usize) -> Vec<String> {
+    let q = query.to_ascii_lowercase();
+    let mut scored: Vec<(f64, String)> = names
+        .filter_map(|name| {
+            let lower = name.as_ref().to_ascii_lowercase();
+            let mut score = strsim::jaro_winkler(&q, &lower);
+            if lower.contains(&q) || lower.rsplit('/').next() == Some(q.as_str()) {
+                score = score.max(0.9);
+            }
+            (score >= 0.8).then(|| (score, name.as_ref().to_owned()))
+        })
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    scored.dedup_by(|a, b| a.1 == b.1);
+    scored.into_iter().take(n).map(|(_, s)| s).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_finds_typos_and_suffixes() {
+        let names = ["chat-free", "groq/llama-3.3-70b", "code-free"];
+        assert_eq!(nearest("chat-fre", names.iter(), 3)[0], "chat-free");
+        assert_eq!(
+            nearest("llama-3.3-70b", names.iter(), 3),
+            vec!["groq/llama-3.3-70b".to_owned()]
+        );
+        assert!(nearest("zzzz", names.iter(), 3).is_empty());
+    }
+}
