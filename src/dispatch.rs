@@ -109,6 +109,7 @@ impl Dispatcher {
     /// for the client, success or error, with the routing headers set.
     pub async fn chat(&self, request: &ChatRequest, candidates: &[Candidate]) -> Response<ResponseBody> {
         let mut failed: Vec<Attempt> = Vec::new();
+        let mut skipped: Vec<Attempt> = Vec::new();
         let mut soonest: Option<Instant> = None;
         let mut only_rate_limits = true;
         let max = self.settings.max_attempts.max(1) as usize;
@@ -203,7 +204,7 @@ impl Dispatcher {
             }
             if !usable {
                 only_rate_limits = false;
-                failed.push(Attempt {
+                skipped.push(Attempt {
                     provider: provider.name.to_string(),
                     model: candidate.model.to_string(),
                     status: None,
@@ -213,7 +214,8 @@ impl Dispatcher {
         }
 
         // respond: nothing answered
-        let attempts_made = failed.iter().filter(|a| !a.reason.starts_with("skipped:")).count();
+        let attempts_made = failed.len();
+        failed.extend(skipped);
         let error = match soonest {
             Some(until) if only_rate_limits => ApiError::RateLimited {
                 model: request.model.clone(),
@@ -455,10 +457,10 @@ fn summarize(text: &str) -> String {
 /// The body of an upstream 400 for the client: the upstream's own error
 /// when it is OpenAI-shaped, otherwise its text wrapped in that shape.
 fn client_error_body(text: &str, provider: &str) -> Bytes {
-    if let Ok(value) = serde_json::from_str::<serde_json::Value>(text) {
-        if value.get("error").is_some_and(|e| e.is_object()) {
-            return Bytes::from(text.to_owned());
-        }
+    if let Ok(value) = serde_json::from_str::<serde_json::Value>(text)
+        && value.get("error").is_some_and(|e| e.is_object())
+    {
+        return Bytes::from(text.to_owned());
     }
     let envelope = serde_json::json!({
         "error": {

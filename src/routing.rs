@@ -148,10 +148,10 @@ impl Router {
                     model,
                 }]);
             }
-            if !self.by_model.contains_key(model) {
-                if let Some(off) = self.disabled.iter().find(|d| d.name == provider) {
-                    return Err(self.unavailable(model, &needs_of(off)));
-                }
+            if !self.by_model.contains_key(model)
+                && let Some(off) = self.disabled.iter().find(|d| d.name == provider)
+            {
+                return Err(self.unavailable(model, &needs_of(off)));
             }
         }
         if let Some(candidates) = self.by_model.get(model) {

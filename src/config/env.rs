@@ -49,10 +49,10 @@ impl Env {
 
     /// The value of `name`, if set.
     pub fn get(&self, name: &str) -> Option<String> {
-        if self.process {
-            if let Ok(value) = std::env::var(name) {
-                return Some(value);
-            }
+        if self.process
+            && let Ok(value) = std::env::var(name)
+        {
+            return Some(value);
         }
         self.vars.get(name).cloned()
     }

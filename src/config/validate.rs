@@ -151,10 +151,10 @@ fn server(cfg: &Config, r: &mut Report<'_>) {
             r.warn(path, "is shorter than 16 characters; a guessable token protects little");
         }
     }
-    if let Some(addr) = addr {
-        if let Err(e) = super::check_exposure(addr, s) {
-            r.error("server.listen", e);
-        }
+    if let Some(addr) = addr
+        && let Err(e) = super::check_exposure(addr, s)
+    {
+        r.error("server.listen", e);
     }
     if s.max_body_bytes == 0 {
         r.error("server.max_body_bytes", "must be more than 0");
@@ -197,10 +197,10 @@ fn provider(name: &str, spec: &ProviderSpec, base: Option<&ProviderSpec>, path: 
         ),
         Some(url) => {
             // An unset ${VAR} inside a catalog URL disables the provider instead.
-            if let Err(e) = check_base_url(url) {
-                if r.unset_vars(&format!("{path}.base_url")).is_none() {
-                    r.error(format!("{path}.base_url"), e);
-                }
+            if let Err(e) = check_base_url(url)
+                && r.unset_vars(&format!("{path}.base_url")).is_none()
+            {
+                r.error(format!("{path}.base_url"), e);
             }
         }
     }
@@ -310,11 +310,10 @@ fn route(
             continue;
         }
         match target.split_once('/') {
-            Some((p, m)) if known_provider(p) => {
-                if m.is_empty() {
-                    r.error(tpath.clone(), format!("`{target}` names no model after the provider"));
-                }
+            Some((p, "")) if known_provider(p) => {
+                r.error(tpath.clone(), format!("`{target}` names no model after the provider"));
             }
+            Some((p, _)) if known_provider(p) => {}
             Some((p, _)) if !lists_model(target) => {
                 let hint = crate::routing::nearest(p, provider_names.iter().copied(), 1)
                     .first()

@@ -1,0 +1,159 @@
+//! The `freeway` binary: `check` exit codes and messages, `serve` with no
+//! config, SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::gateway::{Answer, chat_body, send};
+
+fn freeway() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_freeway"));
+    // A clean environment: no provider key from the machine running the tests.
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info");
+    cmd
+}
+
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn check_lists_every_problem_with_its_line_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        &dir,
+        "bad.yaml",
+        "server:\n  listen: nowhere\n  api_keys: [\"${UNSET_TOKEN}\"]\nproviders:\n  groq:\n    kyes: [x]\n  custom:\n    base_url: http://127.0.0.1:9/v1\nroutes:\n  r:\n    targets: [grok/llama]\ndispatch:\n  max_attempts: 0\n  colldown: 5s\n",
+    );
+    let out = freeway().arg("check").arg("--config").arg(&path).output().unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "7 problems",
+        "line 2: server.listen: `nowhere` is not an address",
+        "line 3: server.api_keys.0: is empty because UNSET_TOKEN is not set",
+        "line 6: providers.groq.kyes: unknown key `kyes`",
+        "line 7: providers.custom: `custom` is not a catalog provider, so it needs `plugin`",
+        "line 11: routes.r.targets.0: unknown provider `grok` in `grok/llama` (did you mean `groq`?)",
+        "line 13: dispatch.max_attempts: must be at least 1",
+        "line 14: dispatch.colldown: unknown key `colldown`",
+    ] {
+        assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
+    }
+}
+
+#[test]
+fn check_reports_type_errors_with_their_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, "t.yaml", "dispatch:\n  timeout: 30\n");
+    let out = freeway().arg("check").arg("--config").arg(&path).output().unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("line 2: dispatch.timeout: `30` has no unit; write `30s`"),
+        "{text}"
+    );
+    let path = write(&dir, "y.yaml", "server: [unclosed\n");
+    let out = freeway().arg("check").arg("--config").arg(&path).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not valid YAML"));
+}
+
+#[test]
+fn check_passes_a_good_config_and_reads_dot_env() {
+    let dir = tempfile::tempdir().unwrap();
+    write(&dir, ".env", "GROQ_API_KEY=from-dot-env\nMY_TIMEOUT=45s\n");
+    let path = write(
+        &dir,
+        "good.yaml",
+        "providers:\n  groq:\n    keys: [\"${GROQ_API_KEY}\", \"${GROQ_API_KEY_2}\"]\ndispatch:\n  timeout: ${MY_TIMEOUT:-30s}\n  cooldown: 2m\n",
+    );
+    let out = freeway()
+        .current_dir(dir.path())
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("1 provider(s) enabled: groq"), "{stdout}");
+    assert!(
+        stdout.contains("GROQ_API_KEY_2 is not set; this key is skipped"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn serve_refuses_a_public_address_without_tokens() {
+    let out = freeway().args(["serve", "--listen", "0.0.0.0:0"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("server.api_keys is empty"));
+}
+
+/// Starts `freeway serve` on a free port and returns it with its address.
+fn spawn_serve(args: &[&str]) -> (std::process::Child, String) {
+    let mut child = freeway()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut log = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            log.push_str(&line);
+            log.push('\n');
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let addr = rest.trim_end_matches("/v1").trim().to_owned();
+                let _ = tx.send((addr, log.clone()));
+            }
+        }
+    });
+    let (addr, log) = rx.recv_timeout(Duration::from_secs(30)).expect("serve did not start");
+    assert!(log.contains("no provider is configured"), "{log}");
+    (child, addr)
+}
+
+#[tokio::test]
+async fn serve_with_no_config_and_no_keys_starts_and_explains_then_stops_on_sigterm() {
+    let (mut child, addr) = spawn_serve(&[]);
+    let answer = Answer::read(
+        send(
+            &format!("http://{addr}/v1/chat/completions"),
+            "POST",
+            &chat_body("chat-free", false),
+            &[],
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(answer.status, 503);
+    assert!(answer.text().contains("GROQ_API_KEY"), "{}", answer.text());
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "exit {status:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "freeway did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

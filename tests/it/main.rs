@@ -1,0 +1,14 @@
+//! freeway's integration tests, one binary: real HTTP over loopback between
+//! a test client, the gateway, and mock upstreams.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
+mod support {
+    pub mod gateway;
+    pub mod mock;
+}
+
+mod api;
+mod cli;
+mod fallback;
+mod streaming;

@@ -1,0 +1,185 @@
+//! Starts a freeway gateway in-process on a loopback port, and a small HTTP
+//! client to talk to it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use freeway::{Catalog, Config, Env, Gateway};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+/// A gateway on `yaml`, with no catalog and an empty environment, so only
+/// what the test configures exists.
+pub async fn start(yaml: &str) -> TestGateway {
+    start_with(yaml, Catalog::empty(), Env::from_map(Vec::<(String, String)>::new())).await
+}
+
+pub async fn start_with(yaml: &str, catalog: Catalog, env: Env) -> TestGateway {
+    let loaded = Config::from_yaml(yaml, "test config", &env, &catalog).unwrap_or_else(|e| panic!("{e}"));
+    let gateway = Gateway::new(loaded.config, catalog, &env).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(freeway::server::serve(gateway.clone(), listener, async move {
+        let _ = rx.await;
+    }));
+    TestGateway {
+        addr,
+        shutdown: Some(tx),
+        task: Some(task),
+    }
+}
+
+impl TestGateway {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Starts a graceful shutdown and returns the server task.
+    pub fn shutdown(&mut self) -> JoinHandle<std::io::Result<()>> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.take().unwrap()
+    }
+
+    pub async fn chat(&self, model: &str) -> Answer {
+        self.post("/v1/chat/completions", &chat_body(model, false), &[]).await
+    }
+
+    pub async fn post(&self, path: &str, body: &str, headers: &[(&str, &str)]) -> Answer {
+        let response = send(&self.url(path), "POST", body, headers).await;
+        Answer::read(response).await
+    }
+
+    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Answer {
+        let response = send(&self.url(path), "GET", "", headers).await;
+        Answer::read(response).await
+    }
+
+    /// Starts a streaming chat request and returns the live response.
+    pub async fn stream(&self, model: &str) -> Response<Incoming> {
+        send(&self.url("/v1/chat/completions"), "POST", &chat_body(model, true), &[]).await
+    }
+}
+
+pub fn chat_body(model: &str, stream: bool) -> String {
+    serde_json::json!({
+        "model": model,
+        "stream": stream,
+        "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}],
+        "temperature": 0.1
+    })
+    .to_string()
+}
+
+fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub async fn send(url: &str, method: &str, body: &str, headers: &[(&str, &str)]) -> Response<Incoming> {
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(url)
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    let request = builder.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
+    tokio::time::timeout(Duration::from_secs(20), client().request(request))
+        .await
+        .expect("gateway did not answer within 20s")
+        .expect("request failed")
+}
+
+/// A whole response.
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub async fn read(response: Response<Incoming>) -> Self {
+        let (parts, body) = response.into_parts();
+        let body = tokio::time::timeout(Duration::from_secs(20), body.collect())
+            .await
+            .expect("body did not arrive within 20s")
+            .expect("body failed")
+            .to_bytes();
+        Self {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map(|v| v.to_str().unwrap()).unwrap_or("")
+    }
+
+    pub fn routed_via(&self) -> &str {
+        self.header("x-routed-via")
+    }
+
+    pub fn fallback_attempts(&self) -> usize {
+        self.header("x-fallback-attempts")
+            .parse()
+            .unwrap_or_else(|_| panic!("no x-fallback-attempts: {:?}", self.headers))
+    }
+
+    /// The SSE `data:` payloads of a stream body.
+    pub fn events(&self) -> Vec<String> {
+        sse_events(&self.text())
+    }
+}
+
+pub fn sse_events(text: &str) -> Vec<String> {
+    text.split("\n\n")
+        .filter_map(|e| e.trim().strip_prefix("data:").map(|d| d.trim().to_owned()))
+        .collect()
+}
+
+/// Reads the next data frame of a streaming response, with a deadline.
+pub async fn next_frame(body: &mut Incoming, within: Duration) -> Option<Bytes> {
+    loop {
+        let frame = tokio::time::timeout(within, body.frame())
+            .await
+            .expect("no frame in time")?;
+        if let Ok(data) = frame.expect("stream failed").into_data() {
+            return Some(data);
+        }
+    }
+}
+
+/// A provider block for a mock.
+pub fn provider(name: &str, base_url: &str, keys: &[&str], models: &[&str]) -> String {
+    format!(
+        "  {name}:\n    plugin: openai-compat\n    base_url: {base_url}\n    keys: [{}]\n    models: [{}]\n",
+        keys.join(", "),
+        models.join(", ")
+    )
+}

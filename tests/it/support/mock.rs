@@ -1,0 +1,329 @@
+//! A mock OpenAI-compatible upstream: a real hyper server on a loopback
+//! port whose behaviour is set per test (and per model or key), and which
+//! logs every request it receives.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc};
+
+/// What the mock does with a request.
+#[derive(Clone, Debug)]
+pub enum Behavior {
+    /// A normal answer (JSON, or an SSE stream of `chunks` chunks when the
+    /// request asks for a stream).
+    Ok,
+    /// An error status with an optional `Retry-After` and a body.
+    Status {
+        status: u16,
+        retry_after: Option<String>,
+        body: String,
+    },
+    /// Accept the request and never answer.
+    Hang,
+    /// Stream `n` chunks, then break the connection.
+    CutAfter(usize),
+    /// Stream one chunk, then wait for a permit on the gate before the rest.
+    Gated(Arc<Semaphore>),
+    /// Stream one chunk, then go silent (connection stays open).
+    StallAfterFirst,
+    /// A 200 whose body is this text (for answers that are not chat completions).
+    Raw(String),
+}
+
+impl Behavior {
+    pub fn status(status: u16) -> Self {
+        Self::Status {
+            status,
+            retry_after: None,
+            body: json!({"error": {"message": format!("mock says {status}")}}).to_string(),
+        }
+    }
+
+    pub fn rate_limited(retry_after: &str) -> Self {
+        Self::Status {
+            status: 429,
+            retry_after: Some(retry_after.to_owned()),
+            body: json!({"error": {"message": "rate limit reached"}}).to_string(),
+        }
+    }
+}
+
+/// One request the mock received.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub path: String,
+    pub model: String,
+    pub key: Option<String>,
+    pub stream: bool,
+    pub body: Value,
+}
+
+struct Rule {
+    model: Option<String>,
+    key: Option<String>,
+    behavior: Behavior,
+    once: bool,
+}
+
+#[derive(Default)]
+struct State {
+    rules: VecDeque<Rule>,
+    seen: Vec<Seen>,
+}
+
+/// A running mock upstream.
+#[derive(Clone)]
+pub struct Mock {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+}
+
+/// Chunks in a normal stream.
+pub const STREAM_CHUNKS: usize = 3;
+
+impl Mock {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(State::default()));
+        let shared = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let state = shared.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| handle(state.clone(), req));
+                    let _ = Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, state }
+    }
+
+    /// `http://127.0.0.1:PORT/v1`
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Every request to `model` gets `behavior` (most recent rule wins).
+    pub fn on_model(&self, model: &str, behavior: Behavior) {
+        self.rule(Some(model), None, behavior, false);
+    }
+
+    /// Every request with `key` gets `behavior`.
+    pub fn on_key(&self, key: &str, behavior: Behavior) {
+        self.rule(None, Some(key), behavior, false);
+    }
+
+    /// The next request to `model` gets `behavior`, later ones the rest.
+    pub fn once_model(&self, model: &str, behavior: Behavior) {
+        self.rule(Some(model), None, behavior, true);
+    }
+
+    /// Every request gets `behavior`.
+    pub fn on_all(&self, behavior: Behavior) {
+        self.rule(None, None, behavior, false);
+    }
+
+    fn rule(&self, model: Option<&str>, key: Option<&str>, behavior: Behavior, once: bool) {
+        let mut state = self.state.lock().unwrap();
+        state.rules.push_front(Rule {
+            model: model.map(str::to_owned),
+            key: key.map(str::to_owned),
+            behavior,
+            once,
+        });
+    }
+
+    /// Every request received so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.lock().unwrap().seen.clone()
+    }
+
+    /// How many chat requests named `model`.
+    pub fn calls_to(&self, model: &str) -> usize {
+        self.seen().iter().filter(|s| s.model == model).count()
+    }
+}
+
+async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Response<MockBody>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let key = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let bytes = req
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    if path.ends_with("/models") {
+        return Ok(full(
+            200,
+            json!({"object": "list", "data": [{"id": "listed-model", "object": "model"}]}).to_string(),
+        ));
+    }
+    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let model = body["model"].as_str().unwrap_or_default().to_owned();
+    let stream = body["stream"].as_bool().unwrap_or(false);
+    let behavior = {
+        let mut s = state.lock().unwrap();
+        s.seen.push(Seen {
+            path,
+            model: model.clone(),
+            key: key.clone(),
+            stream,
+            body,
+        });
+        let found = s.rules.iter().position(|r| {
+            r.model.as_deref().is_none_or(|m| m == model) && r.key.as_deref().is_none_or(|k| Some(k) == key.as_deref())
+        });
+        match found {
+            Some(i) if s.rules[i].once => s.rules.remove(i).map(|r| r.behavior).unwrap_or(Behavior::Ok),
+            Some(i) => s.rules[i].behavior.clone(),
+            None => Behavior::Ok,
+        }
+    };
+    Ok(match behavior {
+        Behavior::Ok if stream => sse(model, STREAM_CHUNKS, StreamEnd::Done),
+        Behavior::Ok => full(200, completion(&model)),
+        Behavior::Status {
+            status,
+            retry_after,
+            body,
+        } => {
+            let mut r = full(status, body);
+            if let Some(ra) = retry_after {
+                r.headers_mut().insert("retry-after", ra.parse().unwrap());
+            }
+            r
+        }
+        Behavior::Hang => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            full(500, String::new())
+        }
+        Behavior::CutAfter(n) => sse(model, n, StreamEnd::Break),
+        Behavior::Gated(gate) => sse(model, 1, StreamEnd::Gate(gate)),
+        Behavior::StallAfterFirst => sse(model, 1, StreamEnd::Stall),
+        Behavior::Raw(text) => full(200, text),
+    })
+}
+
+pub fn completion(model: &str) -> String {
+    json!({
+        "id": "chatcmpl-mock",
+        "object": "chat.completion",
+        "created": 1,
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello from mock"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+    })
+    .to_string()
+}
+
+pub fn chunk(model: &str, i: usize) -> String {
+    json!({
+        "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1, "model": model,
+        "choices": [{"index": 0, "delta": {"content": format!("part{i} ")}, "finish_reason": null}]
+    })
+    .to_string()
+}
+
+enum StreamEnd {
+    Done,
+    Break,
+    Gate(Arc<Semaphore>),
+    Stall,
+}
+
+fn sse(model: String, chunks: usize, end: StreamEnd) -> Response<MockBody> {
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(16);
+    tokio::spawn(async move {
+        let send = |text: String| {
+            let tx = tx.clone();
+            async move { tx.send(Ok(Frame::data(Bytes::from(text)))).await.is_ok() }
+        };
+        for i in 0..chunks {
+            if !send(format!("data: {}\n\n", chunk(&model, i))).await {
+                return;
+            }
+        }
+        match end {
+            StreamEnd::Done => {}
+            StreamEnd::Break => {
+                // Let hyper flush what was sent before the connection breaks.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let _ = tx.send(Err(std::io::Error::other("cut"))).await;
+                return;
+            }
+            StreamEnd::Gate(gate) => {
+                let _permit = gate.acquire().await;
+                for i in 1..STREAM_CHUNKS {
+                    if !send(format!("data: {}\n\n", chunk(&model, i))).await {
+                        return;
+                    }
+                }
+            }
+            StreamEnd::Stall => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                return;
+            }
+        }
+        let usage = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "model": model, "choices": [],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}});
+        let _ = send(format!("data: {usage}\n\n")).await;
+        let _ = send("data: [DONE]\n\n".to_owned()).await;
+    });
+    let mut r = Response::new(MockBody::Channel(rx));
+    r.headers_mut()
+        .insert("content-type", "text/event-stream".parse().unwrap());
+    r
+}
+
+fn full(status: u16, body: String) -> Response<MockBody> {
+    let mut r = Response::new(MockBody::Full(Some(Bytes::from(body))));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap();
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    r
+}
+
+pub enum MockBody {
+    Full(Option<Bytes>),
+    Channel(mpsc::Receiver<Result<Frame<Bytes>, std::io::Error>>),
+}
+
+impl Body for MockBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match &mut *self {
+            MockBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            MockBody::Channel(rx) => rx.poll_recv(cx),
+        }
+    }
+}
