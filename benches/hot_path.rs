@@ -1,2 +1,101 @@
-//! placeholder, replaced below
-fn main() {}
+//! The gateway's own CPU work per request, without the network: parsing the
+//! client's request, resolving the model name, building the upstream
+//! request, and checking the answer (whole, or as a stream of chunks).
+//! Run with `cargo bench --bench hot_path`.
+
+use std::hint::black_box;
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use freeway::providers::{self, LocalModels};
+use freeway::request::ChatRequest;
+use freeway::routing::Router;
+use freeway::translate::{StreamEvent, Target};
+use freeway::{Catalog, Config, Env};
+
+/// A realistic ~1 KB chat request.
+fn request_body() -> Vec<u8> {
+    let filler = "The quick brown fox jumps over the lazy dog. ".repeat(18);
+    serde_json::to_vec(&serde_json::json!({
+        "model": "r",
+        "messages": [
+            {"role": "system", "content": "You are a concise assistant."},
+            {"role": "user", "content": filler},
+        ],
+        "temperature": 0.2,
+        "max_tokens": 256,
+    }))
+    .unwrap_or_default()
+}
+
+fn answer_body() -> Bytes {
+    Bytes::from(
+        serde_json::json!({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "A short answer of a few words, as most are."}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 250, "completion_tokens": 12, "total_tokens": 262}
+        })
+        .to_string(),
+    )
+}
+
+fn stream_body(chunks: usize) -> Vec<u8> {
+    let mut out = String::new();
+    for i in 0..chunks {
+        out.push_str(&format!(
+            "data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"token{i} \"}}}}]}}\n\n"
+        ));
+    }
+    out.push_str("data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":250,\"completion_tokens\":10}}\n\ndata: [DONE]\n\n");
+    out.into_bytes()
+}
+
+fn router() -> Router {
+    let env = Env::from_map(Vec::<(String, String)>::new());
+    let catalog = Catalog::empty();
+    let yaml = "providers:\n  p:\n    plugin: openai-compat\n    base_url: http://127.0.0.1:9/v1\n    keys: [k1, k2]\n    models: [m, n]\nroutes:\n  r:\n    targets: [p/m, p/n]\n";
+    let Ok(loaded) = Config::from_yaml(yaml, "bench", &env, &catalog) else { panic!("bench config") };
+    let (enabled, disabled) = providers::build(&loaded.config, &catalog, &env, &LocalModels::new());
+    Router::new(enabled, disabled, &loaded.config, &catalog)
+}
+
+fn hot_path(c: &mut Criterion) {
+    let body = request_body();
+    let router = router();
+    let answer = answer_body();
+    let stream = stream_body(20);
+    let Ok(request) = ChatRequest::parse(&body) else { panic!("bench request") };
+    let Ok(candidates) = router.resolve("r") else { panic!("bench route") };
+    let provider = candidates[0].provider.clone();
+    let target = Target { base_url: &provider.base_url, model: "m", key: Some("k1") };
+
+    c.bench_function("parse_request_1kb", |b| b.iter(|| ChatRequest::parse(black_box(&body))));
+    c.bench_function("resolve_route", |b| b.iter(|| router.resolve(black_box("r"))));
+    c.bench_function("build_upstream_request", |b| b.iter(|| provider.translator.build_chat(black_box(&request), target)));
+    c.bench_function("decode_answer", |b| b.iter(|| provider.translator.decode_chat(black_box(answer.clone()))));
+    c.bench_function("decode_stream_20_chunks", |b| {
+        b.iter(|| {
+            let mut decoder = provider.translator.stream_decoder();
+            let mut out: Vec<StreamEvent> = Vec::with_capacity(32);
+            // Upstreams deliver chunks in pieces; feed ~512-byte reads.
+            for piece in stream.chunks(512) {
+                decoder.push(black_box(piece), &mut out);
+            }
+            decoder.finish(&mut out);
+            out
+        })
+    });
+    c.bench_function("whole_request_path", |b| {
+        b.iter(|| {
+            let Ok(request) = ChatRequest::parse(black_box(&body)) else { return };
+            let Ok(candidates) = router.resolve(&request.model) else { return };
+            let c = &candidates[0];
+            let target = Target { base_url: &c.provider.base_url, model: &c.model, key: Some("k1") };
+            let _ = black_box(c.provider.translator.build_chat(&request, target));
+            let _ = black_box(c.provider.translator.decode_chat(answer.clone()));
+        })
+    });
+}
+
+criterion_group!(benches, hot_path);
+criterion_main!(benches);
