@@ -54,7 +54,9 @@ fn router() -> Router {
     let env = Env::from_map(Vec::<(String, String)>::new());
     let catalog = Catalog::empty();
     let yaml = "providers:\n  p:\n    plugin: openai-compat\n    base_url: http://127.0.0.1:9/v1\n    keys: [k1, k2]\n    models: [m, n]\nroutes:\n  r:\n    targets: [p/m, p/n]\n";
-    let Ok(loaded) = Config::from_yaml(yaml, "bench", &env, &catalog) else { panic!("bench config") };
+    let Ok(loaded) = Config::from_yaml(yaml, "bench", &env, &catalog) else {
+        panic!("bench config")
+    };
     let (enabled, disabled) = providers::build(&loaded.config, &catalog, &env, &LocalModels::new());
     Router::new(enabled, disabled, &loaded.config, &catalog)
 }
@@ -64,15 +66,27 @@ fn hot_path(c: &mut Criterion) {
     let router = router();
     let answer = answer_body();
     let stream = stream_body(20);
-    let Ok(request) = ChatRequest::parse(&body) else { panic!("bench request") };
-    let Ok(candidates) = router.resolve("r") else { panic!("bench route") };
+    let Ok(request) = ChatRequest::parse(&body) else {
+        panic!("bench request")
+    };
+    let Ok(candidates) = router.resolve("r") else {
+        panic!("bench route")
+    };
     let provider = candidates[0].provider.clone();
-    let target = Target { base_url: &provider.base_url, model: "m", key: Some("k1") };
+    let target = Target {
+        base_url: &provider.base_url,
+        model: "m",
+        key: Some("k1"),
+    };
 
     c.bench_function("parse_request_1kb", |b| b.iter(|| ChatRequest::parse(black_box(&body))));
     c.bench_function("resolve_route", |b| b.iter(|| router.resolve(black_box("r"))));
-    c.bench_function("build_upstream_request", |b| b.iter(|| provider.translator.build_chat(black_box(&request), target)));
-    c.bench_function("decode_answer", |b| b.iter(|| provider.translator.decode_chat(black_box(answer.clone()))));
+    c.bench_function("build_upstream_request", |b| {
+        b.iter(|| provider.translator.build_chat(black_box(&request), target))
+    });
+    c.bench_function("decode_answer", |b| {
+        b.iter(|| provider.translator.decode_chat(black_box(answer.clone())))
+    });
     c.bench_function("decode_stream_20_chunks", |b| {
         b.iter(|| {
             let mut decoder = provider.translator.stream_decoder();
@@ -87,10 +101,18 @@ fn hot_path(c: &mut Criterion) {
     });
     c.bench_function("whole_request_path", |b| {
         b.iter(|| {
-            let Ok(request) = ChatRequest::parse(black_box(&body)) else { return };
-            let Ok(candidates) = router.resolve(&request.model) else { return };
+            let Ok(request) = ChatRequest::parse(black_box(&body)) else {
+                return;
+            };
+            let Ok(candidates) = router.resolve(&request.model) else {
+                return;
+            };
             let c = &candidates[0];
-            let target = Target { base_url: &c.provider.base_url, model: &c.model, key: Some("k1") };
+            let target = Target {
+                base_url: &c.provider.base_url,
+                model: &c.model,
+                key: Some("k1"),
+            };
             let _ = black_box(c.provider.translator.build_chat(&request, target));
             let _ = black_box(c.provider.translator.decode_chat(answer.clone()));
         })

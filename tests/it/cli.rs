@@ -94,6 +94,22 @@ fn check_passes_a_good_config_and_reads_dot_env() {
 }
 
 #[test]
+fn the_example_config_is_valid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/freeway.yaml");
+    let out = freeway()
+        .env("GROQ_API_KEY", "x")
+        .args(["check", "--config", path])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn serve_refuses_a_public_address_without_tokens() {
     let out = freeway().args(["serve", "--listen", "0.0.0.0:0"]).output().unwrap();
     assert!(!out.status.success());

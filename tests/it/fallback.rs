@@ -249,6 +249,16 @@ async fn max_attempts_bounds_the_upstream_calls() {
 }
 
 #[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let (a, _b, gw) = two_providers("{}").await;
+    for _ in 0..5 {
+        assert_eq!(gw.chat("r").await.status, 200);
+    }
+    assert_eq!(a.seen().len(), 5);
+    assert_eq!(a.connections(), 1, "each request opened a new upstream connection");
+}
+
+#[tokio::test]
 async fn keys_are_used_in_turn() {
     let m = Mock::start().await;
     let gw = start(&format!(

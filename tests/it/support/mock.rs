@@ -92,6 +92,7 @@ struct State {
 pub struct Mock {
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Chunks in a normal stream.
@@ -103,11 +104,14 @@ impl Mock {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State::default()));
         let shared = state.clone();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted = connections.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let state = shared.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| handle(state.clone(), req));
@@ -117,7 +121,16 @@ impl Mock {
                 });
             }
         });
-        Self { addr, state }
+        Self {
+            addr,
+            state,
+            connections,
+        }
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// `http://127.0.0.1:PORT/v1`
