@@ -105,9 +105,16 @@ where
             Endpoint::Other => ApiError::UnknownEndpoint(path.to_owned()).into_response(),
         }
     };
+    let elapsed = started.elapsed();
     gateway
         .metrics()
-        .request(endpoint.label(), response.status().as_u16(), started.elapsed());
+        .request(endpoint.label(), response.status().as_u16(), elapsed);
+    tracing::debug!(
+        endpoint = endpoint.label(),
+        status = response.status().as_u16(),
+        ?elapsed,
+        "answered"
+    );
     response
 }
 

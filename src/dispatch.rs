@@ -28,6 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use tokio::time::timeout;
+use tracing::Instrument;
 
 use crate::body::ResponseBody;
 use crate::config::DispatchConfig;
@@ -136,7 +137,8 @@ impl Dispatcher {
                     break 'candidates;
                 }
                 let started = Instant::now();
-                let result = self.attempt(request, candidate, key).await;
+                let span = tracing::debug_span!("attempt", provider = %provider.name, model = %candidate.model, key = key.index);
+                let result = self.attempt(request, candidate, key).instrument(span).await;
                 let elapsed = started.elapsed();
                 let failure = match result {
                     Ok(response) => {

@@ -351,3 +351,30 @@ async fn health_reports_providers() {
     assert_eq!(v["status"], "ok");
     assert_eq!(v["providers"]["enabled"][0], "p");
 }
+
+#[tokio::test]
+async fn a_local_provider_is_used_when_it_answers_and_lists_its_models() {
+    let local = Mock::start().await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let catalog_yaml = format!(
+        "providers:\n  ollama:\n    plugin: openai-compat\n    base_url: {}\n    key_env: []\n    local: true\n    models: []\n  gone:\n    plugin: openai-compat\n    base_url: http://{dead}/v1\n    key_env: []\n    local: true\n    models: []\n",
+        local.base_url()
+    );
+    let env = Env::from_map(Vec::<(String, String)>::new());
+    let catalog = Catalog::from_yaml(&catalog_yaml, "test catalog", &env).unwrap();
+    let gw = start_with("", catalog, env).await;
+    let health = gw.get("/health", &[]).await.json();
+    assert_eq!(
+        health["providers"]["enabled"],
+        serde_json::json!(["ollama"]),
+        "{health}"
+    );
+    // The model its /models listed is routable, by pair and by bare id.
+    let answer = gw.chat("listed-model").await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.routed_via(), "ollama/listed-model");
+    assert_eq!(local.seen().last().unwrap().key, None, "a local provider gets no key");
+}
