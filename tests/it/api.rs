@@ -378,3 +378,22 @@ async fn a_local_provider_is_used_when_it_answers_and_lists_its_models() {
     assert_eq!(answer.routed_via(), "ollama/listed-model");
     assert_eq!(local.seen().last().unwrap().key, None, "a local provider gets no key");
 }
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed() {
+    let (_m, gw) = one("server: { header_read_timeout: 300ms }").await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 8192];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Now idle: the connection must not stay open for ever.
+    let started = std::time::Instant::now();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(_)) => continue,
+            Err(_) => panic!("idle keep-alive connection still open after {:?}", started.elapsed()),
+        }
+    }
+}
