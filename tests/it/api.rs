@@ -383,7 +383,10 @@ async fn a_local_provider_is_used_when_it_answers_and_lists_its_models() {
 async fn an_idle_keep_alive_connection_is_closed() {
     let (_m, gw) = one("server: { header_read_timeout: 300ms }").await;
     let mut stream = TcpStream::connect(gw.addr).await.unwrap();
-    stream.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut buf = vec![0u8; 8192];
     let n = stream.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));

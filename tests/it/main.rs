@@ -11,4 +11,5 @@ mod support {
 mod api;
 mod cli;
 mod fallback;
+mod sdk;
 mod streaming;
