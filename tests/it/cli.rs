@@ -173,3 +173,57 @@ async fn serve_with_no_config_and_no_keys_starts_and_explains_then_stops_on_sigt
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn no_upstream_key_appears_in_the_log_even_at_trace_level() {
+    use crate::support::mock::{Behavior, Mock};
+    let secret = "sk-leaky-secret-0123456789";
+    let m = Mock::start().await;
+    let echo = format!(r#"{{"error":{{"message":"Incorrect API key provided: {secret}"}}}}"#);
+    m.on_model("bad-key", Behavior::Status { status: 401, retry_after: None, body: echo.clone() });
+    m.on_model("bad-request", Behavior::Status { status: 400, retry_after: None, body: echo.clone() });
+    m.on_model("broken", Behavior::Status { status: 500, retry_after: None, body: echo });
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        &dir,
+        "leak.yaml",
+        &format!(
+            "providers:\n  p:\n    plugin: openai-compat\n    base_url: {}\n    keys: [\"{secret}\"]\n    models: [ok, bad-key, bad-request, broken]\n",
+            m.base_url()
+        ),
+    );
+    let mut child = freeway()
+        .env("RUST_LOG", "trace")
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut log = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let _ = tx.send(rest.trim_end_matches("/v1").trim().to_owned());
+            }
+            log.push_str(&line);
+            log.push('\n');
+        }
+        log
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(30)).expect("serve did not start");
+    for model in ["p/ok", "p/bad-request", "p/broken", "p/bad-key", "p/ok"] {
+        for stream in [false, true] {
+            let url = format!("http://{addr}/v1/chat/completions");
+            let answer = Answer::read(send(&url, "POST", &chat_body(model, stream), &[]).await).await;
+            assert!(!answer.text().contains(secret), "{model}: {}", answer.text());
+        }
+    }
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let _ = child.wait();
+    let log = reader.join().unwrap();
+    assert!(log.contains("upstream attempt failed"), "the log shows no attempts:\n{log}");
+    assert!(!log.contains(secret), "the key leaked into the log:\n{}", log.lines().filter(|l| l.contains(secret)).collect::<Vec<_>>().join("\n"));
+}

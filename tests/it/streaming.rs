@@ -140,3 +140,14 @@ async fn stream_usage_is_counted_in_metrics() {
         .unwrap_or_else(|| panic!("no token line in:\n{metrics}"));
     assert!(line.ends_with(" 3"), "{line}");
 }
+
+#[tokio::test]
+async fn streams_reuse_the_upstream_connection() {
+    let (a, _b, gw) = two("{}").await;
+    for _ in 0..5 {
+        let answer = Answer::read(gw.stream("r").await).await;
+        assert_eq!(answer.events().last().unwrap(), "[DONE]");
+    }
+    assert_eq!(a.seen().len(), 5);
+    assert_eq!(a.connections(), 1, "each stream opened a new upstream connection");
+}
