@@ -233,6 +233,10 @@ pub struct DispatchConfig {
     pub first_byte_timeout: ConfigDuration,
     /// Streams: longest silence between two events once streaming.
     pub stream_idle_timeout: ConfigDuration,
+    /// A PEM file of extra root certificates trusted for upstream TLS, on
+    /// top of the public (webpki) roots: for self-hosted upstreams behind a
+    /// private CA.
+    pub ca_file: Option<String>,
 }
 
 impl Default for DispatchConfig {
@@ -244,6 +248,7 @@ impl Default for DispatchConfig {
             connect_timeout: ConfigDuration::secs(10),
             first_byte_timeout: ConfigDuration::secs(30),
             stream_idle_timeout: ConfigDuration::secs(60),
+            ca_file: None,
         }
     }
 }
@@ -395,6 +400,31 @@ pub struct Loaded {
 }
 
 impl Config {
+    /// A path from the config, made relative to the config file's folder.
+    pub fn resolve_path(&self, path: &str) -> PathBuf {
+        match &self.base_dir {
+            Some(dir) if Path::new(path).is_relative() => dir.join(path),
+            _ => PathBuf::from(path),
+        }
+    }
+
+    /// The certificates of `dispatch.ca_file`, if set.
+    pub fn extra_roots(&self) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+        use rustls::pki_types::pem::PemObject;
+        let Some(file) = &self.dispatch.ca_file else {
+            return Ok(Vec::new());
+        };
+        let path = self.resolve_path(file);
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{}: not a PEM certificate file ({e})", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{} holds no certificate", path.display()));
+        }
+        Ok(certs)
+    }
+
     /// Reads, expands and validates the file at `path` against `catalog`.
     pub fn load(path: &Path, env: &Env, catalog: &Catalog) -> Result<Loaded, ConfigError> {
         let origin = path.display().to_string();
@@ -406,14 +436,24 @@ impl Config {
                 message: format!("cannot read: {e}"),
             }],
         })?;
-        let mut loaded = Self::from_yaml(&text, &origin, env, catalog)?;
-        loaded.config.base_dir = path.parent().map(Path::to_path_buf);
-        Ok(loaded)
+        Self::parse(&text, &origin, path.parent(), env, catalog)
     }
 
     /// Reads, expands and validates YAML text; `origin` names it in messages.
+    /// Relative paths in it are relative to the working folder.
     pub fn from_yaml(text: &str, origin: &str, env: &Env, catalog: &Catalog) -> Result<Loaded, ConfigError> {
-        let doc = parse_document::<Config>(text, origin, env)?;
+        Self::parse(text, origin, None, env, catalog)
+    }
+
+    fn parse(
+        text: &str,
+        origin: &str,
+        base_dir: Option<&Path>,
+        env: &Env,
+        catalog: &Catalog,
+    ) -> Result<Loaded, ConfigError> {
+        let mut doc = parse_document::<Config>(text, origin, env)?;
+        doc.value.base_dir = base_dir.map(Path::to_path_buf);
         let mut problems = doc.problems;
         let mut warnings = Vec::new();
         validate::config(&doc.value, &doc.unset, catalog, &doc.map, &mut problems, &mut warnings);

@@ -46,7 +46,11 @@ impl Gateway {
     /// Builds a gateway from a validated config and the catalog: enables
     /// every provider whose keys are in `env` (and local ones that answer).
     pub async fn new(config: Config, catalog: Catalog, env: &Env) -> Self {
-        let upstream = Upstream::new(config.dispatch.connect_timeout.get());
+        let extra_roots = config.extra_roots().unwrap_or_else(|e| {
+            tracing::warn!("dispatch.ca_file: {e}");
+            Vec::new()
+        });
+        let upstream = Upstream::new(config.dispatch.connect_timeout.get(), &extra_roots);
         let local = probe_local(&upstream, &config, &catalog).await;
         let (enabled, disabled) = providers::build(&config, &catalog, env, &local);
         let router = Router::new(enabled, disabled, &config, &catalog);

@@ -13,6 +13,7 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::pki_types::CertificateDer;
 
 use crate::translate::UpstreamRequest;
 
@@ -42,16 +43,16 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// A client with the given connect timeout.
-    pub fn new(connect_timeout: Duration) -> Self {
+    /// A client with the given connect timeout, trusting the public
+    /// (webpki) roots and `extra_roots`.
+    pub fn new(connect_timeout: Duration, extra_roots: &[CertificateDer<'static>]) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(connect_timeout));
         http.set_keepalive(Some(Duration::from_secs(60)));
         let https = HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .unwrap_or_else(|_| HttpsConnectorBuilder::new().with_webpki_roots())
+            .with_tls_config(tls_config(extra_roots))
             .https_or_http()
             .enable_http1()
             .enable_http2()
@@ -94,6 +95,24 @@ impl Upstream {
                 UpstreamError::Io(detail)
             }
         })
+    }
+}
+
+fn tls_config(extra_roots: &[CertificateDer<'static>]) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for cert in extra_roots {
+        if let Err(e) = roots.add(cert.clone()) {
+            tracing::warn!(error = %e, "an extra root certificate was refused");
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    match rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions() {
+        Ok(builder) => builder.with_root_certificates(roots).with_no_client_auth(),
+        // Only fails if the provider supports no protocol version; ring's supports both.
+        Err(_) => rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
     }
 }
 

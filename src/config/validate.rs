@@ -342,6 +342,9 @@ fn route(
 
 fn dispatch(cfg: &Config, r: &mut Report<'_>) {
     let d = &cfg.dispatch;
+    if let Err(e) = cfg.extra_roots() {
+        r.error("dispatch.ca_file", e);
+    }
     if d.max_attempts == 0 {
         r.error("dispatch.max_attempts", "must be at least 1");
     }

@@ -180,9 +180,30 @@ async fn no_upstream_key_appears_in_the_log_even_at_trace_level() {
     let secret = "sk-leaky-secret-0123456789";
     let m = Mock::start().await;
     let echo = format!(r#"{{"error":{{"message":"Incorrect API key provided: {secret}"}}}}"#);
-    m.on_model("bad-key", Behavior::Status { status: 401, retry_after: None, body: echo.clone() });
-    m.on_model("bad-request", Behavior::Status { status: 400, retry_after: None, body: echo.clone() });
-    m.on_model("broken", Behavior::Status { status: 500, retry_after: None, body: echo });
+    m.on_model(
+        "bad-key",
+        Behavior::Status {
+            status: 401,
+            retry_after: None,
+            body: echo.clone(),
+        },
+    );
+    m.on_model(
+        "bad-request",
+        Behavior::Status {
+            status: 400,
+            retry_after: None,
+            body: echo.clone(),
+        },
+    );
+    m.on_model(
+        "broken",
+        Behavior::Status {
+            status: 500,
+            retry_after: None,
+            body: echo,
+        },
+    );
     let dir = tempfile::tempdir().unwrap();
     let config = write(
         &dir,
@@ -221,9 +242,36 @@ async fn no_upstream_key_appears_in_the_log_even_at_trace_level() {
             assert!(!answer.text().contains(secret), "{model}: {}", answer.text());
         }
     }
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     let _ = child.wait();
     let log = reader.join().unwrap();
-    assert!(log.contains("upstream attempt failed"), "the log shows no attempts:\n{log}");
-    assert!(!log.contains(secret), "the key leaked into the log:\n{}", log.lines().filter(|l| l.contains(secret)).collect::<Vec<_>>().join("\n"));
+    assert!(
+        log.contains("upstream attempt failed"),
+        "the log shows no attempts:\n{log}"
+    );
+    assert!(
+        !log.contains(secret),
+        "the key leaked into the log:\n{}",
+        log.lines()
+            .filter(|l| l.contains(secret))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+#[test]
+fn check_refuses_a_ca_file_that_is_not_pem() {
+    let dir = tempfile::tempdir().unwrap();
+    write(&dir, "ca.pem", "not a certificate");
+    let path = write(&dir, "c.yaml", "dispatch:\n  ca_file: ca.pem\n");
+    let out = freeway().arg("check").arg("--config").arg(&path).output().unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("line 2: dispatch.ca_file:") && text.contains("no certificate"),
+        "{text}"
+    );
 }

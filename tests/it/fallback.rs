@@ -335,3 +335,34 @@ async fn route_strategies_order_the_targets() {
     // Expected 180 of 200; far outside chance for anything but weighting.
     assert!((150..=198).contains(&x), "weighted picked p/x first {x} times of 200");
 }
+
+#[tokio::test]
+async fn https_upstreams_get_http2_when_they_offer_it_and_a_private_ca_can_be_trusted() {
+    let (tls, ca_pem) = Mock::start_tls().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), ca_pem).unwrap();
+    let base = format!("https://127.0.0.1:{}/v1", tls.addr.port());
+    let yaml = format!(
+        "providers:\n{}dispatch:\n  ca_file: {}\n",
+        provider("secure", &base, &["k"], &["m"]),
+        dir.path().join("ca.pem").display()
+    );
+    let gw = start(&yaml).await;
+    for _ in 0..3 {
+        assert_answered_by(&gw.chat("secure/m").await, "secure/m", "m", 0);
+    }
+    let stream = crate::support::gateway::Answer::read(gw.stream("secure/m").await).await;
+    assert_eq!(stream.events().last().unwrap(), "[DONE]");
+    assert!(
+        tls.seen().iter().all(|s| s.version == http::Version::HTTP_2),
+        "{:?}",
+        tls.seen()
+    );
+    assert_eq!(tls.connections(), 1, "HTTP/2 requests share one connection");
+
+    // Without the CA the certificate is refused: a connect error, not an answer.
+    let untrusted = start(&format!("providers:\n{}", provider("secure", &base, &["k"], &["m"]))).await;
+    let answer = untrusted.chat("secure/m").await;
+    assert_eq!(answer.status, 502);
+    assert!(answer.text().contains("certificate"), "{}", answer.text());
+}

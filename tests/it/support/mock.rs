@@ -67,6 +67,7 @@ impl Behavior {
 /// One request the mock received.
 #[derive(Clone, Debug)]
 pub struct Seen {
+    pub version: http::Version,
     pub path: String,
     pub model: String,
     pub key: Option<String>,
@@ -100,6 +101,35 @@ pub const STREAM_CHUNKS: usize = 3;
 
 impl Mock {
     pub async fn start() -> Self {
+        Self::serve(None).await
+    }
+
+    /// A mock behind TLS (HTTP/2 and HTTP/1.1 offered by ALPN), with a
+    /// certificate for 127.0.0.1 issued by a fresh CA; returns the CA in PEM.
+    pub async fn start_tls() -> (Self, String) {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca)
+            .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![leaf.der().clone()], key)
+            .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let mock = Self::serve(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await;
+        (mock, ca.pem())
+    }
+
+    async fn serve(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State::default()));
@@ -113,8 +143,16 @@ impl Mock {
                 };
                 accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let state = shared.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| handle(state.clone(), req));
+                    if let Some(tls) = tls {
+                        let Ok(stream) = tls.accept(stream).await else { return };
+                        let _ = Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                        return;
+                    }
                     let _ = Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
@@ -180,6 +218,7 @@ impl Mock {
 }
 
 async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Response<MockBody>, Infallible> {
+    let version = req.version();
     let path = req.uri().path().to_owned();
     let key = req
         .headers()
@@ -205,6 +244,7 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp
     let behavior = {
         let mut s = state.lock().unwrap();
         s.seen.push(Seen {
+            version,
             path,
             model: model.clone(),
             key: key.clone(),
