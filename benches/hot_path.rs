@@ -1,20 +1,21 @@
 //! The gateway's own CPU work per request, without the network: parsing the
-//! client's request, resolving the model name, building the upstream
-//! request, and checking the answer (whole, or as a stream of chunks).
-//! Run with `cargo bench --bench hot_path`.
+//! client's request, resolving the model name, and the plugin round trip
+//! (a fresh instance, building the upstream request, decoding the answer,
+//! or decoding a stream). Run with `cargo bench --bench hot_path`.
 
 use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
+use freeway::metrics::Metrics;
+use freeway::plugin::{PluginHost, PluginSettings, StreamEvent, Target};
 use freeway::providers::{self, LocalModels};
 use freeway::request::ChatRequest;
 use freeway::routing::Router;
-use freeway::translate::{StreamEvent, Target};
 use freeway::{Catalog, Config, Env};
 
 /// A realistic ~1 KB chat request.
-fn request_body() -> Vec<u8> {
+fn request_body() -> Bytes {
     let filler = "The quick brown fox jumps over the lazy dog. ".repeat(18);
     serde_json::to_vec(&serde_json::json!({
         "model": "r",
@@ -25,6 +26,7 @@ fn request_body() -> Vec<u8> {
         "temperature": 0.2,
         "max_tokens": 256,
     }))
+    .map(Bytes::from)
     .unwrap_or_default()
 }
 
@@ -54,10 +56,11 @@ fn router() -> Router {
     let env = Env::from_map(Vec::<(String, String)>::new());
     let catalog = Catalog::empty();
     let yaml = "providers:\n  p:\n    plugin: openai-compat\n    base_url: http://127.0.0.1:9/v1\n    keys: [k1, k2]\n    models: [m, n]\nroutes:\n  r:\n    targets: [p/m, p/n]\n";
-    let Ok(loaded) = Config::from_yaml(yaml, "bench", &env, &catalog) else {
-        panic!("bench config")
+    let Ok(loaded) = Config::from_yaml(yaml, "bench", &env, &catalog) else { panic!("bench config") };
+    let Ok(plugins) = PluginHost::load(&PluginSettings::default(), None, std::sync::Arc::new(Metrics::new())) else {
+        panic!("plugins")
     };
-    let (enabled, disabled) = providers::build(&loaded.config, &catalog, &env, &LocalModels::new());
+    let (enabled, disabled) = providers::build(&loaded.config, &catalog, &env, &LocalModels::new(), &plugins);
     Router::new(enabled, disabled, &loaded.config, &catalog)
 }
 
@@ -66,42 +69,39 @@ fn hot_path(c: &mut Criterion) {
     let router = router();
     let answer = answer_body();
     let stream = stream_body(20);
-    let Ok(request) = ChatRequest::parse(&body) else {
-        panic!("bench request")
-    };
-    let Ok(candidates) = router.resolve("r") else {
-        panic!("bench route")
-    };
+    let Ok(request) = ChatRequest::parse(body.clone()) else { panic!("bench request") };
+    let Ok(candidates) = router.resolve("r") else { panic!("bench route") };
     let provider = candidates[0].provider.clone();
-    let target = Target {
-        base_url: &provider.base_url,
-        model: "m",
-        key: Some("k1"),
-    };
+    let plugin = provider.plugin.clone();
+    let target = Target { base_url: &provider.base_url, model: "m", key: Some("k1"), options: &provider.options };
 
-    c.bench_function("parse_request_1kb", |b| b.iter(|| ChatRequest::parse(black_box(&body))));
+    c.bench_function("parse_request_1kb", |b| b.iter(|| ChatRequest::parse(black_box(body.clone()))));
     c.bench_function("resolve_route", |b| b.iter(|| router.resolve(black_box("r"))));
-    c.bench_function("build_upstream_request", |b| {
-        b.iter(|| provider.translator.build_chat(black_box(&request), target))
-    });
-    c.bench_function("decode_answer", |b| {
-        b.iter(|| provider.translator.decode_chat(black_box(answer.clone())))
-    });
-    c.bench_function("decode_stream_20_chunks", |b| {
+    let mut group = c.benchmark_group("openai-compat");
+    group.bench_function("instantiate_describe", |b| b.iter(|| plugin.describe_for_bench()));
+    group.bench_function("round_trip", |b| {
         b.iter(|| {
-            let mut decoder = provider.translator.stream_decoder();
+            let Ok(mut session) = plugin.session() else { return };
+            let _ = black_box(session.build_chat(black_box(&request.raw), &target));
+            let _ = black_box(session.decode_chat(black_box(&answer), &target));
+        })
+    });
+    group.bench_function("stream_20_chunks", |b| {
+        b.iter(|| {
+            let Ok(mut decoder) = plugin.session().and_then(|s| s.into_stream(&target)) else { return Vec::new() };
             let mut out: Vec<StreamEvent> = Vec::with_capacity(32);
             // Upstreams deliver chunks in pieces; feed ~512-byte reads.
             for piece in stream.chunks(512) {
-                decoder.push(black_box(piece), &mut out);
+                let _ = decoder.push(black_box(piece), &mut out);
             }
-            decoder.finish(&mut out);
+            let _ = decoder.finish(&mut out);
             out
         })
     });
+    group.finish();
     c.bench_function("whole_request_path", |b| {
         b.iter(|| {
-            let Ok(request) = ChatRequest::parse(black_box(&body)) else {
+            let Ok(request) = ChatRequest::parse(black_box(body.clone())) else {
                 return;
             };
             let Ok(candidates) = router.resolve(&request.model) else {
@@ -112,9 +112,11 @@ fn hot_path(c: &mut Criterion) {
                 base_url: &c.provider.base_url,
                 model: &c.model,
                 key: Some("k1"),
+                options: &c.provider.options,
             };
-            let _ = black_box(c.provider.translator.build_chat(&request, target));
-            let _ = black_box(c.provider.translator.decode_chat(answer.clone()));
+            let Ok(mut session) = c.provider.plugin.session() else { return };
+            let _ = black_box(session.build_chat(&request.raw, &target));
+            let _ = black_box(session.decode_chat(&answer, &target));
         })
     });
 }

@@ -68,28 +68,12 @@ impl Answers {
             "usage": { "prompt_tokens": 256, "completion_tokens": 48, "total_tokens": 304 }
         });
 
-        let words = [
-            "Hello",
-            " from",
-            " the",
-            " mock",
-            " upstream",
-            ",",
-            " streaming",
-            " now.",
-        ];
+        let words = ["Hello", " from", " the", " mock", " upstream", ",", " streaming", " now."];
         let mut stream = Vec::new();
         for (i, word) in words.iter().enumerate() {
-            let delta = if i == 0 {
-                json!({ "role": "assistant", "content": word })
-            } else {
-                json!({ "content": word })
-            };
-            let finish = if i + 1 == words.len() {
-                json!("stop")
-            } else {
-                json!(null)
-            };
+            let delta =
+                if i == 0 { json!({ "role": "assistant", "content": word }) } else { json!({ "content": word }) };
+            let finish = if i + 1 == words.len() { json!("stop") } else { json!(null) };
             let chunk = json!({
                 "id": "chatcmpl-mock-0001",
                 "object": "chat.completion.chunk",
@@ -142,9 +126,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 
@@ -156,28 +138,18 @@ async fn handle(answers: Arc<Answers>, request: Request<Incoming>) -> Result<Res
         return Ok(respond(StatusCode::OK, "application/json", answers.models.clone()));
     }
     if !is_chat {
-        return Ok(respond(
-            StatusCode::NOT_FOUND,
-            "application/json",
-            answers.not_found.clone(),
-        ));
+        return Ok(respond(StatusCode::NOT_FOUND, "application/json", answers.not_found.clone()));
     }
     // Read the whole body, as a real upstream would, before answering.
     let body = match request.into_body().collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => {
-            return Ok(respond(
-                StatusCode::BAD_REQUEST,
-                "text/plain",
-                Bytes::from_static(b"bad body"),
-            ));
+            return Ok(respond(StatusCode::BAD_REQUEST, "text/plain", Bytes::from_static(b"bad body")));
         }
     };
     if wants_stream(&body) {
         let mut response = respond(StatusCode::OK, "text/event-stream", answers.stream.clone());
-        response
-            .headers_mut()
-            .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         Ok(response)
     } else {
         Ok(respond(StatusCode::OK, "application/json", answers.completion.clone()))

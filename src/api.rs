@@ -76,16 +76,9 @@ where
     } else if request.method() != endpoint.method()
         && !(request.method() == Method::HEAD && endpoint.method() == Method::GET)
     {
-        let mut r = ApiError::MethodNotAllowed {
-            method: request.method().to_string(),
-            path: path.to_owned(),
-        }
-        .into_response();
-        let allow = if endpoint == Endpoint::ChatCompletions {
-            "POST"
-        } else {
-            "GET, HEAD"
-        };
+        let mut r =
+            ApiError::MethodNotAllowed { method: request.method().to_string(), path: path.to_owned() }.into_response();
+        let allow = if endpoint == Endpoint::ChatCompletions { "POST" } else { "GET, HEAD" };
         r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
         r
     } else {
@@ -96,25 +89,15 @@ where
             Endpoint::Metrics => {
                 let text = gateway.metrics().render(gateway.router().active_cooldowns());
                 let mut r = Response::new(ResponseBody::full(text));
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
-                );
+                r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
                 r
             }
             Endpoint::Other => ApiError::UnknownEndpoint(path.to_owned()).into_response(),
         }
     };
     let elapsed = started.elapsed();
-    gateway
-        .metrics()
-        .request(endpoint.label(), response.status().as_u16(), elapsed);
-    tracing::debug!(
-        endpoint = endpoint.label(),
-        status = response.status().as_u16(),
-        ?elapsed,
-        "answered"
-    );
+    gateway.metrics().request(endpoint.label(), response.status().as_u16(), elapsed);
+    tracing::debug!(endpoint = endpoint.label(), status = response.status().as_u16(), ?elapsed, "answered");
     response
 }
 
@@ -128,7 +111,7 @@ where
         Ok(bytes) => bytes,
         Err(e) => return e.into_response(),
     };
-    let chat = match ChatRequest::parse(&bytes) {
+    let chat = match ChatRequest::parse(bytes) {
         Ok(chat) => chat,
         Err(e) => return e.into_response(),
     };
@@ -145,11 +128,8 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
@@ -158,17 +138,13 @@ where
         Err(_) => Err(ApiError::BodyTimeout(within)),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::PayloadTooLarge { limit }),
-        Ok(Err(e)) => Err(ApiError::bad_request(
-            format!("could not read the request body: {e}"),
-            None,
-        )),
+        Ok(Err(e)) => Err(ApiError::bad_request(format!("could not read the request body: {e}"), None)),
     }
 }
 
 fn json_response(body: Bytes) -> Response<ResponseBody> {
     let mut r = Response::new(ResponseBody::full(body));
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 

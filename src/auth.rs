@@ -16,13 +16,7 @@ pub struct Auth {
 impl Auth {
     /// From the configured tokens; empty means no authentication.
     pub fn new(tokens: &[Secret]) -> Self {
-        Self {
-            digests: tokens
-                .iter()
-                .filter(|t| !t.is_empty())
-                .map(|t| digest(t.expose()))
-                .collect(),
-        }
+        Self { digests: tokens.iter().filter(|t| !t.is_empty()).map(|t| digest(t.expose())).collect() }
     }
 
     /// Tokens are required.
@@ -39,10 +33,7 @@ impl Auth {
         let Some(token) = token(headers) else { return false };
         let presented = digest(token);
         // Compare against every token without stopping early.
-        self.digests
-            .iter()
-            .fold(0u8, |found, d| found | d.ct_eq(&presented).unwrap_u8())
-            == 1
+        self.digests.iter().fold(0u8, |found, d| found | d.ct_eq(&presented).unwrap_u8()) == 1
     }
 }
 

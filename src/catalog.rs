@@ -39,14 +39,7 @@ impl Catalog {
                 p.line = doc.map.line(&p.path);
             }
         }
-        if problems.is_empty() {
-            Ok(doc.value)
-        } else {
-            Err(ConfigError {
-                origin: origin.to_owned(),
-                problems,
-            })
-        }
+        if problems.is_empty() { Ok(doc.value) } else { Err(ConfigError { origin: origin.to_owned(), problems }) }
     }
 
     /// An empty catalog (embedders that configure every provider).
@@ -87,10 +80,7 @@ mod tests {
         ] {
             let p = catalog.providers.get(name).unwrap_or_else(|| panic!("{name} missing"));
             assert!(p.base_url.is_some(), "{name} has no base_url");
-            assert!(
-                p.key_env.is_some() || p.local == Some(true),
-                "{name} has no key variable"
-            );
+            assert!(p.key_env.is_some() || p.local == Some(true), "{name} has no key variable");
         }
         assert!(catalog.routes.contains_key("chat-free"));
         assert!(catalog.routes["chat-free"].targets.len() >= 3);

@@ -9,8 +9,8 @@ use clap::{Parser, Subcommand};
 use crate::catalog::Catalog;
 use crate::config::{Config, Env, Loaded, check_exposure, parse_listen};
 use crate::gateway::Gateway;
+use crate::plugin::Target;
 use crate::server::{serve, shutdown_signal};
-use crate::translate::Target;
 use crate::upstream::read_body;
 
 /// freeway: one OpenAI-compatible endpoint over the free tiers of many LLM providers.
@@ -77,10 +77,7 @@ pub fn main() -> ExitCode {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
 /// Reads the environment, the catalog and the config (or the default).
@@ -106,7 +103,7 @@ async fn run_serve(config: Option<&Path>, listen: Option<&str>) -> Result<ExitCo
     }
     let addr = parse_listen(&config.server.listen)?;
     check_exposure(addr, &config.server)?;
-    let gateway = Gateway::new(config, catalog, &env).await;
+    let gateway = Gateway::new(config, catalog, &env).await.map_err(|problems| problems.join("\n"))?;
     let router = gateway.router();
     if router.providers().is_empty() {
         tracing::warn!("{}", router.no_provider_message());
@@ -114,14 +111,10 @@ async fn run_serve(config: Option<&Path>, listen: Option<&str>) -> Result<ExitCo
         let names: Vec<&str> = router.providers().iter().map(|p| &*p.name).collect();
         tracing::info!(providers = %names.join(", "), "providers enabled");
     }
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!("freeway listening on http://{bound}/v1");
-    serve(gateway, listener, shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())?;
+    serve(gateway, listener, shutdown_signal()).await.map_err(|e| e.to_string())?;
     tracing::info!("freeway stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -137,7 +130,16 @@ async fn run_check(config: Option<&Path>, probe: bool) -> Result<ExitCode, Strin
     for w in &loaded.warnings {
         println!("warning: {w}");
     }
-    let gateway = Gateway::new(loaded.config, catalog, &env).await;
+    let gateway = match Gateway::new(loaded.config, catalog, &env).await {
+        Ok(gateway) => gateway,
+        Err(problems) => {
+            eprintln!("plugins: {} problem(s)", problems.len());
+            for p in problems {
+                eprintln!("  - {p}");
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+    };
     let router = gateway.router();
     let names: Vec<&str> = router.providers().iter().map(|p| &*p.name).collect();
     println!(
@@ -156,85 +158,60 @@ async fn run_check(config: Option<&Path>, probe: bool) -> Result<ExitCode, Strin
     let mut problems = 0;
     for provider in router.providers() {
         for key in &provider.keys {
-            let target = Target {
-                base_url: &provider.base_url,
-                model: "",
-                key: key.secret(),
-            };
+            let target =
+                Target { base_url: &provider.base_url, model: "", key: key.secret(), options: &provider.options };
             let label = format!("{} key #{}", provider.name, key.index + 1);
-            let outcome = match provider.translator.build_models(target) {
-                Err(e) => Err(e),
+            let outcome = match provider.plugin.build_models(&target) {
+                Err(e) => Err(e.to_string()),
                 Ok(mut request) => {
                     request.headers.extend(provider.headers.iter().cloned());
-                    probe_once(&gateway, request).await
+                    probe_once(&gateway, provider, &target, request).await
                 }
             };
             match outcome {
                 Ok(n) => println!("probe {label}: ok ({n} models listed)"),
                 Err(e) => {
                     problems += 1;
-                    println!(
-                        "probe {label}: FAILED: {}",
-                        crate::secret::redact(&e, &provider.secrets())
-                    );
+                    println!("probe {label}: FAILED: {}", crate::secret::redact(&e, &provider.secrets()));
                 }
             }
         }
     }
-    Ok(if problems == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if problems == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-async fn probe_once(gateway: &Gateway, request: crate::translate::UpstreamRequest) -> Result<usize, String> {
+/// One model-listing call: the cheapest request every provider answers.
+async fn probe_once(
+    gateway: &Gateway,
+    provider: &crate::providers::Provider,
+    target: &Target<'_>,
+    request: crate::plugin::UpstreamRequest,
+) -> Result<usize, String> {
     let call = async {
-        let response = gateway.upstream().get(request).await.map_err(|e| e.to_string())?;
+        let response = gateway.upstream().send(request).await.map_err(|e| e.to_string())?;
         let status = response.status();
-        let body = read_body(response.into_body(), 8 * 1024 * 1024)
-            .await
-            .map_err(|e| e.to_string())?;
+        let body = read_body(response.into_body(), 8 * 1024 * 1024).await.map_err(|e| e.to_string())?;
         if !status.is_success() {
             let text = String::from_utf8_lossy(&body);
-            return Err(format!(
-                "HTTP {}: {}",
-                status.as_u16(),
-                text.chars().take(200).collect::<String>()
-            ));
+            return Err(format!("HTTP {}: {}", status.as_u16(), text.chars().take(200).collect::<String>()));
         }
         Ok(body)
     };
-    let body = tokio::time::timeout(Duration::from_secs(15), call)
-        .await
-        .map_err(|_| "timed out after 15s".to_owned())??;
-    let _ = &body;
-    Ok(serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v.get("data").and_then(|d| d.as_array()).map(Vec::len))
-        .unwrap_or(0))
+    let body =
+        tokio::time::timeout(Duration::from_secs(15), call).await.map_err(|_| "timed out after 15s".to_owned())??;
+    provider.plugin.decode_models(&body, target).map(|m| m.len()).map_err(|e| e.to_string())
 }
 
 async fn run_models(config: Option<&Path>) -> Result<ExitCode, String> {
     let (env, catalog, loaded) = load(config)?;
-    let gateway = Gateway::new(loaded.config, catalog, &env).await;
+    let gateway = Gateway::new(loaded.config, catalog, &env).await.map_err(|problems| problems.join("\n"))?;
     let router = gateway.router();
-    println!(
-        "{:<14} {:<52} {:<5} {:>8}  TAGS",
-        "PROVIDER", "MODEL", "FREE", "CONTEXT"
-    );
+    println!("{:<14} {:<52} {:<5} {:>8}  TAGS", "PROVIDER", "MODEL", "FREE", "CONTEXT");
     for p in router.providers() {
         for m in &p.models {
             let context = m.context.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
             let free = if m.free { "yes" } else { "no" };
-            println!(
-                "{:<14} {:<52} {:<5} {:>8}  {}",
-                p.name,
-                m.id,
-                free,
-                context,
-                m.tags.join(",")
-            );
+            println!("{:<14} {:<52} {:<5} {:>8}  {}", p.name, m.id, free, context, m.tags.join(","));
         }
     }
     println!();
@@ -242,14 +219,7 @@ async fn run_models(config: Option<&Path>) -> Result<ExitCode, String> {
     for name in router.route_names() {
         let targets = router.route_targets(name).unwrap_or_default();
         let list: Vec<String> = targets.iter().map(|c| format!("{c:?}")).collect();
-        println!(
-            "{name:<16} {}",
-            if list.is_empty() {
-                "(no enabled target)".to_owned()
-            } else {
-                list.join(" → ")
-            }
-        );
+        println!("{name:<16} {}", if list.is_empty() { "(no enabled target)".to_owned() } else { list.join(" → ") });
     }
     if router.providers().is_empty() {
         println!();

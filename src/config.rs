@@ -44,6 +44,8 @@ pub struct Config {
     pub policies: PoliciesConfig,
     /// Persistent state (accepted and validated; used from a later release).
     pub state: StateConfig,
+    /// Provider plugins: an extra folder, and the limits every call runs under.
+    pub plugins: PluginsConfig,
     /// The folder of the file this config was read from; relative paths in
     /// the config are relative to it.
     #[serde(skip)]
@@ -148,6 +150,10 @@ pub struct ProviderSpec {
     pub models: Option<Vec<ModelSpec>>,
     /// Extra headers sent on every upstream request (`HTTP-Referer`...).
     pub headers: Option<IndexMap<String, String>>,
+    /// Provider quirks handed to the plugin (`auth_header`, `drop_params`...);
+    /// config entries are merged over the catalog's.
+    #[serde(deserialize_with = "opt_scalar_map")]
+    pub options: Option<IndexMap<String, String>>,
 }
 
 /// Request and token limits of a free tier, per model per key.
@@ -265,10 +271,7 @@ pub struct DiscoveryConfig {
 
 impl Default for DiscoveryConfig {
     fn default() -> Self {
-        Self {
-            enabled: true,
-            interval: ConfigDuration::secs(24 * 3600),
-        }
+        Self { enabled: true, interval: ConfigDuration::secs(24 * 3600) }
     }
 }
 
@@ -282,6 +285,49 @@ pub struct PoliciesConfig {
     pub disabled: Vec<String>,
     /// Free-form settings handed to the scripts.
     pub settings: serde_yaml::Mapping,
+}
+
+/// `plugins:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct PluginsConfig {
+    /// A folder of `NAME.wasm` components; each adds a plugin, or replaces
+    /// the built-in one of the same name.
+    pub dir: Option<String>,
+    /// Longest a single plugin call may run.
+    pub call_timeout: ConfigDuration,
+    /// Most memory one plugin instance may use, in bytes.
+    pub memory_limit: u64,
+    /// Where compiled plugins are cached across restarts (default
+    /// `~/.cache/freeway/plugins`; `""` turns the disk cache off).
+    pub cache_dir: Option<String>,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        Self { dir: None, call_timeout: ConfigDuration::millis(250), memory_limit: 64 * 1024 * 1024, cache_dir: None }
+    }
+}
+
+impl Config {
+    /// The plugin folder, resolved against the config's folder.
+    pub fn plugins_dir(&self) -> Option<PathBuf> {
+        self.plugins.dir.as_deref().map(|d| self.resolve_path(d))
+    }
+
+    /// The limits and cache location plugin calls run under.
+    pub fn plugin_settings(&self) -> crate::plugin::PluginSettings {
+        let defaults = crate::plugin::PluginSettings::default();
+        crate::plugin::PluginSettings {
+            call_timeout: self.plugins.call_timeout.get(),
+            memory_limit: usize::try_from(self.plugins.memory_limit).unwrap_or(usize::MAX),
+            cache_dir: match self.plugins.cache_dir.as_deref() {
+                None => defaults.cache_dir,
+                Some("") => None,
+                Some(dir) => Some(self.resolve_path(dir)),
+            },
+        }
+    }
 }
 
 /// `state:`.
@@ -325,6 +371,40 @@ where
     Ok(items.into_iter().map(|s| s.0).collect())
 }
 
+/// A map whose values may be written as any YAML scalar, kept as strings.
+fn opt_scalar_map<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<IndexMap<String, String>>, D::Error> {
+    struct Scalar(String);
+    impl<'de> Deserialize<'de> for Scalar {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Visitor;
+            impl serde::de::Visitor<'_> for Visitor {
+                type Value = Scalar;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a string, number or boolean")
+                }
+                fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Scalar, E> {
+                    Ok(Scalar(v.to_owned()))
+                }
+                fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Scalar, E> {
+                    Ok(Scalar(v.to_string()))
+                }
+                fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Scalar, E> {
+                    Ok(Scalar(v.to_string()))
+                }
+                fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Scalar, E> {
+                    Ok(Scalar(v.to_string()))
+                }
+                fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Scalar, E> {
+                    Ok(Scalar(v.to_string()))
+                }
+            }
+            deserializer.deserialize_any(Visitor)
+        }
+    }
+    let map = IndexMap::<String, Scalar>::deserialize(deserializer)?;
+    Ok(Some(map.into_iter().map(|(k, v)| (k, v.0)).collect()))
+}
+
 fn opt_seq_of_string_or_map<'de, D, T>(deserializer: D) -> Result<Option<Vec<T>>, D::Error>
 where
     D: Deserializer<'de>,
@@ -335,10 +415,7 @@ where
 
 impl From<String> for ModelSpec {
     fn from(id: String) -> Self {
-        Self {
-            id,
-            ..Default::default()
-        }
+        Self { id, ..Default::default() }
     }
 }
 
@@ -430,11 +507,7 @@ impl Config {
         let origin = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             origin: origin.clone(),
-            problems: vec![Problem {
-                path: String::new(),
-                line: None,
-                message: format!("cannot read: {e}"),
-            }],
+            problems: vec![Problem { path: String::new(), line: None, message: format!("cannot read: {e}") }],
         })?;
         Self::parse(&text, &origin, path.parent(), env, catalog)
     }
@@ -460,16 +533,10 @@ impl Config {
         locate(&mut problems, &doc.map);
         locate(&mut warnings, &doc.map);
         if problems.is_empty() {
-            Ok(Loaded {
-                config: doc.value,
-                warnings,
-            })
+            Ok(Loaded { config: doc.value, warnings })
         } else {
             problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
-            Err(ConfigError {
-                origin: origin.to_owned(),
-                problems,
-            })
+            Err(ConfigError { origin: origin.to_owned(), problems })
         }
     }
 }
@@ -501,10 +568,7 @@ pub(crate) fn parse_document<T: DeserializeOwned>(
     origin: &str,
     env: &Env,
 ) -> Result<Document<T>, ConfigError> {
-    let fail = |problems: Vec<Problem>| ConfigError {
-        origin: origin.to_owned(),
-        problems,
-    };
+    let fail = |problems: Vec<Problem>| ConfigError { origin: origin.to_owned(), problems };
     let map = SourceMap::new(text);
     let mut tree: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
         fail(vec![Problem {
@@ -526,30 +590,17 @@ pub(crate) fn parse_document<T: DeserializeOwned>(
     let result: Result<T, _> = serde_path_to_error::deserialize(ignored);
     for path in unknown {
         let key = path.rsplit('.').next().unwrap_or(&path).to_owned();
-        problems.push(Problem {
-            line: map.line(&path),
-            message: format!("unknown key `{key}`"),
-            path,
-        });
+        problems.push(Problem { line: map.line(&path), message: format!("unknown key `{key}`"), path });
     }
     match result {
         Ok(value) => {
             locate(&mut problems, &map);
-            Ok(Document {
-                value,
-                problems,
-                unset,
-                map,
-            })
+            Ok(Document { value, problems, unset, map })
         }
         Err(e) => {
             let path = e.path().to_string().replace('[', ".").replace(']', "");
             let path = if path == "." { String::new() } else { path };
-            problems.push(Problem {
-                line: map.line(&path),
-                message: e.into_inner().to_string(),
-                path,
-            });
+            problems.push(Problem { line: map.line(&path), message: e.into_inner().to_string(), path });
             locate(&mut problems, &map);
             problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
             Err(fail(problems))
@@ -566,11 +617,7 @@ fn expand_tree(
 ) {
     use serde_yaml::Value;
     let child = |key: &str| {
-        if path.is_empty() {
-            key.to_owned()
-        } else {
-            format!("{path}.{key}")
-        }
+        if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
     };
     match node {
         Value::String(s) if s.contains('$') => match expand(s, env) {
@@ -580,11 +627,7 @@ fn expand_tree(
                 }
                 *s = expanded.value;
             }
-            Err(message) => problems.push(Problem {
-                path,
-                line: None,
-                message,
-            }),
+            Err(message) => problems.push(Problem { path, line: None, message }),
         },
         Value::Sequence(items) => {
             for (i, item) in items.iter_mut().enumerate() {

@@ -5,10 +5,10 @@
 //! ```text
 //! for each candidate, for each of its provider's keys (in turn):
 //!   skip      — key invalid, or this model cooling down on this key
-//!   build     — the translator turns the request into an upstream request
+//!   build     — the provider's plugin turns the request into an upstream request
 //!   send      — the pooled client sends it, under the attempt's timeouts
-//!   decode    — 2xx: the translator checks the answer (or primes the stream)
-//!   classify  — not 2xx: the translator says what the error means, and the
+//!   decode    — 2xx: the plugin decodes the answer (or primes the stream)
+//!   classify  — not 2xx: the plugin says what the error means, and the
 //!               error carries its own decision (next key, next candidate,
 //!               answer the client now)
 //! respond     — the first success, with x-routed-via and x-fallback-attempts;
@@ -34,12 +34,12 @@ use crate::body::ResponseBody;
 use crate::config::DispatchConfig;
 use crate::errors::{ApiError, Attempt};
 use crate::metrics::Metrics;
+use crate::plugin::{ErrorKind, PluginError, PluginSession, Target, UpstreamRequest};
 use crate::providers::KeySlot;
 use crate::relay::Relay;
 use crate::request::ChatRequest;
 use crate::routing::Candidate;
 use crate::secret::redact;
-use crate::translate::{ErrorKind, Target, UpstreamRequest};
 use crate::upstream::{MAX_ANSWER_BYTES, Upstream, UpstreamError, read_body};
 
 /// Header naming the provider/model that answered.
@@ -73,22 +73,16 @@ struct Failure {
 
 impl Failure {
     fn transient(outcome: &'static str, status: Option<u16>, reason: String) -> Self {
-        Self {
-            kind: ErrorKind::Transient,
-            outcome,
-            status,
-            reason,
-            body: None,
-        }
+        Self { kind: ErrorKind::Transient, outcome, status, reason, body: None }
     }
 
     fn from_upstream(e: UpstreamError) -> Self {
-        let outcome = if matches!(e, UpstreamError::Connect(_)) {
-            "connect_error"
-        } else {
-            "upstream_error"
-        };
+        let outcome = if matches!(e, UpstreamError::Connect(_)) { "connect_error" } else { "upstream_error" };
         Self::transient(outcome, None, e.to_string())
+    }
+
+    fn plugin(e: PluginError) -> Self {
+        Self::transient("plugin_error", None, e.to_string())
     }
 
     fn timeout(what: &str, after: Duration) -> Self {
@@ -99,11 +93,7 @@ impl Failure {
 impl Dispatcher {
     /// A dispatcher sending through `upstream`.
     pub fn new(upstream: Upstream, settings: DispatchConfig, metrics: Arc<Metrics>) -> Self {
-        Self {
-            upstream,
-            settings,
-            metrics,
-        }
+        Self { upstream, settings, metrics }
     }
 
     /// Runs a chat request against its candidates and returns the response
@@ -147,8 +137,7 @@ impl Dispatcher {
                     }
                     Err(failure) => failure,
                 };
-                self.metrics
-                    .attempt(&provider.name, &candidate.model, failure.outcome, elapsed);
+                self.metrics.attempt(&provider.name, &candidate.model, failure.outcome, elapsed);
                 tracing::info!(
                     provider = %provider.name,
                     model = %candidate.model,
@@ -169,10 +158,8 @@ impl Dispatcher {
                     ErrorKind::ClientError => {
                         let body = failure.body.unwrap_or_default();
                         let status = failure.status.and_then(|s| StatusCode::from_u16(s).ok());
-                        let error = ApiError::UpstreamRejected {
-                            status: status.unwrap_or(StatusCode::BAD_REQUEST),
-                            body,
-                        };
+                        let error =
+                            ApiError::UpstreamRejected { status: status.unwrap_or(StatusCode::BAD_REQUEST), body };
                         return with_routing(error.into_response(), candidate, failed.len() - 1);
                     }
                     ErrorKind::RateLimited { retry_after } => {
@@ -226,23 +213,15 @@ impl Dispatcher {
             },
             _ => {
                 let message = if exhausted {
-                    format!(
-                        "dispatch.max_attempts ({max}) reached for `{}`; every attempt failed",
-                        request.model
-                    )
+                    format!("dispatch.max_attempts ({max}) reached for `{}`; every attempt failed", request.model)
                 } else {
                     format!("every candidate for `{}` failed", request.model)
                 };
-                ApiError::AllFailed {
-                    message,
-                    attempts: failed,
-                }
+                ApiError::AllFailed { message, attempts: failed }
             }
         };
         let mut response = error.into_response();
-        response
-            .headers_mut()
-            .insert(FALLBACK_ATTEMPTS, HeaderValue::from(attempts_made));
+        response.headers_mut().insert(FALLBACK_ATTEMPTS, HeaderValue::from(attempts_made));
         response
     }
 
@@ -258,29 +237,30 @@ impl Dispatcher {
             base_url: &provider.base_url,
             model: &candidate.model,
             key: key.secret(),
+            options: &provider.options,
         };
-        // build
-        let mut upstream_request = provider
-            .translator
-            .build_chat(request, target)
-            .map_err(|e| Failure::transient("upstream_error", None, format!("could not build the request: {e}")))?;
+        // build, in this attempt's own plugin instance
+        let mut session = provider.plugin.session().map_err(Failure::plugin)?;
+        let mut upstream_request = session.build_chat(&request.raw, &target).map_err(Failure::plugin)?;
         upstream_request.headers.extend(provider.headers.iter().cloned());
         if request.stream {
-            self.attempt_stream(upstream_request, candidate).await
+            self.attempt_stream(session, upstream_request, candidate, &target).await
         } else {
-            self.attempt_whole(upstream_request, candidate).await
+            self.attempt_whole(session, upstream_request, candidate, &target).await
         }
     }
 
     async fn attempt_whole(
         &self,
+        mut session: PluginSession,
         upstream_request: UpstreamRequest,
         candidate: &Candidate,
+        target: &Target<'_>,
     ) -> Result<Response<ResponseBody>, Failure> {
         // send
         let limit = self.settings.timeout.get();
         let exchange = async {
-            let response = self.upstream.post(upstream_request).await?;
+            let response = self.upstream.send(upstream_request).await?;
             let (parts, body) = response.into_parts();
             let bytes = read_body(body, MAX_ANSWER_BYTES).await?;
             Ok::<_, UpstreamError>((parts, bytes))
@@ -291,50 +271,51 @@ impl Dispatcher {
             Ok(Ok(answer)) => answer,
         };
         if !parts.status.is_success() {
-            return Err(self.classify(candidate, parts.status, &parts.headers, bytes));
+            return Err(self.classify(&mut session, candidate, parts.status, &parts.headers, bytes));
         }
         // decode
-        let decoded = candidate
-            .provider
-            .translator
-            .decode_chat(bytes)
-            .map_err(|e| Failure::transient("upstream_error", Some(parts.status.as_u16()), e))?;
+        let decoded = session.decode_chat(&bytes, target).map_err(|e| {
+            let mut failure = Failure::plugin(e);
+            failure.status = Some(parts.status.as_u16());
+            failure
+        })?;
         if let Some(usage) = decoded.usage {
             self.metrics.tokens(&candidate.provider.name, &candidate.model, usage);
         }
         let mut response = Response::new(ResponseBody::full(decoded.body));
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         Ok(response)
     }
 
     async fn attempt_stream(
         &self,
+        session: PluginSession,
         upstream_request: UpstreamRequest,
         candidate: &Candidate,
+        target: &Target<'_>,
     ) -> Result<Response<ResponseBody>, Failure> {
         enum Start {
             Relay(Box<Relay>),
-            Status(http::response::Parts, Bytes),
+            Status(http::response::Parts, Bytes, Box<PluginSession>),
             Broken(String),
+            Plugin(PluginError),
         }
         let provider = &candidate.provider;
         let limit = self.settings.first_byte_timeout.get();
         let idle = self.settings.stream_idle_timeout.get();
         // send, then prime: wait for the first event before committing
         let start = async {
-            let response = self.upstream.post(upstream_request).await?;
+            let response = self.upstream.send(upstream_request).await?;
             if !response.status().is_success() {
                 let (parts, body) = response.into_parts();
                 let bytes = read_body(body, MAX_ERROR_BODY).await.unwrap_or_default();
-                return Ok(Start::Status(parts, bytes));
+                return Ok(Start::Status(parts, bytes, Box::new(session)));
             }
-            let mut relay = Box::new(Relay::new(
-                response.into_body(),
-                provider.translator.stream_decoder(),
-                idle,
-            ));
+            let decoder = match session.into_stream(target) {
+                Ok(decoder) => decoder,
+                Err(e) => return Ok(Start::Plugin(e)),
+            };
+            let mut relay = Box::new(Relay::new(response.into_body(), decoder, idle));
             Ok::<_, UpstreamError>(match relay.prime().await {
                 Ok(()) => Start::Relay(relay),
                 Err(e) => Start::Broken(e),
@@ -343,15 +324,12 @@ impl Dispatcher {
         let mut relay = match timeout(limit, start).await {
             Err(_) => return Err(Failure::timeout("waiting for the first event", limit)),
             Ok(Err(e)) => return Err(Failure::from_upstream(e)),
-            Ok(Ok(Start::Status(parts, bytes))) => {
-                return Err(self.classify(candidate, parts.status, &parts.headers, bytes));
+            Ok(Ok(Start::Status(parts, bytes, mut session))) => {
+                return Err(self.classify(&mut session, candidate, parts.status, &parts.headers, bytes));
             }
+            Ok(Ok(Start::Plugin(e))) => return Err(Failure::plugin(e)),
             Ok(Ok(Start::Broken(reason))) => {
-                return Err(Failure::transient(
-                    "upstream_error",
-                    Some(200),
-                    redact(&reason, &provider.secrets()),
-                ));
+                return Err(Failure::transient("upstream_error", Some(200), redact(&reason, &provider.secrets())));
             }
             Ok(Ok(Start::Relay(relay))) => relay,
         };
@@ -375,13 +353,25 @@ impl Dispatcher {
     }
 
     /// classify: an upstream error status becomes a decision.
-    fn classify(&self, candidate: &Candidate, status: StatusCode, headers: &HeaderMap, body: Bytes) -> Failure {
+    fn classify(
+        &self,
+        session: &mut PluginSession,
+        candidate: &Candidate,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Failure {
         let provider = &candidate.provider;
-        let mut kind = provider.translator.classify_error(status, headers, &body);
+        let mut kind = session.classify_error(status, headers, &body).unwrap_or_else(|_| {
+            // The plugin failed (and was counted); the status still tells a lot.
+            match status.as_u16() {
+                429 => ErrorKind::RateLimited { retry_after: None },
+                401 | 403 => ErrorKind::InvalidKey,
+                _ => ErrorKind::Transient,
+            }
+        });
         if let ErrorKind::RateLimited { retry_after: None } = kind {
-            kind = ErrorKind::RateLimited {
-                retry_after: retry_after(headers, SystemTime::now()),
-            };
+            kind = ErrorKind::RateLimited { retry_after: retry_after(headers, SystemTime::now()) };
         }
         let secrets = provider.secrets();
         let text = redact(&String::from_utf8_lossy(&body), &secrets);
@@ -394,22 +384,14 @@ impl Dispatcher {
             ErrorKind::Transient => "upstream_error",
         };
         let reason = match kind {
-            ErrorKind::RateLimited { retry_after: Some(d) } => format!(
-                "HTTP {}: rate limited, retry after {}s: {summary}",
-                status.as_u16(),
-                d.as_secs()
-            ),
+            ErrorKind::RateLimited { retry_after: Some(d) } => {
+                format!("HTTP {}: rate limited, retry after {}s: {summary}", status.as_u16(), d.as_secs())
+            }
             ErrorKind::InvalidKey => format!("HTTP {}: the key was rejected", status.as_u16()),
             _ => format!("HTTP {}: {summary}", status.as_u16()),
         };
         let body = (kind == ErrorKind::ClientError).then(|| client_error_body(&text, provider.name.as_ref()));
-        Failure {
-            kind,
-            outcome,
-            status: Some(status.as_u16()),
-            reason,
-            body,
-        }
+        Failure { kind, outcome, status: Some(status.as_u16()), reason, body }
     }
 }
 
@@ -436,14 +418,20 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     Some(when.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
+/// The message of an OpenAI-style error value (`{"message": ...}` or a string).
+fn error_message(error: &serde_json::Value) -> String {
+    match error {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.get("message").and_then(|m| m.as_str()).map(str::to_owned).unwrap_or_else(|| other.to_string()),
+    }
+}
+
 /// A short, single-line description of an upstream error body.
 fn summarize(text: &str) -> String {
     let message = serde_json::from_str::<serde_json::Value>(text)
         .ok()
         .and_then(|v| {
-            v.get("error")
-                .map(crate::translate::openai_compat::error_message)
-                .or_else(|| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+            v.get("error").map(error_message).or_else(|| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
         })
         .unwrap_or_else(|| text.to_owned());
     let one_line: String = message.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -495,10 +483,7 @@ mod tests {
 
     #[test]
     fn summaries_are_short_and_single_line() {
-        assert_eq!(
-            summarize(r#"{"error":{"message":"model  overloaded\n now"}}"#),
-            "model overloaded now"
-        );
+        assert_eq!(summarize(r#"{"error":{"message":"model  overloaded\n now"}}"#), "model overloaded now");
         assert_eq!(summarize(""), "no error message");
         assert!(summarize(&"x".repeat(500)).chars().count() <= 201);
     }

@@ -120,10 +120,7 @@ struct Body<'a> {
 impl ApiError {
     /// A 400 with a message and the offending field.
     pub fn bad_request(message: impl Into<String>, param: Option<&'static str>) -> Self {
-        Self::BadRequest {
-            message: message.into(),
-            param,
-        }
+        Self::BadRequest { message: message.into(), param }
     }
 
     /// The message shown to the client.
@@ -141,17 +138,13 @@ impl ApiError {
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "authentication_error", "invalid_api_key"),
             Self::UnknownModel { .. } => (StatusCode::NOT_FOUND, "invalid_request_error", "model_not_found"),
             Self::UnknownEndpoint(_) => (StatusCode::NOT_FOUND, "invalid_request_error", "unknown_endpoint"),
-            Self::MethodNotAllowed { .. } => (
-                StatusCode::METHOD_NOT_ALLOWED,
-                "invalid_request_error",
-                "method_not_allowed",
-            ),
+            Self::MethodNotAllowed { .. } => {
+                (StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", "method_not_allowed")
+            }
             Self::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "invalid_request_error", "request_timeout"),
-            Self::PayloadTooLarge { .. } => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "invalid_request_error",
-                "request_too_large",
-            ),
+            Self::PayloadTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", "request_too_large")
+            }
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "rate_limit_exceeded"),
             Self::AllFailed { .. } => (StatusCode::BAD_GATEWAY, "upstream_error", "all_candidates_failed"),
             Self::UpstreamRejected { status, .. } => (*status, "invalid_request_error", "upstream_rejected"),
@@ -172,15 +165,7 @@ impl ApiError {
             Self::RateLimited { attempts, .. } | Self::AllFailed { attempts, .. } => (None, Some(attempts.as_slice())),
             _ => (None, None),
         };
-        let envelope = Envelope {
-            error: Body {
-                message: self.message(),
-                kind,
-                code,
-                param,
-                attempts,
-            },
-        };
+        let envelope = Envelope { error: Body { message: self.message(), kind, code, param, attempts } };
         Bytes::from(serde_json::to_vec(&envelope).unwrap_or_else(|_| b"{\"error\":{}}".to_vec()))
     }
 
@@ -238,12 +223,8 @@ mod tests {
         assert_eq!(v["error"]["attempts"][0]["status"], 503);
         assert_eq!(e.into_response().status(), StatusCode::BAD_GATEWAY);
 
-        let r = ApiError::RateLimited {
-            model: "m".into(),
-            retry_after: Duration::from_millis(200),
-            attempts: vec![],
-        }
-        .into_response();
+        let r = ApiError::RateLimited { model: "m".into(), retry_after: Duration::from_millis(200), attempts: vec![] }
+            .into_response();
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.headers()[header::RETRY_AFTER], "1");
     }

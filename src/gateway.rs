@@ -17,9 +17,9 @@ use crate::catalog::Catalog;
 use crate::config::{Config, Env};
 use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
+use crate::plugin::{PluginHost, Target};
 use crate::providers::{self, LocalModels, merge};
 use crate::routing::Router;
-use crate::translate::{self, Target};
 use crate::upstream::{Upstream, read_body};
 
 /// How long the start-up probe waits for a local provider (Ollama).
@@ -43,34 +43,29 @@ struct Inner {
 }
 
 impl Gateway {
-    /// Builds a gateway from a validated config and the catalog: enables
-    /// every provider whose keys are in `env` (and local ones that answer).
-    pub async fn new(config: Config, catalog: Catalog, env: &Env) -> Self {
+    /// Builds a gateway from a validated config and the catalog: loads the
+    /// plugins and enables every provider whose keys are in `env` (and local
+    /// ones that answer). Fails, listing every problem, when a plugin cannot
+    /// be loaded.
+    pub async fn new(config: Config, catalog: Catalog, env: &Env) -> Result<Self, Vec<String>> {
+        let metrics = Arc::new(Metrics::new());
+        let plugin_dir = config.plugins_dir();
+        let plugins = PluginHost::load(&config.plugin_settings(), plugin_dir.as_deref(), metrics.clone())?;
         let extra_roots = config.extra_roots().unwrap_or_else(|e| {
             tracing::warn!("dispatch.ca_file: {e}");
             Vec::new()
         });
         let upstream = Upstream::new(config.dispatch.connect_timeout.get(), &extra_roots);
-        let local = probe_local(&upstream, &config, &catalog).await;
-        let (enabled, disabled) = providers::build(&config, &catalog, env, &local);
+        let local = probe_local(&upstream, &plugins, &config, &catalog).await;
+        let (enabled, disabled) = providers::build(&config, &catalog, env, &local, &plugins);
         let router = Router::new(enabled, disabled, &config, &catalog);
-        let metrics = Arc::new(Metrics::new());
         let dispatcher = Dispatcher::new(upstream.clone(), config.dispatch.clone(), metrics.clone());
         let auth = Auth::new(&config.server.api_keys);
         let models_json = api::models_json(&router);
         let health_json = api::health_json(&router);
-        Self {
-            inner: Arc::new(Inner {
-                config,
-                router,
-                dispatcher,
-                metrics,
-                auth,
-                upstream,
-                models_json,
-                health_json,
-            }),
-        }
+        Ok(Self {
+            inner: Arc::new(Inner { config, router, dispatcher, metrics, auth, upstream, models_json, health_json }),
+        })
     }
 
     /// Answers one HTTP request (any body type), as the server does.
@@ -123,39 +118,33 @@ impl Gateway {
 
 /// Asks each local provider (Ollama) for its models, briefly: one that
 /// does not answer stays off.
-async fn probe_local(upstream: &Upstream, config: &Config, catalog: &Catalog) -> LocalModels {
+async fn probe_local(upstream: &Upstream, plugins: &PluginHost, config: &Config, catalog: &Catalog) -> LocalModels {
     let mut found = LocalModels::new();
-    let names = catalog
-        .providers
-        .keys()
-        .chain(config.providers.keys())
-        .collect::<std::collections::BTreeSet<_>>();
+    let names = catalog.providers.keys().chain(config.providers.keys()).collect::<std::collections::BTreeSet<_>>();
     for name in names {
         let spec = merge(config.providers.get(name), catalog.providers.get(name));
         if spec.local != Some(true) || spec.enabled == Some(false) {
             continue;
         }
-        let (Some(base_url), Some(translator)) = (
-            spec.base_url.as_deref(),
-            translate::by_name(spec.plugin.as_deref().unwrap_or("openai-compat")),
-        ) else {
+        let (Some(base_url), Some(plugin)) =
+            (spec.base_url.as_deref(), plugins.get(spec.plugin.as_deref().unwrap_or("openai-compat")))
+        else {
             continue;
         };
-        let target = Target {
-            base_url: base_url.trim_end_matches('/'),
-            model: "",
-            key: None,
-        };
-        let Ok(request) = translator.build_models(target) else {
+        let options: Vec<(String, String)> =
+            spec.options.iter().flatten().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let target = Target { base_url: base_url.trim_end_matches('/'), model: "", key: None, options: &options };
+        let Ok(request) = plugin.build_models(&target) else {
             continue;
         };
         let probe = async {
-            let response = upstream.get(request).await.ok()?;
+            let response = upstream.send(request).await.ok()?;
             if !response.status().is_success() {
                 return None;
             }
             let body = read_body(response.into_body(), 4 * 1024 * 1024).await.ok()?;
-            translator.decode_models(&body).ok()
+            let records = plugin.decode_models(&body, &target).ok()?;
+            Some(records.into_iter().map(|r| r.id).collect::<Vec<_>>())
         };
         match tokio::time::timeout(LOCAL_PROBE_TIMEOUT, probe).await {
             Ok(Some(models)) => {

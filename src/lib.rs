@@ -9,9 +9,9 @@
 //!   ─▶ request: parse and check the chat request
 //!   ─▶ routing: model name → candidates (route / provider/model / bare id)
 //!   ─▶ dispatch: for each candidate and key: skip cooling/invalid
-//!        ─▶ translate: build the upstream request
+//!        ─▶ plugin (WebAssembly): build the upstream request
 //!        ─▶ upstream: pooled hyper client over rustls
-//!        ─▶ translate: decode the answer / classify the error
+//!        ─▶ plugin (WebAssembly): decode the answer / classify the error
 //!   ─▶ body / relay: the answer, or the SSE stream relayed as it arrives
 //! ```
 //!
@@ -31,13 +31,13 @@ pub mod dispatch;
 pub mod errors;
 pub mod gateway;
 pub mod metrics;
+pub mod plugin;
 pub mod providers;
 pub mod relay;
 pub mod request;
 pub mod routing;
 pub mod secret;
 pub mod server;
-pub mod translate;
 pub mod upstream;
 
 pub use catalog::Catalog;

@@ -11,7 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::translate::Usage;
+use crate::plugin::Usage;
 
 /// Requests by endpoint and status.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -61,6 +61,15 @@ pub struct FallbackLabels {
     pub reason: &'static str,
 }
 
+/// Plugin failures by plugin and kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabels {
+    /// Plugin name.
+    pub plugin: String,
+    /// `trap`, `deadline`, `memory`, `unavailable`.
+    pub kind: &'static str,
+}
+
 /// Endpoint label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
@@ -81,6 +90,7 @@ pub struct Metrics {
     cooldowns: Gauge,
     tokens: Family<TokenLabels, Counter>,
     stream_failures: Family<ModelLabels, Counter>,
+    plugin_failures: Family<PluginLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -107,23 +117,16 @@ impl Metrics {
             cooldowns: Gauge::default(),
             tokens: Family::default(),
             stream_failures: Family::default(),
+            plugin_failures: Family::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "requests",
-            "HTTP requests answered, by endpoint and status",
-            m.requests.clone(),
-        );
+        registry.register("requests", "HTTP requests answered, by endpoint and status", m.requests.clone());
         registry.register(
             "request_duration_seconds",
             "Time to the response head, by endpoint",
             m.request_duration.clone(),
         );
-        registry.register(
-            "upstream_attempts",
-            "Upstream attempts by provider, model and outcome",
-            m.attempts.clone(),
-        );
+        registry.register("upstream_attempts", "Upstream attempts by provider, model and outcome", m.attempts.clone());
         registry.register(
             "upstream_attempt_duration_seconds",
             "Upstream attempt latency (to the answer, or the first event of a stream)",
@@ -134,16 +137,13 @@ impl Metrics {
             "Times the dispatcher moved on after a failed attempt, by reason",
             m.fallbacks.clone(),
         );
-        registry.register(
-            "cooldowns_active",
-            "Model/key pairs cooling down now",
-            m.cooldowns.clone(),
-        );
+        registry.register("cooldowns_active", "Model/key pairs cooling down now", m.cooldowns.clone());
         registry.register("tokens", "Tokens reported by upstreams", m.tokens.clone());
+        registry.register("stream_failures", "Streams that failed after their first byte", m.stream_failures.clone());
         registry.register(
-            "stream_failures",
-            "Streams that failed after their first byte",
-            m.stream_failures.clone(),
+            "plugin_failures",
+            "Plugin calls that trapped, ran past their deadline, hit their memory limit or found no free instance",
+            m.plugin_failures.clone(),
         );
         Self { registry, ..m }
     }
@@ -151,22 +151,14 @@ impl Metrics {
     /// One answered request.
     pub fn request(&self, route: &'static str, status: u16, elapsed: Duration) {
         self.requests.get_or_create(&RequestLabels { route, status }).inc();
-        self.request_duration
-            .get_or_create(&RouteLabels { route })
-            .observe(elapsed.as_secs_f64());
+        self.request_duration.get_or_create(&RouteLabels { route }).observe(elapsed.as_secs_f64());
     }
 
     /// One upstream attempt.
     pub fn attempt(&self, provider: &Arc<str>, model: &Arc<str>, outcome: &'static str, elapsed: Duration) {
-        let labels = AttemptLabels {
-            provider: provider.clone(),
-            model: model.clone(),
-            outcome,
-        };
+        let labels = AttemptLabels { provider: provider.clone(), model: model.clone(), outcome };
         self.attempts.get_or_create(&labels).inc();
-        self.attempt_duration
-            .get_or_create(&labels)
-            .observe(elapsed.as_secs_f64());
+        self.attempt_duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
     }
 
     /// The dispatcher moved on after an attempt failed with `reason`.
@@ -177,22 +169,22 @@ impl Metrics {
     /// Usage an upstream reported.
     pub fn tokens(&self, provider: &Arc<str>, model: &Arc<str>, usage: Usage) {
         for (kind, n) in [("prompt", usage.prompt_tokens), ("completion", usage.completion_tokens)] {
-            let labels = TokenLabels {
-                provider: provider.clone(),
-                model: model.clone(),
-                kind,
-            };
+            let labels = TokenLabels { provider: provider.clone(), model: model.clone(), kind };
             self.tokens.get_or_create(&labels).inc_by(n);
         }
     }
 
     /// A stream failed after its first byte.
     pub fn stream_failure(&self, provider: &Arc<str>, model: &Arc<str>) {
-        let labels = ModelLabels {
-            provider: provider.clone(),
-            model: model.clone(),
-        };
+        let labels = ModelLabels { provider: provider.clone(), model: model.clone() };
         self.stream_failures.get_or_create(&labels).inc();
+    }
+
+    /// A plugin call failed (not a plugin's own well-formed error).
+    pub fn plugin_failure(&self, plugin: &str, kind: &'static str) {
+        if kind != "refused" {
+            self.plugin_failures.get_or_create(&PluginLabels { plugin: plugin.to_owned(), kind }).inc();
+        }
     }
 
     /// The Prometheus text (OpenMetrics) exposition; `active_cooldowns` is

@@ -10,8 +10,8 @@ use http::{HeaderName, HeaderValue};
 
 use crate::catalog::Catalog;
 use crate::config::{Config, Env, Limits, ProviderSpec};
+use crate::plugin::{Plugin, PluginHost};
 use crate::secret::Secret;
-use crate::translate::{self, Translator};
 
 /// An enabled provider.
 pub struct Provider {
@@ -22,7 +22,9 @@ pub struct Provider {
     /// API root without a trailing slash.
     pub base_url: String,
     /// Its wire format.
-    pub translator: Arc<dyn Translator>,
+    pub plugin: Arc<Plugin>,
+    /// Options handed to the plugin with every call.
+    pub options: Vec<(String, String)>,
     /// Its keys, used in turn; one keyless slot for providers without keys.
     pub keys: Vec<KeySlot>,
     next_key: AtomicUsize,
@@ -60,12 +62,7 @@ pub struct KeySlot {
 
 impl KeySlot {
     fn new(index: usize, secret: Option<Secret>) -> Self {
-        Self {
-            index,
-            secret,
-            invalid: AtomicBool::new(false),
-            cooldowns: Mutex::new(HashMap::new()),
-        }
+        Self { index, secret, invalid: AtomicBool::new(false), cooldowns: Mutex::new(HashMap::new()) }
     }
 
     /// The key, for the upstream request.
@@ -189,17 +186,21 @@ pub fn merge(config: Option<&ProviderSpec>, catalog: Option<&ProviderSpec>) -> P
         limits: merge_limits(c.limits, base.limits),
         models: c.models.or(base.models),
         headers: c.headers.or(base.headers),
+        options: match (c.options, base.options) {
+            (Some(over), Some(mut merged)) => {
+                merged.extend(over);
+                Some(merged)
+            }
+            (over, base) => over.or(base),
+        },
     }
 }
 
 fn merge_limits(over: Option<Limits>, base: Option<Limits>) -> Option<Limits> {
     match (over, base) {
-        (Some(o), Some(b)) => Some(Limits {
-            rpm: o.rpm.or(b.rpm),
-            rpd: o.rpd.or(b.rpd),
-            tpm: o.tpm.or(b.tpm),
-            tpd: o.tpd.or(b.tpd),
-        }),
+        (Some(o), Some(b)) => {
+            Some(Limits { rpm: o.rpm.or(b.rpm), rpd: o.rpd.or(b.rpd), tpm: o.tpm.or(b.tpm), tpd: o.tpd.or(b.tpd) })
+        }
         (o, b) => o.or(b),
     }
 }
@@ -211,17 +212,15 @@ pub fn build(
     catalog: &Catalog,
     env: &Env,
     local: &LocalModels,
+    plugins: &PluginHost,
 ) -> (Vec<Arc<Provider>>, Vec<DisabledProvider>) {
     let mut enabled = Vec::new();
     let mut disabled = Vec::new();
-    let names = catalog
-        .providers
-        .keys()
-        .chain(config.providers.keys().filter(|n| !catalog.providers.contains_key(*n)));
+    let names = catalog.providers.keys().chain(config.providers.keys().filter(|n| !catalog.providers.contains_key(*n)));
     for name in names {
         let in_config = config.providers.get(name);
         let spec = merge(in_config, catalog.providers.get(name));
-        match enable(name, &spec, in_config.is_some(), env, local) {
+        match enable(name, &spec, in_config.is_some(), env, local, plugins) {
             Ok(provider) => enabled.push(Arc::new(provider)),
             Err(off) => disabled.push(off),
         }
@@ -235,6 +234,7 @@ fn enable(
     configured: bool,
     env: &Env,
     local: &LocalModels,
+    plugins: &PluginHost,
 ) -> Result<Provider, DisabledProvider> {
     let off = |key_vars: Vec<String>, missing: Vec<String>, switched_off: bool| DisabledProvider {
         name: name.to_owned(),
@@ -246,13 +246,8 @@ fn enable(
     if spec.enabled == Some(false) {
         return Err(off(Vec::new(), Vec::new(), true));
     }
-    let missing: Vec<String> = spec
-        .requires_env
-        .iter()
-        .flatten()
-        .filter(|v| env.get_nonempty(v).is_none())
-        .cloned()
-        .collect();
+    let missing: Vec<String> =
+        spec.requires_env.iter().flatten().filter(|v| env.get_nonempty(v).is_none()).cloned().collect();
     let key_vars = spec.key_env.clone().unwrap_or_default();
     let is_local = spec.local == Some(true);
     let keys: Vec<Secret> = match &spec.keys {
@@ -261,22 +256,13 @@ fn enable(
             .iter()
             .filter_map(|var| env.get_nonempty(var))
             .flat_map(|value| {
-                value
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|k| !k.is_empty())
-                    .map(Secret::new)
-                    .collect::<Vec<_>>()
+                value.split(',').map(str::trim).filter(|k| !k.is_empty()).map(Secret::new).collect::<Vec<_>>()
             })
             .collect(),
     };
     let needs_key = !is_local && (spec.keys.is_some() || !key_vars.is_empty());
     if !missing.is_empty() || (needs_key && keys.is_empty()) {
-        let key_vars = if needs_key && keys.is_empty() {
-            key_vars
-        } else {
-            Vec::new()
-        };
+        let key_vars = if needs_key && keys.is_empty() { key_vars } else { Vec::new() };
         return Err(off(key_vars, missing, false));
     }
     // A local provider from the catalog is used only when it answered; one
@@ -285,7 +271,7 @@ fn enable(
     if is_local && !configured && probed.is_none() {
         return Err(off(Vec::new(), Vec::new(), false));
     }
-    let Some(translator) = translate::by_name(spec.plugin.as_deref().unwrap_or("openai-compat")) else {
+    let Some(plugin) = plugins.get(spec.plugin.as_deref().unwrap_or("openai-compat")) else {
         return Err(off(Vec::new(), Vec::new(), true));
     };
     let provider_free = spec.free.unwrap_or(is_local);
@@ -317,31 +303,19 @@ fn enable(
         .headers
         .iter()
         .flatten()
-        .filter_map(|(k, v)| {
-            Some((
-                HeaderName::from_bytes(k.as_bytes()).ok()?,
-                HeaderValue::from_str(v).ok()?,
-            ))
-        })
+        .filter_map(|(k, v)| Some((HeaderName::from_bytes(k.as_bytes()).ok()?, HeaderValue::from_str(v).ok()?)))
         .collect();
     let slots: Vec<KeySlot> = if keys.is_empty() {
         vec![KeySlot::new(0, None)]
     } else {
-        keys.into_iter()
-            .enumerate()
-            .map(|(i, k)| KeySlot::new(i, Some(k)))
-            .collect()
+        keys.into_iter().enumerate().map(|(i, k)| KeySlot::new(i, Some(k))).collect()
     };
     Ok(Provider {
         name: Arc::from(name),
         display_name: spec.display_name.clone().unwrap_or_else(|| name.to_owned()),
-        base_url: spec
-            .base_url
-            .clone()
-            .unwrap_or_default()
-            .trim_end_matches('/')
-            .to_owned(),
-        translator,
+        base_url: spec.base_url.clone().unwrap_or_default().trim_end_matches('/').to_owned(),
+        plugin,
+        options: spec.options.iter().flatten().map(|(k, v)| (k.clone(), v.clone())).collect(),
         keys: slots,
         next_key: AtomicUsize::new(0),
         models,

@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::errors::stream_error_event;
-use crate::translate::{StreamDecoder, StreamEvent, Usage};
+use crate::plugin::{PluginStream, StreamEvent, Usage};
 
 /// How a relayed stream ended, for metrics and logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +38,7 @@ type Observer = Box<dyn FnOnce(&StreamOutcome) + Send>;
 /// A live upstream stream being relayed.
 pub struct Relay {
     upstream: Incoming,
-    decoder: Box<dyn StreamDecoder>,
+    decoder: PluginStream,
     pending: VecDeque<Bytes>,
     scratch: Vec<StreamEvent>,
     idle: Duration,
@@ -52,7 +52,7 @@ pub struct Relay {
 impl Relay {
     /// Starts relaying `upstream`; `idle` is the longest silence allowed
     /// between two pieces of the upstream body.
-    pub fn new(upstream: Incoming, decoder: Box<dyn StreamDecoder>, idle: Duration) -> Self {
+    pub fn new(upstream: Incoming, decoder: PluginStream, idle: Duration) -> Self {
         let now = Instant::now();
         Self {
             upstream,
@@ -63,11 +63,7 @@ impl Relay {
             timer: Box::pin(tokio::time::sleep_until(now + idle)),
             last_activity: now,
             ended: false,
-            outcome: StreamOutcome {
-                chunks: 0,
-                usage: None,
-                error: None,
-            },
+            outcome: StreamOutcome { chunks: 0, usage: None, error: None },
             observer: None,
         }
     }
@@ -115,15 +111,20 @@ impl Relay {
                 Poll::Ready(Some(Ok(frame))) => {
                     self.last_activity = Instant::now();
                     if let Ok(data) = frame.into_data() {
-                        self.decoder.push(&data, &mut self.scratch);
+                        let decoded = self.decoder.push(&data, &mut self.scratch);
                         self.absorb();
+                        if let Err(e) = decoded {
+                            self.fail(e.to_string());
+                        }
                     }
                 }
                 Poll::Ready(Some(Err(e))) => self.fail(format!("the upstream stream broke off: {e}")),
                 Poll::Ready(None) => {
-                    self.decoder.finish(&mut self.scratch);
+                    let decoded = self.decoder.finish(&mut self.scratch);
                     self.absorb();
-                    if !self.ended {
+                    if let Err(e) = decoded {
+                        self.fail(e.to_string());
+                    } else if !self.ended {
                         self.fail("the upstream ended the stream without [DONE]".to_owned());
                     }
                 }
@@ -171,6 +172,9 @@ impl Relay {
     }
 
     fn fail(&mut self, message: String) {
+        if self.ended {
+            return;
+        }
         self.pending.push_back(stream_error_event(&message, "stream_failed"));
         self.outcome.error = Some(message);
         self.end();

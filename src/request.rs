@@ -1,8 +1,7 @@
 //! The client's chat-completion request: parsed once, checked for what the
 //! gateway relies on, and otherwise passed on untouched.
 
-use serde::Serialize;
-use serde::ser::SerializeMap;
+use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use crate::errors::ApiError;
@@ -16,13 +15,15 @@ pub struct ChatRequest {
     pub stream: bool,
     /// The whole JSON object as sent, `model` included.
     pub body: Map<String, Value>,
+    /// The body's bytes as the client sent them (what plugins translate).
+    pub raw: Bytes,
 }
 
 impl ChatRequest {
     /// Parses and checks a request body. Every failure is a 400 that says
     /// which field is wrong.
-    pub fn parse(bytes: &[u8]) -> Result<Self, ApiError> {
-        let value: Value = serde_json::from_slice(bytes)
+    pub fn parse(bytes: Bytes) -> Result<Self, ApiError> {
+        let value: Value = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}"), None))?;
         let Value::Object(body) = value else {
             return Err(ApiError::bad_request("the request body must be a JSON object", None));
@@ -68,40 +69,7 @@ impl ChatRequest {
             Some(_) => return Err(ApiError::bad_request("`messages` must be an array", Some("messages"))),
             None => return Err(ApiError::bad_request("missing `messages`", Some("messages"))),
         }
-        Ok(Self { model, stream, body })
-    }
-
-    /// The body with `model` replaced by the upstream's own id, serialized
-    /// without copying the rest of the request.
-    pub fn to_json_with_model(&self, model: &str) -> Result<Vec<u8>, serde_json::Error> {
-        let mut out = Vec::with_capacity(256);
-        serde_json::to_writer(
-            &mut out,
-            &WithModel {
-                body: &self.body,
-                model,
-            },
-        )?;
-        Ok(out)
-    }
-}
-
-struct WithModel<'a> {
-    body: &'a Map<String, Value>,
-    model: &'a str,
-}
-
-impl Serialize for WithModel<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(self.body.len()))?;
-        for (key, value) in self.body {
-            if key == "model" {
-                map.serialize_entry(key, self.model)?;
-            } else {
-                map.serialize_entry(key, value)?;
-            }
-        }
-        map.end()
+        Ok(Self { model, stream, body, raw: bytes })
     }
 }
 
@@ -110,21 +78,19 @@ mod tests {
     use super::*;
 
     fn err(body: &str) -> String {
-        ChatRequest::parse(body.as_bytes()).unwrap_err().message().to_owned()
+        ChatRequest::parse(Bytes::copy_from_slice(body.as_bytes())).unwrap_err().message()
     }
 
     #[test]
-    fn parses_and_rewrites_the_model() {
-        let r = ChatRequest::parse(
+    fn parses_and_keeps_the_raw_body() {
+        let raw = Bytes::from_static(
             br#"{"model":"chat-free","stream":true,"messages":[{"role":"user","content":"hi"}],"temperature":0.2}"#,
-        )
-        .unwrap();
+        );
+        let r = ChatRequest::parse(raw.clone()).unwrap();
         assert_eq!(r.model, "chat-free");
         assert!(r.stream);
-        let out: Value = serde_json::from_slice(&r.to_json_with_model("llama-3.3-70b").unwrap()).unwrap();
-        assert_eq!(out["model"], "llama-3.3-70b");
-        assert_eq!(out["temperature"], 0.2);
-        assert_eq!(out["messages"][0]["content"], "hi");
+        assert_eq!(r.body["temperature"], 0.2);
+        assert_eq!(r.raw, raw);
     }
 
     #[test]

@@ -60,40 +60,24 @@ impl Router {
         config: &Config,
         catalog: &Catalog,
     ) -> Self {
-        let by_name: HashMap<String, usize> = providers
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.name.to_string(), i))
-            .collect();
+        let by_name: HashMap<String, usize> =
+            providers.iter().enumerate().map(|(i, p)| (p.name.to_string(), i)).collect();
         let mut by_model: HashMap<String, Vec<Candidate>> = HashMap::new();
         for p in &providers {
             for m in &p.models {
-                by_model.entry(m.id.to_string()).or_default().push(Candidate {
-                    provider: p.clone(),
-                    model: m.id.clone(),
-                });
+                by_model
+                    .entry(m.id.to_string())
+                    .or_default()
+                    .push(Candidate { provider: p.clone(), model: m.id.clone() });
             }
         }
         let mut routes = IndexMap::new();
-        let specs = config
-            .routes
-            .iter()
-            .chain(catalog.routes.iter().filter(|(n, _)| !config.routes.contains_key(*n)));
+        let specs = config.routes.iter().chain(catalog.routes.iter().filter(|(n, _)| !config.routes.contains_key(*n)));
         for (name, spec) in specs {
-            routes.insert(
-                name.clone(),
-                build_route(spec, &providers, &by_name, &by_model, &disabled),
-            );
+            routes.insert(name.clone(), build_route(spec, &providers, &by_name, &by_model, &disabled));
         }
         let no_provider_message = no_provider_message(&disabled);
-        Self {
-            providers,
-            by_name,
-            by_model,
-            routes,
-            disabled,
-            no_provider_message,
-        }
+        Self { providers, by_name, by_model, routes, disabled, no_provider_message }
     }
 
     /// The enabled providers.
@@ -113,9 +97,7 @@ impl Router {
 
     /// The targets a route would try, in written order.
     pub fn route_targets(&self, name: &str) -> Option<Vec<Candidate>> {
-        self.routes
-            .get(name)
-            .map(|r| r.targets.iter().map(|(c, _)| c.clone()).collect())
+        self.routes.get(name).map(|r| r.targets.iter().map(|(c, _)| c.clone()).collect())
     }
 
     /// What to tell a user when nothing is enabled.
@@ -139,14 +121,8 @@ impl Router {
                     });
                 }
                 let provider = &self.providers[i];
-                let model = provider
-                    .model(id)
-                    .map(|m| m.id.clone())
-                    .unwrap_or_else(|| Arc::from(id));
-                return Ok(vec![Candidate {
-                    provider: provider.clone(),
-                    model,
-                }]);
+                let model = provider.model(id).map(|m| m.id.clone()).unwrap_or_else(|| Arc::from(id));
+                return Ok(vec![Candidate { provider: provider.clone(), model }]);
             }
             if !self.by_model.contains_key(model)
                 && let Some(off) = self.disabled.iter().find(|d| d.name == provider)
@@ -158,57 +134,38 @@ impl Router {
             return Ok(candidates.clone());
         }
         if self.providers.is_empty() {
-            return Err(ApiError::Unavailable {
-                message: self.no_provider_message.clone(),
-            });
+            return Err(ApiError::Unavailable { message: self.no_provider_message.clone() });
         }
         let suggestions = nearest(model, self.model_names(), 3);
         let hint = if suggestions.is_empty() {
             "; GET /v1/models lists what is available".to_owned()
         } else {
-            format!(
-                "; did you mean {}?",
-                suggestions
-                    .iter()
-                    .map(|s| format!("`{s}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
+            format!("; did you mean {}?", suggestions.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", "))
         };
-        Err(ApiError::UnknownModel {
-            message: format!("unknown model `{model}`{hint}"),
-        })
+        Err(ApiError::UnknownModel { message: format!("unknown model `{model}`{hint}") })
     }
 
     fn unavailable(&self, model: &str, needs: &[String]) -> ApiError {
         let message = if needs.is_empty() {
             format!("no enabled provider serves `{model}`")
         } else {
-            format!(
-                "no enabled provider serves `{model}`; set {} to enable one",
-                needs.join(" or ")
-            )
+            format!("no enabled provider serves `{model}`; set {} to enable one", needs.join(" or "))
         };
         ApiError::Unavailable { message }
     }
 
     /// Every routable name: routes, then `provider/model` pairs.
     pub fn model_names(&self) -> impl Iterator<Item = String> + '_ {
-        self.routes.keys().cloned().chain(
-            self.providers
-                .iter()
-                .flat_map(|p| p.models.iter().map(move |m| format!("{}/{}", p.name, m.id))),
-        )
+        self.routes
+            .keys()
+            .cloned()
+            .chain(self.providers.iter().flat_map(|p| p.models.iter().map(move |m| format!("{}/{}", p.name, m.id))))
     }
 
     /// Model/key pairs cooling down now, across every provider.
     pub fn active_cooldowns(&self) -> usize {
         let now = std::time::Instant::now();
-        self.providers
-            .iter()
-            .flat_map(|p| p.keys.iter())
-            .map(|k| k.active_cooldowns(now))
-            .sum()
+        self.providers.iter().flat_map(|p| p.keys.iter()).map(|k| k.active_cooldowns(now)).sum()
     }
 }
 
@@ -230,9 +187,8 @@ impl Route {
             Strategy::Weighted => {
                 // Weighted order without replacement: sort by u^(1/w)
                 // (Efraimidis–Spirakis), so each position is drawn by weight.
-                let mut keyed: Vec<(f64, usize)> = (0..n)
-                    .map(|i| (fastrand::f64().powf(1.0 / f64::from(self.targets[i].1.max(1))), i))
-                    .collect();
+                let mut keyed: Vec<(f64, usize)> =
+                    (0..n).map(|i| (fastrand::f64().powf(1.0 / f64::from(self.targets[i].1.max(1))), i)).collect();
                 keyed.sort_by(|a, b| b.0.total_cmp(&a.0));
                 keyed.into_iter().map(|(_, i)| pick(i)).collect()
             }
@@ -255,17 +211,8 @@ fn build_route(
         if let Some((p, id)) = target.split_once('/') {
             if let Some(&i) = by_name.get(p) {
                 let provider = &providers[i];
-                let model = provider
-                    .model(id)
-                    .map(|m| m.id.clone())
-                    .unwrap_or_else(|| Arc::from(id));
-                targets.push((
-                    Candidate {
-                        provider: provider.clone(),
-                        model,
-                    },
-                    weight,
-                ));
+                let model = provider.model(id).map(|m| m.id.clone()).unwrap_or_else(|| Arc::from(id));
+                targets.push((Candidate { provider: provider.clone(), model }, weight));
                 continue;
             }
             if let Some(off) = disabled.iter().find(|d| d.name == p) {
@@ -281,12 +228,7 @@ fn build_route(
             targets.push((c.clone(), weight));
         }
     }
-    Route {
-        targets,
-        strategy: spec.strategy,
-        next: AtomicUsize::new(0),
-        needs,
-    }
+    Route { targets, strategy: spec.strategy, next: AtomicUsize::new(0), needs }
 }
 
 fn needs_of(off: &DisabledProvider) -> Vec<String> {
@@ -312,10 +254,7 @@ fn no_provider_message(disabled: &[DisabledProvider]) -> String {
         })
         .collect();
     options.push("or run Ollama on 127.0.0.1:11434".to_owned());
-    format!(
-        "no provider is configured. Set an API key in the environment or in .env: {}",
-        options.join("; ")
-    )
+    format!("no provider is configured. Set an API key in the environment or in .env: {}", options.join("; "))
 }
 
 /// Up to `n` names close to `query`, best first (for "did you mean").
@@ -344,10 +283,7 @@ mod tests {
     fn nearest_finds_typos_and_suffixes() {
         let names = ["chat-free", "groq/llama-3.3-70b", "code-free"];
         assert_eq!(nearest("chat-fre", names.iter(), 3)[0], "chat-free");
-        assert_eq!(
-            nearest("llama-3.3-70b", names.iter(), 3),
-            vec!["groq/llama-3.3-70b".to_owned()]
-        );
+        assert_eq!(nearest("llama-3.3-70b", names.iter(), 3), vec!["groq/llama-3.3-70b".to_owned()]);
         assert!(nearest("zzzz", names.iter(), 3).is_empty());
     }
 }

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, header};
+use http::{HeaderValue, Request, Response, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
@@ -15,7 +15,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::CertificateDer;
 
-use crate::translate::UpstreamRequest;
+use crate::plugin::UpstreamRequest;
 
 /// Upstream answers larger than this are refused (memory protection).
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
@@ -66,34 +66,19 @@ impl Upstream {
         Self { client }
     }
 
-    /// Sends a POST; resolves when the response head has arrived.
-    pub async fn post(&self, req: UpstreamRequest) -> Result<Response<Incoming>, UpstreamError> {
-        self.send(Method::POST, req).await
-    }
-
-    /// Sends a GET (model listing, probes).
-    pub async fn get(&self, req: UpstreamRequest) -> Result<Response<Incoming>, UpstreamError> {
-        self.send(Method::GET, req).await
-    }
-
-    async fn send(&self, method: Method, req: UpstreamRequest) -> Result<Response<Incoming>, UpstreamError> {
-        let mut builder = Request::builder().method(method).uri(&req.url);
+    /// Sends a request; resolves when the response head has arrived.
+    pub async fn send(&self, req: UpstreamRequest) -> Result<Response<Incoming>, UpstreamError> {
+        let mut builder = Request::builder().method(req.method).uri(&req.url);
         if let Some(headers) = builder.headers_mut() {
             headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
             for (name, value) in req.headers {
                 headers.insert(name, value);
             }
         }
-        let request = builder
-            .body(Full::new(req.body))
-            .map_err(|e| UpstreamError::Request(e.to_string()))?;
+        let request = builder.body(Full::new(req.body)).map_err(|e| UpstreamError::Request(e.to_string()))?;
         self.client.request(request).await.map_err(|e| {
             let detail = error_chain(&e);
-            if e.is_connect() {
-                UpstreamError::Connect(detail)
-            } else {
-                UpstreamError::Io(detail)
-            }
+            if e.is_connect() { UpstreamError::Connect(detail) } else { UpstreamError::Io(detail) }
         })
     }
 }
@@ -110,9 +95,7 @@ fn tls_config(extra_roots: &[CertificateDer<'static>]) -> rustls::ClientConfig {
     match rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions() {
         Ok(builder) => builder.with_root_certificates(roots).with_no_client_auth(),
         // Only fails if the provider supports no protocol version; ring's supports both.
-        Err(_) => rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
+        Err(_) => rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth(),
     }
 }
 

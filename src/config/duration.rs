@@ -44,28 +44,20 @@ impl<'de> Deserialize<'de> for ConfigDuration {
 
             fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
                 humantime::parse_duration(text.trim()).map(ConfigDuration).map_err(|e| {
-                    E::custom(format!(
-                        "`{text}` is not a duration ({e}); write it like 500ms, 30s, 5m or 24h"
-                    ))
+                    E::custom(format!("`{text}` is not a duration ({e}); write it like 500ms, 30s, 5m or 24h"))
                 })
             }
 
             fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Self::Value, E> {
-                Err(E::custom(format!(
-                    "`{n}` has no unit; write `{n}s` for seconds or `{n}ms` for milliseconds"
-                )))
+                Err(E::custom(format!("`{n}` has no unit; write `{n}s` for seconds or `{n}ms` for milliseconds")))
             }
 
             fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Self::Value, E> {
-                Err(E::custom(format!(
-                    "`{n}` is not a duration; write it like 500ms, 30s or 24h"
-                )))
+                Err(E::custom(format!("`{n}` is not a duration; write it like 500ms, 30s or 24h")))
             }
 
             fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Self::Value, E> {
-                Err(E::custom(format!(
-                    "`{n}` is not a duration; write it like 500ms, 30s or 24h"
-                )))
+                Err(E::custom(format!("`{n}` is not a duration; write it like 500ms, 30s or 24h")))
             }
         }
         deserializer.deserialize_any(Visitor)

@@ -18,10 +18,7 @@ pub struct Env {
 impl Env {
     /// Process variables only.
     pub fn process() -> Self {
-        Self {
-            process: true,
-            vars: HashMap::new(),
-        }
+        Self { process: true, vars: HashMap::new() }
     }
 
     /// Process variables, then the `.env` file at `path` if it exists.
@@ -41,10 +38,7 @@ impl Env {
     /// Exactly these variables and nothing from the process (for tests and
     /// embedders).
     pub fn from_map<K: Into<String>, V: Into<String>>(vars: impl IntoIterator<Item = (K, V)>) -> Self {
-        Self {
-            process: false,
-            vars: vars.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
-        }
+        Self { process: false, vars: vars.into_iter().map(|(k, v)| (k.into(), v.into())).collect() }
     }
 
     /// The value of `name`, if set.
@@ -94,9 +88,7 @@ pub fn expand(input: &str, env: &Env) -> Result<Expanded, String> {
             rest = after;
             continue;
         };
-        let end = body_and_tail
-            .find('}')
-            .ok_or_else(|| format!("unclosed `${{` in {input:?}"))?;
+        let end = body_and_tail.find('}').ok_or_else(|| format!("unclosed `${{` in {input:?}"))?;
         let body = &body_and_tail[..end];
         rest = &body_and_tail[end + 1..];
         let (name, default, empty_counts_as_unset) = match body.find([':', '-']) {

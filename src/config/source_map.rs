@@ -50,11 +50,7 @@ struct Builder {
 }
 
 fn join(parent: &str, child: &str) -> String {
-    if parent.is_empty() {
-        child.to_owned()
-    } else {
-        format!("{parent}.{child}")
-    }
+    if parent.is_empty() { child.to_owned() } else { format!("{parent}.{child}") }
 }
 
 impl Builder {

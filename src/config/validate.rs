@@ -4,7 +4,6 @@
 use super::{Config, Limits, ProviderSpec, RouteSpec, SourceMap, Strategy};
 use crate::catalog::Catalog;
 use crate::config::Problem;
-use crate::translate::PLUGINS;
 
 struct Report<'a> {
     problems: &'a mut Vec<Problem>,
@@ -14,27 +13,16 @@ struct Report<'a> {
 
 impl Report<'_> {
     fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.problems.push(Problem {
-            path: path.into(),
-            line: None,
-            message: message.into(),
-        });
+        self.problems.push(Problem { path: path.into(), line: None, message: message.into() });
     }
 
     fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.warnings.push(Problem {
-            path: path.into(),
-            line: None,
-            message: message.into(),
-        });
+        self.warnings.push(Problem { path: path.into(), line: None, message: message.into() });
     }
 
     /// The unset variables a string at `path` referred to.
     fn unset_vars(&self, path: &str) -> Option<String> {
-        self.unset
-            .iter()
-            .find(|(p, _)| p == path)
-            .map(|(_, vars)| vars.join(", "))
+        self.unset.iter().find(|(p, _)| p == path).map(|(_, vars)| vars.join(", "))
     }
 }
 
@@ -46,20 +34,26 @@ pub(super) fn config(
     problems: &mut Vec<Problem>,
     warnings: &mut Vec<Problem>,
 ) {
-    let mut r = Report {
-        problems,
-        warnings,
-        unset,
-    };
+    let mut r = Report { problems, warnings, unset };
     server(cfg, &mut r);
+    let plugins = match crate::plugin::available_names(cfg.plugins_dir().as_deref()) {
+        Ok(names) => names,
+        Err(e) => {
+            r.error("plugins.dir", e);
+            crate::plugin::available_names(None).unwrap_or_default()
+        }
+    };
     for (name, spec) in &cfg.providers {
-        provider(
-            name,
-            spec,
-            catalog.providers.get(name),
-            &format!("providers.{name}"),
-            &mut r,
-        );
+        let base = catalog.providers.get(name);
+        provider(name, spec, base, &format!("providers.{name}"), &plugins, &mut r);
+    }
+    if cfg.plugins.call_timeout.get().is_zero() {
+        r.error("plugins.call_timeout", "must be more than 0");
+    }
+    if cfg.plugins.memory_limit < 1024 * 1024 {
+        r.error("plugins.memory_limit", "must be at least 1048576 (1 MiB)");
+    } else if cfg.plugins.memory_limit > crate::plugin::MAX_MEMORY as u64 {
+        r.error("plugins.memory_limit", format!("must be at most {}", crate::plugin::MAX_MEMORY));
     }
     let known_provider = |p: &str| cfg.providers.contains_key(p) || catalog.providers.contains_key(p);
     let lists_model = |m: &str| {
@@ -68,26 +62,16 @@ pub(super) fn config(
             .chain(catalog.providers.values())
             .any(|spec| spec.models.iter().flatten().any(|model| model.id == m))
     };
-    let names: Vec<&str> = cfg
-        .providers
-        .keys()
-        .chain(catalog.providers.keys())
-        .map(String::as_str)
-        .collect();
+    let names: Vec<&str> = cfg.providers.keys().chain(catalog.providers.keys()).map(String::as_str).collect();
     for (name, spec) in &cfg.routes {
         route(name, spec, &known_provider, &lists_model, &names, &mut r);
     }
     dispatch(cfg, &mut r);
-    for (section, what) in [
-        ("discovery", "model discovery"),
-        ("policies", "routing policies"),
-        ("state", "persistent state"),
-    ] {
+    for (section, what) in
+        [("discovery", "model discovery"), ("policies", "routing policies"), ("state", "persistent state")]
+    {
         if map.line(section).is_some() {
-            r.warn(
-                section,
-                format!("{what} is accepted but not active in this version of freeway"),
-            );
+            r.warn(section, format!("{what} is accepted but not active in this version of freeway"));
         }
     }
 }
@@ -95,30 +79,19 @@ pub(super) fn config(
 /// Checks a catalog file: the same provider and route rules as a config,
 /// with the catalog as its own base.
 pub(crate) fn catalog(catalog: &Catalog, problems: &mut Vec<Problem>, warnings: &mut Vec<Problem>) {
-    let mut r = Report {
-        problems,
-        warnings,
-        unset: &[],
-    };
+    let mut r = Report { problems, warnings, unset: &[] };
+    let plugins = crate::plugin::available_names(None).unwrap_or_default();
     for (name, spec) in &catalog.providers {
-        provider(name, spec, None, &format!("providers.{name}"), &mut r);
+        provider(name, spec, None, &format!("providers.{name}"), &plugins, &mut r);
     }
     let known_provider = |p: &str| catalog.providers.contains_key(p);
-    let lists_model = |m: &str| {
-        catalog
-            .providers
-            .values()
-            .any(|s| s.models.iter().flatten().any(|x| x.id == m))
-    };
+    let lists_model = |m: &str| catalog.providers.values().any(|s| s.models.iter().flatten().any(|x| x.id == m));
     let names: Vec<&str> = catalog.providers.keys().map(String::as_str).collect();
     for (name, spec) in &catalog.routes {
         route(name, spec, &known_provider, &lists_model, &names, &mut r);
         for (i, t) in spec.targets.iter().enumerate() {
             let listed = t.target.split_once('/').is_some_and(|(p, m)| {
-                catalog
-                    .providers
-                    .get(p)
-                    .is_some_and(|s| s.models.iter().flatten().any(|x| x.id == m))
+                catalog.providers.get(p).is_some_and(|s| s.models.iter().flatten().any(|x| x.id == m))
             });
             if !listed {
                 r.error(
@@ -159,42 +132,37 @@ fn server(cfg: &Config, r: &mut Report<'_>) {
     if s.max_body_bytes == 0 {
         r.error("server.max_body_bytes", "must be more than 0");
     }
-    for (key, d) in [
-        ("header_read_timeout", s.header_read_timeout),
-        ("body_read_timeout", s.body_read_timeout),
-    ] {
+    for (key, d) in [("header_read_timeout", s.header_read_timeout), ("body_read_timeout", s.body_read_timeout)] {
         if d.get().is_zero() {
             r.error(format!("server.{key}"), "must be more than 0");
         }
     }
 }
 
-fn provider(name: &str, spec: &ProviderSpec, base: Option<&ProviderSpec>, path: &str, r: &mut Report<'_>) {
+fn provider(
+    name: &str,
+    spec: &ProviderSpec,
+    base: Option<&ProviderSpec>,
+    path: &str,
+    plugins: &[String],
+    r: &mut Report<'_>,
+) {
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        r.error(
-            path,
-            format!("`{name}` is not a provider name: use letters, digits, `-`, `_` and `.` (no `/`)"),
-        );
+        r.error(path, format!("`{name}` is not a provider name: use letters, digits, `-`, `_` and `.` (no `/`)"));
     }
     match spec.plugin.as_deref().or(base.and_then(|b| b.plugin.as_deref())) {
         None => r.error(
             path,
-            format!(
-                "`{name}` is not a catalog provider, so it needs `plugin` (one of: {})",
-                PLUGINS.join(", ")
-            ),
+            format!("`{name}` is not a catalog provider, so it needs `plugin` (one of: {})", plugins.join(", ")),
         ),
-        Some(plugin) if !PLUGINS.contains(&plugin) => r.error(
+        Some(plugin) if !plugins.iter().any(|p| p == plugin) => r.error(
             format!("{path}.plugin"),
-            format!("unknown plugin `{plugin}`; this build has: {}", PLUGINS.join(", ")),
+            format!("unknown plugin `{plugin}`; this build has: {}", plugins.join(", ")),
         ),
         Some(_) => {}
     }
     match spec.base_url.as_deref().or(base.and_then(|b| b.base_url.as_deref())) {
-        None => r.error(
-            path,
-            format!("`{name}` is not a catalog provider, so it needs `base_url`"),
-        ),
+        None => r.error(path, format!("`{name}` is not a catalog provider, so it needs `base_url`")),
         Some(url) => {
             // An unset ${VAR} inside a catalog URL disables the provider instead.
             if let Err(e) = check_base_url(url)
@@ -218,18 +186,9 @@ fn provider(name: &str, spec: &ProviderSpec, base: Option<&ProviderSpec>, path: 
             r.warn(format!("{path}.keys"), "no key is set; the provider stays disabled");
         }
     }
-    for (i, var) in spec
-        .key_env
-        .iter()
-        .flatten()
-        .chain(spec.requires_env.iter().flatten())
-        .enumerate()
-    {
+    for (i, var) in spec.key_env.iter().flatten().chain(spec.requires_env.iter().flatten()).enumerate() {
         if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            r.error(
-                format!("{path}.key_env.{i}"),
-                format!("`{var}` is not an environment variable name"),
-            );
+            r.error(format!("{path}.key_env.{i}"), format!("`{var}` is not an environment variable name"));
         }
     }
     if let Some(limits) = &spec.limits {
@@ -259,17 +218,9 @@ fn provider(name: &str, spec: &ProviderSpec, base: Option<&ProviderSpec>, path: 
 }
 
 fn check_limits(limits: &Limits, path: &str, r: &mut Report<'_>) {
-    for (key, value) in [
-        ("rpm", limits.rpm),
-        ("rpd", limits.rpd),
-        ("tpm", limits.tpm),
-        ("tpd", limits.tpd),
-    ] {
+    for (key, value) in [("rpm", limits.rpm), ("rpd", limits.rpd), ("tpm", limits.tpm), ("tpd", limits.tpd)] {
         if value == Some(0) {
-            r.error(
-                format!("{path}.{key}"),
-                "must be at least 1 (leave it out for no limit)",
-            );
+            r.error(format!("{path}.{key}"), "must be at least 1 (leave it out for no limit)");
         }
     }
 }
@@ -322,19 +273,15 @@ fn route(
                 r.error(tpath.clone(), format!("unknown provider `{p}` in `{target}`{hint}"));
             }
             _ if !lists_model(target) => {
-                r.warn(
-                    tpath.clone(),
-                    format!("no provider lists model `{target}`; it resolves only if one serves it"),
-                );
+                r.warn(tpath.clone(), format!("no provider lists model `{target}`; it resolves only if one serves it"));
             }
             _ => {}
         }
         match (t.weight, spec.strategy) {
             (Some(0), _) => r.error(format!("{tpath}.weight"), "must be at least 1"),
-            (Some(_), s) if s != Strategy::Weighted => r.warn(
-                format!("{tpath}.weight"),
-                "ignored unless the route's strategy is `weighted`",
-            ),
+            (Some(_), s) if s != Strategy::Weighted => {
+                r.warn(format!("{tpath}.weight"), "ignored unless the route's strategy is `weighted`")
+            }
             _ => {}
         }
     }

@@ -19,10 +19,7 @@ use crate::support::mock::{Behavior, Mock};
 
 async fn one(extra: &str) -> (Mock, crate::support::gateway::TestGateway) {
     let m = Mock::start().await;
-    let yaml = format!(
-        "{extra}\nproviders:\n{}",
-        provider("p", &m.base_url(), &["upstream-secret-key-123"], &["m"])
-    );
+    let yaml = format!("{extra}\nproviders:\n{}", provider("p", &m.base_url(), &["upstream-secret-key-123"], &["m"]));
     (m.clone(), start(&yaml).await)
 }
 
@@ -32,22 +29,12 @@ async fn tokens_are_required_on_v1_but_not_on_health_or_metrics() {
     let none = gw.post("/v1/chat/completions", &chat_body("p/m", false), &[]).await;
     assert_eq!(none.status, 401);
     assert_eq!(none.json()["error"]["type"], "authentication_error");
-    let wrong = gw
-        .post(
-            "/v1/chat/completions",
-            &chat_body("p/m", false),
-            &[("authorization", "Bearer nope")],
-        )
-        .await;
+    let wrong = gw.post("/v1/chat/completions", &chat_body("p/m", false), &[("authorization", "Bearer nope")]).await;
     assert_eq!(wrong.status, 401);
     let models = gw.get("/v1/models", &[]).await;
     assert_eq!(models.status, 401);
     let right = gw
-        .post(
-            "/v1/chat/completions",
-            &chat_body("p/m", false),
-            &[("authorization", "Bearer client-token-0123456789")],
-        )
+        .post("/v1/chat/completions", &chat_body("p/m", false), &[("authorization", "Bearer client-token-0123456789")])
         .await;
     assert_eq!(right.status, 200);
     assert_eq!(gw.get("/health", &[]).await.status, 200);
@@ -72,15 +59,8 @@ async fn a_body_over_the_limit_is_a_413() {
     );
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 413"),
-        "{}",
-        String::from_utf8_lossy(&buf[..n])
-    );
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 413"), "{}", String::from_utf8_lossy(&buf[..n]));
 }
 
 #[tokio::test]
@@ -91,10 +71,7 @@ async fn malformed_requests_say_what_is_wrong() {
         (r#"{"messages":[{"role":"user","content":"x"}]}"#, "missing `model`"),
         (r#"{"model":"p/m"}"#, "missing `messages`"),
         (r#"{"model":"p/m","messages":[{"content":"x"}]}"#, "no `role`"),
-        (
-            r#"{"model":"p/m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#,
-            "`stream`",
-        ),
+        (r#"{"model":"p/m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#, "`stream`"),
     ] {
         let answer = gw.post("/v1/chat/completions", body, &[]).await;
         assert_eq!(answer.status, 400, "{body}");
@@ -119,34 +96,20 @@ async fn an_unknown_model_is_a_404_with_the_nearest_names() {
     assert_eq!(error["code"], "model_not_found");
     assert!(error["message"].as_str().unwrap().contains("`chat-free`"), "{error}");
     let by_suffix = gw.chat("llama-3.3-70").await;
-    assert!(
-        by_suffix.json()["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("p/llama-3.3-70b")
-    );
+    assert!(by_suffix.json()["error"]["message"].as_str().unwrap().contains("p/llama-3.3-70b"));
 }
 
 #[tokio::test]
 async fn with_no_provider_every_request_says_which_variables_to_set() {
-    let gw = start_with(
-        "",
-        Catalog::builtin(&Env::default()).unwrap(),
-        Env::from_map(Vec::<(String, String)>::new()),
-    )
-    .await;
+    let gw =
+        start_with("", Catalog::builtin(&Env::default()).unwrap(), Env::from_map(Vec::<(String, String)>::new())).await;
     let answer = gw.chat("chat-free").await;
     assert_eq!(answer.status, 503, "{}", answer.text());
     let message = answer.json()["error"]["message"].as_str().unwrap().to_owned();
     assert!(message.contains("GROQ_API_KEY"), "{message}");
     let any = gw.chat("some-model").await;
     assert_eq!(any.status, 503);
-    assert!(
-        any.json()["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("OPENROUTER_API_KEY")
-    );
+    assert!(any.json()["error"]["message"].as_str().unwrap().contains("OPENROUTER_API_KEY"));
     let health = gw.get("/health", &[]).await.json();
     assert!(health["hint"].as_str().unwrap().contains("GEMINI_API_KEY"));
 }
@@ -177,12 +140,7 @@ async fn models_lists_routes_and_provider_models() {
     let gw = start(&yaml).await;
     let models = gw.get("/v1/models", &[]).await.json();
     assert_eq!(models["object"], "list");
-    let ids: Vec<&str> = models["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["id"].as_str().unwrap())
-        .collect();
+    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["mine", "p/a", "p/b"]);
 }
 
@@ -214,12 +172,7 @@ async fn cooldowns_in_force_show_in_metrics() {
     let (m, gw) = one("").await;
     m.on_all(Behavior::rate_limited("60"));
     assert_eq!(gw.chat("p/m").await.status, 429);
-    assert!(
-        gw.get("/metrics", &[])
-            .await
-            .text()
-            .contains("freeway_cooldowns_active 1")
-    );
+    assert!(gw.get("/metrics", &[]).await.text().contains("freeway_cooldowns_active 1"));
 }
 
 #[tokio::test]
@@ -267,10 +220,7 @@ async fn a_slow_client_cannot_hold_a_connection() {
     let (_m, gw) = one("server: { header_read_timeout: 300ms }").await;
     // Half a request line, then nothing.
     let mut partial = TcpStream::connect(gw.addr).await.unwrap();
-    partial
-        .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
-        .await
-        .unwrap();
+    partial.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n").await.unwrap();
     // Nothing at all.
     let mut silent = TcpStream::connect(gw.addr).await.unwrap();
     for (name, stream) in [("partial", &mut partial), ("silent", &mut silent)] {
@@ -310,21 +260,14 @@ async fn graceful_shutdown_lets_a_stream_in_flight_finish() {
     let server = gw.shutdown();
     tokio::time::sleep(Duration::from_millis(200)).await;
     // No new connections once shutting down.
-    assert!(
-        TcpStream::connect(gw.addr).await.is_err(),
-        "still accepting after shutdown began"
-    );
+    assert!(TcpStream::connect(gw.addr).await.is_err(), "still accepting after shutdown began");
     assert!(!server.is_finished(), "the server stopped with a stream in flight");
 
     gate.add_permits(1);
     let rest = body.collect().await.expect("the stream was cut by shutdown").to_bytes();
     let events = sse_events(&String::from_utf8_lossy(&rest));
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-    tokio::time::timeout(Duration::from_secs(5), server)
-        .await
-        .expect("server did not stop")
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server).await.expect("server did not stop").unwrap().unwrap();
 }
 
 #[tokio::test]
@@ -335,11 +278,7 @@ async fn shutdown_is_bounded_when_a_stream_never_ends() {
     let mut body = response.into_body();
     next_frame(&mut body, Duration::from_secs(5)).await.unwrap();
     let server = gw.shutdown();
-    tokio::time::timeout(Duration::from_secs(5), server)
-        .await
-        .expect("shutdown was not bounded")
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server).await.expect("shutdown was not bounded").unwrap().unwrap();
 }
 
 #[tokio::test]
@@ -355,10 +294,7 @@ async fn health_reports_providers() {
 #[tokio::test]
 async fn a_local_provider_is_used_when_it_answers_and_lists_its_models() {
     let local = Mock::start().await;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let catalog_yaml = format!(
         "providers:\n  ollama:\n    plugin: openai-compat\n    base_url: {}\n    key_env: []\n    local: true\n    models: []\n  gone:\n    plugin: openai-compat\n    base_url: http://{dead}/v1\n    key_env: []\n    local: true\n    models: []\n",
         local.base_url()
@@ -367,11 +303,7 @@ async fn a_local_provider_is_used_when_it_answers_and_lists_its_models() {
     let catalog = Catalog::from_yaml(&catalog_yaml, "test catalog", &env).unwrap();
     let gw = start_with("", catalog, env).await;
     let health = gw.get("/health", &[]).await.json();
-    assert_eq!(
-        health["providers"]["enabled"],
-        serde_json::json!(["ollama"]),
-        "{health}"
-    );
+    assert_eq!(health["providers"]["enabled"], serde_json::json!(["ollama"]), "{health}");
     // The model its /models listed is routable, by pair and by bare id.
     let answer = gw.chat("listed-model").await;
     assert_eq!(answer.status, 200, "{}", answer.text());
@@ -383,10 +315,7 @@ async fn a_local_provider_is_used_when_it_answers_and_lists_its_models() {
 async fn an_idle_keep_alive_connection_is_closed() {
     let (_m, gw) = one("server: { header_read_timeout: 300ms }").await;
     let mut stream = TcpStream::connect(gw.addr).await.unwrap();
-    stream
-        .write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
+    stream.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
     let mut buf = vec![0u8; 8192];
     let n = stream.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));

@@ -10,9 +10,7 @@ use crate::support::gateway::{Answer, chat_body, send};
 fn freeway() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_freeway"));
     // A clean environment: no provider key from the machine running the tests.
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("RUST_LOG", "info");
+    cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).env("RUST_LOG", "info");
     cmd
 }
 
@@ -54,10 +52,7 @@ fn check_reports_type_errors_with_their_line() {
     let out = freeway().arg("check").arg("--config").arg(&path).output().unwrap();
     assert!(!out.status.success());
     let text = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        text.contains("line 2: dispatch.timeout: `30` has no unit; write `30s`"),
-        "{text}"
-    );
+    assert!(text.contains("line 2: dispatch.timeout: `30` has no unit; write `30s`"), "{text}");
     let path = write(&dir, "y.yaml", "server: [unclosed\n");
     let out = freeway().arg("check").arg("--config").arg(&path).output().unwrap();
     assert!(!out.status.success());
@@ -73,40 +68,18 @@ fn check_passes_a_good_config_and_reads_dot_env() {
         "good.yaml",
         "providers:\n  groq:\n    keys: [\"${GROQ_API_KEY}\", \"${GROQ_API_KEY_2}\"]\ndispatch:\n  timeout: ${MY_TIMEOUT:-30s}\n  cooldown: 2m\n",
     );
-    let out = freeway()
-        .current_dir(dir.path())
-        .arg("check")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = freeway().current_dir(dir.path()).arg("check").arg("--config").arg(&path).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("1 provider(s) enabled: groq"), "{stdout}");
-    assert!(
-        stdout.contains("GROQ_API_KEY_2 is not set; this key is skipped"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("GROQ_API_KEY_2 is not set; this key is skipped"), "{stdout}");
 }
 
 #[test]
 fn the_example_config_is_valid() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/freeway.yaml");
-    let out = freeway()
-        .env("GROQ_API_KEY", "x")
-        .args(["check", "--config", path])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = freeway().env("GROQ_API_KEY", "x").args(["check", "--config", path]).output().unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
@@ -147,21 +120,12 @@ fn spawn_serve(args: &[&str]) -> (std::process::Child, String) {
 async fn serve_with_no_config_and_no_keys_starts_and_explains_then_stops_on_sigterm() {
     let (mut child, addr) = spawn_serve(&[]);
     let answer = Answer::read(
-        send(
-            &format!("http://{addr}/v1/chat/completions"),
-            "POST",
-            &chat_body("chat-free", false),
-            &[],
-        )
-        .await,
+        send(&format!("http://{addr}/v1/chat/completions"), "POST", &chat_body("chat-free", false), &[]).await,
     )
     .await;
     assert_eq!(answer.status, 503);
     assert!(answer.text().contains("GROQ_API_KEY"), "{}", answer.text());
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -180,30 +144,9 @@ async fn no_upstream_key_appears_in_the_log_even_at_trace_level() {
     let secret = "sk-leaky-secret-0123456789";
     let m = Mock::start().await;
     let echo = format!(r#"{{"error":{{"message":"Incorrect API key provided: {secret}"}}}}"#);
-    m.on_model(
-        "bad-key",
-        Behavior::Status {
-            status: 401,
-            retry_after: None,
-            body: echo.clone(),
-        },
-    );
-    m.on_model(
-        "bad-request",
-        Behavior::Status {
-            status: 400,
-            retry_after: None,
-            body: echo.clone(),
-        },
-    );
-    m.on_model(
-        "broken",
-        Behavior::Status {
-            status: 500,
-            retry_after: None,
-            body: echo,
-        },
-    );
+    m.on_model("bad-key", Behavior::Status { status: 401, retry_after: None, body: echo.clone() });
+    m.on_model("bad-request", Behavior::Status { status: 400, retry_after: None, body: echo.clone() });
+    m.on_model("broken", Behavior::Status { status: 500, retry_after: None, body: echo });
     let dir = tempfile::tempdir().unwrap();
     let config = write(
         &dir,
@@ -214,7 +157,7 @@ async fn no_upstream_key_appears_in_the_log_even_at_trace_level() {
         ),
     );
     let mut child = freeway()
-        .env("RUST_LOG", "trace")
+        .env("RUST_LOG", "info,freeway=trace,hyper=trace,hyper_util=trace,h2=trace,rustls=trace")
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
         .arg(&config)
         .stderr(Stdio::piped())
@@ -242,23 +185,14 @@ async fn no_upstream_key_appears_in_the_log_even_at_trace_level() {
             assert!(!answer.text().contains(secret), "{model}: {}", answer.text());
         }
     }
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     let _ = child.wait();
     let log = reader.join().unwrap();
-    assert!(
-        log.contains("upstream attempt failed"),
-        "the log shows no attempts:\n{log}"
-    );
+    assert!(log.contains("upstream attempt failed"), "the log shows no attempts:\n{log}");
     assert!(
         !log.contains(secret),
         "the key leaked into the log:\n{}",
-        log.lines()
-            .filter(|l| l.contains(secret))
-            .collect::<Vec<_>>()
-            .join("\n")
+        log.lines().filter(|l| l.contains(secret)).collect::<Vec<_>>().join("\n")
     );
 }
 
@@ -270,8 +204,5 @@ fn check_refuses_a_ca_file_that_is_not_pem() {
     let out = freeway().arg("check").arg("--config").arg(&path).output().unwrap();
     assert!(!out.status.success());
     let text = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        text.contains("line 2: dispatch.ca_file:") && text.contains("no certificate"),
-        "{text}"
-    );
+    assert!(text.contains("line 2: dispatch.ca_file:") && text.contains("no certificate"), "{text}");
 }

@@ -85,11 +85,7 @@ async fn a_429_tries_the_same_model_on_the_next_key_at_once() {
     a.on_key("k1", Behavior::rate_limited("60"));
     let answer = gw.chat("a/m1").await;
     assert_answered_by(&answer, "a/m1", "m1", 1);
-    let keys: Vec<_> = a
-        .seen()
-        .iter()
-        .map(|s| (s.model.clone(), s.key.clone().unwrap()))
-        .collect();
+    let keys: Vec<_> = a.seen().iter().map(|s| (s.model.clone(), s.key.clone().unwrap())).collect();
     assert_eq!(keys, vec![("m1".into(), "k1".into()), ("m1".into(), "k2".into())]);
     // k1 cools for m1 only: later requests go straight to k2.
     for _ in 0..3 {
@@ -101,20 +97,13 @@ async fn a_429_tries_the_same_model_on_the_next_key_at_once() {
 #[tokio::test]
 async fn a_401_marks_the_key_invalid_for_good() {
     let a = Mock::start().await;
-    let yaml = format!(
-        "providers:\n{}",
-        provider("a", &a.base_url(), &["bad", "good"], &["m1"])
-    );
+    let yaml = format!("providers:\n{}", provider("a", &a.base_url(), &["bad", "good"], &["m1"]));
     let gw = start(&yaml).await;
     a.on_key("bad", Behavior::status(401));
     for _ in 0..4 {
         assert_eq!(gw.chat("a/m1").await.status, 200);
     }
-    assert_eq!(
-        a.seen().iter().filter(|s| s.key.as_deref() == Some("bad")).count(),
-        1,
-        "an invalid key was reused"
-    );
+    assert_eq!(a.seen().iter().filter(|s| s.key.as_deref() == Some("bad")).count(), 1, "an invalid key was reused");
 }
 
 #[tokio::test]
@@ -167,10 +156,7 @@ async fn a_hanging_upstream_times_out_and_falls_back() {
 async fn a_connect_error_falls_back() {
     let b = Mock::start().await;
     // A port nothing listens on.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let yaml = format!(
         "providers:\n{}{}routes:\n  r:\n    targets: [dead/m1, b/m2]\n",
         provider("dead", &format!("http://{closed}/v1"), &["k"], &["m1"]),
@@ -183,10 +169,7 @@ async fn a_connect_error_falls_back() {
 #[tokio::test]
 async fn an_answer_that_is_not_a_completion_falls_back() {
     let (a, _b, gw) = two_providers("{}").await;
-    a.on_model(
-        "m1",
-        Behavior::Raw(r#"{"error":{"message":"upstream overloaded"}}"#.into()),
-    );
+    a.on_model("m1", Behavior::Raw(r#"{"error":{"message":"upstream overloaded"}}"#.into()));
     assert_answered_by(&gw.chat("r").await, "b/m2", "m2", 1);
 }
 
@@ -240,12 +223,7 @@ async fn max_attempts_bounds_the_upstream_calls() {
     let answer = gw.chat("r").await;
     assert_eq!(answer.status, 502);
     assert_eq!(m.seen().len(), 2);
-    assert!(
-        answer.json()["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("max_attempts")
-    );
+    assert!(answer.json()["error"]["message"].as_str().unwrap().contains("max_attempts"));
 }
 
 #[tokio::test]
@@ -261,20 +239,12 @@ async fn upstream_connections_are_kept_alive_and_reused() {
 #[tokio::test]
 async fn keys_are_used_in_turn() {
     let m = Mock::start().await;
-    let gw = start(&format!(
-        "providers:\n{}",
-        provider("p", &m.base_url(), &["k1", "k2", "k3"], &["m"])
-    ))
-    .await;
+    let gw = start(&format!("providers:\n{}", provider("p", &m.base_url(), &["k1", "k2", "k3"], &["m"]))).await;
     for _ in 0..6 {
         assert_eq!(gw.chat("p/m").await.status, 200);
     }
     for k in ["k1", "k2", "k3"] {
-        assert_eq!(
-            m.seen().iter().filter(|s| s.key.as_deref() == Some(k)).count(),
-            2,
-            "{k}"
-        );
+        assert_eq!(m.seen().iter().filter(|s| s.key.as_deref() == Some(k)).count(), 2, "{k}");
     }
 }
 
@@ -299,12 +269,7 @@ async fn a_bare_model_id_tries_every_provider_that_lists_it() {
 #[tokio::test]
 async fn a_model_a_provider_does_not_list_is_passed_through_as_provider_slash_model() {
     let (a, _b, gw) = two_providers("{}").await;
-    assert_answered_by(
-        &gw.chat("a/unlisted-model").await,
-        "a/unlisted-model",
-        "unlisted-model",
-        0,
-    );
+    assert_answered_by(&gw.chat("a/unlisted-model").await, "a/unlisted-model", "unlisted-model", 0);
     assert_eq!(a.calls_to("unlisted-model"), 1);
 }
 
@@ -353,11 +318,7 @@ async fn https_upstreams_get_http2_when_they_offer_it_and_a_private_ca_can_be_tr
     }
     let stream = crate::support::gateway::Answer::read(gw.stream("secure/m").await).await;
     assert_eq!(stream.events().last().unwrap(), "[DONE]");
-    assert!(
-        tls.seen().iter().all(|s| s.version == http::Version::HTTP_2),
-        "{:?}",
-        tls.seen()
-    );
+    assert!(tls.seen().iter().all(|s| s.version == http::Version::HTTP_2), "{:?}", tls.seen());
     assert_eq!(tls.connections(), 1, "HTTP/2 requests share one connection");
 
     // Without the CA the certificate is refused: a connect error, not an answer.

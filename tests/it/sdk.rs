@@ -10,10 +10,7 @@ use crate::support::mock::{Behavior, Mock};
 
 #[tokio::test]
 async fn the_openai_python_sdk_works_through_freeway() {
-    let has_sdk = Command::new("python3")
-        .args(["-c", "import openai"])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let has_sdk = Command::new("python3").args(["-c", "import openai"]).output().is_ok_and(|o| o.status.success());
     if !has_sdk {
         eprintln!("skipped: the openai Python package is not installed (pip install openai)");
         return;
@@ -32,10 +29,7 @@ async fn the_openai_python_sdk_works_through_freeway() {
         .await
         .unwrap()
         .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("openai sdk ok"));
 }

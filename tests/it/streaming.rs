@@ -47,9 +47,7 @@ async fn the_client_gets_the_first_chunk_before_the_upstream_sends_the_last() {
     assert_eq!(response.status(), 200);
     let mut body = response.into_body();
     // The upstream is holding the rest of the stream until the gate opens.
-    let first = next_frame(&mut body, Duration::from_secs(5))
-        .await
-        .expect("first chunk");
+    let first = next_frame(&mut body, Duration::from_secs(5)).await.expect("first chunk");
     assert!(String::from_utf8_lossy(&first).contains("part0"));
     gate.add_permits(1);
     let rest = body.collect().await.unwrap().to_bytes();
@@ -68,10 +66,7 @@ async fn a_stream_cut_after_its_first_byte_ends_with_an_error_event_and_no_fallb
     assert_eq!(events.len(), 3, "{events:?}");
     assert!(events[0].contains("part0") && events[1].contains("part1"));
     let error: serde_json::Value = serde_json::from_str(&events[2]).unwrap();
-    assert!(
-        error["error"]["message"].as_str().unwrap().contains("broke off"),
-        "{error}"
-    );
+    assert!(error["error"]["message"].as_str().unwrap().contains("broke off"), "{error}");
     assert!(!events.iter().any(|e| e == "[DONE]"));
     assert_eq!(b.seen().len(), 0, "tokens already sent must never be sent twice");
 }
@@ -100,10 +95,7 @@ async fn a_stream_rate_limited_before_it_starts_falls_back() {
 #[tokio::test]
 async fn a_stream_whose_first_event_is_an_error_falls_back() {
     let (a, _b, gw) = two("{}").await;
-    a.on_model(
-        "m1",
-        Behavior::Raw("data: {\"error\":{\"message\":\"provider overloaded\"}}\n\n".into()),
-    );
+    a.on_model("m1", Behavior::Raw("data: {\"error\":{\"message\":\"provider overloaded\"}}\n\n".into()));
     let answer = Answer::read(gw.stream("r").await).await;
     assert_eq!(answer.routed_via(), "b/m2");
     assert_eq!(answer.fallback_attempts(), 1);

@@ -31,18 +31,14 @@ pub async fn start(yaml: &str) -> TestGateway {
 
 pub async fn start_with(yaml: &str, catalog: Catalog, env: Env) -> TestGateway {
     let loaded = Config::from_yaml(yaml, "test config", &env, &catalog).unwrap_or_else(|e| panic!("{e}"));
-    let gateway = Gateway::new(loaded.config, catalog, &env).await;
+    let gateway = Gateway::new(loaded.config, catalog, &env).await.unwrap_or_else(|e| panic!("{e:?}"));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(freeway::server::serve(gateway.clone(), listener, async move {
         let _ = rx.await;
     }));
-    TestGateway {
-        addr,
-        shutdown: Some(tx),
-        task: Some(task),
-    }
+    TestGateway { addr, shutdown: Some(tx), task: Some(task) }
 }
 
 impl TestGateway {
@@ -93,10 +89,7 @@ fn client() -> Client<HttpConnector, Full<Bytes>> {
 }
 
 pub async fn send(url: &str, method: &str, body: &str, headers: &[(&str, &str)]) -> Response<Incoming> {
-    let mut builder = Request::builder()
-        .method(method)
-        .uri(url)
-        .header("content-type", "application/json");
+    let mut builder = Request::builder().method(method).uri(url).header("content-type", "application/json");
     for (k, v) in headers {
         builder = builder.header(*k, *v);
     }
@@ -122,11 +115,7 @@ impl Answer {
             .expect("body did not arrive within 20s")
             .expect("body failed")
             .to_bytes();
-        Self {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        }
+        Self { status: parts.status, headers: parts.headers, body }
     }
 
     pub fn json(&self) -> Value {
@@ -158,17 +147,13 @@ impl Answer {
 }
 
 pub fn sse_events(text: &str) -> Vec<String> {
-    text.split("\n\n")
-        .filter_map(|e| e.trim().strip_prefix("data:").map(|d| d.trim().to_owned()))
-        .collect()
+    text.split("\n\n").filter_map(|e| e.trim().strip_prefix("data:").map(|d| d.trim().to_owned())).collect()
 }
 
 /// Reads the next data frame of a streaming response, with a deadline.
 pub async fn next_frame(body: &mut Incoming, within: Duration) -> Option<Bytes> {
     loop {
-        let frame = tokio::time::timeout(within, body.frame())
-            .await
-            .expect("no frame in time")?;
+        let frame = tokio::time::timeout(within, body.frame()).await.expect("no frame in time")?;
         if let Ok(data) = frame.expect("stream failed").into_data() {
             return Some(data);
         }

@@ -29,11 +29,7 @@ pub enum Behavior {
     /// request asks for a stream).
     Ok,
     /// An error status with an optional `Retry-After` and a body.
-    Status {
-        status: u16,
-        retry_after: Option<String>,
-        body: String,
-    },
+    Status { status: u16, retry_after: Option<String>, body: String },
     /// Accept the request and never answer.
     Hang,
     /// Stream `n` chunks, then break the connection.
@@ -148,22 +144,15 @@ impl Mock {
                     let service = service_fn(move |req| handle(state.clone(), req));
                     if let Some(tls) = tls {
                         let Ok(stream) = tls.accept(stream).await else { return };
-                        let _ = Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
+                        let _ =
+                            Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
                         return;
                     }
-                    let _ = Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let _ = Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
                 });
             }
         });
-        Self {
-            addr,
-            state,
-            connections,
-        }
+        Self { addr, state, connections }
     }
 
     /// TCP connections accepted so far.
@@ -198,12 +187,7 @@ impl Mock {
 
     fn rule(&self, model: Option<&str>, key: Option<&str>, behavior: Behavior, once: bool) {
         let mut state = self.state.lock().unwrap();
-        state.rules.push_front(Rule {
-            model: model.map(str::to_owned),
-            key: key.map(str::to_owned),
-            behavior,
-            once,
-        });
+        state.rules.push_front(Rule { model: model.map(str::to_owned), key: key.map(str::to_owned), behavior, once });
     }
 
     /// Every request received so far.
@@ -226,12 +210,7 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned);
-    let bytes = req
-        .into_body()
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
+    let bytes = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
     if path.ends_with("/models") {
         return Ok(full(
             200,
@@ -243,14 +222,7 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp
     let stream = body["stream"].as_bool().unwrap_or(false);
     let behavior = {
         let mut s = state.lock().unwrap();
-        s.seen.push(Seen {
-            version,
-            path,
-            model: model.clone(),
-            key: key.clone(),
-            stream,
-            body,
-        });
+        s.seen.push(Seen { version, path, model: model.clone(), key: key.clone(), stream, body });
         let found = s.rules.iter().position(|r| {
             r.model.as_deref().is_none_or(|m| m == model) && r.key.as_deref().is_none_or(|k| Some(k) == key.as_deref())
         });
@@ -263,11 +235,7 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp
     Ok(match behavior {
         Behavior::Ok if stream => sse(model, STREAM_CHUNKS, StreamEnd::Done),
         Behavior::Ok => full(200, completion(&model)),
-        Behavior::Status {
-            status,
-            retry_after,
-            body,
-        } => {
+        Behavior::Status { status, retry_after, body } => {
             let mut r = full(status, body);
             if let Some(ra) = retry_after {
                 r.headers_mut().insert("retry-after", ra.parse().unwrap());
@@ -351,16 +319,14 @@ fn sse(model: String, chunks: usize, end: StreamEnd) -> Response<MockBody> {
         let _ = send("data: [DONE]\n\n".to_owned()).await;
     });
     let mut r = Response::new(MockBody::Channel(rx));
-    r.headers_mut()
-        .insert("content-type", "text/event-stream".parse().unwrap());
+    r.headers_mut().insert("content-type", "text/event-stream".parse().unwrap());
     r
 }
 
 fn full(status: u16, body: String) -> Response<MockBody> {
     let mut r = Response::new(MockBody::Full(Some(Bytes::from(body))));
     *r.status_mut() = StatusCode::from_u16(status).unwrap();
-    r.headers_mut()
-        .insert("content-type", "application/json".parse().unwrap());
+    r.headers_mut().insert("content-type", "application/json".parse().unwrap());
     r
 }
 

@@ -1,0 +1,39 @@
+//! Provider plugins: WebAssembly components, run by wasmtime, that
+//! translate between OpenAI's API and a provider's wire format.
+//!
+//! The host side of `providers/wit/provider.wit`:
+//!
+//! - one process-wide [`wasmtime::Engine`] with the pooling allocator and
+//!   epoch interruption (a ticker thread holding only a weak handle);
+//! - each component compiled once: a content-keyed artifact cache on disk
+//!   (across restarts) and in memory (across gateways in one process);
+//! - each plugin pre-instantiated once (`InstancePre`); every call gets a
+//!   fresh store with a memory limit and a deadline, so a plugin that traps,
+//!   loops or allocates without bound fails that one call and nothing else;
+//! - a stream decoder keeps its store for the life of its stream.
+//!
+//! The built-in plugins are built from `providers/` by `build.rs` and
+//! embedded in the binary; a `plugins.dir` in the config adds or replaces
+//! components at start-up.
+
+mod bindings;
+mod cache;
+mod engine;
+mod host;
+mod types;
+
+pub use engine::MAX_MEMORY;
+pub use host::{
+    Plugin, PluginError, PluginErrorKind, PluginHost, PluginSession, PluginSettings, PluginStream, available_names,
+};
+pub use types::{Capabilities, Decoded, ErrorKind, ModelRecord, StreamEvent, Target, UpstreamRequest, Usage};
+
+/// The interface version this build implements (the WIT package version).
+pub const INTERFACE_VERSION: &str = "0.1.0";
+
+/// The name under which a plugin exports the translator.
+pub const TRANSLATOR_EXPORT: &str = "freeway:provider/translator@0.1.0";
+
+/// The plugins built into this binary: name and component bytes.
+pub const BUILTIN: &[(&str, &[u8])] =
+    &[("openai-compat", include_bytes!(concat!(env!("OUT_DIR"), "/plugins/openai_compat.wasm")))];

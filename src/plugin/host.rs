@@ -1,0 +1,506 @@
+//! Loading plugins and calling them, each call in a fresh store with a
+//! memory limit and a deadline.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use wasmtime::component::{Component, Linker, ResourceAny};
+use wasmtime::{ResourceLimiter, Store, Trap};
+
+use super::bindings::{Provider, ProviderPre, api};
+use super::types::{Capabilities, Decoded, ErrorKind, ModelRecord, StreamEvent, Target, UpstreamRequest, Usage};
+use super::{BUILTIN, INTERFACE_VERSION, TRANSLATOR_EXPORT, cache, engine};
+use crate::metrics::Metrics;
+
+/// Limits every plugin call runs under.
+#[derive(Debug, Clone)]
+pub struct PluginSettings {
+    /// Longest a single call may run.
+    pub call_timeout: Duration,
+    /// Most linear memory one instance may grow to.
+    pub memory_limit: usize,
+    /// Where compiled components are cached (`None`: compile every start).
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for PluginSettings {
+    fn default() -> Self {
+        Self {
+            call_timeout: Duration::from_millis(250),
+            memory_limit: 64 * 1024 * 1024,
+            cache_dir: cache::default_dir(),
+        }
+    }
+}
+
+/// How a plugin call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PluginErrorKind {
+    /// The plugin answered with an error (its own, well-formed).
+    Refused,
+    /// It trapped (a panic, an invalid operation).
+    Trap,
+    /// It ran past its deadline.
+    Deadline,
+    /// It tried to grow past its memory limit.
+    Memory,
+    /// It could not be instantiated (the instance pool is full).
+    Unavailable,
+}
+
+impl PluginErrorKind {
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Refused => "refused",
+            Self::Trap => "trap",
+            Self::Deadline => "deadline",
+            Self::Memory => "memory",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// A failed plugin call, with the plugin's name in its message.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("plugin `{plugin}`: {message}")]
+pub struct PluginError {
+    /// The plugin.
+    pub plugin: String,
+    /// What happened.
+    pub kind: PluginErrorKind,
+    /// Details.
+    pub message: String,
+}
+
+/// Per-store state: the memory limit, and whether it was hit.
+struct State {
+    memory_limit: usize,
+    memory_exceeded: bool,
+}
+
+impl ResourceLimiter for State {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory_limit {
+            self.memory_exceeded = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// A loaded plugin, ready to be called.
+pub struct Plugin {
+    engine: &'static wasmtime::Engine,
+    name: String,
+    source: String,
+    capabilities: Capabilities,
+    pre: ProviderPre<State>,
+    settings: PluginSettings,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Plugin({} from {})", self.name, self.source)
+    }
+}
+
+/// The plugins of one gateway, by name.
+#[derive(Debug, Default)]
+pub struct PluginHost {
+    plugins: HashMap<String, Arc<Plugin>>,
+}
+
+impl PluginHost {
+    /// The built-in plugins, then every `*.wasm` in `dir` (which replaces a
+    /// built-in of the same name). Every plugin that cannot be loaded is an
+    /// error, all of them listed.
+    pub fn load(settings: &PluginSettings, dir: Option<&Path>, metrics: Arc<Metrics>) -> Result<Self, Vec<String>> {
+        let mut host = Self::default();
+        let mut problems = Vec::new();
+        for (name, wasm) in BUILTIN {
+            match Plugin::load(wasm, &format!("built-in {name}"), settings, metrics.clone()) {
+                Ok(plugin) => {
+                    host.plugins.insert(plugin.name.clone(), Arc::new(plugin));
+                }
+                Err(e) => problems.push(e),
+            }
+        }
+        for (stem, path) in plugin_files(dir).map_err(|e| vec![e])? {
+            let loaded = std::fs::read(&path)
+                .map_err(|e| format!("{}: {e}", path.display()))
+                .and_then(|wasm| Plugin::load(&wasm, &path.display().to_string(), settings, metrics.clone()));
+            match loaded {
+                Ok(plugin) if plugin.name != stem => problems.push(format!(
+                    "{}: the plugin calls itself `{}`; name the file {}.wasm",
+                    path.display(),
+                    plugin.name,
+                    plugin.name
+                )),
+                Ok(plugin) => {
+                    tracing::info!(plugin = %plugin.name, file = %path.display(), "plugin loaded");
+                    host.plugins.insert(plugin.name.clone(), Arc::new(plugin));
+                }
+                Err(e) => problems.push(e),
+            }
+        }
+        if problems.is_empty() { Ok(host) } else { Err(problems) }
+    }
+
+    /// A plugin by name.
+    pub fn get(&self, name: &str) -> Option<Arc<Plugin>> {
+        self.plugins.get(name).cloned()
+    }
+
+    /// Every plugin name, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.plugins.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+}
+
+/// The names a config may use: the built-ins and the `*.wasm` files in `dir`.
+pub fn available_names(dir: Option<&Path>) -> Result<Vec<String>, String> {
+    let mut names: Vec<String> = BUILTIN.iter().map(|(n, _)| (*n).to_owned()).collect();
+    for (stem, _) in plugin_files(dir)? {
+        if !names.contains(&stem) {
+            names.push(stem);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+fn plugin_files(dir: Option<&Path>) -> Result<Vec<(String, PathBuf)>, String> {
+    let Some(dir) = dir else { return Ok(Vec::new()) };
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("plugins folder {}: {e}", dir.display()))?;
+    let mut files: Vec<(String, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+        .filter_map(|p| Some((p.file_stem()?.to_str()?.to_owned(), p)))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Checks that a component exports this build's translator interface, and
+/// says which version it has when it does not.
+fn check_interface(engine: &wasmtime::Engine, component: &Component, source: &str) -> Result<(), String> {
+    let exports: Vec<String> = component.component_type().exports(engine).map(|(name, _)| name.to_owned()).collect();
+    if exports.iter().any(|n| n == TRANSLATOR_EXPORT) {
+        return Ok(());
+    }
+    if let Some(other) = exports.iter().find_map(|n| n.strip_prefix("freeway:provider/translator@")) {
+        return Err(format!(
+            "{source}: built against plugin interface {other}; this freeway expects {INTERFACE_VERSION}. \
+             Rebuild the plugin with providers/wit from this version"
+        ));
+    }
+    Err(format!(
+        "{source}: not a freeway provider plugin (it exports {}; expected {TRANSLATOR_EXPORT})",
+        if exports.is_empty() { "nothing".to_owned() } else { exports.join(", ") }
+    ))
+}
+
+impl Plugin {
+    /// Compiles (or loads from the cache), checks and pre-instantiates a
+    /// component; `source` names it in messages.
+    pub fn load(wasm: &[u8], source: &str, settings: &PluginSettings, metrics: Arc<Metrics>) -> Result<Self, String> {
+        let engine = engine::engine()?;
+        let component =
+            cache::load(engine, wasm, settings.cache_dir.as_deref()).map_err(|e| format!("{source}: {e}"))?;
+        check_interface(engine, &component, source)?;
+        let mut linker = Linker::<State>::new(engine);
+        // A wasm32-wasip2 guest imports WASI even when it does no I/O; any
+        // such call traps, so a plugin cannot reach files, clocks or sockets.
+        linker.define_unknown_imports_as_traps(&component).map_err(|e| format!("{source}: {e:#}"))?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .and_then(ProviderPre::new)
+            .map_err(|e| format!("{source}: cannot be instantiated: {e:#}"))?;
+        let mut plugin = Self {
+            engine,
+            name: String::new(),
+            source: source.to_owned(),
+            capabilities: Capabilities::default(),
+            pre,
+            settings: settings.clone(),
+            metrics,
+        };
+        let descriptor = plugin
+            .call(|store, p| p.freeway_provider_translator().call_describe(store))
+            .map_err(|e| format!("{source}: describe() failed: {}", e.message))?;
+        if descriptor.interface_version != INTERFACE_VERSION {
+            return Err(format!(
+                "{source}: says it implements plugin interface {}; this freeway expects {INTERFACE_VERSION}",
+                descriptor.interface_version
+            ));
+        }
+        let c = descriptor.capabilities;
+        plugin.capabilities = Capabilities {
+            chat: c.contains(api::Capabilities::CHAT),
+            stream: c.contains(api::Capabilities::STREAM),
+            tools: c.contains(api::Capabilities::TOOLS),
+            embeddings: c.contains(api::Capabilities::EMBEDDINGS),
+            models: c.contains(api::Capabilities::MODELS),
+        };
+        plugin.name = descriptor.name;
+        Ok(plugin)
+    }
+
+    /// A fresh instance and one trivial call: the fixed cost of every call.
+    #[doc(hidden)]
+    pub fn describe_for_bench(&self) -> bool {
+        self.call(|s, p| p.freeway_provider_translator().call_describe(s)).is_ok()
+    }
+
+    /// The request that lists the provider's models (one-off session).
+    pub fn build_models(self: &Arc<Self>, target: &Target<'_>) -> Result<UpstreamRequest, PluginError> {
+        self.session()?.build_models(target)
+    }
+
+    /// A model listing → records (one-off session).
+    pub fn decode_models(self: &Arc<Self>, body: &[u8], target: &Target<'_>) -> Result<Vec<ModelRecord>, PluginError> {
+        self.session()?.decode_models(body, target)
+    }
+
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What it can do.
+    pub fn capabilities(&self) -> Capabilities {
+        self.capabilities
+    }
+
+    fn store(&self) -> Store<State> {
+        let mut store =
+            Store::new(self.engine, State { memory_limit: self.settings.memory_limit, memory_exceeded: false });
+        store.limiter(|state| state);
+        store.set_epoch_deadline(engine::ticks(self.settings.call_timeout));
+        store
+    }
+
+    /// A fresh instance for one attempt: every call of the attempt (build,
+    /// classify, decode, stream) runs in it, each under its own deadline.
+    /// Nothing is shared between attempts.
+    pub fn session(self: &Arc<Self>) -> Result<PluginSession, PluginError> {
+        let mut store = self.store();
+        match self.pre.instantiate(&mut store) {
+            Ok(instance) => Ok(PluginSession { plugin: self.clone(), store, instance }),
+            Err(e) => Err(self.fault(&store, e, PluginErrorKind::Unavailable)),
+        }
+    }
+
+    /// Runs `f` on a fresh instance (for one-off calls).
+    fn call<T>(&self, f: impl FnOnce(&mut Store<State>, &Provider) -> wasmtime::Result<T>) -> Result<T, PluginError> {
+        let mut store = self.store();
+        let instance = match self.pre.instantiate(&mut store) {
+            Ok(instance) => instance,
+            Err(e) => return Err(self.fault(&store, e, PluginErrorKind::Unavailable)),
+        };
+        f(&mut store, &instance).map_err(|e| self.fault(&store, e, PluginErrorKind::Trap))
+    }
+
+    fn fault(&self, store: &Store<State>, error: wasmtime::Error, default: PluginErrorKind) -> PluginError {
+        let kind = if store.data().memory_exceeded {
+            PluginErrorKind::Memory
+        } else if matches!(error.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+            PluginErrorKind::Deadline
+        } else {
+            default
+        };
+        let message = match kind {
+            PluginErrorKind::Memory => format!("exceeded its memory limit of {} bytes", self.settings.memory_limit),
+            PluginErrorKind::Deadline => format!("ran past its deadline of {:?}", self.settings.call_timeout),
+            _ => format!("{error:#}"),
+        };
+        self.metrics.plugin_failure(&self.name, kind.label());
+        tracing::warn!(plugin = %self.name, kind = kind.label(), "{message}");
+        PluginError { plugin: self.name.clone(), kind, message }
+    }
+
+    fn refused(&self, message: String) -> PluginError {
+        PluginError { plugin: self.name.clone(), kind: PluginErrorKind::Refused, message }
+    }
+
+    fn upstream_request(&self, r: api::HttpRequest) -> Result<UpstreamRequest, PluginError> {
+        let method = Method::from_bytes(r.method.as_bytes())
+            .map_err(|_| self.refused(format!("built a request with method {:?}", r.method)))?;
+        let mut headers = Vec::with_capacity(r.headers.len());
+        for (name, value) in r.headers {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| self.refused(format!("built a request with header name {name:?}")))?;
+            let mut value = HeaderValue::from_str(&value)
+                .map_err(|_| self.refused(format!("built a request with a bad value for header {name}")))?;
+            if name == http::header::AUTHORIZATION || name.as_str().contains("key") || name.as_str().contains("token") {
+                value.set_sensitive(true);
+            }
+            headers.push((name, value));
+        }
+        Ok(UpstreamRequest { method, url: r.url, headers, body: Bytes::from(r.body) })
+    }
+}
+
+/// One attempt's instance of a plugin.
+pub struct PluginSession {
+    plugin: Arc<Plugin>,
+    store: Store<State>,
+    instance: Provider,
+}
+
+impl PluginSession {
+    fn call<T>(
+        &mut self,
+        f: impl FnOnce(&mut Store<State>, &Provider) -> wasmtime::Result<T>,
+    ) -> Result<T, PluginError> {
+        self.store.set_epoch_deadline(engine::ticks(self.plugin.settings.call_timeout));
+        f(&mut self.store, &self.instance).map_err(|e| self.plugin.fault(&self.store, e, PluginErrorKind::Trap))
+    }
+
+    /// An OpenAI chat request body → the upstream request.
+    pub fn build_chat(&mut self, request: &[u8], target: &Target<'_>) -> Result<UpstreamRequest, PluginError> {
+        let t = wit_target(target);
+        let built = self.call(|s, p| p.freeway_provider_translator().call_build_chat(s, request, &t))?;
+        built.map_err(|e| self.plugin.refused(e)).and_then(|r| self.plugin.upstream_request(r))
+    }
+
+    /// An upstream answer → an OpenAI chat completion.
+    pub fn decode_chat(&mut self, body: &[u8], target: &Target<'_>) -> Result<Decoded, PluginError> {
+        let t = wit_target(target);
+        let answer = self.call(|s, p| p.freeway_provider_translator().call_decode_chat(s, body, &t))?;
+        answer.map(decoded).map_err(|e| self.plugin.refused(e))
+    }
+
+    /// An OpenAI embeddings request body → the upstream request.
+    pub fn build_embeddings(&mut self, request: &[u8], target: &Target<'_>) -> Result<UpstreamRequest, PluginError> {
+        let t = wit_target(target);
+        let built = self.call(|s, p| p.freeway_provider_translator().call_build_embeddings(s, request, &t))?;
+        built.map_err(|e| self.plugin.refused(e)).and_then(|r| self.plugin.upstream_request(r))
+    }
+
+    /// An upstream embeddings answer → an OpenAI embeddings list.
+    pub fn decode_embeddings(&mut self, body: &[u8], target: &Target<'_>) -> Result<Decoded, PluginError> {
+        let t = wit_target(target);
+        let answer = self.call(|s, p| p.freeway_provider_translator().call_decode_embeddings(s, body, &t))?;
+        answer.map(decoded).map_err(|e| self.plugin.refused(e))
+    }
+
+    /// The request that lists the provider's models.
+    pub fn build_models(&mut self, target: &Target<'_>) -> Result<UpstreamRequest, PluginError> {
+        let t = wit_target(target);
+        let built = self.call(|s, p| p.freeway_provider_translator().call_build_models(s, &t))?;
+        built.map_err(|e| self.plugin.refused(e)).and_then(|r| self.plugin.upstream_request(r))
+    }
+
+    /// A model listing → records.
+    pub fn decode_models(&mut self, body: &[u8], target: &Target<'_>) -> Result<Vec<ModelRecord>, PluginError> {
+        let t = wit_target(target);
+        let records = self.call(|s, p| p.freeway_provider_translator().call_decode_models(s, body, &t))?;
+        let records = records.map_err(|e| self.plugin.refused(e))?;
+        Ok(records
+            .into_iter()
+            .map(|r| ModelRecord {
+                id: r.id,
+                context_length: r.context_length,
+                free: r.free,
+                parameters: r.parameters,
+                active_parameters: r.active_parameters,
+                capabilities: r.capabilities,
+            })
+            .collect())
+    }
+
+    /// What an upstream error means.
+    pub fn classify_error(
+        &mut self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<ErrorKind, PluginError> {
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .filter(|(name, _)| *name != http::header::AUTHORIZATION && *name != http::header::SET_COOKIE)
+            .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect();
+        let kind =
+            self.call(|s, p| p.freeway_provider_translator().call_classify_error(s, status.as_u16(), &headers, body))?;
+        Ok(match kind {
+            api::ErrorKind::RateLimited(ms) => ErrorKind::RateLimited { retry_after: ms.map(Duration::from_millis) },
+            api::ErrorKind::QuotaExhausted => ErrorKind::QuotaExhausted,
+            api::ErrorKind::InvalidKey => ErrorKind::InvalidKey,
+            api::ErrorKind::ClientError => ErrorKind::ClientError,
+            api::ErrorKind::Transient => ErrorKind::Transient,
+        })
+    }
+
+    /// Turns the session into a decoder for one streamed answer.
+    pub fn into_stream(mut self, target: &Target<'_>) -> Result<PluginStream, PluginError> {
+        let t = wit_target(target);
+        let resource = self.call(|s, p| p.freeway_provider_translator().stream_decoder().call_constructor(s, &t))?;
+        Ok(PluginStream { session: self, resource })
+    }
+}
+
+fn wit_target(t: &Target<'_>) -> api::Target {
+    api::Target {
+        base_url: t.base_url.to_owned(),
+        model: t.model.to_owned(),
+        key: t.key.map(str::to_owned),
+        options: t.options.to_vec(),
+    }
+}
+
+fn usage(u: api::Usage) -> Usage {
+    Usage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens }
+}
+
+fn decoded(a: api::Answer) -> Decoded {
+    Decoded { body: Bytes::from(a.body), usage: a.usage.map(usage) }
+}
+
+/// A plugin's stream decoder with the instance it lives in.
+pub struct PluginStream {
+    session: PluginSession,
+    resource: ResourceAny,
+}
+
+impl PluginStream {
+    /// Feeds upstream bytes; decoded events are appended to `out`.
+    pub fn push(&mut self, bytes: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), PluginError> {
+        let resource = self.resource;
+        let events =
+            self.session.call(|s, p| p.freeway_provider_translator().stream_decoder().call_push(s, resource, bytes))?;
+        out.extend(events.into_iter().map(event));
+        Ok(())
+    }
+
+    /// The upstream body ended.
+    pub fn finish(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), PluginError> {
+        let resource = self.resource;
+        let events =
+            self.session.call(|s, p| p.freeway_provider_translator().stream_decoder().call_finish(s, resource))?;
+        out.extend(events.into_iter().map(event));
+        Ok(())
+    }
+}
+
+fn event(e: api::StreamEvent) -> StreamEvent {
+    match e {
+        api::StreamEvent::Chunk(c) => StreamEvent::Chunk { json: Bytes::from(c.json), usage: c.usage.map(usage) },
+        api::StreamEvent::Done => StreamEvent::Done,
+        api::StreamEvent::Error(message) => StreamEvent::Error { message },
+    }
+}

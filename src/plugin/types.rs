@@ -1,0 +1,123 @@
+//! The host-side shapes of what crosses the plugin boundary: where an
+//! attempt goes, the HTTP request a plugin builds, and what it decodes.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+
+/// Where one attempt goes.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// Provider API root, without a trailing slash.
+    pub base_url: &'a str,
+    /// The upstream's own model id.
+    pub model: &'a str,
+    /// The API key for this attempt, if the provider takes one.
+    pub key: Option<&'a str>,
+    /// Provider options from the catalog and config (quirks the plugin knows).
+    pub options: &'a [(String, String)],
+}
+
+/// An HTTP request for the core to send.
+#[derive(Debug)]
+pub struct UpstreamRequest {
+    /// `GET` or `POST`.
+    pub method: http::Method,
+    /// Full URL.
+    pub url: String,
+    /// Headers besides `host` and `content-length`.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The body.
+    pub body: Bytes,
+}
+
+/// Token counts an upstream reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct Usage {
+    /// Prompt tokens.
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    /// Completion tokens.
+    #[serde(default)]
+    pub completion_tokens: u64,
+}
+
+/// A model from a provider's listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelRecord {
+    /// The provider's id.
+    pub id: String,
+    /// Context window.
+    pub context_length: Option<u64>,
+    /// Free, when the listing says.
+    pub free: Option<bool>,
+    /// Parameters in total.
+    pub parameters: Option<u64>,
+    /// Parameters active per token.
+    pub active_parameters: Option<u64>,
+    /// `tools`, `reasoning`, `vision`...
+    pub capabilities: Vec<String>,
+}
+
+/// What a plugin can do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Chat completions.
+    pub chat: bool,
+    /// Streamed chat completions.
+    pub stream: bool,
+    /// Tool calls.
+    pub tools: bool,
+    /// Embeddings.
+    pub embeddings: bool,
+    /// Model listing.
+    pub models: bool,
+}
+
+/// A decoded non-stream answer.
+#[derive(Debug)]
+pub struct Decoded {
+    /// The OpenAI-shaped body to send to the client.
+    pub body: Bytes,
+    /// Usage, when reported.
+    pub usage: Option<Usage>,
+}
+
+/// One event decoded from an upstream stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEvent {
+    /// An OpenAI `chat.completion.chunk`, as JSON, with the usage it
+    /// reports (usually only the last chunk does).
+    Chunk {
+        /// The chunk's JSON.
+        json: Bytes,
+        /// Usage in this chunk.
+        usage: Option<Usage>,
+    },
+    /// The upstream ended the stream normally.
+    Done,
+    /// The upstream reported an error inside the stream.
+    Error {
+        /// Its message.
+        message: String,
+    },
+}
+
+/// What an upstream error means for the dispatcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Too many requests: cool this model on this key, try the next key.
+    RateLimited {
+        /// How long the upstream asked us to wait, if it said.
+        retry_after: Option<Duration>,
+    },
+    /// The key's quota or credit is spent (402): next candidate.
+    QuotaExhausted,
+    /// The key is wrong or revoked (401/403): never use it again.
+    InvalidKey,
+    /// The client's request is wrong (400): return it, try nothing else.
+    ClientError,
+    /// Anything that another candidate may not have (404, 408, 5xx...).
+    Transient,
+}
