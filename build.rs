@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The plugin crates built into the binary, by crate directory.
-const PLUGINS: &[&str] = &["openai-compat"];
+const PLUGINS: &[&str] = &["openai-compat", "gemini", "cohere", "anthropic"];
 
 const TARGET: &str = "wasm32-wasip2";
 

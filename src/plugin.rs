@@ -35,5 +35,9 @@ pub const INTERFACE_VERSION: &str = "0.1.0";
 pub const TRANSLATOR_EXPORT: &str = "freeway:provider/translator@0.1.0";
 
 /// The plugins built into this binary: name and component bytes.
-pub const BUILTIN: &[(&str, &[u8])] =
-    &[("openai-compat", include_bytes!(concat!(env!("OUT_DIR"), "/plugins/openai_compat.wasm")))];
+pub const BUILTIN: &[(&str, &[u8])] = &[
+    ("openai-compat", include_bytes!(concat!(env!("OUT_DIR"), "/plugins/openai_compat.wasm"))),
+    ("gemini", include_bytes!(concat!(env!("OUT_DIR"), "/plugins/gemini.wasm"))),
+    ("cohere", include_bytes!(concat!(env!("OUT_DIR"), "/plugins/cohere.wasm"))),
+    ("anthropic", include_bytes!(concat!(env!("OUT_DIR"), "/plugins/anthropic.wasm"))),
+];

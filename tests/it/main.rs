@@ -11,5 +11,8 @@ mod support {
 mod api;
 mod cli;
 mod fallback;
+mod plugin_anthropic;
+mod plugin_cohere;
+mod plugin_gemini;
 mod sdk;
 mod streaming;

@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
 
 /// What the mock does with a request.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub enum Behavior {
     /// A normal answer (JSON, or an SSE stream of `chunks` chunks when the
     /// request asks for a stream).
@@ -40,6 +40,59 @@ pub enum Behavior {
     StallAfterFirst,
     /// A 200 whose body is this text (for answers that are not chat completions).
     Raw(String),
+    /// Any wire format: the reply is computed from the request (for mocks
+    /// of providers that do not speak OpenAI's API).
+    Custom(Responder),
+}
+
+/// Computes a reply from the request: for native wire formats (Gemini,
+/// Cohere, Anthropic...).
+pub type Responder = Arc<dyn Fn(&Seen) -> Reply + Send + Sync>;
+
+/// A scripted reply.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    /// Sent one piece at a time, with a flush between: a stream arrives in
+    /// these pieces (split them at awkward places to test decoders).
+    pub pieces: Vec<String>,
+}
+
+impl Reply {
+    /// A JSON answer.
+    pub fn json(status: u16, body: impl Into<String>) -> Self {
+        Self { status, headers: vec![("content-type".into(), "application/json".into())], pieces: vec![body.into()] }
+    }
+
+    /// An SSE answer sent in these pieces.
+    pub fn sse(pieces: Vec<String>) -> Self {
+        Self { status: 200, headers: vec![("content-type".into(), "text/event-stream".into())], pieces }
+    }
+}
+
+impl std::fmt::Debug for Behavior {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Custom(_) => f.write_str("Custom"),
+            other => write!(f, "{}", other.name()),
+        }
+    }
+}
+
+impl Behavior {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Ok => "Ok",
+            Self::Status { .. } => "Status",
+            Self::Hang => "Hang",
+            Self::CutAfter(_) => "CutAfter",
+            Self::Gated(_) => "Gated",
+            Self::StallAfterFirst => "StallAfterFirst",
+            Self::Raw(_) => "Raw",
+            Self::Custom(_) => "Custom",
+        }
+    }
 }
 
 impl Behavior {
@@ -64,7 +117,10 @@ impl Behavior {
 #[derive(Clone, Debug)]
 pub struct Seen {
     pub version: http::Version,
+    pub method: String,
     pub path: String,
+    pub query: Option<String>,
+    pub headers: Vec<(String, String)>,
     pub model: String,
     pub key: Option<String>,
     pub stream: bool,
@@ -197,38 +253,68 @@ impl Mock {
 
     /// How many chat requests named `model`.
     pub fn calls_to(&self, model: &str) -> usize {
-        self.seen().iter().filter(|s| s.model == model).count()
+        self.seen().iter().filter(|s| s.model == model && !s.path.ends_with("/models")).count()
+    }
+
+    /// Every request except model listings.
+    pub fn chats(&self) -> Vec<Seen> {
+        self.seen().into_iter().filter(|s| !s.path.ends_with("/models")).collect()
     }
 }
 
 async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Response<MockBody>, Infallible> {
     let version = req.version();
     let path = req.uri().path().to_owned();
-    let key = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_owned);
+    let query = req.uri().query().map(str::to_owned);
+    let method = req.method().to_string();
+    let headers: Vec<(String, String)> =
+        req.headers().iter().map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned())).collect();
+    let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    // The key, wherever this wire format carries it.
+    let key = header("authorization")
+        .and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned))
+        .or_else(|| header("x-api-key"))
+        .or_else(|| header("x-goog-api-key"));
     let bytes = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-    if path.ends_with("/models") {
-        return Ok(full(
-            200,
-            json!({"object": "list", "data": [{"id": "listed-model", "object": "model"}]}).to_string(),
-        ));
-    }
     let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    let model = body["model"].as_str().unwrap_or_default().to_owned();
-    let stream = body["stream"].as_bool().unwrap_or(false);
+    // OpenAI carries the model in the body; Gemini in the path (models/{model}:...).
+    let model = body["model"].as_str().map(str::to_owned).unwrap_or_else(|| {
+        path.rsplit('/').next().and_then(|last| last.split(':').next()).unwrap_or_default().to_owned()
+    });
+    let stream = body["stream"].as_bool().unwrap_or(false)
+        || path.contains("streamGenerateContent")
+        || query.as_deref().is_some_and(|q| q.contains("alt=sse"));
+    let seen = Seen {
+        version,
+        method,
+        path: path.clone(),
+        query,
+        headers,
+        model: model.clone(),
+        key: key.clone(),
+        stream,
+        body,
+    };
     let behavior = {
         let mut s = state.lock().unwrap();
-        s.seen.push(Seen { version, path, model: model.clone(), key: key.clone(), stream, body });
+        s.seen.push(seen);
+        let listing = path.ends_with("/models");
         let found = s.rules.iter().position(|r| {
+            if listing {
+                // Model listings: only a catch-all custom responder answers them.
+                return r.model.is_none() && r.key.is_none() && matches!(r.behavior, Behavior::Custom(_));
+            }
             r.model.as_deref().is_none_or(|m| m == model) && r.key.as_deref().is_none_or(|k| Some(k) == key.as_deref())
         });
         match found {
             Some(i) if s.rules[i].once => s.rules.remove(i).map(|r| r.behavior).unwrap_or(Behavior::Ok),
             Some(i) => s.rules[i].behavior.clone(),
+            None if listing => {
+                return Ok(full(
+                    200,
+                    json!({"object": "list", "data": [{"id": "listed-model", "object": "model"}]}).to_string(),
+                ));
+            }
             None => Behavior::Ok,
         }
     };
@@ -250,6 +336,10 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp
         Behavior::Gated(gate) => sse(model, 1, StreamEnd::Gate(gate)),
         Behavior::StallAfterFirst => sse(model, 1, StreamEnd::Stall),
         Behavior::Raw(text) => full(200, text),
+        Behavior::Custom(responder) => {
+            let seen = state.lock().unwrap().seen.last().cloned().unwrap();
+            pieces(responder(&seen))
+        }
     })
 }
 
@@ -320,6 +410,25 @@ fn sse(model: String, chunks: usize, end: StreamEnd) -> Response<MockBody> {
     });
     let mut r = Response::new(MockBody::Channel(rx));
     r.headers_mut().insert("content-type", "text/event-stream".parse().unwrap());
+    r
+}
+
+fn pieces(reply: Reply) -> Response<MockBody> {
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(16);
+    tokio::spawn(async move {
+        for piece in reply.pieces {
+            if tx.send(Ok(Frame::data(Bytes::from(piece)))).await.is_err() {
+                return;
+            }
+            // Let each piece go out on its own.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    let mut r = Response::new(MockBody::Channel(rx));
+    *r.status_mut() = StatusCode::from_u16(reply.status).unwrap();
+    for (k, v) in reply.headers {
+        r.headers_mut().insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+    }
     r
 }
 

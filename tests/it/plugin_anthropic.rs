@@ -1,0 +1,1 @@
+//! Tests for the anthropic plugin (being written).

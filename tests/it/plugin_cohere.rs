@@ -1,0 +1,1 @@
+//! Tests for the cohere plugin (being written).
