@@ -145,6 +145,8 @@ pub struct ProviderSpec {
     pub enabled: Option<bool>,
     /// Default limits per model per key.
     pub limits: Option<Limits>,
+    /// Limits per key shared by all its models (an account-wide free pool).
+    pub key_limits: Option<Limits>,
     /// Known models. A config list replaces the catalog's.
     #[serde(deserialize_with = "opt_seq_of_string_or_map")]
     pub models: Option<Vec<ModelSpec>>,

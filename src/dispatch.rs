@@ -33,9 +33,10 @@ use tracing::Instrument;
 use crate::body::ResponseBody;
 use crate::config::DispatchConfig;
 use crate::errors::{ApiError, Attempt};
+use crate::limits;
 use crate::metrics::Metrics;
 use crate::plugin::{ErrorKind, PluginError, PluginSession, Target, UpstreamRequest};
-use crate::providers::KeySlot;
+use crate::providers::{Admission, KeySlot};
 use crate::relay::Relay;
 use crate::request::ChatRequest;
 use crate::routing::Candidate;
@@ -104,6 +105,8 @@ impl Dispatcher {
         let mut soonest: Option<Instant> = None;
         let mut only_rate_limits = true;
         let max = self.settings.max_attempts.max(1) as usize;
+        let max_tokens = ["max_tokens", "max_completion_tokens"].iter().find_map(|k| request.body.get(*k)?.as_u64());
+        let estimate = limits::estimate_tokens(request.raw.len(), max_tokens);
         let mut exhausted = false;
 
         'candidates: for candidate in candidates {
@@ -126,9 +129,21 @@ impl Dispatcher {
                     exhausted = true;
                     break 'candidates;
                 }
+                // limits known before the 429: a candidate at its limit is
+                // skipped like one cooling down
+                let limits = provider.limits_for(&candidate.model);
+                let admission =
+                    match key.admit(&candidate.model, limits, &provider.key_limits, estimate, Instant::now()) {
+                        Ok(admission) => admission,
+                        Err(hit) => {
+                            self.metrics.limit_skip(&provider.name, &candidate.model, hit.limit.label());
+                            soonest = Some(soonest.map_or(hit.until, |s| s.min(hit.until)));
+                            continue;
+                        }
+                    };
                 let started = Instant::now();
                 let span = tracing::debug_span!("attempt", provider = %provider.name, model = %candidate.model, key = key.index);
-                let result = self.attempt(request, candidate, key).instrument(span).await;
+                let result = self.attempt(request, candidate, key, admission).instrument(span).await;
                 let elapsed = started.elapsed();
                 let failure = match result {
                     Ok(response) => {
@@ -231,6 +246,7 @@ impl Dispatcher {
         request: &ChatRequest,
         candidate: &Candidate,
         key: &KeySlot,
+        admission: Admission,
     ) -> Result<Response<ResponseBody>, Failure> {
         let provider = &candidate.provider;
         let target = Target {
@@ -244,9 +260,9 @@ impl Dispatcher {
         let mut upstream_request = session.build_chat(&request.raw, &target).map_err(Failure::plugin)?;
         upstream_request.headers.extend(provider.headers.iter().cloned());
         if request.stream {
-            self.attempt_stream(session, upstream_request, candidate, &target).await
+            self.attempt_stream(session, upstream_request, candidate, &target, key.index, admission).await
         } else {
-            self.attempt_whole(session, upstream_request, candidate, &target).await
+            self.attempt_whole(session, upstream_request, candidate, &target, key, admission).await
         }
     }
 
@@ -256,6 +272,8 @@ impl Dispatcher {
         upstream_request: UpstreamRequest,
         candidate: &Candidate,
         target: &Target<'_>,
+        key: &KeySlot,
+        admission: Admission,
     ) -> Result<Response<ResponseBody>, Failure> {
         // send
         let limit = self.settings.timeout.get();
@@ -281,6 +299,7 @@ impl Dispatcher {
         })?;
         if let Some(usage) = decoded.usage {
             self.metrics.tokens(&candidate.provider.name, &candidate.model, usage);
+            key.settle(&candidate.model, admission, usage.prompt_tokens + usage.completion_tokens);
         }
         let mut response = Response::new(ResponseBody::full(decoded.body));
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -293,6 +312,8 @@ impl Dispatcher {
         upstream_request: UpstreamRequest,
         candidate: &Candidate,
         target: &Target<'_>,
+        key_index: usize,
+        admission: Admission,
     ) -> Result<Response<ResponseBody>, Failure> {
         enum Start {
             Relay(Box<Relay>),
@@ -335,9 +356,11 @@ impl Dispatcher {
         };
         let metrics = self.metrics.clone();
         let (name, model) = (provider.name.clone(), candidate.model.clone());
+        let owner = provider.clone();
         relay.on_end(move |outcome| {
             if let Some(usage) = outcome.usage {
                 metrics.tokens(&name, &model, usage);
+                owner.keys[key_index].settle(&model, admission, usage.prompt_tokens + usage.completion_tokens);
             }
             if let Some(error) = &outcome.error {
                 metrics.stream_failure(&name, &model);

@@ -30,6 +30,7 @@ pub mod config;
 pub mod dispatch;
 pub mod errors;
 pub mod gateway;
+pub mod limits;
 pub mod metrics;
 pub mod plugin;
 pub mod providers;

@@ -91,6 +91,18 @@ pub struct Metrics {
     tokens: Family<TokenLabels, Counter>,
     stream_failures: Family<ModelLabels, Counter>,
     plugin_failures: Family<PluginLabels, Counter>,
+    limit_skips: Family<LimitLabels, Counter>,
+}
+
+/// Candidates skipped at a rate limit, by provider, model and limit.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    /// Provider name.
+    pub provider: Arc<str>,
+    /// Upstream model id.
+    pub model: Arc<str>,
+    /// `rpm`, `rpd`, `tpm` or `tpd`.
+    pub limit: &'static str,
 }
 
 fn latency_histogram() -> Histogram {
@@ -118,6 +130,7 @@ impl Metrics {
             tokens: Family::default(),
             stream_failures: Family::default(),
             plugin_failures: Family::default(),
+            limit_skips: Family::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "HTTP requests answered, by endpoint and status", m.requests.clone());
@@ -144,6 +157,11 @@ impl Metrics {
             "plugin_failures",
             "Plugin calls that trapped, ran past their deadline, hit their memory limit or found no free instance",
             m.plugin_failures.clone(),
+        );
+        registry.register(
+            "limit_skips",
+            "Candidates skipped without a call because the next request would pass a rate limit",
+            m.limit_skips.clone(),
         );
         Self { registry, ..m }
     }
@@ -178,6 +196,12 @@ impl Metrics {
     pub fn stream_failure(&self, provider: &Arc<str>, model: &Arc<str>) {
         let labels = ModelLabels { provider: provider.clone(), model: model.clone() };
         self.stream_failures.get_or_create(&labels).inc();
+    }
+
+    /// A candidate was skipped at a rate limit.
+    pub fn limit_skip(&self, provider: &Arc<str>, model: &Arc<str>, limit: &'static str) {
+        let labels = LimitLabels { provider: provider.clone(), model: model.clone(), limit };
+        self.limit_skips.get_or_create(&labels).inc();
     }
 
     /// A plugin call failed (not a plugin's own well-formed error).

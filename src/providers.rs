@@ -10,6 +10,7 @@ use http::{HeaderName, HeaderValue};
 
 use crate::catalog::Catalog;
 use crate::config::{Config, Env, Limits, ProviderSpec};
+use crate::limits::{self, Charge, LimitHit, Usage};
 use crate::plugin::{Plugin, PluginHost};
 use crate::secret::Secret;
 
@@ -34,6 +35,11 @@ pub struct Provider {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Runs on this machine.
     pub local: bool,
+    /// Limits for models it does not list.
+    pub limits: Limits,
+    /// Limits shared by all models of one key.
+    pub key_limits: Limits,
+    model_index: HashMap<Arc<str>, usize>,
 }
 
 /// A model a provider lists.
@@ -58,11 +64,72 @@ pub struct KeySlot {
     secret: Option<Secret>,
     invalid: AtomicBool,
     cooldowns: Mutex<HashMap<Arc<str>, Instant>>,
+    usage: Mutex<KeyUsage>,
+}
+
+#[derive(Default)]
+struct KeyUsage {
+    all_models: Usage,
+    by_model: HashMap<Arc<str>, Usage>,
+}
+
+/// What one admitted request was charged against a key's limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Admission {
+    model: Option<Charge>,
+    key: Option<Charge>,
 }
 
 impl KeySlot {
     fn new(index: usize, secret: Option<Secret>) -> Self {
-        Self { index, secret, invalid: AtomicBool::new(false), cooldowns: Mutex::new(HashMap::new()) }
+        Self {
+            index,
+            secret,
+            invalid: AtomicBool::new(false),
+            cooldowns: Mutex::new(HashMap::new()),
+            usage: Mutex::new(KeyUsage::default()),
+        }
+    }
+
+    /// Admits one request of about `tokens` to `model` under the model's
+    /// and the key's limits, and charges it; or says which limit it would
+    /// pass and when there is room again.
+    pub fn admit(
+        &self,
+        model: &Arc<str>,
+        model_limits: &Limits,
+        key_limits: &Limits,
+        tokens: u64,
+        now: Instant,
+    ) -> Result<Admission, LimitHit> {
+        let (by_model, by_key) = (limits::any(model_limits), limits::any(key_limits));
+        if !by_model && !by_key {
+            return Ok(Admission { model: None, key: None });
+        }
+        let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        if by_key {
+            usage.all_models.check(key_limits, tokens, now)?;
+        }
+        if by_model {
+            usage.by_model.entry(model.clone()).or_insert_with(|| Usage::new(now)).check(model_limits, tokens, now)?;
+        }
+        let key = by_key.then(|| usage.all_models.record(tokens, now));
+        let model = by_model.then(|| usage.by_model.entry(model.clone()).or_default().record(tokens, now));
+        Ok(Admission { model, key })
+    }
+
+    /// Corrects an admitted request's tokens with the usage its answer reported.
+    pub fn settle(&self, model: &str, admission: Admission, actual_tokens: u64) {
+        if admission.model.is_none() && admission.key.is_none() {
+            return;
+        }
+        let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(charge) = admission.key {
+            usage.all_models.settle(charge, actual_tokens);
+        }
+        if let (Some(charge), Some(u)) = (admission.model, usage.by_model.get_mut(model)) {
+            u.settle(charge, actual_tokens);
+        }
     }
 
     /// The key, for the upstream request.
@@ -122,7 +189,12 @@ impl Provider {
 
     /// Metadata of a listed model.
     pub fn model(&self, id: &str) -> Option<&ModelInfo> {
-        self.models.iter().find(|m| &*m.id == id)
+        self.model_index.get(id).map(|&i| &self.models[i])
+    }
+
+    /// The limits of a model: its own, or the provider's for unlisted ones.
+    pub fn limits_for(&self, model: &str) -> &Limits {
+        self.model(model).map_or(&self.limits, |m| &m.limits)
     }
 
     /// Every key, for redacting upstream text.
@@ -184,6 +256,7 @@ pub fn merge(config: Option<&ProviderSpec>, catalog: Option<&ProviderSpec>) -> P
         local: c.local.or(base.local),
         enabled: c.enabled.or(base.enabled),
         limits: merge_limits(c.limits, base.limits),
+        key_limits: merge_limits(c.key_limits, base.key_limits),
         models: c.models.or(base.models),
         headers: c.headers.or(base.headers),
         options: match (c.options, base.options) {
@@ -310,6 +383,7 @@ fn enable(
     } else {
         keys.into_iter().enumerate().map(|(i, k)| KeySlot::new(i, Some(k))).collect()
     };
+    let model_index = models.iter().enumerate().map(|(i, m)| (m.id.clone(), i)).collect();
     Ok(Provider {
         name: Arc::from(name),
         display_name: spec.display_name.clone().unwrap_or_else(|| name.to_owned()),
@@ -321,5 +395,8 @@ fn enable(
         models,
         headers,
         local: is_local,
+        limits: provider_limits,
+        key_limits: spec.key_limits.unwrap_or_default(),
+        model_index,
     })
 }

@@ -194,6 +194,9 @@ fn provider(
     if let Some(limits) = &spec.limits {
         check_limits(limits, &format!("{path}.limits"), r);
     }
+    if let Some(limits) = &spec.key_limits {
+        check_limits(limits, &format!("{path}.key_limits"), r);
+    }
     let mut seen = std::collections::HashSet::new();
     for (i, model) in spec.models.iter().flatten().enumerate() {
         let model_path = format!("{path}.models.{i}");

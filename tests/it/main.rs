@@ -11,6 +11,7 @@ mod support {
 mod api;
 mod cli;
 mod fallback;
+mod limits;
 mod plugin_anthropic;
 mod plugin_cohere;
 mod plugin_gemini;

@@ -1,0 +1,95 @@
+//! Rate limits known before the 429: a candidate at its limit is skipped
+//! without an upstream call; counters are per (provider, model, key), or
+//! per key across models; token budgets settle with the reported usage.
+
+use crate::support::gateway::{provider, start};
+use crate::support::mock::Mock;
+
+/// An openai-compat provider block with limits.
+fn limited(name: &str, mock: &Mock, keys: &[&str], models: &[&str], extra: &str) -> String {
+    format!("{}{extra}", provider(name, &mock.base_url(), keys, models))
+}
+
+#[tokio::test]
+async fn a_candidate_at_its_rpm_is_skipped_without_a_call() {
+    let a = Mock::start().await;
+    let b = Mock::start().await;
+    let yaml = format!(
+        "providers:\n{}{}routes:\n  r:\n    targets: [a/m1, b/m2]\n",
+        limited("a", &a, &["ka"], &["m1"], "    limits: { rpm: 2 }\n"),
+        provider("b", &b.base_url(), &["kb"], &["m2"]),
+    );
+    let gw = start(&yaml).await;
+    for _ in 0..2 {
+        assert_eq!(gw.chat("r").await.routed_via(), "a/m1");
+    }
+    let third = gw.chat("r").await;
+    assert_eq!(third.routed_via(), "b/m2");
+    assert_eq!(third.fallback_attempts(), 0, "a skip at a limit is not an attempt");
+    assert_eq!(a.chats().len(), 2, "the limited candidate was called past its limit");
+    let metrics = gw.get("/metrics", &[]).await.text();
+    assert!(metrics.contains("freeway_limit_skips_total{provider=\"a\",model=\"m1\",limit=\"rpm\"} 1"), "{metrics}");
+}
+
+#[tokio::test]
+async fn each_key_has_its_own_counters_and_all_limited_is_a_429() {
+    let a = Mock::start().await;
+    let yaml = format!("providers:\n{}", limited("a", &a, &["k1", "k2"], &["m"], "    limits: { rpm: 1 }\n"));
+    let gw = start(&yaml).await;
+    assert_eq!(gw.chat("a/m").await.status, 200);
+    assert_eq!(gw.chat("a/m").await.status, 200);
+    let keys: Vec<_> = a.chats().iter().map(|s| s.key.clone().unwrap()).collect();
+    assert_eq!(keys, ["k1", "k2"]);
+    let third = gw.chat("a/m").await;
+    assert_eq!(third.status, 429, "{}", third.text());
+    let retry: u64 = third.header("retry-after").parse().unwrap();
+    assert!((55..=60).contains(&retry), "retry-after {retry}: when the minute window frees up");
+    assert_eq!(a.chats().len(), 2);
+}
+
+#[tokio::test]
+async fn token_budgets_settle_with_the_usage_the_answer_reports() {
+    // The mock reports 10 tokens per answer; each request is estimated at
+    // ~60 (its size / 4). Charged at the estimate, the third request would
+    // pass 150; settled at 10 each, a dozen fit.
+    let a = Mock::start().await;
+    let b = Mock::start().await;
+    let yaml = format!(
+        "providers:\n{}{}routes:\n  r:\n    targets: [a/m1, b/m2]\n",
+        limited("a", &a, &["ka"], &["m1"], "    limits: { tpm: 150 }\n"),
+        provider("b", &b.base_url(), &["kb"], &["m2"]),
+    );
+    let gw = start(&yaml).await;
+    for i in 0..8 {
+        assert_eq!(gw.chat("r").await.routed_via(), "a/m1", "request {i}");
+    }
+    assert_eq!(b.chats().len(), 0);
+}
+
+#[tokio::test]
+async fn key_limits_are_shared_by_every_model_of_a_key() {
+    let a = Mock::start().await;
+    let b = Mock::start().await;
+    let yaml = format!(
+        "providers:\n{}{}routes:\n  r:\n    targets: [a/x, a/y, b/z]\n",
+        limited("a", &a, &["ka"], &["x", "y"], "    key_limits: { rpd: 2 }\n"),
+        provider("b", &b.base_url(), &["kb"], &["z"]),
+    );
+    let gw = start(&yaml).await;
+    assert_eq!(gw.chat("a/x").await.routed_via(), "a/x");
+    assert_eq!(gw.chat("a/y").await.routed_via(), "a/y");
+    // The key's daily pool is spent: neither model of `a` is tried.
+    let third = gw.chat("r").await;
+    assert_eq!(third.routed_via(), "b/z");
+    assert_eq!(a.chats().len(), 2);
+}
+
+#[tokio::test]
+async fn streams_count_against_limits_too() {
+    let a = Mock::start().await;
+    let yaml = format!("providers:\n{}", limited("a", &a, &["ka"], &["m"], "    limits: { rpm: 1 }\n"));
+    let gw = start(&yaml).await;
+    let first = crate::support::gateway::Answer::read(gw.stream("a/m").await).await;
+    assert_eq!(first.events().last().unwrap(), "[DONE]");
+    assert_eq!(gw.chat("a/m").await.status, 429);
+}
