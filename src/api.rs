@@ -84,8 +84,8 @@ where
     } else {
         match endpoint {
             Endpoint::ChatCompletions => chat(gateway, request).await,
-            Endpoint::Models => json_response(gateway.models_json()),
-            Endpoint::Health => json_response(gateway.health_json()),
+            Endpoint::Models => json_response(gateway.router().models_json()),
+            Endpoint::Health => json_response(health_json(gateway)),
             Endpoint::Metrics => {
                 let text = gateway.metrics().render(gateway.router().active_cooldowns());
                 let mut r = Response::new(ResponseBody::full(text));
@@ -155,7 +155,7 @@ pub fn models_json(gateway_router: &crate::routing::Router) -> Bytes {
         .map(|name| json!({"id": name, "object": "model", "created": 0, "owned_by": "freeway"}))
         .collect();
     for p in gateway_router.providers() {
-        for m in &p.models {
+        for m in p.models().iter() {
             let mut entry = json!({
                 "id": format!("{}/{}", p.name, m.id),
                 "object": "model",
@@ -172,8 +172,9 @@ pub fn models_json(gateway_router: &crate::routing::Router) -> Bytes {
     Bytes::from(json!({"object": "list", "data": data}).to_string())
 }
 
-/// The `/health` body.
-pub fn health_json(router: &crate::routing::Router) -> Bytes {
+/// The `/health` body: liveness, providers, and discovery's last refresh.
+pub fn health_json(gateway: &Gateway) -> Bytes {
+    let router = gateway.router();
     let enabled: Vec<&str> = router.providers().iter().map(|p| &*p.name).collect();
     let disabled: Vec<serde_json::Value> = router
         .disabled()
@@ -184,6 +185,7 @@ pub fn health_json(router: &crate::routing::Router) -> Bytes {
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
         "providers": {"enabled": enabled, "disabled": disabled},
+        "discovery": gateway.discovery().status(),
     });
     if enabled.is_empty() {
         body["hint"] = json!(router.no_provider_message());

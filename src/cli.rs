@@ -111,6 +111,10 @@ async fn run_serve(config: Option<&Path>, listen: Option<&str>) -> Result<ExitCo
         let names: Vec<&str> = router.providers().iter().map(|p| &*p.name).collect();
         tracing::info!(providers = %names.join(", "), "providers enabled");
     }
+    if gateway.config().discovery.enabled {
+        let interval = gateway.config().discovery.interval.get();
+        crate::discovery::spawn(gateway.clone(), interval);
+    }
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!("freeway listening on http://{bound}/v1");
@@ -205,13 +209,35 @@ async fn probe_once(
 async fn run_models(config: Option<&Path>) -> Result<ExitCode, String> {
     let (env, catalog, loaded) = load(config)?;
     let gateway = Gateway::new(loaded.config, catalog, &env).await.map_err(|problems| problems.join("\n"))?;
+    if gateway.config().discovery.enabled {
+        for (provider, outcome) in crate::discovery::refresh(&gateway).await {
+            if let Err(e) = outcome {
+                eprintln!("note: could not list {provider}'s models ({e}); showing the catalog's");
+            }
+        }
+    }
     let router = gateway.router();
-    println!("{:<14} {:<52} {:<5} {:>8}  TAGS", "PROVIDER", "MODEL", "FREE", "CONTEXT");
+    println!("{:<14} {:<52} {:<5} {:>8} {:>7}  {:<9}  TAGS", "PROVIDER", "MODEL", "FREE", "CONTEXT", "SIZE", "TIER");
     for p in router.providers() {
-        for m in &p.models {
+        for m in p.models().iter() {
             let context = m.context.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
             let free = if m.free { "yes" } else { "no" };
-            println!("{:<14} {:<52} {:<5} {:>8}  {}", p.name, m.id, free, context, m.tags.join(","));
+            let size = match (m.params_b, m.active_params_b) {
+                (Some(total), Some(active)) => format!("{total}B/{active}B"),
+                (Some(total), None) => format!("{total}B"),
+                _ => "-".to_owned(),
+            };
+            let tier = m.tier().to_string();
+            println!(
+                "{:<14} {:<52} {:<5} {:>8} {:>7}  {:<9}  {}",
+                p.name,
+                m.id,
+                free,
+                context,
+                size,
+                tier,
+                m.tags.join(",")
+            );
         }
     }
     println!();

@@ -133,7 +133,7 @@ impl Dispatcher {
                 // skipped like one cooling down
                 let limits = provider.limits_for(&candidate.model);
                 let admission =
-                    match key.admit(&candidate.model, limits, &provider.key_limits, estimate, Instant::now()) {
+                    match key.admit(&candidate.model, &limits, &provider.key_limits, estimate, Instant::now()) {
                         Ok(admission) => admission,
                         Err(hit) => {
                             self.metrics.limit_skip(&provider.name, &candidate.model, hit.limit.label());

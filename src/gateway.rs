@@ -10,17 +10,30 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 
+use arc_swap::ArcSwap;
+
 use crate::api;
 use crate::auth::Auth;
 use crate::body::ResponseBody;
 use crate::catalog::Catalog;
 use crate::config::{Config, Env};
+use crate::discovery::Discovery;
 use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
 use crate::plugin::{PluginHost, Target};
 use crate::providers::{self, LocalModels, merge};
 use crate::routing::Router;
 use crate::upstream::{Upstream, read_body};
+
+/// A weak handle on a gateway.
+pub struct WeakGateway(std::sync::Weak<Inner>);
+
+impl WeakGateway {
+    /// The gateway, if it is still alive.
+    pub fn upgrade(&self) -> Option<Gateway> {
+        self.0.upgrade().map(|inner| Gateway { inner })
+    }
+}
 
 /// How long the start-up probe waits for a local provider (Ollama).
 const LOCAL_PROBE_TIMEOUT: Duration = Duration::from_millis(700);
@@ -33,13 +46,13 @@ pub struct Gateway {
 
 struct Inner {
     config: Config,
-    router: Router,
+    router: ArcSwap<Router>,
+    catalog: Catalog,
+    discovery: Discovery,
     dispatcher: Dispatcher,
     metrics: Arc<Metrics>,
     auth: Auth,
     upstream: Upstream,
-    models_json: Bytes,
-    health_json: Bytes,
 }
 
 impl Gateway {
@@ -61,10 +74,17 @@ impl Gateway {
         let router = Router::new(enabled, disabled, &config, &catalog);
         let dispatcher = Dispatcher::new(upstream.clone(), config.dispatch.clone(), metrics.clone());
         let auth = Auth::new(&config.server.api_keys);
-        let models_json = api::models_json(&router);
-        let health_json = api::health_json(&router);
         Ok(Self {
-            inner: Arc::new(Inner { config, router, dispatcher, metrics, auth, upstream, models_json, health_json }),
+            inner: Arc::new(Inner {
+                config,
+                router: ArcSwap::from_pointee(router),
+                catalog,
+                discovery: Discovery::default(),
+                dispatcher,
+                metrics,
+                auth,
+                upstream,
+            }),
         })
     }
 
@@ -83,8 +103,8 @@ impl Gateway {
     }
 
     /// Model resolution and the enabled providers.
-    pub fn router(&self) -> &Router {
-        &self.inner.router
+    pub fn router(&self) -> Arc<Router> {
+        self.inner.router.load_full()
     }
 
     /// The dispatcher.
@@ -107,12 +127,27 @@ impl Gateway {
         &self.inner.upstream
     }
 
-    pub(crate) fn models_json(&self) -> Bytes {
-        self.inner.models_json.clone()
+    /// Model discovery's status.
+    pub fn discovery(&self) -> &Discovery {
+        &self.inner.discovery
     }
 
-    pub(crate) fn health_json(&self) -> Bytes {
-        self.inner.health_json.clone()
+    /// Rebuilds the routing tables from the providers' current model lists
+    /// (after discovery); requests in flight keep the tables they started with.
+    pub fn rebuild_routes(&self) {
+        let current = self.router();
+        let next = Router::new(
+            current.providers().to_vec(),
+            current.disabled().to_vec(),
+            &self.inner.config,
+            &self.inner.catalog,
+        );
+        self.inner.router.store(Arc::new(next));
+    }
+
+    /// A handle that does not keep the gateway alive (background tasks).
+    pub fn downgrade(&self) -> WeakGateway {
+        WeakGateway(Arc::downgrade(&self.inner))
     }
 }
 

@@ -10,7 +10,10 @@ use http::{HeaderName, HeaderValue};
 
 use crate::catalog::Catalog;
 use crate::config::{Config, Env, Limits, ProviderSpec};
+use arc_swap::ArcSwap;
+
 use crate::limits::{self, Charge, LimitHit, Usage};
+use crate::models::{ModelInfo, ModelTable};
 use crate::plugin::{Plugin, PluginHost};
 use crate::secret::Secret;
 
@@ -29,8 +32,8 @@ pub struct Provider {
     /// Its keys, used in turn; one keyless slot for providers without keys.
     pub keys: Vec<KeySlot>,
     next_key: AtomicUsize,
-    /// Models it is known to serve.
-    pub models: Vec<ModelInfo>,
+    /// Models it is known to serve (replaced whole by discovery).
+    models: ArcSwap<ModelTable>,
     /// Extra headers for every request.
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Runs on this machine.
@@ -39,22 +42,8 @@ pub struct Provider {
     pub limits: Limits,
     /// Limits shared by all models of one key.
     pub key_limits: Limits,
-    model_index: HashMap<Arc<str>, usize>,
-}
-
-/// A model a provider lists.
-#[derive(Debug, Clone)]
-pub struct ModelInfo {
-    /// The upstream id.
-    pub id: Arc<str>,
-    /// Context window, when known.
-    pub context: Option<u64>,
-    /// Free on the provider's free tier.
+    /// Whether its models are free unless a listing says otherwise.
     pub free: bool,
-    /// Limits per key (provider defaults merged with the model's own).
-    pub limits: Limits,
-    /// Capabilities and traits.
-    pub tags: Vec<String>,
 }
 
 /// One API key of a provider and what the dispatcher learned about it.
@@ -187,14 +176,24 @@ impl Provider {
         self.next_key.fetch_add(1, Ordering::Relaxed) % self.keys.len().max(1)
     }
 
-    /// Metadata of a listed model.
-    pub fn model(&self, id: &str) -> Option<&ModelInfo> {
-        self.model_index.get(id).map(|&i| &self.models[i])
+    /// The models it serves now.
+    pub fn models(&self) -> Arc<ModelTable> {
+        self.models.load_full()
+    }
+
+    /// Replaces its model list (discovery).
+    pub fn set_models(&self, table: ModelTable) {
+        self.models.store(Arc::new(table));
+    }
+
+    /// The listed id for `id` (shared, so candidates do not allocate).
+    pub fn canonical(&self, id: &str) -> Option<Arc<str>> {
+        self.models.load().get(id).map(|m| m.id.clone())
     }
 
     /// The limits of a model: its own, or the provider's for unlisted ones.
-    pub fn limits_for(&self, model: &str) -> &Limits {
-        self.model(model).map_or(&self.limits, |m| &m.limits)
+    pub fn limits_for(&self, model: &str) -> Limits {
+        self.models.load().get(model).map_or(self.limits, |m| m.limits)
     }
 
     /// Every key, for redacting upstream text.
@@ -353,24 +352,15 @@ fn enable(
         .models
         .iter()
         .flatten()
-        .map(|m| ModelInfo {
-            id: Arc::from(m.id.as_str()),
-            context: m.context,
-            free: m.free.unwrap_or(provider_free),
-            limits: merge_limits(m.limits, Some(provider_limits)).unwrap_or_default(),
-            tags: m.tags.clone(),
+        .map(|m| {
+            let limits = merge_limits(m.limits, Some(provider_limits)).unwrap_or_default();
+            ModelInfo::new(&m.id, m.context, m.free.unwrap_or(provider_free), limits, m.tags.clone())
         })
         .collect();
     for id in probed.into_iter().flatten() {
-        if !models.iter().any(|m| &*m.id == id) {
-            models.push(ModelInfo {
-                id: Arc::from(id.as_str()),
-                context: None,
-                free: provider_free,
-                limits: provider_limits,
-                tags: Vec::new(),
-            });
-        }
+        let mut found = ModelInfo::new(id, None, provider_free, provider_limits, Vec::new());
+        found.discovered = true;
+        models.push(found);
     }
     let headers = spec
         .headers
@@ -383,7 +373,6 @@ fn enable(
     } else {
         keys.into_iter().enumerate().map(|(i, k)| KeySlot::new(i, Some(k))).collect()
     };
-    let model_index = models.iter().enumerate().map(|(i, m)| (m.id.clone(), i)).collect();
     Ok(Provider {
         name: Arc::from(name),
         display_name: spec.display_name.clone().unwrap_or_else(|| name.to_owned()),
@@ -392,11 +381,11 @@ fn enable(
         options: spec.options.iter().flatten().map(|(k, v)| (k.clone(), v.clone())).collect(),
         keys: slots,
         next_key: AtomicUsize::new(0),
-        models,
+        models: ArcSwap::from_pointee(ModelTable::new(models)),
         headers,
         local: is_local,
         limits: provider_limits,
         key_limits: spec.key_limits.unwrap_or_default(),
-        model_index,
+        free: provider_free,
     })
 }

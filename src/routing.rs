@@ -49,6 +49,7 @@ pub struct Router {
     routes: IndexMap<String, Route>,
     disabled: Vec<DisabledProvider>,
     no_provider_message: String,
+    models_json: bytes::Bytes,
 }
 
 impl Router {
@@ -64,7 +65,7 @@ impl Router {
             providers.iter().enumerate().map(|(i, p)| (p.name.to_string(), i)).collect();
         let mut by_model: HashMap<String, Vec<Candidate>> = HashMap::new();
         for p in &providers {
-            for m in &p.models {
+            for m in p.models().iter() {
                 by_model
                     .entry(m.id.to_string())
                     .or_default()
@@ -77,7 +78,17 @@ impl Router {
             routes.insert(name.clone(), build_route(spec, &providers, &by_name, &by_model, &disabled));
         }
         let no_provider_message = no_provider_message(&disabled);
-        Self { providers, by_name, by_model, routes, disabled, no_provider_message }
+        let mut router = Self {
+            providers,
+            by_name,
+            by_model,
+            routes,
+            disabled,
+            no_provider_message,
+            models_json: bytes::Bytes::new(),
+        };
+        router.models_json = crate::api::models_json(&router);
+        router
     }
 
     /// The enabled providers.
@@ -98,6 +109,11 @@ impl Router {
     /// The targets a route would try, in written order.
     pub fn route_targets(&self, name: &str) -> Option<Vec<Candidate>> {
         self.routes.get(name).map(|r| r.targets.iter().map(|(c, _)| c.clone()).collect())
+    }
+
+    /// The `/v1/models` body for these tables.
+    pub fn models_json(&self) -> bytes::Bytes {
+        self.models_json.clone()
     }
 
     /// What to tell a user when nothing is enabled.
@@ -121,7 +137,7 @@ impl Router {
                     });
                 }
                 let provider = &self.providers[i];
-                let model = provider.model(id).map(|m| m.id.clone()).unwrap_or_else(|| Arc::from(id));
+                let model = provider.canonical(id).unwrap_or_else(|| Arc::from(id));
                 return Ok(vec![Candidate { provider: provider.clone(), model }]);
             }
             if !self.by_model.contains_key(model)
@@ -156,10 +172,11 @@ impl Router {
 
     /// Every routable name: routes, then `provider/model` pairs.
     pub fn model_names(&self) -> impl Iterator<Item = String> + '_ {
-        self.routes
-            .keys()
-            .cloned()
-            .chain(self.providers.iter().flat_map(|p| p.models.iter().map(move |m| format!("{}/{}", p.name, m.id))))
+        self.routes.keys().cloned().chain(
+            self.providers
+                .iter()
+                .flat_map(|p| p.models().iter().map(|m| format!("{}/{}", p.name, m.id)).collect::<Vec<_>>()),
+        )
     }
 
     /// Model/key pairs cooling down now, across every provider.
@@ -211,7 +228,7 @@ fn build_route(
         if let Some((p, id)) = target.split_once('/') {
             if let Some(&i) = by_name.get(p) {
                 let provider = &providers[i];
-                let model = provider.model(id).map(|m| m.id.clone()).unwrap_or_else(|| Arc::from(id));
+                let model = provider.canonical(id).unwrap_or_else(|| Arc::from(id));
                 targets.push((Candidate { provider: provider.clone(), model }, weight));
                 continue;
             }

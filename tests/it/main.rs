@@ -10,6 +10,7 @@ mod support {
 
 mod api;
 mod cli;
+mod discovery;
 mod fallback;
 mod limits;
 mod plugin_anthropic;

@@ -1,25 +1,35 @@
-//! PLACEHOLDER: a copy of openai-compat until the anthropic translation lands.
-//! The `openai-compat` plugin: every provider that speaks OpenAI's chat
-//! completions API. Requests pass through with `model` replaced; answers and
-//! stream chunks pass through after a check. Provider quirks are options in
-//! the catalog, not code:
+//! The `anthropic` plugin: Anthropic's native Messages API (`POST /messages`)
+//! behind OpenAI's chat-completions shapes.
 //!
-//! - `chat_path` (default `/chat/completions`), `models_path` (`/models`),
-//!   `embeddings_path` (`/embeddings`);
-//! - `auth_header` (default `authorization`), `auth_scheme` (default `Bearer`);
-//! - `drop_params`: comma-separated request fields the provider refuses;
-//! - `models_free`: how to tell free models in the listing: `pricing`
-//!   (prompt and completion price "0", "free" or empty, or a `:free` id),
-//!   `all`, or unset (the catalog decides);
-//! - `models_paid_prefixes`: comma-separated id prefixes that are never free
-//!   (SiliconFlow's `Pro/`).
+//! Requests: system and developer messages become the top-level `system`;
+//! user, assistant and tool messages become alternating `user` / `assistant`
+//! turns of content blocks (text, image, document, `tool_use`,
+//! `tool_result`), consecutive turns of one role merged. `max_tokens` is
+//! required upstream: the request's `max_completion_tokens` or `max_tokens`,
+//! else the option `default_max_tokens`, else 4096. `reasoning_effort`
+//! (`low`, `medium`, `high`) turns on extended thinking with a budget that
+//! stays under `max_tokens`; a request's own `thinking` object passes through.
+//!
+//! Answers and streams come back as `chat.completion` and
+//! `chat.completion.chunk` bodies: text blocks → `content`, `tool_use` →
+//! `tool_calls`, thinking → `reasoning_content`.
+//!
+//! Options:
+//!
+//! - `anthropic_version` (default `2023-06-01`) and `anthropic_beta` (sent as
+//!   the `anthropic-beta` header when set);
+//! - `default_max_tokens` (default 4096);
+//! - `auth_header` (default `x-api-key`; `authorization` sends a Bearer key,
+//!   for Anthropic-compatible endpoints that want one);
+//! - `chat_path` (default `/messages`), `models_path` (default `/models`).
+//!
+//! Anthropic has no embeddings API: the embeddings calls refuse.
 
 use std::cell::RefCell;
 
 use freeway_plugin_kit as kit;
 use serde::Deserialize;
-use serde::de::IgnoredAny;
-use serde_json::Value;
+use serde_json::{Map, Value, json};
 
 wit_bindgen::generate!({ path: "../wit", world: "provider" });
 
@@ -28,177 +38,584 @@ use exports::freeway::provider::translator::{
     StreamEvent, Target, Usage,
 };
 
+const DEFAULT_VERSION: &str = "2023-06-01";
+const DEFAULT_MAX_TOKENS: u64 = 4096;
+const NO_EMBEDDINGS: &str = "anthropic has no embeddings API";
+/// Anthropic's smallest thinking budget.
+const MIN_THINKING_BUDGET: u64 = 1024;
+
 struct Plugin;
 
 fn usage(u: kit::Usage) -> Usage {
-    Usage {
-        prompt_tokens: u.prompt_tokens,
-        completion_tokens: u.completion_tokens,
+    Usage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens }
+}
+
+/// The request headers: JSON, the API version, and the key.
+fn headers(target: &Target, stream: bool, with_body: bool) -> Vec<(String, String)> {
+    let mut headers = Vec::with_capacity(5);
+    if with_body {
+        headers.push(("content-type".to_owned(), "application/json".to_owned()));
+    }
+    let accept = if stream { "text/event-stream" } else { "application/json" };
+    headers.push(("accept".to_owned(), accept.to_owned()));
+    let version = kit::option(&target.options, "anthropic_version").unwrap_or(DEFAULT_VERSION);
+    headers.push(("anthropic-version".to_owned(), version.to_owned()));
+    if let Some(beta) = kit::option(&target.options, "anthropic_beta").filter(|b| !b.trim().is_empty()) {
+        headers.push(("anthropic-beta".to_owned(), beta.trim().to_owned()));
+    }
+    if let Some(key) = target.key.as_deref() {
+        let name = kit::option(&target.options, "auth_header").unwrap_or("x-api-key").to_ascii_lowercase();
+        let value = if name == "authorization" { format!("Bearer {key}") } else { key.to_owned() };
+        headers.push((name, value));
+    }
+    headers
+}
+
+// ---------------------------------------------------------------------------
+// Requests
+// ---------------------------------------------------------------------------
+
+/// A text block, or nothing for empty text (Anthropic refuses empty blocks).
+fn text_block(text: &str) -> Option<Value> {
+    (!text.is_empty()).then(|| json!({"type": "text", "text": text}))
+}
+
+/// A `data:` URL → (media type, base64 data).
+fn data_url(url: &str) -> Result<(&str, &str), String> {
+    let rest = url.strip_prefix("data:").ok_or("not a data: URL")?;
+    let (meta, data) = rest.split_once(',').ok_or("a data: URL without a comma")?;
+    let media_type = meta.strip_suffix(";base64").ok_or_else(|| format!("a data: URL that is not base64 ({meta})"))?;
+    if media_type.is_empty() {
+        return Err("a data: URL without a media type".to_owned());
+    }
+    Ok((media_type, data))
+}
+
+fn image_block(part: &Value) -> Result<Value, String> {
+    let url = match part.get("image_url") {
+        Some(Value::String(url)) => url.as_str(),
+        Some(obj) => obj.get("url").and_then(Value::as_str).unwrap_or_default(),
+        None => "",
+    };
+    if url.starts_with("data:") {
+        let (media_type, data) = data_url(url).map_err(|e| format!("image_url: {e}"))?;
+        Ok(json!({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}))
+    } else if url.starts_with("https://") || url.starts_with("http://") {
+        Ok(json!({"type": "image", "source": {"type": "url", "url": url}}))
+    } else {
+        Err("image_url must be a data: URL or an http(s) URL".to_owned())
     }
 }
 
-fn post(target: &Target, path_option: &str, default_path: &str, body: Vec<u8>, stream: bool) -> HttpRequest {
-    let path = kit::option(&target.options, path_option).unwrap_or(default_path);
-    HttpRequest {
-        method: "POST".to_owned(),
-        url: format!("{}{path}", target.base_url),
-        headers: kit::json_headers(target.key.as_deref(), stream, &target.options),
-        body,
+/// A `file` content part with inline data (a PDF) → a document block.
+fn document_block(part: &Value) -> Result<Value, String> {
+    let file = part.get("file").unwrap_or(&Value::Null);
+    let Some(data) = file.get("file_data").and_then(Value::as_str) else {
+        return Err("file parts need inline file_data (anthropic cannot read OpenAI file ids)".to_owned());
+    };
+    let (media_type, data) = match data_url(data) {
+        Ok(found) => found,
+        // Bare base64, as some clients send it: assume a PDF.
+        Err(_) if !data.starts_with("data:") => ("application/pdf", data),
+        Err(e) => return Err(format!("file_data: {e}")),
+    };
+    let mut block = json!({"type": "document", "source": {"type": "base64", "media_type": media_type, "data": data}});
+    if let Some(name) = file.get("filename").and_then(Value::as_str) {
+        block["title"] = Value::String(name.to_owned());
+    }
+    Ok(block)
+}
+
+/// User (or tool result) content: a string or a list of parts.
+fn content_blocks(content: Option<&Value>, role: &str) -> Result<Vec<Value>, String> {
+    match content {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(text)) => Ok(text_block(text).into_iter().collect()),
+        Some(Value::Array(parts)) => {
+            let mut blocks = Vec::with_capacity(parts.len());
+            for part in parts {
+                let kind = part.get("type").and_then(Value::as_str).unwrap_or("text");
+                match kind {
+                    "text" => blocks.extend(text_block(part.get("text").and_then(Value::as_str).unwrap_or_default())),
+                    // An assistant's refusal, sent back in a later turn.
+                    "refusal" if role == "assistant" => {
+                        blocks.extend(text_block(part.get("refusal").and_then(Value::as_str).unwrap_or_default()))
+                    }
+                    "image_url" if role != "assistant" => blocks.push(image_block(part)?),
+                    "file" if role != "assistant" => blocks.push(document_block(part)?),
+                    other => {
+                        return Err(format!("a {role} content part of type `{other}` is not supported by anthropic"));
+                    }
+                }
+            }
+            Ok(blocks)
+        }
+        Some(_) => Err(format!("a {role} message's content must be a string or a list of parts")),
     }
 }
 
-/// The request with `model` replaced and refused parameters dropped.
-fn rewrite(request: &[u8], target: &Target) -> Result<(Vec<u8>, bool), String> {
-    let mut body = kit::request_object(request)?;
+/// The text of a system message (a string or text parts).
+fn system_text(content: Option<&Value>) -> Result<String, String> {
+    match content {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(text)) => Ok(text.clone()),
+        Some(Value::Array(parts)) => {
+            let texts: Vec<&str> = parts
+                .iter()
+                .map(|p| match p.get("type").and_then(Value::as_str).unwrap_or("text") {
+                    "text" => Ok(p.get("text").and_then(Value::as_str).unwrap_or_default()),
+                    other => Err(format!("a system content part of type `{other}` is not supported by anthropic")),
+                })
+                .collect::<Result<_, _>>()?;
+            Ok(texts.concat())
+        }
+        Some(_) => Err("a system message's content must be a string or a list of parts".to_owned()),
+    }
+}
+
+fn tool_use_block(call: &Value) -> Result<Value, String> {
+    let id = call.get("id").and_then(Value::as_str).ok_or("an assistant tool call has no id")?;
+    let function = call.get("function").unwrap_or(&Value::Null);
+    let name = function
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("assistant tool call `{id}` has no function name"))?;
+    let input = match function.get("arguments") {
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        Some(Value::String(args)) if args.trim().is_empty() => Value::Object(Map::new()),
+        Some(Value::String(args)) => serde_json::from_str::<Value>(args)
+            .map_err(|e| format!("assistant tool call `{id}` has arguments that are not valid JSON: {e}"))?,
+        Some(other) => other.clone(),
+    };
+    let input = match input {
+        Value::Object(_) => input,
+        Value::Null => Value::Object(Map::new()),
+        _ => return Err(format!("assistant tool call `{id}` has arguments that are not a JSON object")),
+    };
+    Ok(json!({"type": "tool_use", "id": id, "name": name, "input": input}))
+}
+
+fn tool_result_block(message: &Value) -> Result<Value, String> {
+    let id = message.get("tool_call_id").and_then(Value::as_str).ok_or("a tool message has no tool_call_id")?;
+    let mut block = json!({"type": "tool_result", "tool_use_id": id});
+    match message.get("content") {
+        Some(Value::String(text)) if !text.is_empty() => block["content"] = Value::String(text.clone()),
+        Some(Value::Array(_)) => {
+            let blocks = content_blocks(message.get("content"), "tool")?;
+            if !blocks.is_empty() {
+                block["content"] = Value::Array(blocks);
+            }
+        }
+        None | Some(Value::Null) | Some(Value::String(_)) => {}
+        Some(_) => return Err("a tool message's content must be a string or a list of parts".to_owned()),
+    }
+    Ok(block)
+}
+
+struct Turn {
+    role: &'static str,
+    blocks: Vec<Value>,
+}
+
+/// Appends blocks to the conversation, merging with the last turn when it
+/// has the same role (Anthropic wants the roles to alternate).
+fn push_turn(turns: &mut Vec<Turn>, role: &'static str, blocks: Vec<Value>) {
+    if blocks.is_empty() {
+        return;
+    }
+    match turns.last_mut() {
+        Some(last) if last.role == role => last.blocks.extend(blocks),
+        _ => turns.push(Turn { role, blocks }),
+    }
+}
+
+/// OpenAI messages → (system prompt, Anthropic messages).
+fn convert_messages(messages: &[Value]) -> Result<(Option<String>, Vec<Value>), String> {
+    let mut system: Vec<String> = Vec::new();
+    let mut turns: Vec<Turn> = Vec::with_capacity(messages.len());
+    for message in messages {
+        let role = message.get("role").and_then(Value::as_str).unwrap_or_default();
+        match role {
+            "system" | "developer" => {
+                let text = system_text(message.get("content"))?;
+                if !text.is_empty() {
+                    system.push(text);
+                }
+            }
+            "user" => push_turn(&mut turns, "user", content_blocks(message.get("content"), "user")?),
+            "assistant" => {
+                let mut blocks = content_blocks(message.get("content"), "assistant")?;
+                if let Some(calls) = message.get("tool_calls").and_then(Value::as_array) {
+                    for call in calls {
+                        blocks.push(tool_use_block(call)?);
+                    }
+                }
+                push_turn(&mut turns, "assistant", blocks);
+            }
+            "tool" => push_turn(&mut turns, "user", vec![tool_result_block(message)?]),
+            "function" => return Err("`function` messages are not supported; send `tool` messages".to_owned()),
+            other => return Err(format!("unknown message role `{other}`")),
+        }
+    }
+    if turns.is_empty() {
+        return Err("the request has no user or assistant message".to_owned());
+    }
+    let messages = turns
+        .into_iter()
+        .map(|mut turn| {
+            // In a user turn, tool results come before anything else.
+            if turn.role == "user" {
+                turn.blocks.sort_by_key(|b| b.get("type").and_then(Value::as_str) != Some("tool_result"));
+            }
+            json!({"role": turn.role, "content": turn.blocks})
+        })
+        .collect();
+    let system = (!system.is_empty()).then(|| system.join("\n\n"));
+    Ok((system, messages))
+}
+
+fn convert_tools(tools: &[Value]) -> Result<Vec<Value>, String> {
+    tools
+        .iter()
+        .map(|tool| {
+            let kind = tool.get("type").and_then(Value::as_str).unwrap_or("function");
+            if kind != "function" {
+                return Err(format!("tools of type `{kind}` are not supported by anthropic"));
+            }
+            let function = tool.get("function").ok_or("a tool without a function")?;
+            let name = function.get("name").and_then(Value::as_str).ok_or("a tool function without a name")?;
+            let mut out = Map::new();
+            out.insert("name".to_owned(), Value::String(name.to_owned()));
+            if let Some(description) = function.get("description").and_then(Value::as_str) {
+                out.insert("description".to_owned(), Value::String(description.to_owned()));
+            }
+            let schema = match function.get("parameters") {
+                Some(schema @ Value::Object(_)) => schema.clone(),
+                _ => json!({"type": "object", "properties": {}}),
+            };
+            out.insert("input_schema".to_owned(), schema);
+            Ok(Value::Object(out))
+        })
+        .collect()
+}
+
+fn convert_tool_choice(choice: Option<&Value>) -> Result<Option<Map<String, Value>>, String> {
+    let mut out = Map::new();
+    match choice {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) => {
+            let kind = match s.as_str() {
+                "auto" => "auto",
+                "required" => "any",
+                "none" => "none",
+                other => return Err(format!("unknown tool_choice `{other}`")),
+            };
+            out.insert("type".to_owned(), Value::String(kind.to_owned()));
+        }
+        Some(obj @ Value::Object(_)) => {
+            let name = obj
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str)
+                .ok_or("tool_choice names no function")?;
+            out.insert("type".to_owned(), Value::String("tool".to_owned()));
+            out.insert("name".to_owned(), Value::String(name.to_owned()));
+        }
+        Some(_) => return Err("tool_choice must be a string or an object".to_owned()),
+    }
+    Ok(Some(out))
+}
+
+fn as_u64(value: Option<&Value>) -> Option<u64> {
+    value.and_then(|v| v.as_u64().or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)))
+}
+
+/// The OpenAI request → the Messages API body; also whether it streams.
+fn build_body(request: &[u8], target: &Target) -> Result<(Vec<u8>, bool), String> {
+    let req = kit::request_object(request)?;
+    let messages = req.get("messages").and_then(Value::as_array).ok_or("the request has no messages list")?;
+    if as_u64(req.get("n")).is_some_and(|n| n > 1) {
+        return Err("anthropic answers with one choice: n > 1 is not supported".to_owned());
+    }
+    let (system, messages) = convert_messages(messages)?;
+    let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
+
+    let mut body = Map::new();
     body.insert("model".to_owned(), Value::String(target.model.clone()));
-    for param in kit::option_list(&target.options, "drop_params") {
-        body.remove(param);
+    if let Some(system) = system {
+        body.insert("system".to_owned(), Value::String(system));
     }
-    let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let bytes = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
+    body.insert("messages".to_owned(), Value::Array(messages));
+
+    let asked_max = as_u64(req.get("max_completion_tokens")).or_else(|| as_u64(req.get("max_tokens")));
+    let default_max = match kit::option(&target.options, "default_max_tokens") {
+        Some(v) => v.trim().parse::<u64>().map_err(|_| format!("option default_max_tokens is not a number: {v}"))?,
+        None => DEFAULT_MAX_TOKENS,
+    };
+    let max_tokens = asked_max.unwrap_or(default_max);
+    body.insert("max_tokens".to_owned(), json!(max_tokens));
+
+    // Extended thinking: the request's own `thinking`, or `reasoning_effort`.
+    let thinking = match req.get("thinking") {
+        Some(t @ Value::Object(_)) => Some(t.clone()),
+        _ => {
+            let budget = match req.get("reasoning_effort").and_then(Value::as_str) {
+                Some("low") => Some(MIN_THINKING_BUDGET),
+                Some("medium") => Some(4096),
+                Some("high") | Some("xhigh") => Some(16384),
+                _ => None,
+            };
+            // The budget counts in max_tokens and must stay below it.
+            budget
+                .map(|b| b.min(max_tokens.saturating_sub(1)))
+                .filter(|b| *b >= MIN_THINKING_BUDGET)
+                .map(|b| json!({"type": "enabled", "budget_tokens": b}))
+        }
+    };
+    let thinking_on = thinking.as_ref().is_some_and(|t| t.get("type").and_then(Value::as_str) != Some("disabled"));
+    if let Some(thinking) = thinking {
+        body.insert("thinking".to_owned(), thinking);
+    }
+
+    // Sampling: Anthropic's temperature is 0..1; thinking allows none of it
+    // but a top_p of at least 0.95.
+    if !thinking_on {
+        if let Some(t) = req.get("temperature").and_then(Value::as_f64) {
+            body.insert("temperature".to_owned(), json!(t.clamp(0.0, 1.0)));
+        }
+        if let Some(k) = as_u64(req.get("top_k")) {
+            body.insert("top_k".to_owned(), json!(k));
+        }
+    }
+    if let Some(p) = req.get("top_p").and_then(Value::as_f64)
+        && (!thinking_on || p >= 0.95)
+    {
+        body.insert("top_p".to_owned(), json!(p));
+    }
+    match req.get("stop") {
+        Some(Value::String(s)) if !s.is_empty() => {
+            body.insert("stop_sequences".to_owned(), json!([s]));
+        }
+        Some(Value::Array(list)) if !list.is_empty() => {
+            body.insert("stop_sequences".to_owned(), Value::Array(list.clone()));
+        }
+        _ => {}
+    }
+
+    let tools = match req.get("tools") {
+        Some(Value::Array(tools)) if !tools.is_empty() => convert_tools(tools)?,
+        _ => Vec::new(),
+    };
+    if !tools.is_empty() {
+        body.insert("tools".to_owned(), Value::Array(tools));
+        let mut choice = convert_tool_choice(req.get("tool_choice"))?;
+        if req.get("parallel_tool_calls").and_then(Value::as_bool) == Some(false) {
+            let choice = choice.get_or_insert_with(|| {
+                let mut auto = Map::new();
+                auto.insert("type".to_owned(), Value::String("auto".to_owned()));
+                auto
+            });
+            if choice.get("type").and_then(Value::as_str) != Some("none") {
+                choice.insert("disable_parallel_tool_use".to_owned(), Value::Bool(true));
+            }
+        }
+        if let Some(choice) = choice {
+            body.insert("tool_choice".to_owned(), Value::Object(choice));
+        }
+    }
+
+    if let Some(user) = req.get("user").and_then(Value::as_str) {
+        body.insert("metadata".to_owned(), json!({"user_id": user}));
+    }
+    if stream {
+        body.insert("stream".to_owned(), Value::Bool(true));
+    }
+    let bytes = serde_json::to_vec(&Value::Object(body)).map_err(|e| e.to_string())?;
     Ok((bytes, stream))
 }
 
-#[derive(Deserialize)]
-struct AnswerCheck {
-    choices: Option<IgnoredAny>,
-    data: Option<IgnoredAny>,
-    error: Option<Value>,
-    usage: Option<kit::Usage>,
+// ---------------------------------------------------------------------------
+// Answers
+// ---------------------------------------------------------------------------
+
+fn finish_reason(stop_reason: Option<&str>) -> &'static str {
+    match stop_reason {
+        Some("max_tokens") | Some("model_context_window_exceeded") => "length",
+        Some("tool_use") => "tool_calls",
+        Some("refusal") => "content_filter",
+        // end_turn, stop_sequence, pause_turn, and anything newer.
+        _ => "stop",
+    }
 }
 
-fn check_answer(body: Vec<u8>, expect: &str) -> Result<Answer, String> {
-    let check: AnswerCheck = serde_json::from_slice(&body).map_err(|e| format!("the answer is not a {expect}: {e}"))?;
-    if let Some(error) = check.error {
-        return Err(format!("the answer is an error: {}", kit::error_message(&error)));
-    }
-    let present = if expect == "chat completion" {
-        check.choices.is_some()
-    } else {
-        check.data.is_some()
-    };
-    if !present {
-        return Err(format!("the answer is not a {expect}"));
-    }
-    Ok(Answer {
-        body,
-        usage: check.usage.map(usage),
-    })
+/// Anthropic's usage object, as far as it is known.
+#[derive(Deserialize, Default, Clone, Copy)]
+struct AnthropicUsage {
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+    cache_read_input_tokens: Option<u64>,
 }
 
-impl Guest for Plugin {
-    type StreamDecoder = Decoder;
-
-    fn describe() -> Descriptor {
-        Descriptor {
-            name: "anthropic".to_owned(),
-            interface_version: "0.1.0".to_owned(),
-            capabilities: Capabilities::CHAT
-                | Capabilities::STREAM
-                | Capabilities::TOOLS
-                | Capabilities::EMBEDDINGS
-                | Capabilities::MODELS,
+impl AnthropicUsage {
+    /// All the prompt tokens: the uncached ones and those written to or read
+    /// from the cache.
+    fn prompt(&self) -> Option<u64> {
+        if self.input_tokens.is_none()
+            && self.cache_creation_input_tokens.is_none()
+            && self.cache_read_input_tokens.is_none()
+        {
+            return None;
         }
+        Some(
+            self.input_tokens.unwrap_or(0)
+                + self.cache_creation_input_tokens.unwrap_or(0)
+                + self.cache_read_input_tokens.unwrap_or(0),
+        )
     }
 
-    fn build_chat(request: Vec<u8>, target: Target) -> Result<HttpRequest, String> {
-        let (body, stream) = rewrite(&request, &target)?;
-        Ok(post(&target, "chat_path", "/chat/completions", body, stream))
+    /// Later counts replace earlier ones (the stream's counts are totals).
+    fn update(&mut self, later: AnthropicUsage) {
+        self.input_tokens = later.input_tokens.or(self.input_tokens);
+        self.output_tokens = later.output_tokens.or(self.output_tokens);
+        self.cache_creation_input_tokens = later.cache_creation_input_tokens.or(self.cache_creation_input_tokens);
+        self.cache_read_input_tokens = later.cache_read_input_tokens.or(self.cache_read_input_tokens);
     }
 
-    fn decode_chat(body: Vec<u8>, _target: Target) -> Result<Answer, String> {
-        check_answer(body, "chat completion")
-    }
-
-    fn build_embeddings(request: Vec<u8>, target: Target) -> Result<HttpRequest, String> {
-        let (body, _) = rewrite(&request, &target)?;
-        Ok(post(&target, "embeddings_path", "/embeddings", body, false))
-    }
-
-    fn decode_embeddings(body: Vec<u8>, _target: Target) -> Result<Answer, String> {
-        check_answer(body, "embeddings list")
-    }
-
-    fn build_models(target: Target) -> Result<HttpRequest, String> {
-        let path = kit::option(&target.options, "models_path").unwrap_or("/models");
-        let mut headers = kit::json_headers(target.key.as_deref(), false, &target.options);
-        headers.retain(|(name, _)| name != "content-type");
-        Ok(HttpRequest {
-            method: "GET".to_owned(),
-            url: format!("{}{path}", target.base_url),
-            headers,
-            body: Vec::new(),
+    fn known(&self) -> Option<kit::Usage> {
+        if self.prompt().is_none() && self.output_tokens.is_none() {
+            return None;
+        }
+        Some(kit::Usage {
+            prompt_tokens: self.prompt().unwrap_or(0),
+            completion_tokens: self.output_tokens.unwrap_or(0),
         })
     }
 
-    fn decode_models(body: Vec<u8>, target: Target) -> Result<Vec<ModelRecord>, String> {
-        decode_models(&body, &target.options)
-    }
-
-    fn classify_error(status: u16, _headers: Headers, _body: Vec<u8>) -> ErrorKind {
-        match status {
-            429 => ErrorKind::RateLimited(None),
-            402 => ErrorKind::QuotaExhausted,
-            401 | 403 => ErrorKind::InvalidKey,
-            400 | 422 => ErrorKind::ClientError,
-            _ => ErrorKind::Transient,
+    fn json(&self, totals: kit::Usage) -> Value {
+        let mut usage = kit::usage_json(totals);
+        if let Some(cached) = self.cache_read_input_tokens {
+            usage["prompt_tokens_details"] = json!({"cached_tokens": cached});
         }
+        usage
     }
 }
+
+#[derive(Deserialize)]
+struct Message {
+    id: Option<String>,
+    model: Option<String>,
+    #[serde(default)]
+    content: Vec<Value>,
+    stop_reason: Option<String>,
+    usage: Option<AnthropicUsage>,
+    error: Option<Value>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+fn decode_message(body: &[u8], target: &Target) -> Result<Answer, String> {
+    let message: Message =
+        serde_json::from_slice(body).map_err(|e| format!("the answer is not an anthropic message: {e}"))?;
+    if let Some(error) = message.error.as_ref().filter(|_| message.kind.as_deref() == Some("error")) {
+        return Err(format!("the answer is an error: {}", kit::error_message(error)));
+    }
+    if message.kind.as_deref().is_some_and(|k| k != "message") {
+        return Err(format!("the answer is not a message but a {}", message.kind.unwrap_or_default()));
+    }
+    let mut text = String::new();
+    let mut reasoning = String::new();
+    let mut tool_calls = Vec::new();
+    for block in &message.content {
+        match block.get("type").and_then(Value::as_str) {
+            Some("text") => text.push_str(block.get("text").and_then(Value::as_str).unwrap_or_default()),
+            Some("thinking") => reasoning.push_str(block.get("thinking").and_then(Value::as_str).unwrap_or_default()),
+            Some("tool_use") => {
+                let input = block.get("input").cloned().unwrap_or_else(|| json!({}));
+                tool_calls.push(json!({
+                    "id": block.get("id").and_then(Value::as_str).unwrap_or_default(),
+                    "type": "function",
+                    "function": {
+                        "name": block.get("name").and_then(Value::as_str).unwrap_or_default(),
+                        "arguments": input.to_string(),
+                    },
+                }));
+            }
+            // redacted thinking, server tools and their results: nothing
+            // an OpenAI client can use.
+            _ => {}
+        }
+    }
+    let mut reply = Map::new();
+    reply.insert("role".to_owned(), json!("assistant"));
+    let content = if text.is_empty() && !tool_calls.is_empty() { Value::Null } else { Value::String(text) };
+    reply.insert("content".to_owned(), content);
+    if !reasoning.is_empty() {
+        reply.insert("reasoning_content".to_owned(), Value::String(reasoning));
+    }
+    if !tool_calls.is_empty() {
+        reply.insert("tool_calls".to_owned(), Value::Array(tool_calls));
+    }
+    let raw_usage = message.usage.unwrap_or_default();
+    let totals = raw_usage.known();
+    let mut answer = json!({
+        "id": message.id.unwrap_or_default(),
+        "object": "chat.completion",
+        "created": 0,
+        "model": message.model.unwrap_or_else(|| target.model.clone()),
+        "choices": [{
+            "index": 0,
+            "message": reply,
+            "finish_reason": finish_reason(message.stop_reason.as_deref()),
+            "logprobs": null,
+        }],
+    });
+    if let Some(totals) = totals {
+        answer["usage"] = raw_usage.json(totals);
+    }
+    Ok(Answer { body: answer.to_string().into_bytes(), usage: totals.map(usage) })
+}
+
+// ---------------------------------------------------------------------------
+// Models
+// ---------------------------------------------------------------------------
 
 #[derive(Deserialize)]
 struct Listing {
-    data: Vec<Entry>,
+    data: Vec<ListedModel>,
 }
 
 #[derive(Deserialize)]
-struct Entry {
+struct ListedModel {
     id: String,
-    context_length: Option<u64>,
-    context_window: Option<u64>,
-    max_model_len: Option<u64>,
-    pricing: Option<Value>,
-    supported_parameters: Option<Vec<String>>,
+    max_input_tokens: Option<u64>,
+    capabilities: Option<Value>,
+    lifecycle: Option<String>,
 }
 
-/// Model listings: `{"data": [{"id": ...}, ...]}` plus the fields some
-/// providers add (OpenRouter's `pricing` and `context_length`, vLLM's
-/// `max_model_len`, Groq's `context_window`).
-fn decode_models(body: &[u8], options: &[(String, String)]) -> Result<Vec<ModelRecord>, String> {
+fn supported(capabilities: Option<&Value>, name: &str) -> bool {
+    capabilities.and_then(|c| c.get(name)).and_then(|c| c.get("supported")).and_then(Value::as_bool).unwrap_or(false)
+}
+
+fn decode_models(body: &[u8]) -> Result<Vec<ModelRecord>, String> {
     let listing: Listing = serde_json::from_slice(body).map_err(|e| format!("not a model listing: {e}"))?;
-    let how = kit::option(options, "models_free");
-    let paid_prefixes = kit::option_list(options, "models_paid_prefixes");
     Ok(listing
         .data
         .into_iter()
-        .map(|e| {
-            let priced_free = e
-                .pricing
-                .as_ref()
-                .map(|p| kit::is_zero_price(p.get("prompt")) && kit::is_zero_price(p.get("completion")));
-            let free = if paid_prefixes.iter().any(|p| e.id.starts_with(p)) {
-                Some(false)
-            } else {
-                match how {
-                    Some("all") => Some(true),
-                    Some("pricing") => Some(e.id.ends_with(":free") || priced_free.unwrap_or(false)),
-                    _ if e.id.ends_with(":free") => Some(true),
-                    _ => priced_free,
-                }
-            };
-            let mut capabilities = Vec::new();
-            if let Some(params) = &e.supported_parameters {
-                if params.iter().any(|p| p == "tools") {
-                    capabilities.push("tools".to_owned());
-                }
-                if params.iter().any(|p| p == "reasoning" || p == "include_reasoning") {
-                    capabilities.push("reasoning".to_owned());
-                }
+        .filter(|m| m.lifecycle.as_deref() != Some("retired"))
+        .map(|m| {
+            // Every model of the Messages API takes tools.
+            let mut capabilities = vec!["tools".to_owned()];
+            if supported(m.capabilities.as_ref(), "thinking") {
+                capabilities.push("reasoning".to_owned());
+            }
+            if supported(m.capabilities.as_ref(), "image_input") {
+                capabilities.push("vision".to_owned());
             }
             ModelRecord {
-                context_length: e.context_length.or(e.context_window).or(e.max_model_len),
-                id: e.id,
-                free,
+                id: m.id,
+                context_length: m.max_input_tokens,
+                free: None,
                 parameters: None,
                 active_parameters: None,
                 capabilities,
@@ -207,71 +624,346 @@ fn decode_models(body: &[u8], options: &[(String, String)]) -> Result<Vec<ModelR
         .collect())
 }
 
-/// SSE `data:` events → chunks; `[DONE]` → done; `{"error": ...}` → error.
-struct Decoder {
-    parser: RefCell<kit::SseParser>,
+// ---------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------
+
+/// (error type, message) from `{"type": "error", "error": {"type", "message"}}`.
+fn error_details(body: &[u8]) -> (String, String) {
+    let value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let error = value.get("error").unwrap_or(&Value::Null);
+    let kind = error.get("type").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let message = match error {
+        Value::Null => String::from_utf8_lossy(body).into_owned(),
+        other => kit::error_message(other),
+    };
+    (kind, message)
 }
 
+fn classify(status: u16, body: &[u8]) -> ErrorKind {
+    match status {
+        429 => ErrorKind::RateLimited(None),
+        401 | 403 => ErrorKind::InvalidKey,
+        402 => ErrorKind::QuotaExhausted,
+        400 | 422 => {
+            let (kind, message) = error_details(body);
+            let message = message.to_ascii_lowercase();
+            let spent = kind == "billing_error"
+                || message.contains("credit balance")
+                || message.contains("usage limit")
+                || message.contains("spend limit");
+            if spent { ErrorKind::QuotaExhausted } else { ErrorKind::ClientError }
+        }
+        // 404 (a model this key cannot see), 413 (another provider may take
+        // a larger request), 529 overloaded, 5xx, and everything else.
+        _ => ErrorKind::Transient,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The plugin
+// ---------------------------------------------------------------------------
+
+impl Guest for Plugin {
+    type StreamDecoder = Decoder;
+
+    fn describe() -> Descriptor {
+        Descriptor {
+            name: "anthropic".to_owned(),
+            interface_version: "0.1.0".to_owned(),
+            capabilities: Capabilities::CHAT | Capabilities::STREAM | Capabilities::TOOLS | Capabilities::MODELS,
+        }
+    }
+
+    fn build_chat(request: Vec<u8>, target: Target) -> Result<HttpRequest, String> {
+        let (body, stream) = build_body(&request, &target)?;
+        let path = kit::option(&target.options, "chat_path").unwrap_or("/messages");
+        Ok(HttpRequest {
+            method: "POST".to_owned(),
+            url: format!("{}{path}", target.base_url),
+            headers: headers(&target, stream, true),
+            body,
+        })
+    }
+
+    fn decode_chat(body: Vec<u8>, target: Target) -> Result<Answer, String> {
+        decode_message(&body, &target)
+    }
+
+    fn build_embeddings(_request: Vec<u8>, _target: Target) -> Result<HttpRequest, String> {
+        Err(NO_EMBEDDINGS.to_owned())
+    }
+
+    fn decode_embeddings(_body: Vec<u8>, _target: Target) -> Result<Answer, String> {
+        Err(NO_EMBEDDINGS.to_owned())
+    }
+
+    fn build_models(target: Target) -> Result<HttpRequest, String> {
+        let path = kit::option(&target.options, "models_path").unwrap_or("/models");
+        Ok(HttpRequest {
+            method: "GET".to_owned(),
+            url: format!("{}{path}?limit=1000", target.base_url),
+            headers: headers(&target, false, false),
+            body: Vec::new(),
+        })
+    }
+
+    fn decode_models(body: Vec<u8>, _target: Target) -> Result<Vec<ModelRecord>, String> {
+        decode_models(&body)
+    }
+
+    fn classify_error(status: u16, _headers: Headers, body: Vec<u8>) -> ErrorKind {
+        classify(status, &body)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Streams
+// ---------------------------------------------------------------------------
+
+/// One SSE event of a Messages stream (only the fields used).
 #[derive(Deserialize)]
-struct ChunkCheck {
+struct WireEvent {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    message: Option<Message>,
+    index: Option<u64>,
+    content_block: Option<Value>,
+    delta: Option<Value>,
+    usage: Option<AnthropicUsage>,
     error: Option<Value>,
-    usage: Option<kit::Usage>,
 }
 
-impl Decoder {
-    fn drain(&self, parser: &mut kit::SseParser) -> Vec<StreamEvent> {
-        let mut out = Vec::new();
-        while let Some(event) = parser.next_event() {
-            let data = event.data;
-            let trimmed = data.trim();
-            if trimmed.is_empty() {
+/// Anthropic stream events → OpenAI chunks.
+struct Decoder {
+    state: RefCell<StreamState>,
+}
+
+struct StreamState {
+    parser: kit::SseParser,
+    id: String,
+    model: String,
+    role_sent: bool,
+    /// Anthropic content-block index → OpenAI tool-call index.
+    tool_blocks: Vec<(u64, u64)>,
+    usage: AnthropicUsage,
+    stop_reason: Option<String>,
+    /// `message_stop` or an error was seen: nothing more is decoded.
+    ended: bool,
+}
+
+impl StreamState {
+    fn chunk(&mut self, mut delta: Map<String, Value>, finish: Option<&str>) -> StreamEvent {
+        if !self.role_sent {
+            delta.insert("role".to_owned(), Value::String("assistant".to_owned()));
+            self.role_sent = true;
+        }
+        StreamEvent::Chunk(Chunk {
+            json: kit::chunk_json(&self.id, &self.model, 0, Value::Object(delta), finish),
+            usage: None,
+        })
+    }
+
+    fn delta_chunk(&mut self, key: &str, value: Value) -> StreamEvent {
+        let mut delta = Map::new();
+        delta.insert(key.to_owned(), value);
+        self.chunk(delta, None)
+    }
+
+    fn fail(&mut self, message: String, out: &mut Vec<StreamEvent>) {
+        self.ended = true;
+        out.push(StreamEvent::Error(message));
+    }
+
+    fn drain(&mut self, out: &mut Vec<StreamEvent>) {
+        while let Some(event) = self.parser.next_event() {
+            if self.ended {
                 continue;
             }
-            if trimmed == "[DONE]" {
-                out.push(StreamEvent::Done);
+            let data = event.data.trim();
+            if data.is_empty() {
                 continue;
             }
-            // Only chunks that may carry an error or usage are parsed.
-            let mut found = None;
-            if data.contains("\"error\"") || data.contains("\"usage\"") {
-                match serde_json::from_str::<ChunkCheck>(&data) {
-                    Ok(ChunkCheck { error: Some(error), .. }) => {
-                        out.push(StreamEvent::Error(kit::error_message(&error)));
-                        continue;
+            let wire: WireEvent = match serde_json::from_str(data) {
+                Ok(wire) => wire,
+                Err(e) => {
+                    self.fail(format!("undecodable stream event: {e}"), out);
+                    continue;
+                }
+            };
+            let kind = wire.kind.clone().unwrap_or_else(|| event.event.clone());
+            self.handle(&kind, wire, out);
+        }
+    }
+
+    fn handle(&mut self, kind: &str, wire: WireEvent, out: &mut Vec<StreamEvent>) {
+        match kind {
+            "message_start" => {
+                if let Some(message) = wire.message {
+                    if let Some(id) = message.id {
+                        self.id = id;
                     }
-                    Ok(check) => found = check.usage.map(usage),
-                    Err(e) => {
-                        out.push(StreamEvent::Error(format!("undecodable chunk: {e}")));
-                        continue;
+                    if let Some(model) = message.model {
+                        self.model = model;
+                    }
+                    if let Some(usage) = message.usage {
+                        self.usage.update(usage);
                     }
                 }
+                if !self.role_sent {
+                    let event = self.delta_chunk("content", Value::String(String::new()));
+                    out.push(event);
+                }
             }
-            out.push(StreamEvent::Chunk(Chunk {
-                json: data.into_bytes(),
-                usage: found,
-            }));
+            "content_block_start" => {
+                let block = wire.content_block.unwrap_or(Value::Null);
+                let index = wire.index.unwrap_or(0);
+                match block.get("type").and_then(Value::as_str) {
+                    Some("text") => {
+                        if let Some(text) = block.get("text").and_then(Value::as_str).filter(|t| !t.is_empty()) {
+                            let event = self.delta_chunk("content", Value::String(text.to_owned()));
+                            out.push(event);
+                        }
+                    }
+                    Some("thinking") => {
+                        if let Some(text) = block.get("thinking").and_then(Value::as_str).filter(|t| !t.is_empty()) {
+                            let event = self.delta_chunk("reasoning_content", Value::String(text.to_owned()));
+                            out.push(event);
+                        }
+                    }
+                    Some("tool_use") => {
+                        let tool_index = self.tool_blocks.len() as u64;
+                        self.tool_blocks.push((index, tool_index));
+                        // Streams start with an empty input; a whole one
+                        // (from a proxy that does not stream it) goes at once.
+                        let arguments = match block.get("input") {
+                            Some(Value::Object(map)) if !map.is_empty() => Value::Object(map.clone()).to_string(),
+                            _ => String::new(),
+                        };
+                        let call = json!([{
+                            "index": tool_index,
+                            "id": block.get("id").and_then(Value::as_str).unwrap_or_default(),
+                            "type": "function",
+                            "function": {
+                                "name": block.get("name").and_then(Value::as_str).unwrap_or_default(),
+                                "arguments": arguments,
+                            },
+                        }]);
+                        let event = self.delta_chunk("tool_calls", call);
+                        out.push(event);
+                    }
+                    _ => {}
+                }
+            }
+            "content_block_delta" => {
+                let delta = wire.delta.unwrap_or(Value::Null);
+                let index = wire.index.unwrap_or(0);
+                let text_of = |field: &str| delta.get(field).and_then(Value::as_str).filter(|t| !t.is_empty());
+                match delta.get("type").and_then(Value::as_str) {
+                    Some("text_delta") => {
+                        if let Some(text) = text_of("text") {
+                            let event = self.delta_chunk("content", Value::String(text.to_owned()));
+                            out.push(event);
+                        }
+                    }
+                    Some("thinking_delta") => {
+                        if let Some(text) = text_of("thinking") {
+                            let event = self.delta_chunk("reasoning_content", Value::String(text.to_owned()));
+                            out.push(event);
+                        }
+                    }
+                    Some("input_json_delta") => {
+                        let Some(partial) = text_of("partial_json") else { return };
+                        let Some(&(_, tool_index)) = self.tool_blocks.iter().find(|(block, _)| *block == index) else {
+                            return;
+                        };
+                        let call = json!([{"index": tool_index, "function": {"arguments": partial}}]);
+                        let event = self.delta_chunk("tool_calls", call);
+                        out.push(event);
+                    }
+                    // signature and citation deltas: nothing for OpenAI clients.
+                    _ => {}
+                }
+            }
+            "message_delta" => {
+                if let Some(reason) = wire.delta.as_ref().and_then(|d| d.get("stop_reason")).and_then(Value::as_str) {
+                    self.stop_reason = Some(reason.to_owned());
+                }
+                if let Some(usage) = wire.usage {
+                    self.usage.update(usage);
+                }
+            }
+            "message_stop" => {
+                let finish = finish_reason(self.stop_reason.as_deref());
+                let event = self.chunk(Map::new(), Some(finish));
+                out.push(event);
+                if let Some(totals) = self.usage.known() {
+                    let mut chunk: Value =
+                        serde_json::from_slice(&kit::usage_chunk_json(&self.id, &self.model, 0, totals))
+                            .unwrap_or(Value::Null);
+                    chunk["usage"] = self.usage.json(totals);
+                    out.push(StreamEvent::Chunk(Chunk {
+                        json: chunk.to_string().into_bytes(),
+                        usage: Some(usage(totals)),
+                    }));
+                }
+                out.push(StreamEvent::Done);
+                self.ended = true;
+            }
+            "error" => {
+                let error = wire.error.unwrap_or(Value::Null);
+                let message = kit::error_message(&error);
+                let message = match error.get("type").and_then(Value::as_str) {
+                    Some(kind) => format!("{message} ({kind})"),
+                    None => message,
+                };
+                self.fail(message, out);
+            }
+            // ping, content_block_stop, and event types added later.
+            _ => {}
         }
-        out
     }
 }
 
 impl GuestStreamDecoder for Decoder {
-    fn new(_target: Target) -> Self {
+    fn new(target: Target) -> Self {
         Self {
-            parser: RefCell::new(kit::sse_parser()),
+            state: RefCell::new(StreamState {
+                parser: kit::sse_parser(),
+                id: String::new(),
+                model: target.model,
+                role_sent: false,
+                tool_blocks: Vec::new(),
+                usage: AnthropicUsage::default(),
+                stop_reason: None,
+                ended: false,
+            }),
         }
     }
 
     fn push(&self, bytes: Vec<u8>) -> Vec<StreamEvent> {
-        let mut parser = self.parser.borrow_mut();
-        parser.feed(&bytes);
-        self.drain(&mut parser)
+        let mut state = self.state.borrow_mut();
+        let mut out = Vec::new();
+        if state.ended {
+            return out;
+        }
+        state.parser.feed(&bytes);
+        state.drain(&mut out);
+        out
     }
 
     fn finish(&self) -> Vec<StreamEvent> {
-        let mut parser = self.parser.borrow_mut();
-        parser.finish();
-        self.drain(&mut parser)
+        let mut state = self.state.borrow_mut();
+        let mut out = Vec::new();
+        if state.ended {
+            return out;
+        }
+        state.parser.finish();
+        state.drain(&mut out);
+        if !state.ended {
+            state.fail("the stream ended before message_stop".to_owned(), &mut out);
+        }
+        out
     }
 }
 

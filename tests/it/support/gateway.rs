@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 
 pub struct TestGateway {
     pub addr: SocketAddr,
+    pub gateway: Gateway,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -38,7 +39,7 @@ pub async fn start_with(yaml: &str, catalog: Catalog, env: Env) -> TestGateway {
     let task = tokio::spawn(freeway::server::serve(gateway.clone(), listener, async move {
         let _ = rx.await;
     }));
-    TestGateway { addr, shutdown: Some(tx), task: Some(task) }
+    TestGateway { addr, gateway: gateway.clone(), shutdown: Some(tx), task: Some(task) }
 }
 
 impl TestGateway {
