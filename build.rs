@@ -11,12 +11,17 @@ use std::process::Command;
 /// The plugin crates built into the binary, by crate directory.
 const PLUGINS: &[&str] = &["openai-compat", "gemini", "cohere", "anthropic"];
 
+/// Plugins built for the tests only (misbehaving on purpose, or built
+/// against another interface version); never embedded. The tests find them
+/// through `FREEWAY_TEST_PLUGINS`.
+const TEST_PLUGINS: &[&str] = &["misbehave", "old-interface"];
+
 const TARGET: &str = "wasm32-wasip2";
 
 fn main() {
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let providers = root.join("providers");
-    for path in ["wit", "kit", "Cargo.toml", "Cargo.lock", ".cargo"].iter().chain(PLUGINS) {
+    for path in ["wit", "kit", "testing", "Cargo.toml", "Cargo.lock", ".cargo"].iter().chain(PLUGINS) {
         println!("cargo:rerun-if-changed=providers/{path}");
     }
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
@@ -31,7 +36,7 @@ fn main() {
         .arg(providers.join("Cargo.toml"))
         .arg("--target-dir")
         .arg(&target_dir);
-    for plugin in PLUGINS {
+    for plugin in PLUGINS.iter().chain(TEST_PLUGINS) {
         cmd.args(["-p", plugin]);
     }
     // The outer build's flags and wrappers (clippy's, coverage's) are for
@@ -56,6 +61,15 @@ fn main() {
         let built = target_dir.join(TARGET).join("release").join(&file);
         copy_if_changed(&built, &dest.join(&file));
     }
+    // Each test plugin in a folder of its own, named as the plugin calls itself.
+    let tests = out.join("test-plugins");
+    for plugin in TEST_PLUGINS {
+        let built = target_dir.join(TARGET).join("release").join(format!("{}.wasm", plugin.replace('-', "_")));
+        let folder = tests.join(plugin);
+        std::fs::create_dir_all(&folder).expect("create OUT_DIR/test-plugins");
+        copy_if_changed(&built, &folder.join(format!("{plugin}.wasm")));
+    }
+    println!("cargo:rustc-env=FREEWAY_TEST_PLUGINS={}", tests.display());
 }
 
 /// The wasm32-wasip2 standard library must be installed; rust-toolchain.toml

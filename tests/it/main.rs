@@ -15,6 +15,7 @@ mod fallback;
 mod limits;
 mod plugin_anthropic;
 mod plugin_cohere;
+mod plugin_faults;
 mod plugin_gemini;
 mod sdk;
 mod streaming;

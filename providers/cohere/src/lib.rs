@@ -1,25 +1,26 @@
-//! PLACEHOLDER: a copy of openai-compat until the cohere translation lands.
-//! The `openai-compat` plugin: every provider that speaks OpenAI's chat
-//! completions API. Requests pass through with `model` replaced; answers and
-//! stream chunks pass through after a check. Provider quirks are options in
-//! the catalog, not code:
+//! The `cohere` plugin: Cohere's native v2 API (`https://api.cohere.com/v2`).
 //!
-//! - `chat_path` (default `/chat/completions`), `models_path` (`/models`),
-//!   `embeddings_path` (`/embeddings`);
-//! - `auth_header` (default `authorization`), `auth_scheme` (default `Bearer`);
-//! - `drop_params`: comma-separated request fields the provider refuses;
-//! - `models_free`: how to tell free models in the listing: `pricing`
-//!   (prompt and completion price "0", "free" or empty, or a `:free` id),
-//!   `all`, or unset (the catalog decides);
-//! - `models_paid_prefixes`: comma-separated id prefixes that are never free
-//!   (SiliconFlow's `Pro/`).
+//! - chat: OpenAI chat completions → `POST {base}/chat` (messages, tools,
+//!   tool results, sampling parameters, JSON output), answers and SSE
+//!   streams back to OpenAI shapes;
+//! - embeddings: `POST {base}/embed` with float vectors;
+//! - models: the v1 listing beside the v2 base (`…/v1/models?endpoint=chat`).
+//!
+//! Options: `chat_path` (default `/chat`), `embed_path` (`/embed`),
+//! `models_url` (the whole listing URL), `embed_input_type` (default
+//! `search_document`), and kit's `auth_header`/`auth_scheme`.
+//!
+//! A `tool_choice` naming one function is approximated: Cohere can only
+//! require *a* tool call, so the request offers that function alone with
+//! `tool_choice: REQUIRED`.
+
+mod chat;
+mod embed;
+mod stream;
 
 use std::cell::RefCell;
 
 use freeway_plugin_kit as kit;
-use serde::Deserialize;
-use serde::de::IgnoredAny;
-use serde_json::Value;
 
 wit_bindgen::generate!({ path: "../wit", world: "provider" });
 
@@ -31,59 +32,24 @@ use exports::freeway::provider::translator::{
 struct Plugin;
 
 fn usage(u: kit::Usage) -> Usage {
-    Usage {
-        prompt_tokens: u.prompt_tokens,
-        completion_tokens: u.completion_tokens,
-    }
+    Usage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens }
 }
 
 fn post(target: &Target, path_option: &str, default_path: &str, body: Vec<u8>, stream: bool) -> HttpRequest {
     let path = kit::option(&target.options, path_option).unwrap_or(default_path);
     HttpRequest {
         method: "POST".to_owned(),
-        url: format!("{}{path}", target.base_url),
+        url: format!("{}{path}", target.base_url.trim_end_matches('/')),
         headers: kit::json_headers(target.key.as_deref(), stream, &target.options),
         body,
     }
 }
 
-/// The request with `model` replaced and refused parameters dropped.
-fn rewrite(request: &[u8], target: &Target) -> Result<(Vec<u8>, bool), String> {
-    let mut body = kit::request_object(request)?;
-    body.insert("model".to_owned(), Value::String(target.model.clone()));
-    for param in kit::option_list(&target.options, "drop_params") {
-        body.remove(param);
-    }
-    let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let bytes = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
-    Ok((bytes, stream))
-}
-
-#[derive(Deserialize)]
-struct AnswerCheck {
-    choices: Option<IgnoredAny>,
-    data: Option<IgnoredAny>,
-    error: Option<Value>,
-    usage: Option<kit::Usage>,
-}
-
-fn check_answer(body: Vec<u8>, expect: &str) -> Result<Answer, String> {
-    let check: AnswerCheck = serde_json::from_slice(&body).map_err(|e| format!("the answer is not a {expect}: {e}"))?;
-    if let Some(error) = check.error {
-        return Err(format!("the answer is an error: {}", kit::error_message(&error)));
-    }
-    let present = if expect == "chat completion" {
-        check.choices.is_some()
-    } else {
-        check.data.is_some()
-    };
-    if !present {
-        return Err(format!("the answer is not a {expect}"));
-    }
-    Ok(Answer {
-        body,
-        usage: check.usage.map(usage),
-    })
+/// Whether a 429 body says the key's monthly allowance (trial keys: 1,000
+/// calls a month) is spent, rather than a per-minute limit.
+fn monthly_limit(body: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(body).to_ascii_lowercase();
+    text.contains("month")
 }
 
 impl Guest for Plugin {
@@ -102,41 +68,53 @@ impl Guest for Plugin {
     }
 
     fn build_chat(request: Vec<u8>, target: Target) -> Result<HttpRequest, String> {
-        let (body, stream) = rewrite(&request, &target)?;
-        Ok(post(&target, "chat_path", "/chat/completions", body, stream))
+        let (body, stream) = chat::build(&request, &target.model)?;
+        Ok(post(&target, "chat_path", "/chat", body, stream))
     }
 
-    fn decode_chat(body: Vec<u8>, _target: Target) -> Result<Answer, String> {
-        check_answer(body, "chat completion")
+    fn decode_chat(body: Vec<u8>, target: Target) -> Result<Answer, String> {
+        let (body, found) = chat::decode(&body, &target.model)?;
+        Ok(Answer { body, usage: found.map(usage) })
     }
 
     fn build_embeddings(request: Vec<u8>, target: Target) -> Result<HttpRequest, String> {
-        let (body, _) = rewrite(&request, &target)?;
-        Ok(post(&target, "embeddings_path", "/embeddings", body, false))
+        let body = embed::build(&request, &target.model, &target.options)?;
+        Ok(post(&target, "embed_path", "/embed", body, false))
     }
 
-    fn decode_embeddings(body: Vec<u8>, _target: Target) -> Result<Answer, String> {
-        check_answer(body, "embeddings list")
+    fn decode_embeddings(body: Vec<u8>, target: Target) -> Result<Answer, String> {
+        let (body, found) = embed::decode(&body, &target.model)?;
+        Ok(Answer { body, usage: found.map(usage) })
     }
 
     fn build_models(target: Target) -> Result<HttpRequest, String> {
-        let path = kit::option(&target.options, "models_path").unwrap_or("/models");
         let mut headers = kit::json_headers(target.key.as_deref(), false, &target.options);
         headers.retain(|(name, _)| name != "content-type");
         Ok(HttpRequest {
             method: "GET".to_owned(),
-            url: format!("{}{path}", target.base_url),
+            url: embed::models_url(&target.base_url, &target.options),
             headers,
             body: Vec::new(),
         })
     }
 
-    fn decode_models(body: Vec<u8>, target: Target) -> Result<Vec<ModelRecord>, String> {
-        decode_models(&body, &target.options)
+    fn decode_models(body: Vec<u8>, _target: Target) -> Result<Vec<ModelRecord>, String> {
+        Ok(embed::decode_models(&body)?
+            .into_iter()
+            .map(|m| ModelRecord {
+                id: m.id,
+                context_length: m.context_length,
+                free: None,
+                parameters: None,
+                active_parameters: None,
+                capabilities: m.capabilities,
+            })
+            .collect())
     }
 
-    fn classify_error(status: u16, _headers: Headers, _body: Vec<u8>) -> ErrorKind {
+    fn classify_error(status: u16, _headers: Headers, body: Vec<u8>) -> ErrorKind {
         match status {
+            429 if monthly_limit(&body) => ErrorKind::QuotaExhausted,
             429 => ErrorKind::RateLimited(None),
             402 => ErrorKind::QuotaExhausted,
             401 | 403 => ErrorKind::InvalidKey,
@@ -146,132 +124,54 @@ impl Guest for Plugin {
     }
 }
 
-#[derive(Deserialize)]
-struct Listing {
-    data: Vec<Entry>,
-}
-
-#[derive(Deserialize)]
-struct Entry {
-    id: String,
-    context_length: Option<u64>,
-    context_window: Option<u64>,
-    max_model_len: Option<u64>,
-    pricing: Option<Value>,
-    supported_parameters: Option<Vec<String>>,
-}
-
-/// Model listings: `{"data": [{"id": ...}, ...]}` plus the fields some
-/// providers add (OpenRouter's `pricing` and `context_length`, vLLM's
-/// `max_model_len`, Groq's `context_window`).
-fn decode_models(body: &[u8], options: &[(String, String)]) -> Result<Vec<ModelRecord>, String> {
-    let listing: Listing = serde_json::from_slice(body).map_err(|e| format!("not a model listing: {e}"))?;
-    let how = kit::option(options, "models_free");
-    let paid_prefixes = kit::option_list(options, "models_paid_prefixes");
-    Ok(listing
-        .data
-        .into_iter()
-        .map(|e| {
-            let priced_free = e
-                .pricing
-                .as_ref()
-                .map(|p| kit::is_zero_price(p.get("prompt")) && kit::is_zero_price(p.get("completion")));
-            let free = if paid_prefixes.iter().any(|p| e.id.starts_with(p)) {
-                Some(false)
-            } else {
-                match how {
-                    Some("all") => Some(true),
-                    Some("pricing") => Some(e.id.ends_with(":free") || priced_free.unwrap_or(false)),
-                    _ if e.id.ends_with(":free") => Some(true),
-                    _ => priced_free,
-                }
-            };
-            let mut capabilities = Vec::new();
-            if let Some(params) = &e.supported_parameters {
-                if params.iter().any(|p| p == "tools") {
-                    capabilities.push("tools".to_owned());
-                }
-                if params.iter().any(|p| p == "reasoning" || p == "include_reasoning") {
-                    capabilities.push("reasoning".to_owned());
-                }
-            }
-            ModelRecord {
-                context_length: e.context_length.or(e.context_window).or(e.max_model_len),
-                id: e.id,
-                free,
-                parameters: None,
-                active_parameters: None,
-                capabilities,
-            }
-        })
-        .collect())
-}
-
-/// SSE `data:` events → chunks; `[DONE]` → done; `{"error": ...}` → error.
+/// SSE bytes → Cohere events → OpenAI chunks.
 struct Decoder {
-    parser: RefCell<kit::SseParser>,
-}
-
-#[derive(Deserialize)]
-struct ChunkCheck {
-    error: Option<Value>,
-    usage: Option<kit::Usage>,
+    state: RefCell<(kit::SseParser, stream::Stream)>,
 }
 
 impl Decoder {
-    fn drain(&self, parser: &mut kit::SseParser) -> Vec<StreamEvent> {
-        let mut out = Vec::new();
+    fn drain(parser: &mut kit::SseParser, state: &mut stream::Stream, out: &mut Vec<stream::Out>) {
         while let Some(event) = parser.next_event() {
-            let data = event.data;
-            let trimmed = data.trim();
-            if trimmed.is_empty() {
-                continue;
-            }
-            if trimmed == "[DONE]" {
-                out.push(StreamEvent::Done);
-                continue;
-            }
-            // Only chunks that may carry an error or usage are parsed.
-            let mut found = None;
-            if data.contains("\"error\"") || data.contains("\"usage\"") {
-                match serde_json::from_str::<ChunkCheck>(&data) {
-                    Ok(ChunkCheck { error: Some(error), .. }) => {
-                        out.push(StreamEvent::Error(kit::error_message(&error)));
-                        continue;
-                    }
-                    Ok(check) => found = check.usage.map(usage),
-                    Err(e) => {
-                        out.push(StreamEvent::Error(format!("undecodable chunk: {e}")));
-                        continue;
-                    }
-                }
-            }
-            out.push(StreamEvent::Chunk(Chunk {
-                json: data.into_bytes(),
-                usage: found,
-            }));
+            state.event(&event.event, &event.data, out);
         }
-        out
+        if parser.overflows() > 0 {
+            state.dropped(out);
+        }
     }
 }
 
+fn events(out: Vec<stream::Out>) -> Vec<StreamEvent> {
+    out.into_iter()
+        .map(|o| match o {
+            stream::Out::Chunk(json, found) => StreamEvent::Chunk(Chunk { json, usage: found.map(usage) }),
+            stream::Out::Done => StreamEvent::Done,
+            stream::Out::Error(message) => StreamEvent::Error(message),
+        })
+        .collect()
+}
+
 impl GuestStreamDecoder for Decoder {
-    fn new(_target: Target) -> Self {
-        Self {
-            parser: RefCell::new(kit::sse_parser()),
-        }
+    fn new(target: Target) -> Self {
+        Self { state: RefCell::new((kit::sse_parser(), stream::Stream::new(&target.model))) }
     }
 
     fn push(&self, bytes: Vec<u8>) -> Vec<StreamEvent> {
-        let mut parser = self.parser.borrow_mut();
+        let mut guard = self.state.borrow_mut();
+        let (parser, state) = &mut *guard;
         parser.feed(&bytes);
-        self.drain(&mut parser)
+        let mut out = Vec::new();
+        Self::drain(parser, state, &mut out);
+        events(out)
     }
 
     fn finish(&self) -> Vec<StreamEvent> {
-        let mut parser = self.parser.borrow_mut();
+        let mut guard = self.state.borrow_mut();
+        let (parser, state) = &mut *guard;
         parser.finish();
-        self.drain(&mut parser)
+        let mut out = Vec::new();
+        Self::drain(parser, state, &mut out);
+        state.finish(&mut out);
+        events(out)
     }
 }
 

@@ -1,25 +1,21 @@
-//! PLACEHOLDER: a copy of openai-compat until the gemini translation lands.
-//! The `openai-compat` plugin: every provider that speaks OpenAI's chat
-//! completions API. Requests pass through with `model` replaced; answers and
-//! stream chunks pass through after a check. Provider quirks are options in
-//! the catalog, not code:
+//! The `gemini` plugin: Google's native Gemini API (`generateContent`,
+//! `streamGenerateContent?alt=sse`, `batchEmbedContents`, `models`).
 //!
-//! - `chat_path` (default `/chat/completions`), `models_path` (`/models`),
-//!   `embeddings_path` (`/embeddings`);
-//! - `auth_header` (default `authorization`), `auth_scheme` (default `Bearer`);
-//! - `drop_params`: comma-separated request fields the provider refuses;
-//! - `models_free`: how to tell free models in the listing: `pricing`
-//!   (prompt and completion price "0", "free" or empty, or a `:free` id),
-//!   `all`, or unset (the catalog decides);
-//! - `models_paid_prefixes`: comma-separated id prefixes that are never free
-//!   (SiliconFlow's `Pro/`).
+//! `base_url` is the API root with its version
+//! (`https://generativelanguage.googleapis.com/v1beta`); the key goes in
+//! `x-goog-api-key`. Options:
+//!
+//! - `auth_header` (default `x-goog-api-key`), `auth_scheme` (default none);
+//! - `embedding_task_type`: a `taskType` for embeddings (`RETRIEVAL_QUERY`...).
+
+mod request;
+mod response;
+mod schema;
 
 use std::cell::RefCell;
 
 use freeway_plugin_kit as kit;
-use serde::Deserialize;
-use serde::de::IgnoredAny;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 wit_bindgen::generate!({ path: "../wit", world: "provider" });
 
@@ -31,59 +27,31 @@ use exports::freeway::provider::translator::{
 struct Plugin;
 
 fn usage(u: kit::Usage) -> Usage {
-    Usage {
-        prompt_tokens: u.prompt_tokens,
-        completion_tokens: u.completion_tokens,
-    }
+    Usage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens }
 }
 
-fn post(target: &Target, path_option: &str, default_path: &str, body: Vec<u8>, stream: bool) -> HttpRequest {
-    let path = kit::option(&target.options, path_option).unwrap_or(default_path);
-    HttpRequest {
-        method: "POST".to_owned(),
-        url: format!("{}{path}", target.base_url),
-        headers: kit::json_headers(target.key.as_deref(), stream, &target.options),
-        body,
+/// Request headers with the key where Gemini wants it.
+fn headers(target: &Target, stream: bool) -> Vec<(String, String)> {
+    let mut options = target.options.clone();
+    if kit::option(&options, "auth_header").is_none() {
+        options.push(("auth_header".to_owned(), "x-goog-api-key".to_owned()));
     }
+    kit::json_headers(target.key.as_deref(), stream, &options)
 }
 
-/// The request with `model` replaced and refused parameters dropped.
-fn rewrite(request: &[u8], target: &Target) -> Result<(Vec<u8>, bool), String> {
-    let mut body = kit::request_object(request)?;
-    body.insert("model".to_owned(), Value::String(target.model.clone()));
-    for param in kit::option_list(&target.options, "drop_params") {
-        body.remove(param);
-    }
-    let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let bytes = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
-    Ok((bytes, stream))
-}
-
-#[derive(Deserialize)]
-struct AnswerCheck {
-    choices: Option<IgnoredAny>,
-    data: Option<IgnoredAny>,
-    error: Option<Value>,
-    usage: Option<kit::Usage>,
-}
-
-fn check_answer(body: Vec<u8>, expect: &str) -> Result<Answer, String> {
-    let check: AnswerCheck = serde_json::from_slice(&body).map_err(|e| format!("the answer is not a {expect}: {e}"))?;
-    if let Some(error) = check.error {
-        return Err(format!("the answer is an error: {}", kit::error_message(&error)));
-    }
-    let present = if expect == "chat completion" {
-        check.choices.is_some()
+/// `{base}/models/{model}` (a model given as `tunedModels/...` or
+/// `models/...` is used as it is).
+fn model_url(target: &Target) -> String {
+    let model = target.model.as_str();
+    if model.contains('/') {
+        format!("{}/{model}", target.base_url)
     } else {
-        check.data.is_some()
-    };
-    if !present {
-        return Err(format!("the answer is not a {expect}"));
+        format!("{}/models/{model}", target.base_url)
     }
-    Ok(Answer {
-        body,
-        usage: check.usage.map(usage),
-    })
+}
+
+fn model_name(target: &Target) -> String {
+    if target.model.contains('/') { target.model.clone() } else { format!("models/{}", target.model) }
 }
 
 impl Guest for Plugin {
@@ -102,176 +70,199 @@ impl Guest for Plugin {
     }
 
     fn build_chat(request: Vec<u8>, target: Target) -> Result<HttpRequest, String> {
-        let (body, stream) = rewrite(&request, &target)?;
-        Ok(post(&target, "chat_path", "/chat/completions", body, stream))
+        let built = request::build(&request, &target.model)?;
+        let url = if built.stream {
+            format!("{}:streamGenerateContent?alt=sse", model_url(&target))
+        } else {
+            format!("{}:generateContent", model_url(&target))
+        };
+        Ok(HttpRequest { method: "POST".to_owned(), url, headers: headers(&target, built.stream), body: built.body })
     }
 
-    fn decode_chat(body: Vec<u8>, _target: Target) -> Result<Answer, String> {
-        check_answer(body, "chat completion")
+    fn decode_chat(body: Vec<u8>, target: Target) -> Result<Answer, String> {
+        let (body, found) = response::decode(&body, &target.model)?;
+        Ok(Answer { body, usage: found.map(usage) })
     }
 
     fn build_embeddings(request: Vec<u8>, target: Target) -> Result<HttpRequest, String> {
-        let (body, _) = rewrite(&request, &target)?;
-        Ok(post(&target, "embeddings_path", "/embeddings", body, false))
+        let req = kit::request_object(&request)?;
+        let inputs: Vec<&str> = match req.get("input") {
+            Some(Value::String(s)) => vec![s.as_str()],
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|i| i.as_str().ok_or("gemini embeds text only (token arrays are not supported)"))
+                .collect::<Result<_, _>>()?,
+            _ => return Err("the request has no `input`".to_owned()),
+        };
+        if inputs.is_empty() {
+            return Err("the request's `input` is empty".to_owned());
+        }
+        let model = model_name(&target);
+        let dimensions = req.get("dimensions").filter(|d| !d.is_null());
+        let task = kit::option(&target.options, "embedding_task_type");
+        let requests: Vec<Value> = inputs
+            .into_iter()
+            .map(|text| {
+                let mut one = json!({"model": model, "content": {"parts": [{"text": text}]}});
+                if let Some(d) = dimensions {
+                    one["outputDimensionality"] = d.clone();
+                }
+                if let Some(task) = task {
+                    one["taskType"] = json!(task);
+                }
+                one
+            })
+            .collect();
+        let body = json!({ "requests": requests }).to_string().into_bytes();
+        Ok(HttpRequest {
+            method: "POST".to_owned(),
+            url: format!("{}:batchEmbedContents", model_url(&target)),
+            headers: headers(&target, false),
+            body,
+        })
     }
 
-    fn decode_embeddings(body: Vec<u8>, _target: Target) -> Result<Answer, String> {
-        check_answer(body, "embeddings list")
+    fn decode_embeddings(body: Vec<u8>, target: Target) -> Result<Answer, String> {
+        let answer: Value = serde_json::from_slice(&body).map_err(|e| format!("the answer is not JSON: {e}"))?;
+        if let Some(error) = answer.get("error") {
+            return Err(format!("the answer is an error: {}", kit::error_message(error)));
+        }
+        let embeddings = answer.get("embeddings").and_then(Value::as_array).ok_or("the answer has no embeddings")?;
+        let data: Vec<Value> = embeddings
+            .iter()
+            .enumerate()
+            .map(|(index, e)| {
+                let values = e.get("values").cloned().unwrap_or_else(|| json!([]));
+                json!({"object": "embedding", "index": index, "embedding": values})
+            })
+            .collect();
+        let prompt = answer.pointer("/usageMetadata/promptTokenCount").and_then(Value::as_u64);
+        let tokens = prompt.unwrap_or(0);
+        let out = json!({
+            "object": "list",
+            "data": data,
+            "model": target.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        });
+        Ok(Answer {
+            body: out.to_string().into_bytes(),
+            usage: prompt.map(|p| Usage { prompt_tokens: p, completion_tokens: 0 }),
+        })
     }
 
     fn build_models(target: Target) -> Result<HttpRequest, String> {
-        let path = kit::option(&target.options, "models_path").unwrap_or("/models");
-        let mut headers = kit::json_headers(target.key.as_deref(), false, &target.options);
+        let mut headers = headers(&target, false);
         headers.retain(|(name, _)| name != "content-type");
         Ok(HttpRequest {
             method: "GET".to_owned(),
-            url: format!("{}{path}", target.base_url),
+            url: format!("{}/models?pageSize=1000", target.base_url),
             headers,
             body: Vec::new(),
         })
     }
 
-    fn decode_models(body: Vec<u8>, target: Target) -> Result<Vec<ModelRecord>, String> {
-        decode_models(&body, &target.options)
-    }
-
-    fn classify_error(status: u16, _headers: Headers, _body: Vec<u8>) -> ErrorKind {
-        match status {
-            429 => ErrorKind::RateLimited(None),
-            402 => ErrorKind::QuotaExhausted,
-            401 | 403 => ErrorKind::InvalidKey,
-            400 | 422 => ErrorKind::ClientError,
-            _ => ErrorKind::Transient,
-        }
-    }
-}
-
-#[derive(Deserialize)]
-struct Listing {
-    data: Vec<Entry>,
-}
-
-#[derive(Deserialize)]
-struct Entry {
-    id: String,
-    context_length: Option<u64>,
-    context_window: Option<u64>,
-    max_model_len: Option<u64>,
-    pricing: Option<Value>,
-    supported_parameters: Option<Vec<String>>,
-}
-
-/// Model listings: `{"data": [{"id": ...}, ...]}` plus the fields some
-/// providers add (OpenRouter's `pricing` and `context_length`, vLLM's
-/// `max_model_len`, Groq's `context_window`).
-fn decode_models(body: &[u8], options: &[(String, String)]) -> Result<Vec<ModelRecord>, String> {
-    let listing: Listing = serde_json::from_slice(body).map_err(|e| format!("not a model listing: {e}"))?;
-    let how = kit::option(options, "models_free");
-    let paid_prefixes = kit::option_list(options, "models_paid_prefixes");
-    Ok(listing
-        .data
-        .into_iter()
-        .map(|e| {
-            let priced_free = e
-                .pricing
-                .as_ref()
-                .map(|p| kit::is_zero_price(p.get("prompt")) && kit::is_zero_price(p.get("completion")));
-            let free = if paid_prefixes.iter().any(|p| e.id.starts_with(p)) {
-                Some(false)
-            } else {
-                match how {
-                    Some("all") => Some(true),
-                    Some("pricing") => Some(e.id.ends_with(":free") || priced_free.unwrap_or(false)),
-                    _ if e.id.ends_with(":free") => Some(true),
-                    _ => priced_free,
-                }
-            };
-            let mut capabilities = Vec::new();
-            if let Some(params) = &e.supported_parameters {
-                if params.iter().any(|p| p == "tools") {
+    fn decode_models(body: Vec<u8>, _target: Target) -> Result<Vec<ModelRecord>, String> {
+        let listing: Value = serde_json::from_slice(&body).map_err(|e| format!("not a model listing: {e}"))?;
+        let models = listing.get("models").and_then(Value::as_array).ok_or("not a model listing: no `models`")?;
+        Ok(models
+            .iter()
+            .filter_map(|m| {
+                let name = m.get("name").and_then(Value::as_str)?;
+                let methods: Vec<&str> = m
+                    .get("supportedGenerationMethods")
+                    .and_then(Value::as_array)
+                    .map(|l| l.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                let mut capabilities = Vec::new();
+                if methods.contains(&"generateContent") {
+                    capabilities.push("chat".to_owned());
                     capabilities.push("tools".to_owned());
                 }
-                if params.iter().any(|p| p == "reasoning" || p == "include_reasoning") {
+                if methods.contains(&"embedContent") || methods.contains(&"batchEmbedContents") {
+                    capabilities.push("embeddings".to_owned());
+                }
+                if m.get("thinking").and_then(Value::as_bool).unwrap_or(false) {
                     capabilities.push("reasoning".to_owned());
                 }
-            }
-            ModelRecord {
-                context_length: e.context_length.or(e.context_window).or(e.max_model_len),
-                id: e.id,
-                free,
-                parameters: None,
-                active_parameters: None,
-                capabilities,
-            }
-        })
-        .collect())
-}
-
-/// SSE `data:` events → chunks; `[DONE]` → done; `{"error": ...}` → error.
-struct Decoder {
-    parser: RefCell<kit::SseParser>,
-}
-
-#[derive(Deserialize)]
-struct ChunkCheck {
-    error: Option<Value>,
-    usage: Option<kit::Usage>,
-}
-
-impl Decoder {
-    fn drain(&self, parser: &mut kit::SseParser) -> Vec<StreamEvent> {
-        let mut out = Vec::new();
-        while let Some(event) = parser.next_event() {
-            let data = event.data;
-            let trimmed = data.trim();
-            if trimmed.is_empty() {
-                continue;
-            }
-            if trimmed == "[DONE]" {
-                out.push(StreamEvent::Done);
-                continue;
-            }
-            // Only chunks that may carry an error or usage are parsed.
-            let mut found = None;
-            if data.contains("\"error\"") || data.contains("\"usage\"") {
-                match serde_json::from_str::<ChunkCheck>(&data) {
-                    Ok(ChunkCheck { error: Some(error), .. }) => {
-                        out.push(StreamEvent::Error(kit::error_message(&error)));
-                        continue;
-                    }
-                    Ok(check) => found = check.usage.map(usage),
-                    Err(e) => {
-                        out.push(StreamEvent::Error(format!("undecodable chunk: {e}")));
-                        continue;
-                    }
-                }
-            }
-            out.push(StreamEvent::Chunk(Chunk {
-                json: data.into_bytes(),
-                usage: found,
-            }));
-        }
-        out
+                Some(ModelRecord {
+                    id: name.strip_prefix("models/").unwrap_or(name).to_owned(),
+                    context_length: m.get("inputTokenLimit").and_then(Value::as_u64),
+                    free: None,
+                    parameters: None,
+                    active_parameters: None,
+                    capabilities,
+                })
+            })
+            .collect())
     }
+
+    fn classify_error(status: u16, _headers: Headers, body: Vec<u8>) -> ErrorKind {
+        classify(status, &body)
+    }
+}
+
+/// Gemini errors: `{"error": {"code", "message", "status", "details": [...]}}`
+/// (sometimes inside a list).
+fn classify(status: u16, body: &[u8]) -> ErrorKind {
+    let parsed: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let error = parsed.get("error").or_else(|| parsed.pointer("/0/error")).unwrap_or(&Value::Null);
+    let rpc_status = error.get("status").and_then(Value::as_str).unwrap_or("");
+    let message = error.get("message").and_then(Value::as_str).unwrap_or("").to_ascii_lowercase();
+    let details = error.get("details").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    if status == 429 || rpc_status == "RESOURCE_EXHAUSTED" {
+        let delay = details.iter().find_map(|d| d.get("retryDelay").and_then(Value::as_str)).and_then(duration_ms);
+        return ErrorKind::RateLimited(delay);
+    }
+    let key_rejected = details.iter().any(|d| {
+        matches!(
+            d.get("reason").and_then(Value::as_str),
+            Some("API_KEY_INVALID" | "API_KEY_EXPIRED" | "API_KEY_SERVICE_BLOCKED")
+        )
+    }) || message.contains("api key not valid")
+        || message.contains("api key expired")
+        || message.contains("api key not found");
+    match status {
+        401 | 403 => ErrorKind::InvalidKey,
+        400 if key_rejected => ErrorKind::InvalidKey,
+        // "User location is not supported": this key or region, not the request.
+        400 if rpc_status == "FAILED_PRECONDITION" => ErrorKind::Transient,
+        400 | 413 => ErrorKind::ClientError,
+        _ => ErrorKind::Transient,
+    }
+}
+
+/// A protobuf JSON duration (`"30s"`, `"1.5s"`) in milliseconds.
+fn duration_ms(text: &str) -> Option<u64> {
+    let seconds: f64 = text.trim().strip_suffix('s')?.parse().ok()?;
+    (seconds.is_finite() && seconds >= 0.0).then(|| (seconds * 1000.0).round() as u64)
+}
+
+/// Stream decoder: Gemini's SSE events → OpenAI chunks.
+struct Decoder {
+    stream: RefCell<response::Stream>,
+}
+
+fn events(out: Vec<response::Out>) -> Vec<StreamEvent> {
+    out.into_iter()
+        .map(|o| match o {
+            response::Out::Chunk(json, found) => StreamEvent::Chunk(Chunk { json, usage: found.map(usage) }),
+            response::Out::Done => StreamEvent::Done,
+            response::Out::Error(message) => StreamEvent::Error(message),
+        })
+        .collect()
 }
 
 impl GuestStreamDecoder for Decoder {
-    fn new(_target: Target) -> Self {
-        Self {
-            parser: RefCell::new(kit::sse_parser()),
-        }
+    fn new(target: Target) -> Self {
+        Self { stream: RefCell::new(response::Stream::new(&target.model)) }
     }
 
     fn push(&self, bytes: Vec<u8>) -> Vec<StreamEvent> {
-        let mut parser = self.parser.borrow_mut();
-        parser.feed(&bytes);
-        self.drain(&mut parser)
+        events(self.stream.borrow_mut().push(&bytes))
     }
 
     fn finish(&self) -> Vec<StreamEvent> {
-        let mut parser = self.parser.borrow_mut();
-        parser.finish();
-        self.drain(&mut parser)
+        events(self.stream.borrow_mut().finish())
     }
 }
 

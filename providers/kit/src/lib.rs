@@ -31,20 +31,14 @@ pub fn option<'a>(options: &'a [(String, String)], name: &str) -> Option<&'a str
 
 /// A comma-separated option as a list of trimmed, non-empty items.
 pub fn option_list<'a>(options: &'a [(String, String)], name: &str) -> Vec<&'a str> {
-    option(options, name)
-        .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).collect())
-        .unwrap_or_default()
+    option(options, name).map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).collect()).unwrap_or_default()
 }
 
 /// The message of an error value: `{"message": ...}`, a string, or the JSON.
 pub fn error_message(error: &Value) -> String {
     match error {
         Value::String(s) => s.clone(),
-        other => other
-            .get("message")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .unwrap_or_else(|| other.to_string()),
+        other => other.get("message").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| other.to_string()),
     }
 }
 
@@ -63,20 +57,10 @@ pub fn request_object(request: &[u8]) -> Result<Map<String, Value>, String> {
 pub fn json_headers(key: Option<&str>, stream: bool, options: &[(String, String)]) -> Vec<(String, String)> {
     let mut headers = vec![
         ("content-type".to_owned(), "application/json".to_owned()),
-        (
-            "accept".to_owned(),
-            if stream {
-                "text/event-stream"
-            } else {
-                "application/json"
-            }
-            .to_owned(),
-        ),
+        ("accept".to_owned(), if stream { "text/event-stream" } else { "application/json" }.to_owned()),
     ];
     if let Some(key) = key {
-        let name = option(options, "auth_header")
-            .unwrap_or("authorization")
-            .to_ascii_lowercase();
+        let name = option(options, "auth_header").unwrap_or("authorization").to_ascii_lowercase();
         let value = match option(options, "auth_scheme") {
             Some("") => key.to_owned(),
             Some(scheme) => format!("{scheme} {key}"),

@@ -30,10 +30,7 @@ use exports::freeway::provider::translator::{
 struct Plugin;
 
 fn usage(u: kit::Usage) -> Usage {
-    Usage {
-        prompt_tokens: u.prompt_tokens,
-        completion_tokens: u.completion_tokens,
-    }
+    Usage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens }
 }
 
 fn post(target: &Target, path_option: &str, default_path: &str, body: Vec<u8>, stream: bool) -> HttpRequest {
@@ -71,18 +68,11 @@ fn check_answer(body: Vec<u8>, expect: &str) -> Result<Answer, String> {
     if let Some(error) = check.error {
         return Err(format!("the answer is an error: {}", kit::error_message(&error)));
     }
-    let present = if expect == "chat completion" {
-        check.choices.is_some()
-    } else {
-        check.data.is_some()
-    };
+    let present = if expect == "chat completion" { check.choices.is_some() } else { check.data.is_some() };
     if !present {
         return Err(format!("the answer is not a {expect}"));
     }
-    Ok(Answer {
-        body,
-        usage: check.usage.map(usage),
-    })
+    Ok(Answer { body, usage: check.usage.map(usage) })
 }
 
 impl Guest for Plugin {
@@ -245,10 +235,7 @@ impl Decoder {
                     }
                 }
             }
-            out.push(StreamEvent::Chunk(Chunk {
-                json: data.into_bytes(),
-                usage: found,
-            }));
+            out.push(StreamEvent::Chunk(Chunk { json: data.into_bytes(), usage: found }));
         }
         out
     }
@@ -256,9 +243,7 @@ impl Decoder {
 
 impl GuestStreamDecoder for Decoder {
     fn new(_target: Target) -> Self {
-        Self {
-            parser: RefCell::new(kit::sse_parser()),
-        }
+        Self { parser: RefCell::new(kit::sse_parser()) }
     }
 
     fn push(&self, bytes: Vec<u8>) -> Vec<StreamEvent> {

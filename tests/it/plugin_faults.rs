@@ -1,0 +1,122 @@
+//! A plugin that traps, loops or allocates without bound fails that one
+//! attempt: the request falls back, the gateway keeps serving, the fault is
+//! counted. A plugin of another interface version is refused by name.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use freeway::metrics::Metrics;
+use freeway::plugin::{PluginErrorKind, PluginHost, PluginSettings, Target};
+use freeway::{Catalog, Config, Env, Gateway};
+
+use crate::support::gateway::{Answer, provider, start};
+use crate::support::mock::Mock;
+
+fn test_plugins(name: &str) -> PathBuf {
+    PathBuf::from(env!("FREEWAY_TEST_PLUGINS")).join(name)
+}
+
+/// Provider `bad` runs the misbehaving plugin; `good` is a plain mock.
+async fn bad_and_good(extra: &str) -> (Mock, Mock, crate::support::gateway::TestGateway) {
+    let bad = Mock::start().await;
+    let good = Mock::start().await;
+    let yaml = format!(
+        "plugins:\n  dir: {}\n{extra}\nproviders:\n  bad:\n    plugin: misbehave\n    base_url: {}\n    keys: [k]\n    models: [trap, loop, hog, trap-stream, fine]\n{}routes:\n  trap: {{ targets: [bad/trap, good/m] }}\n  loop: {{ targets: [bad/loop, good/m] }}\n  hog: {{ targets: [bad/hog, good/m] }}\n",
+        test_plugins("misbehave").display(),
+        bad.base_url(),
+        provider("good", &good.base_url(), &["kg"], &["m"]),
+    );
+    let gw = start(&yaml).await;
+    (bad, good, gw)
+}
+
+#[tokio::test]
+async fn a_trapping_looping_or_hogging_plugin_fails_one_attempt_and_the_request_falls_back() {
+    let (bad, good, gw) = bad_and_good("  call_timeout: 100ms\n  memory_limit: 16777216").await;
+    for (route, expect) in [("trap", "unreachable"), ("loop", "deadline"), ("hog", "memory limit")] {
+        let answer = gw.chat(route).await;
+        assert_eq!(answer.status, 200, "{route}: {}", answer.text());
+        assert_eq!(answer.routed_via(), "good/m", "{route}");
+        assert_eq!(answer.fallback_attempts(), 1, "{route}");
+        let _ = expect;
+    }
+    assert_eq!(bad.chats().len(), 0, "a faulting plugin's request must never be sent");
+    assert_eq!(good.chats().len(), 3);
+    // The gateway keeps serving, through the same plugin too.
+    let fine = gw.chat("bad/fine").await;
+    assert_eq!(fine.status, 200, "{}", fine.text());
+    assert_eq!(bad.chats().len(), 1);
+    let metrics = gw.get("/metrics", &[]).await.text();
+    for kind in ["trap", "deadline", "memory"] {
+        let line = format!("freeway_plugin_failures_total{{plugin=\"misbehave\",kind=\"{kind}\"}} 1");
+        assert!(metrics.contains(&line), "missing `{line}` in:\n{metrics}");
+    }
+}
+
+#[tokio::test]
+async fn the_502_names_the_plugin_and_what_it_did() {
+    let bad = Mock::start().await;
+    let yaml = format!(
+        "plugins:\n  dir: {}\n  call_timeout: 100ms\nproviders:\n  bad:\n    plugin: misbehave\n    base_url: {}\n    keys: [k]\n    models: [loop]\n",
+        test_plugins("misbehave").display(),
+        bad.base_url(),
+    );
+    let gw = start(&yaml).await;
+    let answer = gw.chat("bad/loop").await;
+    assert_eq!(answer.status, 502);
+    let reason = answer.json()["error"]["attempts"][0]["reason"].as_str().unwrap().to_owned();
+    assert!(reason.contains("plugin `misbehave`") && reason.contains("deadline"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_stream_decoder_that_traps_after_the_first_chunk_ends_the_stream_with_an_error() {
+    let (_bad, _good, gw) = bad_and_good("").await;
+    let answer = Answer::read(gw.stream("bad/trap-stream").await).await;
+    assert_eq!(answer.status, 200);
+    let events = answer.events();
+    let last = events.last().unwrap();
+    assert!(last.contains("plugin `misbehave`"), "{events:?}");
+    assert!(!events.iter().any(|e| e == "[DONE]"));
+}
+
+#[tokio::test]
+async fn faults_are_classified_at_the_plugin_api() {
+    let settings = PluginSettings {
+        call_timeout: std::time::Duration::from_millis(100),
+        memory_limit: 16 << 20,
+        ..PluginSettings::default()
+    };
+    let host = PluginHost::load(&settings, Some(&test_plugins("misbehave")), Arc::new(Metrics::new())).unwrap();
+    let plugin = host.get("misbehave").unwrap();
+    let options = Vec::new();
+    for (model, kind) in
+        [("trap", PluginErrorKind::Trap), ("loop", PluginErrorKind::Deadline), ("hog", PluginErrorKind::Memory)]
+    {
+        let target = Target { base_url: "http://x/v1", model, key: None, options: &options };
+        let body = br#"{"model":"x","messages":[{"role":"user","content":"hi"}]}"#;
+        let error = plugin.session().unwrap().build_chat(body, &target).unwrap_err();
+        assert_eq!(error.kind, kind, "{model}: {error}");
+        assert_eq!(error.plugin, "misbehave");
+    }
+}
+
+#[tokio::test]
+async fn a_plugin_of_another_interface_version_is_refused_with_both_versions() {
+    let env = Env::from_map(Vec::<(String, String)>::new());
+    let yaml = format!("plugins:\n  dir: {}\n", test_plugins("old-interface").display());
+    let loaded = Config::from_yaml(&yaml, "test", &env, &Catalog::empty()).unwrap();
+    let Err(problems) = Gateway::new(loaded.config, Catalog::empty(), &env).await else {
+        panic!("an old-interface plugin was accepted")
+    };
+    let text = problems.join("\n");
+    assert!(text.contains("old-interface.wasm"), "{text}");
+    assert!(text.contains("0.0.9") && text.contains("0.1.0"), "{text}");
+}
+
+#[tokio::test]
+async fn a_plugin_file_must_be_named_as_the_plugin_calls_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(test_plugins("misbehave").join("misbehave.wasm"), dir.path().join("openai-compat.wasm")).unwrap();
+    let error = PluginHost::load(&PluginSettings::default(), Some(dir.path()), Arc::new(Metrics::new())).unwrap_err();
+    assert!(error.join("\n").contains("calls itself `misbehave`"), "{error:?}");
+}
