@@ -12,13 +12,15 @@ use serde_json::json;
 use crate::body::ResponseBody;
 use crate::errors::ApiError;
 use crate::gateway::Gateway;
-use crate::request::ChatRequest;
+use crate::request::ClientRequest;
 
 /// The endpoints, named as they appear in metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
     /// `POST /v1/chat/completions`
     ChatCompletions,
+    /// `POST /v1/embeddings`
+    Embeddings,
     /// `GET /v1/models`
     Models,
     /// `GET /health`
@@ -33,6 +35,7 @@ impl Endpoint {
     fn of(path: &str) -> Self {
         match path.trim_end_matches('/') {
             "/v1/chat/completions" => Self::ChatCompletions,
+            "/v1/embeddings" => Self::Embeddings,
             "/v1/models" => Self::Models,
             "/health" | "/healthz" => Self::Health,
             "/metrics" => Self::Metrics,
@@ -44,6 +47,7 @@ impl Endpoint {
     pub fn label(self) -> &'static str {
         match self {
             Self::ChatCompletions => "/v1/chat/completions",
+            Self::Embeddings => "/v1/embeddings",
             Self::Models => "/v1/models",
             Self::Health => "/health",
             Self::Metrics => "/metrics",
@@ -53,7 +57,7 @@ impl Endpoint {
 
     fn method(self) -> Method {
         match self {
-            Self::ChatCompletions => Method::POST,
+            Self::ChatCompletions | Self::Embeddings => Method::POST,
             _ => Method::GET,
         }
     }
@@ -78,12 +82,13 @@ where
     {
         let mut r =
             ApiError::MethodNotAllowed { method: request.method().to_string(), path: path.to_owned() }.into_response();
-        let allow = if endpoint == Endpoint::ChatCompletions { "POST" } else { "GET, HEAD" };
+        let allow = if endpoint.method() == Method::POST { "POST" } else { "GET, HEAD" };
         r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
         r
     } else {
         match endpoint {
-            Endpoint::ChatCompletions => chat(gateway, request).await,
+            Endpoint::ChatCompletions => dispatch(gateway, request, ClientRequest::parse).await,
+            Endpoint::Embeddings => dispatch(gateway, request, ClientRequest::parse_embeddings).await,
             Endpoint::Models => json_response(gateway.router().models_json()),
             Endpoint::Health => json_response(health_json(gateway)),
             Endpoint::Metrics => {
@@ -101,7 +106,12 @@ where
     response
 }
 
-async fn chat<B>(gateway: &Gateway, request: Request<B>) -> Response<ResponseBody>
+/// Reads, parses and resolves a request, then runs it through the dispatcher.
+async fn dispatch<B>(
+    gateway: &Gateway,
+    request: Request<B>,
+    parse: fn(Bytes) -> Result<ClientRequest, ApiError>,
+) -> Response<ResponseBody>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -111,7 +121,7 @@ where
         Ok(bytes) => bytes,
         Err(e) => return e.into_response(),
     };
-    let chat = match ChatRequest::parse(bytes) {
+    let chat = match parse(bytes) {
         Ok(chat) => chat,
         Err(e) => return e.into_response(),
     };
@@ -119,7 +129,7 @@ where
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
-    gateway.dispatcher().chat(&chat, &candidates).await
+    gateway.dispatcher().run(&chat, &candidates).await
 }
 
 /// Reads a request body under the size limit (413) and the read timeout (408).

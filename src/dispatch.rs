@@ -38,7 +38,7 @@ use crate::metrics::Metrics;
 use crate::plugin::{ErrorKind, PluginError, PluginSession, Target, UpstreamRequest};
 use crate::providers::{Admission, KeySlot};
 use crate::relay::Relay;
-use crate::request::ChatRequest;
+use crate::request::{ClientRequest, Operation};
 use crate::routing::Candidate;
 use crate::secret::redact;
 use crate::upstream::{MAX_ANSWER_BYTES, Upstream, UpstreamError, read_body};
@@ -97,9 +97,10 @@ impl Dispatcher {
         Self { upstream, settings, metrics }
     }
 
-    /// Runs a chat request against its candidates and returns the response
-    /// for the client, success or error, with the routing headers set.
-    pub async fn chat(&self, request: &ChatRequest, candidates: &[Candidate]) -> Response<ResponseBody> {
+    /// Runs a request (chat or embeddings) against its candidates and
+    /// returns the response for the client, success or error, with the
+    /// routing headers set.
+    pub async fn run(&self, request: &ClientRequest, candidates: &[Candidate]) -> Response<ResponseBody> {
         let mut failed: Vec<Attempt> = Vec::new();
         let mut skipped: Vec<Attempt> = Vec::new();
         let mut soonest: Option<Instant> = None;
@@ -111,6 +112,16 @@ impl Dispatcher {
 
         'candidates: for candidate in candidates {
             let provider = &candidate.provider;
+            if request.operation == Operation::Embeddings && !provider.plugin.capabilities().embeddings {
+                only_rate_limits = false;
+                skipped.push(Attempt {
+                    provider: provider.name.to_string(),
+                    model: candidate.model.to_string(),
+                    status: None,
+                    reason: format!("skipped: plugin `{}` has no embeddings", provider.plugin.name()),
+                });
+                continue;
+            }
             let n = provider.keys.len();
             let start = provider.next_key_start();
             let mut usable = false;
@@ -243,7 +254,7 @@ impl Dispatcher {
     /// One attempt on one key: build, send, decode or classify.
     async fn attempt(
         &self,
-        request: &ChatRequest,
+        request: &ClientRequest,
         candidate: &Candidate,
         key: &KeySlot,
         admission: Admission,
@@ -257,12 +268,16 @@ impl Dispatcher {
         };
         // build, in this attempt's own plugin instance
         let mut session = provider.plugin.session().map_err(Failure::plugin)?;
-        let mut upstream_request = session.build_chat(&request.raw, &target).map_err(Failure::plugin)?;
+        let built = match request.operation {
+            Operation::Chat => session.build_chat(&request.raw, &target),
+            Operation::Embeddings => session.build_embeddings(&request.raw, &target),
+        };
+        let mut upstream_request = built.map_err(Failure::plugin)?;
         upstream_request.headers.extend(provider.headers.iter().cloned());
         if request.stream {
             self.attempt_stream(session, upstream_request, candidate, &target, key.index, admission).await
         } else {
-            self.attempt_whole(session, upstream_request, candidate, &target, key, admission).await
+            self.attempt_whole(session, upstream_request, request.operation, candidate, &target, key, admission).await
         }
     }
 
@@ -270,6 +285,7 @@ impl Dispatcher {
         &self,
         mut session: PluginSession,
         upstream_request: UpstreamRequest,
+        operation: Operation,
         candidate: &Candidate,
         target: &Target<'_>,
         key: &KeySlot,
@@ -292,7 +308,11 @@ impl Dispatcher {
             return Err(self.classify(&mut session, candidate, parts.status, &parts.headers, bytes));
         }
         // decode
-        let decoded = session.decode_chat(&bytes, target).map_err(|e| {
+        let decoded = match operation {
+            Operation::Chat => session.decode_chat(&bytes, target),
+            Operation::Embeddings => session.decode_embeddings(&bytes, target),
+        };
+        let decoded = decoded.map_err(|e| {
             let mut failure = Failure::plugin(e);
             failure.status = Some(parts.status.as_u16());
             failure

@@ -11,6 +11,7 @@ mod support {
 mod api;
 mod cli;
 mod discovery;
+mod embeddings;
 mod fallback;
 mod limits;
 mod plugin_anthropic;
