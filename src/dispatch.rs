@@ -277,7 +277,7 @@ impl Dispatcher {
         if request.stream {
             self.attempt_stream(session, upstream_request, candidate, &target, key.index, admission).await
         } else {
-            self.attempt_whole(session, upstream_request, request.operation, candidate, &target, key, admission).await
+            self.attempt_whole(session, upstream_request, request.operation, candidate, &target, (key, admission)).await
         }
     }
 
@@ -288,8 +288,7 @@ impl Dispatcher {
         operation: Operation,
         candidate: &Candidate,
         target: &Target<'_>,
-        key: &KeySlot,
-        admission: Admission,
+        (key, admission): (&KeySlot, Admission),
     ) -> Result<Response<ResponseBody>, Failure> {
         // send
         let limit = self.settings.timeout.get();
