@@ -31,6 +31,9 @@ fn main() {
     let target_dir = out.ancestors().nth(4).map(|t| t.join("providers")).unwrap_or_else(|| out.join("providers"));
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut cmd = Command::new(cargo);
+    // From inside providers/, so that its .cargo/config.toml (target and
+    // guest link flags) applies.
+    cmd.current_dir(&providers);
     cmd.args(["build", "--release", "--locked", "--target", TARGET])
         .arg("--manifest-path")
         .arg(providers.join("Cargo.toml"))
