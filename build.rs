@@ -14,7 +14,7 @@ const PLUGINS: &[&str] = &["openai-compat", "gemini", "cohere", "anthropic"];
 /// Plugins built for the tests only (misbehaving on purpose, or built
 /// against another interface version); never embedded. The tests find them
 /// through `FREEWAY_TEST_PLUGINS`.
-const TEST_PLUGINS: &[&str] = &["misbehave", "old-interface"];
+const TEST_PLUGINS: &[&str] = &["misbehave", "old-interface", "minimal-plugin"];
 
 const TARGET: &str = "wasm32-wasip2";
 
@@ -24,6 +24,7 @@ fn main() {
     for path in ["wit", "kit", "testing", "Cargo.toml", "Cargo.lock", ".cargo"].iter().chain(PLUGINS) {
         println!("cargo:rerun-if-changed=providers/{path}");
     }
+    println!("cargo:rerun-if-changed=examples/minimal-plugin");
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     ensure_target();
     // Share one plugin build among debug, release, test and clippy builds:
@@ -68,9 +69,9 @@ fn main() {
     let tests = out.join("test-plugins");
     for plugin in TEST_PLUGINS {
         let built = target_dir.join(TARGET).join("release").join(format!("{}.wasm", plugin.replace('-', "_")));
-        let folder = tests.join(plugin);
+        let folder = tests.join(plugin.trim_end_matches("-plugin"));
         std::fs::create_dir_all(&folder).expect("create OUT_DIR/test-plugins");
-        copy_if_changed(&built, &folder.join(format!("{plugin}.wasm")));
+        copy_if_changed(&built, &folder.join(format!("{}.wasm", plugin.trim_end_matches("-plugin"))));
     }
     println!("cargo:rustc-env=FREEWAY_TEST_PLUGINS={}", tests.display());
 }

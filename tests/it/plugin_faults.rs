@@ -120,3 +120,21 @@ async fn a_plugin_file_must_be_named_as_the_plugin_calls_itself() {
     let error = PluginHost::load(&PluginSettings::default(), Some(dir.path()), Arc::new(Metrics::new())).unwrap_err();
     assert!(error.join("\n").contains("calls itself `misbehave`"), "{error:?}");
 }
+
+#[tokio::test]
+async fn the_example_plugin_builds_loads_and_serves() {
+    let m = Mock::start().await;
+    let yaml = format!(
+        "plugins:\n  dir: {}\nproviders:\n  mine:\n    plugin: minimal\n    base_url: {}\n    keys: [my-key]\n    models: [m]\n",
+        test_plugins("minimal").display(),
+        m.base_url()
+    );
+    let gw = start(&yaml).await;
+    let answer = gw.chat("mine/m").await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.routed_via(), "mine/m");
+    let seen = &m.chats()[0];
+    assert!(seen.headers.iter().any(|(k, v)| k == "api-key" && v == "my-key"), "{:?}", seen.headers);
+    let stream = Answer::read(gw.stream("mine/m").await).await;
+    assert_eq!(stream.events().last().unwrap(), "[DONE]");
+}
