@@ -99,6 +99,37 @@ fn hot_path(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    // The same round trip through the gemini plugin: a native request and
+    // a native answer, both translated.
+    let Ok(plugins) = PluginHost::load(&PluginSettings::default(), None, std::sync::Arc::new(Metrics::new())) else {
+        panic!("plugins")
+    };
+    let Some(gemini) = plugins.get("gemini") else { panic!("no gemini plugin") };
+    let no_options = Vec::new();
+    let gemini_target = Target {
+        base_url: "https://generativelanguage.googleapis.com/v1beta",
+        model: "gemini-2.5-flash",
+        key: Some("k1"),
+        options: &no_options,
+    };
+    let gemini_answer = serde_json::json!({
+        "candidates": [{"content": {"role": "model", "parts": [{"text": "A short answer of a few words, as most are."}]},
+                        "finishReason": "STOP", "index": 0}],
+        "usageMetadata": {"promptTokenCount": 250, "candidatesTokenCount": 12, "totalTokenCount": 262},
+        "modelVersion": "gemini-2.5-flash", "responseId": "resp-1"
+    })
+    .to_string()
+    .into_bytes();
+    let mut group = c.benchmark_group("gemini");
+    group.bench_function("round_trip", |b| {
+        b.iter(|| {
+            let Ok(mut session) = gemini.session() else { return };
+            let _ = black_box(session.build_chat(black_box(&request.raw), &gemini_target));
+            let _ = black_box(session.decode_chat(black_box(&gemini_answer), &gemini_target));
+        })
+    });
+    group.finish();
     c.bench_function("whole_request_path", |b| {
         b.iter(|| {
             let Ok(request) = ClientRequest::parse(black_box(body.clone())) else {

@@ -303,11 +303,20 @@ pub struct PluginsConfig {
     /// Where compiled plugins are cached across restarts (default
     /// `~/.cache/freeway/plugins`; `""` turns the disk cache off).
     pub cache_dir: Option<String>,
+    /// A new plugin instance for every attempt, instead of reusing instances
+    /// that finished cleanly (strict isolation, about three times the CPU).
+    pub fresh_instances: bool,
 }
 
 impl Default for PluginsConfig {
     fn default() -> Self {
-        Self { dir: None, call_timeout: ConfigDuration::millis(250), memory_limit: 64 * 1024 * 1024, cache_dir: None }
+        Self {
+            dir: None,
+            call_timeout: ConfigDuration::millis(250),
+            memory_limit: 64 * 1024 * 1024,
+            cache_dir: None,
+            fresh_instances: false,
+        }
     }
 }
 
@@ -328,6 +337,7 @@ impl Config {
                 Some("") => None,
                 Some(dir) => Some(self.resolve_path(dir)),
             },
+            fresh_instances: self.plugins.fresh_instances,
         }
     }
 }

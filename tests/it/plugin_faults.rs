@@ -138,3 +138,41 @@ async fn the_example_plugin_builds_loads_and_serves() {
     let stream = Answer::read(gw.stream("mine/m").await).await;
     assert_eq!(stream.events().last().unwrap(), "[DONE]");
 }
+
+/// The `?calls=N` the counting model saw on each request.
+async fn counts(fresh: bool) -> Vec<String> {
+    let m = Mock::start().await;
+    let yaml = format!(
+        "plugins:\n  dir: {}\n  fresh_instances: {fresh}\nproviders:\n  p:\n    plugin: misbehave\n    base_url: {}\n    keys: [k]\n    models: [count]\n",
+        test_plugins("misbehave").display(),
+        m.base_url()
+    );
+    let gw = start(&yaml).await;
+    for _ in 0..3 {
+        assert_eq!(gw.chat("p/count").await.status, 200);
+    }
+    m.chats().iter().map(|s| s.query.clone().unwrap_or_default()).collect()
+}
+
+#[tokio::test]
+async fn clean_instances_are_reused_unless_fresh_instances_is_set() {
+    assert_eq!(counts(false).await, ["calls=1", "calls=2", "calls=3"], "one warm instance served all three");
+    assert_eq!(counts(true).await, ["calls=1", "calls=1", "calls=1"], "every attempt got a new instance");
+}
+
+#[tokio::test]
+async fn an_instance_that_trapped_is_never_reused() {
+    let m = Mock::start().await;
+    let yaml = format!(
+        "plugins:\n  dir: {}\nproviders:\n  p:\n    plugin: misbehave\n    base_url: {}\n    keys: [k]\n    models: [count, trap]\n",
+        test_plugins("misbehave").display(),
+        m.base_url()
+    );
+    let gw = start(&yaml).await;
+    assert_eq!(gw.chat("p/count").await.status, 200);
+    assert_eq!(gw.chat("p/trap").await.status, 502);
+    assert_eq!(gw.chat("p/count").await.status, 200);
+    let seen: Vec<_> = m.chats().iter().map(|s| s.query.clone().unwrap_or_default()).collect();
+    // The warm instance (1 call) served the trap and was dropped; a new one starts at 1.
+    assert_eq!(seen, ["calls=1", "calls=1"]);
+}

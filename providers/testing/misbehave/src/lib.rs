@@ -1,10 +1,15 @@
 //! A plugin for tests of the host's limits. Its behaviour follows the
 //! target model: `trap` panics, `loop` never returns, `hog` allocates until
 //! it is stopped; `trap-stream` builds fine but its stream decoder traps on
-//! the second piece. Any other model gets a minimal OpenAI-compatible
-//! pass-through, so a well-behaved candidate can share the plugin.
+//! the second piece; `count` adds `?calls=N` to the URL, N counting the
+//! calls this instance has served (to see whether instances are reused).
+//! Any other model gets a minimal OpenAI-compatible pass-through, so a
+//! well-behaved candidate can share the plugin.
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static CALLS: AtomicU32 = AtomicU32::new(0);
 
 wit_bindgen::generate!({ path: "../../wit", world: "provider" });
 
@@ -63,9 +68,11 @@ impl Guest for Plugin {
         if let Some(key) = target.key {
             headers.push(("authorization".to_owned(), format!("Bearer {key}")));
         }
+        let calls = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
+        let query = if target.model == "count" { format!("?calls={calls}") } else { String::new() };
         Ok(HttpRequest {
             method: "POST".to_owned(),
-            url: format!("{}/chat/completions", target.base_url),
+            url: format!("{}/chat/completions{query}", target.base_url),
             headers,
             body: body.into_bytes(),
         })
