@@ -37,10 +37,16 @@ pub fn default_dir() -> Option<PathBuf> {
 pub fn load(engine: &Engine, wasm: &[u8], dir: Option<&Path>) -> Result<Component, String> {
     let key = key(engine, wasm);
     let memory = MEMORY.get_or_init(Default::default);
-    if let Some(found) = memory.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
-        return Ok(found.clone());
-    }
     let file = dir.map(|d| d.join(format!("{key}.cwasm")));
+    let known = memory.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
+    if let Some(found) = known {
+        // Another gateway in this process compiled it; make sure the next
+        // start finds it on disk too.
+        if let Some(file) = file.as_deref().filter(|f| !f.is_file()) {
+            to_disk(&found, file);
+        }
+        return Ok(found);
+    }
     let component = match file.as_deref().and_then(|f| from_disk(engine, f)) {
         Some(component) => component,
         None => {

@@ -206,3 +206,18 @@ fn check_refuses_a_ca_file_that_is_not_pem() {
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("line 2: dispatch.ca_file:") && text.contains("no certificate"), "{text}");
 }
+
+#[test]
+fn models_prints_size_and_tier() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, "m.yaml", "discovery: { enabled: false }\n");
+    let out = freeway().env("GROQ_API_KEY", "x").args(["models", "--config"]).arg(&path).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.lines().next().unwrap().contains("SIZE") && text.contains("TIER"), "{text}");
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("groq") && l.contains("openai/gpt-oss-120b"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(row.contains("120B") && row.contains("reasoning"), "{row}");
+}

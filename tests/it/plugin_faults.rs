@@ -176,3 +176,20 @@ async fn an_instance_that_trapped_is_never_reused() {
     // The warm instance (1 call) served the trap and was dropped; a new one starts at 1.
     assert_eq!(seen, ["calls=1", "calls=1"]);
 }
+
+#[tokio::test]
+async fn compiled_plugins_are_cached_on_disk_by_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = PluginSettings { cache_dir: Some(dir.path().join("cache")), ..PluginSettings::default() };
+    let host = PluginHost::load(&settings, None, Arc::new(Metrics::new())).unwrap();
+    assert_eq!(host.names(), ["anthropic", "cohere", "gemini", "openai-compat"]);
+    let files: Vec<String> = std::fs::read_dir(dir.path().join("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files.len(), 4, "{files:?}");
+    assert!(files.iter().all(|f| f.ends_with(".cwasm")), "{files:?}");
+    // Loading again finds them (and nothing new is written).
+    PluginHost::load(&settings, None, Arc::new(Metrics::new())).unwrap();
+    assert_eq!(std::fs::read_dir(dir.path().join("cache")).unwrap().count(), 4);
+}
