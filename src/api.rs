@@ -121,15 +121,15 @@ where
         Ok(bytes) => bytes,
         Err(e) => return e.into_response(),
     };
-    let chat = match parse(bytes) {
-        Ok(chat) => chat,
+    let parsed = match parse(bytes) {
+        Ok(parsed) => parsed,
         Err(e) => return e.into_response(),
     };
-    let candidates = match gateway.router().resolve(&chat.model) {
+    let candidates = match gateway.router().resolve(&parsed.model) {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
-    gateway.dispatcher().run(&chat, &candidates).await
+    gateway.dispatcher().run(&parsed, &candidates).await
 }
 
 /// Reads a request body under the size limit (413) and the read timeout (408).

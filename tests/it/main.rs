@@ -6,6 +6,7 @@
 mod support {
     pub mod gateway;
     pub mod mock;
+    pub mod plugins;
 }
 
 mod api;

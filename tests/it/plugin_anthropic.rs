@@ -3,24 +3,21 @@
 //! then end to end through the gateway against a mock that speaks
 //! Anthropic's Messages API.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use freeway::metrics::Metrics;
-use freeway::plugin::{ErrorKind, Plugin, PluginHost, PluginSettings, StreamEvent, Target, Usage};
+use freeway::plugin::{ErrorKind, Plugin, StreamEvent, Target, Usage};
 use http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
 use crate::support::gateway::{Answer, chat_body, provider, sse_events, start};
 use crate::support::mock::{Behavior, Mock, Reply, Seen};
+use crate::support::plugins;
 
 const BASE: &str = "https://api.anthropic.com/v1";
 const MODEL: &str = "claude-sonnet-4-5";
 
 fn plugin() -> Arc<Plugin> {
-    static HOST: OnceLock<PluginHost> = OnceLock::new();
-    let host =
-        HOST.get_or_init(|| PluginHost::load(&PluginSettings::default(), None, Arc::new(Metrics::new())).unwrap());
-    host.get("anthropic").expect("the anthropic plugin is built in")
+    plugins::builtin("anthropic")
 }
 
 fn owned(options: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -63,24 +60,11 @@ fn decode(body: &Value) -> (Value, Option<Usage>) {
 /// Feeds a stream in these pieces and returns every event.
 fn decode_stream(pieces: &[&[u8]]) -> Vec<StreamEvent> {
     let options = Vec::new();
-    let target = Target { base_url: BASE, model: MODEL, key: None, options: &options };
-    let mut stream = plugin().session().unwrap().into_stream(&target).unwrap();
-    let mut out = Vec::new();
-    for piece in pieces {
-        stream.push(piece, &mut out).unwrap();
-    }
-    stream.finish(&mut out).unwrap();
-    out
+    plugins::stream_events(&plugin(), &Target { base_url: BASE, model: MODEL, key: None, options: &options }, pieces)
 }
 
 fn chunks(events: &[StreamEvent]) -> Vec<Value> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            StreamEvent::Chunk { json, .. } => Some(serde_json::from_slice(json).unwrap()),
-            _ => None,
-        })
-        .collect()
+    plugins::chunk_jsons(events)
 }
 
 fn classify(status: u16, body: &str) -> ErrorKind {

@@ -3,24 +3,21 @@
 //! through the real component, then end to end through the gateway against
 //! a mock that speaks Cohere v2. Samples follow Cohere's v2 API reference.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use freeway::metrics::Metrics;
-use freeway::plugin::{ErrorKind, Plugin, PluginHost, PluginSettings, StreamEvent, Target, UpstreamRequest};
+use freeway::plugin::{ErrorKind, Plugin, StreamEvent, Target, UpstreamRequest};
 use http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
 use crate::support::gateway::{Answer, provider, start};
 use crate::support::mock::{Behavior, Mock, Reply, Seen};
+use crate::support::plugins;
 
 const BASE: &str = "https://api.cohere.com/v2";
 const MODEL: &str = "command-a-03-2025";
 
 fn plugin() -> Arc<Plugin> {
-    static HOST: OnceLock<PluginHost> = OnceLock::new();
-    HOST.get_or_init(|| PluginHost::load(&PluginSettings::default(), None, Arc::new(Metrics::new())).unwrap())
-        .get("cohere")
-        .unwrap()
+    plugins::builtin("cohere")
 }
 
 fn target(options: &[(String, String)]) -> Target<'_> {
@@ -56,24 +53,12 @@ fn classify(status: u16, body: &str) -> ErrorKind {
 
 /// Feeds a stream in these pieces and returns every event.
 fn stream(pieces: &[&[u8]]) -> Vec<StreamEvent> {
-    let mut decoder = plugin().session().unwrap().into_stream(&target(&[])).unwrap();
-    let mut out = Vec::new();
-    for piece in pieces {
-        decoder.push(piece, &mut out).unwrap();
-    }
-    decoder.finish(&mut out).unwrap();
-    out
+    plugins::stream_events(&plugin(), &target(&[]), pieces)
 }
 
 /// The JSON of each chunk event (panics on anything else).
 fn chunks(events: &[StreamEvent]) -> Vec<Value> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            StreamEvent::Chunk { json, .. } => Some(serde_json::from_slice(json).unwrap()),
-            _ => None,
-        })
-        .collect()
+    plugins::chunk_jsons(events)
 }
 
 fn sse(events: &[Value]) -> String {

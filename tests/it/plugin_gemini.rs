@@ -7,20 +7,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use freeway::metrics::Metrics;
-use freeway::plugin::{ErrorKind, Plugin, PluginHost, PluginSettings, StreamEvent, Target, UpstreamRequest};
+use freeway::plugin::{ErrorKind, Plugin, StreamEvent, Target, UpstreamRequest};
 use http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
 use crate::support::gateway::{Answer, provider, start};
 use crate::support::mock::{Behavior, Mock, Reply, Seen};
+use crate::support::plugins;
 
 const BASE: &str = "https://example.test/v1beta";
 const NO_OPTIONS: &[(String, String)] = &[];
 
 fn plugin() -> Arc<Plugin> {
-    let host = PluginHost::load(&PluginSettings::default(), None, Arc::new(Metrics::new())).unwrap();
-    host.get("gemini").unwrap()
+    plugins::builtin("gemini")
 }
 
 fn target(model: &str) -> Target<'_> {
@@ -60,13 +59,7 @@ fn classify(status: u16, body: &Value) -> ErrorKind {
 
 /// Feeds `pieces` to a fresh stream decoder, then ends the body.
 fn decode_stream(plugin: &Arc<Plugin>, pieces: &[&[u8]]) -> Vec<StreamEvent> {
-    let mut stream = plugin.session().unwrap().into_stream(&target("gemini-2.5-flash")).unwrap();
-    let mut out = Vec::new();
-    for piece in pieces {
-        stream.push(piece, &mut out).unwrap();
-    }
-    stream.finish(&mut out).unwrap();
-    out
+    plugins::stream_events(plugin, &target("gemini-2.5-flash"), pieces)
 }
 
 fn chunk_json(event: &StreamEvent) -> Value {

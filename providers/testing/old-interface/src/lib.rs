@@ -1,126 +1,67 @@
 //! A plugin built against interface 0.0.9, for the test that freeway refuses
-//! a plugin of another interface version with a message that says both.
-
-use std::cell::Cell;
+//! a plugin of another interface version with a message that says both. It
+//! does nothing else: every function refuses.
 
 wit_bindgen::generate!({ path: "wit", world: "provider" });
 
 use exports::freeway::provider::translator::{
-    Answer, Capabilities, Chunk, Descriptor, ErrorKind, Guest, GuestStreamDecoder, Headers, HttpRequest, ModelRecord,
+    Answer, Capabilities, Descriptor, ErrorKind, Guest, GuestStreamDecoder, Headers, HttpRequest, ModelRecord,
     StreamEvent, Target,
 };
 
-struct Plugin;
+struct Old;
 
-fn misbehave(model: &str) {
-    match model {
-        "trap" => panic!("misbehaving on purpose"),
-        "loop" => {
-            let mut n: u64 = 0;
-            loop {
-                n = std::hint::black_box(n.wrapping_add(1));
-            }
-        }
-        "hog" => {
-            let mut hoard: Vec<Vec<u8>> = Vec::new();
-            loop {
-                hoard.push(vec![1u8; 1 << 20]);
-                std::hint::black_box(&hoard);
-            }
-        }
-        _ => {}
-    }
-}
+const NO: &str = "built against an old interface";
 
-impl Guest for Plugin {
+impl Guest for Old {
     type StreamDecoder = Decoder;
 
     fn describe() -> Descriptor {
         Descriptor {
             name: "old-interface".to_owned(),
             interface_version: "0.0.9".to_owned(),
-            capabilities: Capabilities::CHAT | Capabilities::STREAM,
+            capabilities: Capabilities::empty(),
         }
     }
 
-    fn build_chat(request: Vec<u8>, target: Target) -> Result<HttpRequest, String> {
-        misbehave(&target.model);
-        // Pass the request on with the model swapped, textually: enough for tests.
-        let body = String::from_utf8(request).map_err(|e| e.to_string())?;
-        let body = match body.find("\"model\"") {
-            Some(at) => {
-                let rest = &body[at + 7..];
-                let open = rest.find('"').ok_or("no model value")? + 1;
-                let close = rest[open..].find('"').ok_or("no model end")? + open;
-                format!("{}\"model\"{}{}{}", &body[..at], &rest[..open], target.model, &rest[close..])
-            }
-            None => return Err("no model".to_owned()),
-        };
-        let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
-        if let Some(key) = target.key {
-            headers.push(("authorization".to_owned(), format!("Bearer {key}")));
-        }
-        Ok(HttpRequest {
-            method: "POST".to_owned(),
-            url: format!("{}/chat/completions", target.base_url),
-            headers,
-            body: body.into_bytes(),
-        })
+    fn build_chat(_: Vec<u8>, _: Target) -> Result<HttpRequest, String> {
+        Err(NO.to_owned())
     }
 
-    fn decode_chat(body: Vec<u8>, _target: Target) -> Result<Answer, String> {
-        Ok(Answer { body, usage: None })
+    fn decode_chat(_: Vec<u8>, _: Target) -> Result<Answer, String> {
+        Err(NO.to_owned())
     }
 
-    fn build_embeddings(_request: Vec<u8>, _target: Target) -> Result<HttpRequest, String> {
-        Err("no embeddings".to_owned())
+    fn build_embeddings(_: Vec<u8>, _: Target) -> Result<HttpRequest, String> {
+        Err(NO.to_owned())
     }
 
-    fn decode_embeddings(_body: Vec<u8>, _target: Target) -> Result<Answer, String> {
-        Err("no embeddings".to_owned())
+    fn decode_embeddings(_: Vec<u8>, _: Target) -> Result<Answer, String> {
+        Err(NO.to_owned())
     }
 
-    fn build_models(_target: Target) -> Result<HttpRequest, String> {
-        Err("no listing".to_owned())
+    fn build_models(_: Target) -> Result<HttpRequest, String> {
+        Err(NO.to_owned())
     }
 
-    fn decode_models(_body: Vec<u8>, _target: Target) -> Result<Vec<ModelRecord>, String> {
-        Err("no listing".to_owned())
+    fn decode_models(_: Vec<u8>, _: Target) -> Result<Vec<ModelRecord>, String> {
+        Err(NO.to_owned())
     }
 
-    fn classify_error(status: u16, _headers: Headers, _body: Vec<u8>) -> ErrorKind {
-        if status == 429 { ErrorKind::RateLimited(None) } else { ErrorKind::Transient }
+    fn classify_error(_: u16, _: Headers, _: Vec<u8>) -> ErrorKind {
+        ErrorKind::Transient
     }
 }
 
-/// Passes `data:` lines through as chunks; traps on the second push when
-/// built for `trap-stream`.
-struct Decoder {
-    trap: bool,
-    pushes: Cell<u32>,
-}
+struct Decoder;
 
 impl GuestStreamDecoder for Decoder {
-    fn new(target: Target) -> Self {
-        Self { trap: target.model == "trap-stream", pushes: Cell::new(0) }
+    fn new(_: Target) -> Self {
+        Self
     }
 
-    fn push(&self, bytes: Vec<u8>) -> Vec<StreamEvent> {
-        self.pushes.set(self.pushes.get() + 1);
-        if self.trap && self.pushes.get() > 1 {
-            panic!("the stream decoder misbehaves on purpose");
-        }
-        let text = String::from_utf8_lossy(&bytes);
-        text.split("\n\n")
-            .filter_map(|e| e.trim().strip_prefix("data:").map(str::trim))
-            .map(|data| {
-                if data == "[DONE]" {
-                    StreamEvent::Done
-                } else {
-                    StreamEvent::Chunk(Chunk { json: data.as_bytes().to_vec(), usage: None })
-                }
-            })
-            .collect()
+    fn push(&self, _: Vec<u8>) -> Vec<StreamEvent> {
+        vec![StreamEvent::Error(NO.to_owned())]
     }
 
     fn finish(&self) -> Vec<StreamEvent> {
@@ -128,4 +69,4 @@ impl GuestStreamDecoder for Decoder {
     }
 }
 
-export!(Plugin);
+export!(Old);
