@@ -61,7 +61,7 @@ fn router() -> Router {
         panic!("plugins")
     };
     let (enabled, disabled) = providers::build(&loaded.config, &catalog, &env, &LocalModels::new(), &plugins);
-    Router::new(enabled, disabled, &loaded.config, &catalog)
+    Router::new(enabled, disabled, &loaded.config, &catalog, &Default::default())
 }
 
 fn hot_path(c: &mut Criterion) {

@@ -12,7 +12,8 @@ use serde_json::json;
 use crate::body::ResponseBody;
 use crate::errors::ApiError;
 use crate::gateway::Gateway;
-use crate::request::ClientRequest;
+use crate::policy::PolicyRun;
+use crate::request::{ClientRequest, Operation};
 
 /// The endpoints, named as they appear in metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,19 +118,34 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let server = &gateway.config().server;
+    let session = request.headers().get("x-session-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let bytes = match read_body(request, server.max_body_bytes, server.body_read_timeout.get()).await {
         Ok(bytes) => bytes,
         Err(e) => return e.into_response(),
     };
-    let parsed = match parse(bytes) {
+    let mut parsed = match parse(bytes) {
         Ok(parsed) => parsed,
         Err(e) => return e.into_response(),
     };
-    let candidates = match gateway.router().resolve(&parsed.model) {
+    // The pipeline this request started on serves it to the end, whatever reloads meanwhile.
+    let pipeline = gateway.policies().current();
+    let run = if parsed.operation == Operation::Chat && pipeline.has_request_hooks() {
+        Some(PolicyRun::before_routing(gateway, pipeline, &mut parsed, session).await)
+    } else {
+        None
+    };
+    let mut candidates = match gateway.router().resolve(&parsed.model) {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
-    gateway.dispatcher().run(&parsed, &candidates).await
+    if let Some(run) = &run {
+        run.after_routing(gateway, &mut parsed, &mut candidates);
+    }
+    let response = gateway.dispatcher().run(&parsed, &candidates).await;
+    if let Some(run) = &run {
+        run.finish(gateway, &response);
+    }
+    response
 }
 
 /// Reads a request body under the size limit (413) and the read timeout (408).

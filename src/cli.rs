@@ -111,6 +111,7 @@ async fn run_serve(config: Option<&Path>, listen: Option<&str>) -> Result<ExitCo
         let names: Vec<&str> = router.providers().iter().map(|p| &*p.name).collect();
         tracing::info!(providers = %names.join(", "), "providers enabled");
     }
+    gateway.watch_policies()?;
     if gateway.config().discovery.enabled {
         let interval = gateway.config().discovery.interval.get();
         crate::discovery::spawn(gateway.clone(), interval);

@@ -197,6 +197,8 @@ pub struct RouteSpec {
     pub targets: Vec<RouteTarget>,
     /// The order in which targets are tried.
     pub strategy: Strategy,
+    /// A pool of free models: policies (favorites) may reorder it.
+    pub free: bool,
 }
 
 /// One target of a route: `provider/model`, or a map with a weight.

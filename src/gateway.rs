@@ -21,9 +21,41 @@ use crate::discovery::Discovery;
 use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
 use crate::plugin::{PluginHost, Target};
+use crate::policy::{Pipeline, Policies, Source as PolicySource};
 use crate::providers::{self, LocalModels, merge};
 use crate::routing::Router;
 use crate::upstream::{Upstream, read_body};
+
+/// Where the policies come from: `policies.dir` when it exists, else the
+/// embedded ones.
+pub fn policy_source(config: &Config) -> PolicySource {
+    match config.policies.dir.as_deref().map(|d| config.resolve_path(d)) {
+        Some(dir) if dir.is_dir() => PolicySource::Dir(dir),
+        Some(dir) => {
+            tracing::warn!(dir = %dir.display(), "policies.dir does not exist; using the built-in policies");
+            PolicySource::Embedded
+        }
+        None => PolicySource::Embedded,
+    }
+}
+
+/// The routing tables: the config's and catalog's routes, then what the
+/// policies' `models` hooks add or reorder (`free`, `auto:*`...).
+fn route_tables(
+    providers: Vec<Arc<crate::providers::Provider>>,
+    disabled: Vec<crate::providers::DisabledProvider>,
+    config: &Config,
+    catalog: &Catalog,
+    pipeline: &Pipeline,
+    metrics: &Metrics,
+) -> Router {
+    let base = Router::new(providers.clone(), disabled.clone(), config, catalog, &indexmap::IndexMap::new());
+    if !pipeline.has_models_hooks() {
+        return base;
+    }
+    let overrides = pipeline.build_pools(base.pools(), base.model_maps(), metrics);
+    Router::new(providers, disabled, config, catalog, &overrides)
+}
 
 /// A weak handle on a gateway.
 pub struct WeakGateway(std::sync::Weak<Inner>);
@@ -53,6 +85,7 @@ struct Inner {
     metrics: Arc<Metrics>,
     auth: Auth,
     upstream: Upstream,
+    policies: Policies,
 }
 
 impl Gateway {
@@ -71,7 +104,10 @@ impl Gateway {
         let upstream = Upstream::new(config.dispatch.connect_timeout.get(), &extra_roots);
         let local = probe_local(&upstream, &plugins, &config, &catalog).await;
         let (enabled, disabled) = providers::build(&config, &catalog, env, &local, &plugins);
-        let router = Router::new(enabled, disabled, &config, &catalog);
+        let pipeline = Pipeline::compile(&policy_source(&config), &config.policies.disabled, &config.policies.settings)
+            .map_err(|errors| errors.iter().map(|e| format!("policy {e}")).collect::<Vec<_>>())?;
+        let router = route_tables(enabled, disabled, &config, &catalog, &pipeline, &metrics);
+        let policies = Policies::new(pipeline);
         let dispatcher = Dispatcher::new(upstream.clone(), config.dispatch.clone(), metrics.clone());
         let auth = Auth::new(&config.server.api_keys);
         Ok(Self {
@@ -84,6 +120,7 @@ impl Gateway {
                 metrics,
                 auth,
                 upstream,
+                policies,
             }),
         })
     }
@@ -136,13 +173,40 @@ impl Gateway {
     /// (after discovery); requests in flight keep the tables they started with.
     pub fn rebuild_routes(&self) {
         let current = self.router();
-        let next = Router::new(
+        let next = route_tables(
             current.providers().to_vec(),
             current.disabled().to_vec(),
             &self.inner.config,
             &self.inner.catalog,
+            &self.inner.policies.current(),
+            &self.inner.metrics,
         );
         self.inner.router.store(Arc::new(next));
+    }
+
+    /// The routing policies in force.
+    pub fn policies(&self) -> &Policies {
+        &self.inner.policies
+    }
+
+    /// Recompiles the policies from their folder; installs them and
+    /// rebuilds the routes, or keeps the last good pipeline and reports why.
+    pub fn reload_policies(&self) -> bool {
+        let config = &self.inner.config;
+        let compiled = Pipeline::compile(&policy_source(config), &config.policies.disabled, &config.policies.settings);
+        let installed = self.inner.policies.install(compiled);
+        if installed {
+            self.rebuild_routes();
+        }
+        installed
+    }
+
+    /// Watches the policies folder (when there is one) and reloads on change.
+    pub fn watch_policies(&self) -> Result<(), String> {
+        match policy_source(&self.inner.config) {
+            PolicySource::Dir(dir) => crate::policy::watch::spawn(self.downgrade(), dir),
+            PolicySource::Embedded => Ok(()),
+        }
     }
 
     /// A handle that does not keep the gateway alive (background tasks).

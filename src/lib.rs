@@ -35,6 +35,7 @@ pub mod limits;
 pub mod metrics;
 pub mod models;
 pub mod plugin;
+pub mod policy;
 pub mod providers;
 pub mod relay;
 pub mod request;

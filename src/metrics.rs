@@ -92,6 +92,36 @@ pub struct Metrics {
     stream_failures: Family<ModelLabels, Counter>,
     plugin_failures: Family<PluginLabels, Counter>,
     limit_skips: Family<LimitLabels, Counter>,
+    policy_duration: HistogramFamily<PolicyLabels>,
+    policy_errors: Family<PolicyErrorLabels, Counter>,
+    policy_tags: Family<TagLabels, Counter>,
+}
+
+/// A policy hook call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    /// Policy name.
+    pub policy: Arc<str>,
+    /// `models`, `request` or `prepare`.
+    pub hook: &'static str,
+}
+
+/// A policy that failed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyErrorLabels {
+    /// Policy name.
+    pub policy: Arc<str>,
+    /// `error` or `budget` (ran past its operation limit).
+    pub kind: &'static str,
+}
+
+/// A tag a policy set on a request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TagLabels {
+    /// Tag name.
+    pub tag: String,
+    /// Its value.
+    pub value: String,
 }
 
 /// Candidates skipped at a rate limit, by provider, model and limit.
@@ -103,6 +133,11 @@ pub struct LimitLabels {
     pub model: Arc<str>,
     /// `rpm`, `rpd`, `tpm` or `tpd`.
     pub limit: &'static str,
+}
+
+fn fast_histogram() -> Histogram {
+    // 1 µs … ~65 ms.
+    Histogram::new(exponential_buckets(0.000_001, 2.0, 17))
 }
 
 fn latency_histogram() -> Histogram {
@@ -131,6 +166,9 @@ impl Metrics {
             stream_failures: Family::default(),
             plugin_failures: Family::default(),
             limit_skips: Family::default(),
+            policy_duration: Family::new_with_constructor(fast_histogram),
+            policy_errors: Family::default(),
+            policy_tags: Family::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "HTTP requests answered, by endpoint and status", m.requests.clone());
@@ -163,6 +201,13 @@ impl Metrics {
             "Candidates skipped without a call because the next request would pass a rate limit",
             m.limit_skips.clone(),
         );
+        registry.register("policy_duration_seconds", "Time spent in each policy hook", m.policy_duration.clone());
+        registry.register(
+            "policy_errors",
+            "Policy hook calls skipped because the script failed or ran past its budget",
+            m.policy_errors.clone(),
+        );
+        registry.register("policy_tags", "Tags policies set on requests", m.policy_tags.clone());
         Self { registry, ..m }
     }
 
@@ -202,6 +247,22 @@ impl Metrics {
     pub fn limit_skip(&self, provider: &Arc<str>, model: &Arc<str>, limit: &'static str) {
         let labels = LimitLabels { provider: provider.clone(), model: model.clone(), limit };
         self.limit_skips.get_or_create(&labels).inc();
+    }
+
+    /// One policy hook call.
+    pub fn policy_call(&self, policy: &Arc<str>, hook: &'static str, elapsed: Duration) {
+        let labels = PolicyLabels { policy: policy.clone(), hook };
+        self.policy_duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
+    }
+
+    /// A policy hook failed.
+    pub fn policy_error(&self, policy: &Arc<str>, kind: &'static str) {
+        self.policy_errors.get_or_create(&PolicyErrorLabels { policy: policy.clone(), kind }).inc();
+    }
+
+    /// A tag a policy set.
+    pub fn policy_tag(&self, tag: &str, value: &str) {
+        self.policy_tags.get_or_create(&TagLabels { tag: tag.to_owned(), value: value.to_owned() }).inc();
     }
 
     /// A plugin call failed (not a plugin's own well-formed error).

@@ -107,6 +107,19 @@ impl KeySlot {
         Ok(Admission { model, key })
     }
 
+    /// Whether a request to `model` could go on this key now (nothing charged).
+    pub fn usable(&self, model: &str, model_limits: &Limits, key_limits: &Limits, now: Instant) -> bool {
+        if self.is_invalid() || self.cooling_until(model, now).is_some() {
+            return false;
+        }
+        let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        if limits::any(key_limits) && usage.all_models.check(key_limits, 0, now).is_err() {
+            return false;
+        }
+        !(limits::any(model_limits)
+            && usage.by_model.get_mut(model).is_some_and(|u| u.check(model_limits, 0, now).is_err()))
+    }
+
     /// Corrects an admitted request's tokens with the usage its answer reported.
     pub fn settle(&self, model: &str, admission: Admission, actual_tokens: u64) {
         if admission.model.is_none() && admission.key.is_none() {

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use indexmap::IndexMap;
 
 use crate::catalog::Catalog;
-use crate::config::{Config, RouteSpec, Strategy};
+use crate::config::{Config, RouteSpec, RouteTarget, Strategy};
 use crate::errors::ApiError;
 use crate::providers::{DisabledProvider, Provider};
 
@@ -36,6 +36,7 @@ impl std::fmt::Debug for Candidate {
 struct Route {
     targets: Vec<(Candidate, u32)>,
     strategy: Strategy,
+    free: bool,
     next: AtomicUsize,
     /// Targets whose provider is not enabled, with what would enable it.
     needs: Vec<String>,
@@ -54,12 +55,15 @@ pub struct Router {
 
 impl Router {
     /// Builds the tables from the enabled providers and the config's and
-    /// catalog's routes (config routes replace catalog routes of the same name).
+    /// catalog's routes (config routes replace catalog routes of the same
+    /// name), then `pools` (from the policies) added or replacing routes as
+    /// ordered lists of `provider/model`.
     pub fn new(
         providers: Vec<Arc<Provider>>,
         disabled: Vec<DisabledProvider>,
         config: &Config,
         catalog: &Catalog,
+        pools: &IndexMap<String, Vec<String>>,
     ) -> Self {
         let by_name: HashMap<String, usize> =
             providers.iter().enumerate().map(|(i, p)| (p.name.to_string(), i)).collect();
@@ -76,6 +80,14 @@ impl Router {
         let specs = config.routes.iter().chain(catalog.routes.iter().filter(|(n, _)| !config.routes.contains_key(*n)));
         for (name, spec) in specs {
             routes.insert(name.clone(), build_route(spec, &providers, &by_name, &by_model, &disabled));
+        }
+        for (name, targets) in pools {
+            let spec = RouteSpec {
+                targets: targets.iter().map(|t| RouteTarget { target: t.clone(), weight: None }).collect(),
+                strategy: Strategy::Ordered,
+                free: routes.get(name).is_none_or(|r: &Route| r.free),
+            };
+            routes.insert(name.clone(), build_route(&spec, &providers, &by_name, &by_model, &disabled));
         }
         let no_provider_message = no_provider_message(&disabled);
         let mut router = Self {
@@ -179,6 +191,62 @@ impl Router {
         )
     }
 
+    /// The routes as policies see them: name → `#{targets, free}`.
+    pub fn pools(&self) -> rhai::Map {
+        self.routes
+            .iter()
+            .map(|(name, route)| {
+                let targets: rhai::Array =
+                    route.targets.iter().map(|(c, _)| format!("{}/{}", c.provider.name, c.model).into()).collect();
+                let mut pool = rhai::Map::new();
+                pool.insert("targets".into(), targets.into());
+                pool.insert("free".into(), route.free.into());
+                (name.as_str().into(), pool.into())
+            })
+            .collect()
+    }
+
+    /// Every model of every enabled provider, as policies see them.
+    pub fn model_maps(&self) -> rhai::Array {
+        let mut out = rhai::Array::new();
+        for p in &self.providers {
+            for m in p.models().iter() {
+                let mut map = rhai::Map::new();
+                map.insert("id".into(), format!("{}/{}", p.name, m.id).into());
+                map.insert("provider".into(), p.name.to_string().into());
+                map.insert("model".into(), m.id.to_string().into());
+                map.insert("tier".into(), m.tier().to_string().into());
+                map.insert("params".into(), m.params_b.map_or(rhai::Dynamic::UNIT, rhai::Dynamic::from_float));
+                map.insert(
+                    "active_params".into(),
+                    m.active_params_b.map_or(rhai::Dynamic::UNIT, rhai::Dynamic::from_float),
+                );
+                map.insert(
+                    "context".into(),
+                    m.context.map_or(rhai::Dynamic::UNIT, |c| rhai::Dynamic::from_int(c as i64)),
+                );
+                map.insert("free".into(), m.free.into());
+                map.insert("reasoning".into(), m.reasoning.into());
+                map.insert("discovered".into(), m.discovered.into());
+                let tags: rhai::Array = m.tags.iter().map(|t| t.clone().into()).collect();
+                map.insert("tags".into(), tags.into());
+                out.push(map.into());
+            }
+        }
+        out
+    }
+
+    /// Whether `name` has a candidate that could be tried now: a usable key,
+    /// not cooling down, not at a limit.
+    pub fn available(&self, name: &str) -> bool {
+        let Ok(candidates) = self.resolve(name) else { return false };
+        let now = std::time::Instant::now();
+        candidates.iter().any(|c| {
+            let limits = c.provider.limits_for(&c.model);
+            c.provider.keys.iter().any(|k| k.usable(&c.model, &limits, &c.provider.key_limits, now))
+        })
+    }
+
     /// Model/key pairs cooling down now, across every provider.
     pub fn active_cooldowns(&self) -> usize {
         let now = std::time::Instant::now();
@@ -245,7 +313,7 @@ fn build_route(
             targets.push((c.clone(), weight));
         }
     }
-    Route { targets, strategy: spec.strategy, next: AtomicUsize::new(0), needs }
+    Route { targets, strategy: spec.strategy, free: spec.free, next: AtomicUsize::new(0), needs }
 }
 
 fn needs_of(off: &DisabledProvider) -> Vec<String> {

@@ -70,7 +70,7 @@ pub(super) fn config(
     if cfg.discovery.interval.get() < std::time::Duration::from_secs(60) {
         r.error("discovery.interval", "must be at least 1m (providers rate-limit their model listings too)");
     }
-    for (section, what) in [("policies", "routing policies"), ("state", "persistent state")] {
+    for (section, what) in [("state", "persistent state")] {
         if map.line(section).is_some() {
             r.warn(section, format!("{what} is accepted but not active in this version of freeway"));
         }

@@ -30,8 +30,14 @@ pub async fn start(yaml: &str) -> TestGateway {
     start_with(yaml, Catalog::empty(), Env::from_map(Vec::<(String, String)>::new())).await
 }
 
+/// Tests of the core run without the built-in policies (sticky sessions
+/// would pin their identical requests), unless the config names them.
+const NO_POLICIES: &str =
+    "\npolicies:\n  disabled: [auto-tier, free-alias, favorites, context-prune, sticky-session]\n";
+
 pub async fn start_with(yaml: &str, catalog: Catalog, env: Env) -> TestGateway {
-    let loaded = Config::from_yaml(yaml, "test config", &env, &catalog).unwrap_or_else(|e| panic!("{e}"));
+    let yaml = if yaml.contains("policies:") { yaml.to_owned() } else { format!("{yaml}{NO_POLICIES}") };
+    let loaded = Config::from_yaml(&yaml, "test config", &env, &catalog).unwrap_or_else(|e| panic!("{e}"));
     let gateway = Gateway::new(loaded.config, catalog, &env).await.unwrap_or_else(|e| panic!("{e:?}"));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

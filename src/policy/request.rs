@@ -1,0 +1,261 @@
+//! The request as a policy sees it: a typed handle with getters, setters
+//! and helpers. Heavy work (text extraction, token estimates, keyword
+//! matching, pruning) is done here in Rust, once, and cached.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rhai::{Array, Dynamic, ImmutableString};
+use serde_json::Value;
+
+use super::prune;
+
+/// Whether a model name has a usable candidate right now.
+pub type Availability = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// The shared state behind a [`PolicyRequest`] handle.
+#[derive(Default)]
+pub struct RequestState {
+    /// The model to route to (policies may change it).
+    pub model: String,
+    /// The model the client asked for.
+    pub requested: String,
+    /// `stream: true`.
+    pub stream: bool,
+    /// The request carries tools.
+    pub has_tools: bool,
+    /// The conversation.
+    pub messages: Vec<Value>,
+    /// The messages were changed (pruned).
+    pub messages_changed: bool,
+    /// `X-Session-ID`, when sent.
+    pub session_header: Option<String>,
+    /// Tags for logs and metrics.
+    pub tags: Vec<(String, String)>,
+    /// Models to try first, in order, before the resolved candidates.
+    pub prefer: Vec<String>,
+    /// Pin this conversation key to whoever answers, for this many seconds.
+    pub pin: Option<(String, u64)>,
+    /// Answers `available(name)`.
+    pub availability: Option<Availability>,
+    /// Sticky-session pins.
+    pub sessions: Option<Arc<super::sessions::Sessions>>,
+    /// The chosen candidate's context window, in tokens (0: unknown).
+    pub context_window: i64,
+    /// Questions policies asked (model, prompt), to be answered by the host.
+    pub questions: Vec<(String, String)>,
+    /// Answers to earlier questions, by prompt.
+    pub answers: Vec<(String, String)>,
+    /// Which policy is running (for logs).
+    pub policy: String,
+    /// What the helpers worked out, kept for the next call.
+    pub derived: Derived,
+}
+
+/// Values the request's helpers compute once and reuse.
+#[derive(Default)]
+pub struct Derived {
+    lower_last_user: Option<String>,
+    tokens: Option<i64>,
+}
+
+/// A request, as a handle scripts hold: every clone shares one state.
+#[derive(Clone)]
+pub struct PolicyRequest(pub Arc<Mutex<RequestState>>);
+
+impl PolicyRequest {
+    /// A handle over `state`.
+    pub fn new(state: RequestState) -> Self {
+        Self(Arc::new(Mutex::new(state)))
+    }
+
+    /// The state, for the host.
+    pub fn state(&self) -> MutexGuard<'_, RequestState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn last_user_lower(state: &mut RequestState) -> &str {
+        if state.derived.lower_last_user.is_none() {
+            let text = state
+                .messages
+                .iter()
+                .rev()
+                .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+                .map(prune::text_of)
+                .unwrap_or_default();
+            state.derived.lower_last_user = Some(text.to_lowercase());
+        }
+        state.derived.lower_last_user.as_deref().unwrap_or_default()
+    }
+
+    fn estimate(state: &mut RequestState) -> i64 {
+        if state.derived.tokens.is_none() || state.messages_changed {
+            state.derived.tokens = Some(prune::tokens(&state.messages) as i64);
+        }
+        state.derived.tokens.unwrap_or(0)
+    }
+
+    fn after_prune(state: &mut RequestState, dropped: usize) -> i64 {
+        if dropped > 0 {
+            state.messages_changed = true;
+            state.derived.tokens = None;
+            state.derived.lower_last_user = None;
+        }
+        dropped as i64
+    }
+}
+
+/// True when `text` (lower-case) holds any of `words` as a whole word or phrase.
+fn mentions(text: &str, words: &Array) -> bool {
+    words.iter().filter_map(|w| w.clone().into_immutable_string().ok()).any(|w| {
+        let w = w.to_lowercase();
+        if w.is_empty() {
+            return false;
+        }
+        text.match_indices(&w).any(|(at, _)| {
+            let before = text[..at].chars().next_back();
+            let after = text[at + w.len()..].chars().next();
+            !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
+        })
+    })
+}
+
+/// Registers the `Request` type and its API on `engine`.
+pub fn register(engine: &mut rhai::Engine) {
+    engine.register_type_with_name::<PolicyRequest>("Request");
+    engine.register_get_set(
+        "model",
+        |r: &mut PolicyRequest| -> ImmutableString { r.state().model.as_str().into() },
+        |r: &mut PolicyRequest, model: ImmutableString| r.state().model = model.to_string(),
+    );
+    engine
+        .register_get("requested", |r: &mut PolicyRequest| -> ImmutableString { r.state().requested.as_str().into() });
+    engine.register_get("stream", |r: &mut PolicyRequest| r.state().stream);
+    engine.register_get("has_tools", |r: &mut PolicyRequest| r.state().has_tools);
+    engine.register_get("turns", |r: &mut PolicyRequest| r.state().messages.len() as i64);
+    engine.register_get("user_turns", |r: &mut PolicyRequest| {
+        r.state().messages.iter().filter(|m| m.get("role").and_then(Value::as_str) == Some("user")).count() as i64
+    });
+    engine.register_get("tokens", |r: &mut PolicyRequest| PolicyRequest::estimate(&mut r.state()));
+    engine.register_get("last_user", |r: &mut PolicyRequest| -> ImmutableString {
+        PolicyRequest::last_user_lower(&mut r.state()).into()
+    });
+    engine.register_get("last_user_length", |r: &mut PolicyRequest| {
+        PolicyRequest::last_user_lower(&mut r.state()).chars().count() as i64
+    });
+    engine.register_get("session", |r: &mut PolicyRequest| -> ImmutableString {
+        r.state().session_header.clone().unwrap_or_default().into()
+    });
+    engine.register_get("fingerprint", |r: &mut PolicyRequest| -> ImmutableString {
+        fingerprint(&r.state().messages).into()
+    });
+    engine.register_get_set(
+        "context_window",
+        |r: &mut PolicyRequest| r.state().context_window,
+        |r: &mut PolicyRequest, v: i64| r.state().context_window = v,
+    );
+    // Whether the last user message mentions any of these words or phrases.
+    engine.register_fn("mentions", |r: &mut PolicyRequest, words: Array| {
+        mentions(PolicyRequest::last_user_lower(&mut r.state()), &words)
+    });
+    engine.register_fn("tag", |r: &mut PolicyRequest, key: ImmutableString, value: Dynamic| {
+        r.state().tags.push((key.to_string(), value.to_string()));
+    });
+    engine.register_fn("prefer", |r: &mut PolicyRequest, model: ImmutableString| {
+        let mut s = r.state();
+        if !model.is_empty() && !s.prefer.iter().any(|p| p == model.as_str()) {
+            s.prefer.push(model.to_string());
+        }
+    });
+    // Pins the conversation `key` to whichever model answers this request.
+    engine.register_fn("pin", |r: &mut PolicyRequest, key: ImmutableString, seconds: i64| {
+        r.state().pin = Some((key.to_string(), seconds.max(1) as u64));
+    });
+    // The model `key` is pinned to, or "".
+    engine.register_fn("pinned", |r: &mut PolicyRequest, key: ImmutableString| -> ImmutableString {
+        let s = r.state();
+        let found = s.sessions.as_ref().and_then(|sessions| sessions.get(&key, std::time::Instant::now()));
+        found.unwrap_or_default().into()
+    });
+    // Whether `name` (a route, pool or provider/model) has a candidate that
+    // is not cooling down, at a limit, or out of keys right now.
+    engine.register_fn("available", |r: &mut PolicyRequest, name: ImmutableString| {
+        let check = r.state().availability.clone();
+        check.is_some_and(|f| f(&name))
+    });
+    // Asks `model` a short question; the answer arrives on the request's next
+    // pass through the pipeline (`()` until then).
+    engine.register_fn("ask", |r: &mut PolicyRequest, model: ImmutableString, prompt: ImmutableString| {
+        let mut s = r.state();
+        if let Some((_, answer)) = s.answers.iter().find(|(p, _)| p == prompt.as_str()) {
+            return Dynamic::from(ImmutableString::from(answer.as_str()));
+        }
+        if !s.questions.iter().any(|(_, p)| p == prompt.as_str()) {
+            s.questions.push((model.to_string(), prompt.to_string()));
+        }
+        Dynamic::UNIT
+    });
+    engine.register_fn("keep_last_turns", |r: &mut PolicyRequest, n: i64| {
+        let mut s = r.state();
+        let dropped = prune::keep_last_turns(&mut s.messages, n.max(1) as usize).len();
+        PolicyRequest::after_prune(&mut s, dropped)
+    });
+    engine.register_fn("fit_tokens", |r: &mut PolicyRequest, budget: i64| {
+        let mut s = r.state();
+        let dropped = prune::fit_tokens(&mut s.messages, budget.max(1) as usize).len();
+        PolicyRequest::after_prune(&mut s, dropped)
+    });
+    engine.register_fn("reservoir", |r: &mut PolicyRequest, budget: i64, summary_tokens: i64| {
+        let mut s = r.state();
+        let dropped = prune::reservoir(&mut s.messages, budget.max(1) as usize, summary_tokens.max(0) as usize).len();
+        PolicyRequest::after_prune(&mut s, dropped)
+    });
+}
+
+/// A conversation's identity without a session header: its system prompt
+/// and first user message.
+pub fn fingerprint(messages: &[Value]) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let mut seen_user = false;
+    for m in messages {
+        match m.get("role").and_then(Value::as_str) {
+            Some("system" | "developer") => prune::text_of(m).hash(&mut hasher),
+            Some("user") if !seen_user => {
+                prune::text_of(m).hash(&mut hasher);
+                seen_user = true;
+            }
+            _ => {}
+        }
+        if seen_user {
+            break;
+        }
+    }
+    format!("fp-{:016x}", hasher.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mentions_matches_whole_words_and_phrases() {
+        let words: Array = vec!["why".into(), "step by step".into(), "debug".into()];
+        assert!(mentions("can you explain why it fails", &words));
+        assert!(mentions("go step by step please", &words));
+        assert!(!mentions("somewhy debugger", &words));
+        assert!(!mentions("", &words));
+    }
+
+    #[test]
+    fn fingerprints_follow_the_opening_messages_only() {
+        let a = vec![
+            serde_json::json!({"role": "system", "content": "s"}),
+            serde_json::json!({"role": "user", "content": "first"}),
+        ];
+        let mut b = a.clone();
+        b.push(serde_json::json!({"role": "assistant", "content": "later turns do not count"}));
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+        let c = vec![serde_json::json!({"role": "user", "content": "other"})];
+        assert_ne!(fingerprint(&a), fingerprint(&c));
+    }
+}
