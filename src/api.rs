@@ -212,6 +212,7 @@ pub fn health_json(gateway: &Gateway) -> Bytes {
         "version": env!("CARGO_PKG_VERSION"),
         "providers": {"enabled": enabled, "disabled": disabled},
         "discovery": gateway.discovery().status(),
+        "policies": gateway.policies().status(),
     });
     if enabled.is_empty() {
         body["hint"] = json!(router.no_provider_message());

@@ -19,5 +19,6 @@ mod plugin_anthropic;
 mod plugin_cohere;
 mod plugin_faults;
 mod plugin_gemini;
+mod policies;
 mod sdk;
 mod streaming;

@@ -1,0 +1,350 @@
+//! The routing policies through the real Rhai engine and the built-in
+//! scripts: tiers, the free alias, favorites, pruning, sticky sessions;
+//! scripts that fail; hot reload with real files while requests flow.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::gateway::{Answer, TestGateway, provider, start};
+use crate::support::mock::{Behavior, Mock};
+
+/// Two free providers with models of every tier, and one paid model.
+async fn fleet(settings: &str) -> (Mock, Mock, TestGateway) {
+    let p = Mock::start().await;
+    let q = Mock::start().await;
+    let yaml = format!(
+        "providers:\n  p:\n    plugin: openai-compat\n    base_url: {}\n    keys: [kp]\n    free: true\n    models:\n      - tiny-3b\n      - mid-32b\n      - big-405b\n      - deepseek-r1\n      - {{ id: paid-70b, free: false }}\n{}  q:\n    free: true\n{}routes:\n  rr:\n    targets: [p/mid-32b, q/q-70b]\n    strategy: round-robin\npolicies:\n  settings:\n{settings}",
+        p.base_url(),
+        "",
+        provider("q", &q.base_url(), &["kq"], &["q-8b", "q-70b"]).replacen("  q:\n", "", 1),
+    );
+    (p, q, start(&yaml).await)
+}
+
+fn body(messages: Value, extra: Value) -> String {
+    let mut b = json!({"model": "auto", "messages": messages});
+    if let (Some(b), Some(extra)) = (b.as_object_mut(), extra.as_object()) {
+        b.extend(extra.clone());
+    }
+    b.to_string()
+}
+
+fn user(text: &str) -> Value {
+    json!([{"role": "user", "content": text}])
+}
+
+async fn ask(gw: &TestGateway, body: &str, headers: &[(&str, &str)]) -> Answer {
+    gw.post("/v1/chat/completions", body, headers).await
+}
+
+#[tokio::test]
+async fn auto_is_classified_into_a_tier_by_the_rules() {
+    let (_p, _q, gw) = fleet("    {}\n").await;
+    let long = "The service logs show intermittent failures during peak hours. ".repeat(400);
+    let medium = "Please summarise the following meeting notes for the team. ".repeat(80);
+    let weather =
+        json!({"tools": [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]});
+    for (case, messages, extra, via) in [
+        ("short", user("hi there"), json!({}), "q/q-8b"),
+        ("reasoning words", user("Can you prove that the square root of 2 is irrational?"), json!({}), "p/deepseek-r1"),
+        ("why", user("Why does my cache keep missing under load?"), json!({}), "p/deepseek-r1"),
+        ("code words", user("Implement a function that parses ISO dates"), json!({}), "p/big-405b"),
+        ("tools", user("what is the weather"), weather, "p/big-405b"),
+        ("long", user(&long), json!({}), "p/big-405b"),
+        ("medium", user(&medium), json!({}), "q/q-70b"),
+    ] {
+        let answer = ask(&gw, &body(messages, extra), &[]).await;
+        assert_eq!(answer.status, 200, "{case}: {}", answer.text());
+        assert_eq!(answer.routed_via(), via, "{case}");
+    }
+    // auto:<tier> asks for a tier directly.
+    let direct = ask(&gw, &json!({"model": "auto:reasoning", "messages": user("hi")}).to_string(), &[]).await;
+    assert_eq!(direct.routed_via(), "p/deepseek-r1");
+    let tiers = gw.get("/metrics", &[]).await.text();
+    assert!(tiers.contains("freeway_policy_tags_total{tag=\"tier\",value=\"auto:large\"} 3"), "{tiers}");
+}
+
+#[tokio::test]
+async fn a_tier_whose_models_all_cool_down_degrades_to_the_adjacent_one() {
+    let (p, _q, gw) = fleet("    {}\n").await;
+    p.on_model("big-405b", Behavior::rate_limited("120"));
+    // Cool the only large model.
+    assert_eq!(ask(&gw, &json!({"model": "p/big-405b", "messages": user("x")}).to_string(), &[]).await.status, 429);
+    let answer = ask(&gw, &body(user("Implement a function that parses ISO dates"), json!({})), &[]).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.routed_via(), "q/q-70b", "large is cooling: standard serves");
+    assert_eq!(p.calls_to("big-405b"), 1, "the cooling model was not called again");
+}
+
+#[tokio::test]
+async fn free_is_every_free_model_each_providers_best_first() {
+    let (_p, _q, gw) = fleet("    {}\n").await;
+    let targets: Vec<String> =
+        gw.gateway.router().route_targets("free").unwrap().iter().map(|c| format!("{c:?}")).collect();
+    assert_eq!(targets, ["p/big-405b", "q/q-70b", "p/mid-32b", "q/q-8b", "p/tiny-3b", "p/deepseek-r1"]);
+    let models = gw.get("/v1/models", &[]).await.json();
+    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    for name in ["free", "auto:lite", "auto:standard", "auto:large", "auto:reasoning"] {
+        assert!(ids.contains(&name), "{name} missing from {ids:?}");
+    }
+    let answer = ask(&gw, &json!({"model": "free", "messages": user("hello")}).to_string(), &[]).await;
+    assert_eq!(answer.routed_via(), "p/big-405b");
+}
+
+#[tokio::test]
+async fn favorites_lead_the_free_pools_and_a_paid_favorite_is_skipped() {
+    let (_p, _q, gw) = fleet("    favorites: [q-8b, p/mid-32b, paid-70b]\n").await;
+    let free: Vec<String> =
+        gw.gateway.router().route_targets("free").unwrap().iter().map(|c| format!("{c:?}")).collect();
+    assert_eq!(&free[..3], ["q/q-8b", "p/mid-32b", "p/big-405b"]);
+    assert!(!free.contains(&"p/paid-70b".to_owned()));
+    let lite: Vec<String> =
+        gw.gateway.router().route_targets("auto:lite").unwrap().iter().map(|c| format!("{c:?}")).collect();
+    assert_eq!(lite[0], "q/q-8b", "auto pools are free pools too");
+}
+
+#[tokio::test]
+async fn a_favorite_matches_any_variant_of_its_model() {
+    let m = Mock::start().await;
+    let yaml = format!(
+        "providers:\n  or:\n    plugin: openai-compat\n    base_url: {}\n    keys: [k]\n    free: true\n    models: [big/llama-70b:free, vendor/small-model:free, other-405b]\npolicies:\n  settings:\n    favorites: [vendor/small-model, llama-70b]\n",
+        m.base_url()
+    );
+    let gw = start(&yaml).await;
+    let free: Vec<String> =
+        gw.gateway.router().route_targets("free").unwrap().iter().map(|c| format!("{c:?}")).collect();
+    assert_eq!(free, ["or/vendor/small-model:free", "or/big/llama-70b:free", "or/other-405b"]);
+}
+
+fn conversation(turns: usize) -> Value {
+    let mut m = vec![json!({"role": "system", "content": "You are terse."})];
+    for t in 0..turns {
+        m.push(json!({"role": "user", "content": format!("Question {t}: tell me about database indexes and query plans. ").repeat(8)}));
+        m.push(json!({"role": "assistant", "content": format!("Answer {t}: indexes speed up lookups; plans show the chosen path.")}));
+    }
+    m.push(json!({"role": "user", "content": "Last question?"}));
+    Value::Array(m)
+}
+
+async fn pruned(mode: &str, messages: Value) -> Vec<Value> {
+    let m = Mock::start().await;
+    let yaml = format!(
+        "providers:\n{}policies:\n  settings:\n    context_prune: {{ mode: {mode}, budget: 300, turns: 2, summary_tokens: 60 }}\n",
+        provider("p", &m.base_url(), &["k"], &["m"])
+    );
+    let gw = start(&yaml).await;
+    let answer = ask(&gw, &json!({"model": "p/m", "messages": messages}).to_string(), &[]).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    m.chats()[0].body["messages"].as_array().unwrap().clone()
+}
+
+fn tokens(messages: &[Value]) -> usize {
+    messages.iter().map(freeway::policy::prune::message_tokens).sum()
+}
+
+#[tokio::test]
+async fn context_is_pruned_in_each_mode_keeping_system_and_last_message() {
+    let original = conversation(8);
+    let n = original.as_array().unwrap().len();
+    let stat = pruned("static", original.clone()).await;
+    assert!(stat.len() < n);
+    let dynamic = pruned("dynamic", original.clone()).await;
+    assert!(tokens(&dynamic) <= 300, "{} tokens", tokens(&dynamic));
+    let reservoir = pruned("reservoir", original.clone()).await;
+    assert!(reservoir.iter().any(|m| m["content"].as_str().is_some_and(|c| c.starts_with("Summary of the earlier"))));
+    assert!(reservoir[1]["content"].as_str().unwrap().starts_with("Question 0"), "the first exchange stays");
+    let adaptive = pruned("adaptive", original.clone()).await;
+    assert!(tokens(&adaptive) <= 300);
+    for (mode, kept) in [("static", &stat), ("dynamic", &dynamic), ("reservoir", &reservoir), ("adaptive", &adaptive)] {
+        assert_eq!(kept[0]["content"], "You are terse.", "{mode}: the system prompt stays");
+        assert_eq!(kept.last().unwrap()["content"], "Last question?", "{mode}: the last user message stays");
+    }
+    // Short conversations are left alone.
+    let short = pruned("dynamic", json!([{"role": "user", "content": "hi"}])).await;
+    assert_eq!(short.len(), 1);
+}
+
+#[tokio::test]
+async fn pruning_never_separates_a_tool_call_from_its_result() {
+    let mut messages = conversation(3).as_array().unwrap().clone();
+    let last = messages.pop().unwrap();
+    messages.push(json!({"role": "user", "content": "check the weather ".repeat(40)}));
+    messages.push(json!({"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]}));
+    messages.push(json!({"role": "tool", "tool_call_id": "c1", "content": "sunny ".repeat(100)}));
+    messages.push(json!({"role": "assistant", "content": "It is sunny."}));
+    messages.push(last);
+    let kept = pruned("dynamic", Value::Array(messages)).await;
+    let calls = kept.iter().filter(|m| m.get("tool_calls").is_some()).count();
+    let results = kept.iter().filter(|m| m["role"] == "tool").count();
+    assert_eq!(calls, results, "{kept:?}");
+}
+
+#[tokio::test]
+async fn a_session_stays_on_the_model_that_first_answered_it() {
+    let (p, q, gw) = fleet("    {}\n").await;
+    let request = |text: &str| json!({"model": "rr", "messages": user(text)}).to_string();
+    // Round-robin would alternate; the session keeps its first model.
+    let first = ask(&gw, &request("one"), &[("x-session-id", "conv-1")]).await.routed_via().to_owned();
+    for _ in 0..3 {
+        assert_eq!(ask(&gw, &request("again"), &[("x-session-id", "conv-1")]).await.routed_via(), first);
+    }
+    // Without the header the opening messages identify the conversation.
+    let a = ask(&gw, &request("same opening"), &[]).await.routed_via().to_owned();
+    assert_eq!(ask(&gw, &request("same opening"), &[]).await.routed_via(), a);
+    // The pinned model cools down: the request falls back and the session re-pins.
+    let (cooled, other) = if first == "p/mid-32b" { (&p, "q/q-70b") } else { (&q, "p/mid-32b") };
+    cooled.on_all(Behavior::rate_limited("120"));
+    assert_eq!(ask(&gw, &request("again"), &[("x-session-id", "conv-1")]).await.routed_via(), other);
+    assert_eq!(ask(&gw, &request("again"), &[("x-session-id", "conv-1")]).await.routed_via(), other);
+}
+
+/// A gateway over a policies folder of its own.
+async fn with_policies(files: &[(&str, &str)]) -> (Mock, tempfile::TempDir, TestGateway) {
+    let m = Mock::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let yaml = format!(
+        "providers:\n{}routes:\n  r: {{ targets: [p/first] }}\npolicies:\n  dir: {}\n",
+        provider("p", &m.base_url(), &["k"], &["first", "second", "third"]),
+        dir.path().display()
+    );
+    let gw = start(&yaml).await;
+    gw.gateway.watch_policies().unwrap();
+    (m, dir, gw)
+}
+
+const ROUTE_TO: &str = "fn request(req, settings) { if req.model == \"r\" { req.model = \"p/MODEL\"; } }";
+
+#[tokio::test]
+async fn a_script_that_loops_or_throws_is_skipped_and_counted() {
+    let looping = "fn request(req, settings) { loop { } }";
+    let throwing = "fn request(req, settings) {\n  let x = 1;\n  throw \"broken on purpose\";\n}";
+    let (_m, _dir, gw) = with_policies(&[
+        ("10-loop.rhai", looping),
+        ("20-throw.rhai", throwing),
+        ("30-route.rhai", &ROUTE_TO.replace("MODEL", "second")),
+    ])
+    .await;
+    for _ in 0..2 {
+        let answer = gw.chat("r").await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        assert_eq!(answer.routed_via(), "p/second", "the later policy still ran");
+    }
+    let metrics = gw.get("/metrics", &[]).await.text();
+    assert!(metrics.contains("freeway_policy_errors_total{policy=\"10-loop\",kind=\"budget\"} 2"), "{metrics}");
+    assert!(metrics.contains("freeway_policy_errors_total{policy=\"20-throw\",kind=\"error\"} 2"), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_script_that_does_not_compile_is_refused_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("10-bad.rhai"), "fn request(req, settings) {\n  let x = ;\n}\n").unwrap();
+    let env = freeway::Env::from_map(Vec::<(String, String)>::new());
+    let yaml = format!("policies:\n  dir: {}\n", dir.path().display());
+    let loaded = freeway::Config::from_yaml(&yaml, "t", &env, &freeway::Catalog::empty()).unwrap();
+    let Err(problems) = freeway::Gateway::new(loaded.config, freeway::Catalog::empty(), &env).await else {
+        panic!("a broken policy was accepted")
+    };
+    assert!(problems.join("\n").contains("10-bad.rhai:2"), "{problems:?}");
+}
+
+/// Writes `text` the way editors do: a temporary file renamed over the target.
+fn save(dir: &std::path::Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.swp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+/// Waits until requests to `r` are answered by `via` (or fails after 5 s).
+async fn until_routed(gw: &TestGateway, via: &str) -> Duration {
+    let started = Instant::now();
+    loop {
+        if gw.chat("r").await.routed_via() == via {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "still not routed via {via}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn hot_reload_follows_every_kind_of_change_without_a_failed_request() {
+    let (_m, dir, gw) = with_policies(&[("10-route.rhai", &ROUTE_TO.replace("MODEL", "second"))]).await;
+    assert_eq!(gw.chat("r").await.routed_via(), "p/second");
+
+    // Requests flow from another task the whole time.
+    let stop = Arc::new(AtomicBool::new(false));
+    let url = gw.url("/v1/chat/completions");
+    let flow = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0, 0);
+            while !stop.load(Ordering::SeqCst) {
+                let body = crate::support::gateway::chat_body("r", false);
+                let answer = Answer::read(crate::support::gateway::send(&url, "POST", &body, &[]).await).await;
+                if answer.status == 200 { ok += 1 } else { failed += 1 }
+            }
+            (ok, failed)
+        })
+    };
+
+    // Edit.
+    std::fs::write(dir.path().join("10-route.rhai"), ROUTE_TO.replace("MODEL", "third")).unwrap();
+    let edit = until_routed(&gw, "p/third").await;
+    // Break: the last good pipeline stays and /health says where it broke.
+    std::fs::write(dir.path().join("10-route.rhai"), "fn request(req, settings) {\n  req.model = \n").unwrap();
+    let started = Instant::now();
+    loop {
+        let health = gw.get("/health", &[]).await.json();
+        if health["policies"]["ok"] == false {
+            assert!(health["policies"]["errors"][0]["file"].as_str().unwrap().contains("10-route.rhai"), "{health}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "the broken file was not reported: {health}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(gw.chat("r").await.routed_via(), "p/third", "the last good pipeline stays");
+    // Fix, with an editor's atomic save (rename over).
+    save(dir.path(), "10-route.rhai", &ROUTE_TO.replace("MODEL", "second"));
+    let fix = until_routed(&gw, "p/second").await;
+    // Add a policy that runs later and wins.
+    std::fs::write(
+        dir.path().join("20-more.rhai"),
+        ROUTE_TO.replace("\"r\"", "\"p/second\"").replace("MODEL", "third"),
+    )
+    .unwrap();
+    let add = until_routed(&gw, "p/third").await;
+    // Delete it.
+    std::fs::remove_file(dir.path().join("20-more.rhai")).unwrap();
+    let delete = until_routed(&gw, "p/second").await;
+    // Empty the folder: no policies at all.
+    std::fs::remove_file(dir.path().join("10-route.rhai")).unwrap();
+    let empty = until_routed(&gw, "p/first").await;
+    assert_eq!(gw.get("/health", &[]).await.json()["policies"]["policies"], json!([]));
+
+    stop.store(true, Ordering::SeqCst);
+    let (ok, failed) = flow.await.unwrap();
+    assert_eq!(failed, 0, "{failed} requests failed during the reloads ({ok} succeeded)");
+    assert!(ok > 10, "requests did flow: {ok}");
+    for (change, took) in [("edit", edit), ("fix", fix), ("add", add), ("delete", delete), ("empty", empty)] {
+        assert!(took < Duration::from_secs(2), "{change} took {took:?}");
+    }
+}
+
+#[tokio::test]
+async fn replacing_the_whole_folder_is_seen() {
+    let (_m, dir, gw) = with_policies(&[("10-route.rhai", &ROUTE_TO.replace("MODEL", "second"))]).await;
+    assert_eq!(gw.chat("r").await.routed_via(), "p/second");
+    let staging = tempfile::tempdir_in(dir.path().parent().unwrap()).unwrap();
+    std::fs::write(staging.path().join("10-route.rhai"), ROUTE_TO.replace("MODEL", "third")).unwrap();
+    let old = dir.path().with_extension("old");
+    std::fs::rename(dir.path(), &old).unwrap();
+    std::fs::rename(staging.path(), dir.path()).unwrap();
+    until_routed(&gw, "p/third").await;
+    let _ = std::fs::remove_dir_all(&old);
+}
