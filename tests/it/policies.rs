@@ -348,3 +348,24 @@ async fn replacing_the_whole_folder_is_seen() {
     until_routed(&gw, "p/third").await;
     let _ = std::fs::remove_dir_all(&old);
 }
+
+#[tokio::test]
+async fn the_example_policy_sends_code_questions_to_its_model() {
+    let m = Mock::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/examples/policies/15-code-first.rhai"),
+        dir.path().join("15-code-first.rhai"),
+    )
+    .unwrap();
+    let yaml = format!(
+        "providers:\n{}routes:\n  r: {{ targets: [p/first, p/second] }}\npolicies:\n  dir: {}\n  settings:\n    code_first: p/third\n",
+        provider("p", &m.base_url(), &["k"], &["first", "second", "third"]),
+        dir.path().display()
+    );
+    let gw = start(&yaml).await;
+    let code = ask(&gw, &json!({"model": "r", "messages": user("Why won't this function compile?")}).to_string(), &[]).await;
+    assert_eq!(code.routed_via(), "p/third");
+    let chat = ask(&gw, &json!({"model": "r", "messages": user("Tell me a story")}).to_string(), &[]).await;
+    assert_eq!(chat.routed_via(), "p/first");
+}
