@@ -364,8 +364,42 @@ async fn the_example_policy_sends_code_questions_to_its_model() {
         dir.path().display()
     );
     let gw = start(&yaml).await;
-    let code = ask(&gw, &json!({"model": "r", "messages": user("Why won't this function compile?")}).to_string(), &[]).await;
+    let code =
+        ask(&gw, &json!({"model": "r", "messages": user("Why won't this function compile?")}).to_string(), &[]).await;
     assert_eq!(code.routed_via(), "p/third");
     let chat = ask(&gw, &json!({"model": "r", "messages": user("Tell me a story")}).to_string(), &[]).await;
     assert_eq!(chat.routed_via(), "p/first");
+}
+
+#[tokio::test]
+async fn an_unsure_classification_asks_the_classifier_and_falls_back_to_the_rules() {
+    let (p, _q, gw) = fleet("    auto_tier: { classifier: p/tiny-3b }\n").await;
+    // The classifier model answers one word.
+    p.on_model(
+        "tiny-3b",
+        Behavior::Custom(Arc::new(|seen| {
+            let asked = seen.body["messages"][0]["content"].as_str().unwrap_or_default().to_owned();
+            assert!(asked.contains("exactly one word"), "{asked}");
+            crate::support::mock::Reply::json(
+                200,
+                json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": "Reasoning."}, "finish_reason": "stop"}], "model": "tiny-3b"}).to_string(),
+            )
+        })),
+    );
+    // No keyword, not short, not long: the rules are unsure.
+    let unsure = "Tell me about the history of the printing press in Europe and how it changed the spread of ideas, \
+                  universities and religion over the following two centuries, with a few examples from \
+                  Germany, Italy and England, and what historians still disagree about.";
+    let answer = ask(&gw, &body(user(unsure), json!({})), &[]).await;
+    assert_eq!(answer.routed_via(), "p/deepseek-r1", "the classifier said reasoning");
+    assert_eq!(p.calls_to("tiny-3b"), 1);
+    // The classifier fails: the rules' default (standard) decides.
+    p.on_model("tiny-3b", Behavior::status(500));
+    // (A new session: the first one is pinned to the model that answered it.)
+    let answer = ask(&gw, &body(user(unsure), json!({})), &[("x-session-id", "another")]).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.routed_via(), "q/q-70b");
+    // `auto` is a listed model too.
+    let ids = gw.get("/v1/models", &[]).await.text();
+    assert!(ids.contains("\"id\":\"auto\""), "{ids}");
 }
