@@ -138,7 +138,7 @@ async fn run_check(config: Option<&Path>, probe: bool) -> Result<ExitCode, Strin
     let gateway = match Gateway::new(loaded.config, catalog, &env).await {
         Ok(gateway) => gateway,
         Err(problems) => {
-            eprintln!("plugins: {} problem(s)", problems.len());
+            eprintln!("plugins and policies: {} problem(s)", problems.len());
             for p in problems {
                 eprintln!("  - {p}");
             }

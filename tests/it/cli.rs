@@ -221,3 +221,15 @@ fn models_prints_size_and_tier() {
         .unwrap_or_else(|| panic!("{text}"));
     assert!(row.contains("120B") && row.contains("reasoning"), "{row}");
 }
+
+#[test]
+fn check_reports_a_policy_that_does_not_compile() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    write(&dir, "policies/10-broken.rhai", "fn request(req, settings) {\n  req.model = ;\n}\n");
+    let path = write(&dir, "c.yaml", "policies:\n  dir: policies\n");
+    let out = freeway().arg("check").arg("--config").arg(&path).output().unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("10-broken.rhai:2"), "{text}");
+}
