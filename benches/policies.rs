@@ -70,6 +70,23 @@ fn bench(c: &mut Criterion) {
             black_box(req.state().model.clone())
         })
     });
+    c.bench_function("policies/request_pipeline_explicit_model", |b| {
+        b.iter(|| {
+            let router = router.clone();
+            let state = RequestState {
+                model: "p0/model-0-8b".to_owned(),
+                requested: "p0/model-0-8b".to_owned(),
+                messages: conversation.clone(),
+                availability: Some(Arc::new(move |name: &str| router.available(name))),
+                sessions: Some(sessions.clone()),
+                ..RequestState::default()
+            };
+            let req = PolicyRequest::new(state);
+            pipeline.on_request(&req, &metrics);
+            pipeline.on_prepare(&req, &metrics);
+            black_box(req.state().model.clone())
+        })
+    });
     c.bench_function("policies/copy_request_only", |b| {
         b.iter(|| {
             black_box(PolicyRequest::new(RequestState { messages: conversation.clone(), ..RequestState::default() }))
