@@ -195,10 +195,13 @@ impl Pipeline {
             metrics.policy_call(&policy.name, MODELS.0, started.elapsed());
             match result {
                 Ok(next) if next.is_map() => current = next,
-                Ok(other) => {
-                    policy.fault("models", &format!("returned {} instead of the pools map", other.type_name()), metrics)
-                }
-                Err(e) => policy.fault("models", &describe(&e), metrics),
+                Ok(other) => policy.fault(
+                    "models",
+                    "error",
+                    &format!("returned {} instead of the pools map", other.type_name()),
+                    metrics,
+                ),
+                Err(e) => policy.fault("models", kind(&e), &describe(&e), metrics),
             }
         }
         let Some(after) = current.try_cast::<Map>() else { return IndexMap::new() };
@@ -235,7 +238,7 @@ impl Pipeline {
             );
             metrics.policy_call(&policy.name, hook.0, started.elapsed());
             if let Err(e) = result {
-                policy.fault(hook.0, &describe(&e), metrics);
+                policy.fault(hook.0, kind(&e), &describe(&e), metrics);
             }
         }
     }
@@ -243,13 +246,20 @@ impl Pipeline {
 
 impl Policy {
     /// A hook failed: count it, and log it the first time.
-    fn fault(&self, hook: &'static str, message: &str, metrics: &Metrics) {
-        let kind = if message.contains("Too many operations") { "budget" } else { "error" };
+    fn fault(&self, hook: &'static str, kind: &'static str, message: &str, metrics: &Metrics) {
         metrics.policy_error(&self.name, kind);
         let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
         if logged.insert(format!("{hook}:{message}")) {
             tracing::warn!(policy = %self.name, file = %self.file, hook, "policy skipped: {message}");
         }
+    }
+}
+
+/// `budget` when a script ran past its operation limit, else `error`.
+fn kind(e: &rhai::EvalAltResult) -> &'static str {
+    match e.unwrap_inner() {
+        rhai::EvalAltResult::ErrorTooManyOperations(_) => "budget",
+        _ => "error",
     }
 }
 
