@@ -227,7 +227,6 @@ impl Pipeline {
 
     fn run(&self, hook: (&'static str, usize), req: &PolicyRequest, has: fn(&Policy) -> bool, metrics: &Metrics) {
         for policy in self.policies.iter().filter(|p| has(p)) {
-            req.state().policy = policy.name.to_string();
             let started = Instant::now();
             let result = self.engines.request.call_fn_with_options::<Dynamic>(
                 rhai::CallFnOptions::new().eval_ast(false),

@@ -45,8 +45,6 @@ pub struct RequestState {
     pub questions: Vec<(String, String)>,
     /// Answers to earlier questions, by prompt.
     pub answers: Vec<(String, String)>,
-    /// Which policy is running (for logs).
-    pub policy: String,
     /// What the helpers worked out, kept for the next call.
     pub derived: Derived,
 }

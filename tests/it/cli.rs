@@ -89,9 +89,20 @@ fn serve_refuses_a_public_address_without_tokens() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("server.api_keys is empty"));
 }
 
-/// Starts `freeway serve` on a free port and returns it with its address.
-fn spawn_serve(args: &[&str]) -> (std::process::Child, String) {
-    let mut child = freeway()
+/// A running `freeway serve` on a free port.
+struct Served {
+    child: std::process::Child,
+    addr: String,
+    /// The log up to "listening on".
+    startup: String,
+    /// The whole log, once the process has exited.
+    log: std::thread::JoinHandle<String>,
+}
+
+/// Starts `cmd` (a `freeway` command) as `serve` on a free port and waits
+/// until it listens.
+fn spawn_serve(mut cmd: Command, args: &[&str]) -> Served {
+    let mut child = cmd
         .args(["serve", "--listen", "127.0.0.1:0"])
         .args(args)
         .stderr(Stdio::piped())
@@ -100,25 +111,25 @@ fn spawn_serve(args: &[&str]) -> (std::process::Child, String) {
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
+    let log = std::thread::spawn(move || {
         let mut log = String::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             log.push_str(&line);
             log.push('\n');
             if let Some(rest) = line.split("listening on http://").nth(1) {
-                let addr = rest.trim_end_matches("/v1").trim().to_owned();
-                let _ = tx.send((addr, log.clone()));
+                let _ = tx.send((rest.trim_end_matches("/v1").trim().to_owned(), log.clone()));
             }
         }
+        log
     });
-    let (addr, log) = rx.recv_timeout(Duration::from_secs(30)).expect("serve did not start");
-    assert!(log.contains("no provider is configured"), "{log}");
-    (child, addr)
+    let (addr, startup) = rx.recv_timeout(Duration::from_secs(30)).expect("serve did not start");
+    Served { child, addr, startup, log }
 }
 
 #[tokio::test]
 async fn serve_with_no_config_and_no_keys_starts_and_explains_then_stops_on_sigterm() {
-    let (mut child, addr) = spawn_serve(&[]);
+    let Served { mut child, addr, startup, .. } = spawn_serve(freeway(), &[]);
+    assert!(startup.contains("no provider is configured"), "{startup}");
     let answer = Answer::read(
         send(&format!("http://{addr}/v1/chat/completions"), "POST", &chat_body("chat-free", false), &[]).await,
     )
@@ -156,28 +167,9 @@ async fn no_upstream_key_appears_in_the_log_even_at_trace_level() {
             m.base_url()
         ),
     );
-    let mut child = freeway()
-        .env("RUST_LOG", "info,freeway=trace,hyper=trace,hyper_util=trace,h2=trace,rustls=trace")
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut log = String::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                let _ = tx.send(rest.trim_end_matches("/v1").trim().to_owned());
-            }
-            log.push_str(&line);
-            log.push('\n');
-        }
-        log
-    });
-    let addr = rx.recv_timeout(Duration::from_secs(30)).expect("serve did not start");
+    let mut cmd = freeway();
+    cmd.env("RUST_LOG", "info,freeway=trace,hyper=trace,hyper_util=trace,h2=trace,rustls=trace");
+    let Served { mut child, addr, log: reader, .. } = spawn_serve(cmd, &["--config", config.to_str().unwrap()]);
     for model in ["p/ok", "p/bad-request", "p/broken", "p/bad-key", "p/ok"] {
         for stream in [false, true] {
             let url = format!("http://{addr}/v1/chat/completions");
