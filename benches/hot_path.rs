@@ -7,11 +7,11 @@ use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
+use freeway::catalog::provider::{self as providers, LocalModels};
+use freeway::catalog::routes::Router;
 use freeway::metrics::Metrics;
 use freeway::plugin::{PluginHost, PluginSettings, StreamEvent, Target};
-use freeway::providers::{self, LocalModels};
-use freeway::request::ClientRequest;
-use freeway::routing::Router;
+use freeway::proxy::ClientRequest;
 use freeway::{Catalog, Config, Env};
 
 /// A realistic ~1 KB chat request.
@@ -69,13 +69,13 @@ fn hot_path(c: &mut Criterion) {
     let router = router();
     let answer = answer_body();
     let stream = stream_body(20);
-    let Ok(request) = ClientRequest::parse(body.clone()) else { panic!("bench request") };
+    let Ok(request) = ClientRequest::parse(body.clone(), false) else { panic!("bench request") };
     let Ok(candidates) = router.resolve("r") else { panic!("bench route") };
     let provider = candidates[0].provider.clone();
     let plugin = provider.plugin.clone();
     let target = Target { base_url: &provider.base_url, model: "m", key: Some("k1"), options: &provider.options };
 
-    c.bench_function("parse_request_1kb", |b| b.iter(|| ClientRequest::parse(black_box(body.clone()))));
+    c.bench_function("parse_request_1kb", |b| b.iter(|| ClientRequest::parse(black_box(body.clone()), false)));
     c.bench_function("resolve_route", |b| b.iter(|| router.resolve(black_box("r"))));
     let mut group = c.benchmark_group("openai-compat");
     group.bench_function("instantiate_describe", |b| b.iter(|| plugin.describe_for_bench()));
@@ -132,7 +132,7 @@ fn hot_path(c: &mut Criterion) {
     group.finish();
     c.bench_function("whole_request_path", |b| {
         b.iter(|| {
-            let Ok(request) = ClientRequest::parse(black_box(body.clone())) else {
+            let Ok(request) = ClientRequest::parse(black_box(body.clone()), false) else {
                 return;
             };
             let Ok(candidates) = router.resolve(&request.model) else {

@@ -49,18 +49,19 @@ fn bench(c: &mut Criterion) {
     let metrics = Metrics::new();
     let router = gateway.router();
     assert_eq!(router.providers().iter().map(|p| p.models().len()).sum::<usize>(), 60);
-    let sessions = gateway.policies().sessions.clone();
+    let pins = gateway.proxy().state().clone();
     let conversation = messages();
 
     c.bench_function("policies/request_pipeline_10_turns_60_models", |b| {
         b.iter(|| {
             let router = router.clone();
+            let available_in = pins.clone();
             let state = RequestState {
                 model: "auto".to_owned(),
                 requested: "auto".to_owned(),
                 messages: conversation.clone(),
-                availability: Some(Arc::new(move |name: &str| router.available(name))),
-                sessions: Some(sessions.clone()),
+                availability: Some(Arc::new(move |name: &str| router.available(name, &*available_in))),
+                pins: Some(pins.clone()),
                 context_window: 131_072,
                 ..RequestState::default()
             };
@@ -73,12 +74,13 @@ fn bench(c: &mut Criterion) {
     c.bench_function("policies/request_pipeline_explicit_model", |b| {
         b.iter(|| {
             let router = router.clone();
+            let available_in = pins.clone();
             let state = RequestState {
                 model: "p0/model-0-8b".to_owned(),
                 requested: "p0/model-0-8b".to_owned(),
                 messages: conversation.clone(),
-                availability: Some(Arc::new(move |name: &str| router.available(name))),
-                sessions: Some(sessions.clone()),
+                availability: Some(Arc::new(move |name: &str| router.available(name, &*available_in))),
+                pins: Some(pins.clone()),
                 ..RequestState::default()
             };
             let req = PolicyRequest::new(state);

@@ -1,6 +1,8 @@
 //! The body type of every response the gateway sends: a whole buffer, or a
-//! live relay of an upstream stream.
+//! live relay of an upstream stream, holding on to whatever must live as
+//! long as the response does (the request's in-flight permit).
 
+use std::any::Any;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -8,10 +10,17 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use crate::relay::Relay;
+use crate::upstream::relay::Relay;
 
 /// A response body.
-pub enum ResponseBody {
+pub struct ResponseBody {
+    kind: Kind,
+    /// Dropped with the body: for a stream, when its last byte is sent or
+    /// its client goes away.
+    _guard: Option<Box<dyn Any + Send>>,
+}
+
+enum Kind {
     /// A complete body, sent at once.
     Full(Option<Bytes>),
     /// An SSE stream relayed from an upstream as it arrives.
@@ -21,12 +30,27 @@ pub enum ResponseBody {
 impl ResponseBody {
     /// A complete body.
     pub fn full(bytes: impl Into<Bytes>) -> Self {
-        Self::Full(Some(bytes.into()))
+        Self { kind: Kind::Full(Some(bytes.into())), _guard: None }
     }
 
     /// An empty body.
     pub fn empty() -> Self {
-        Self::Full(None)
+        Self { kind: Kind::Full(None), _guard: None }
+    }
+
+    /// A relayed stream.
+    pub fn relay(relay: Box<Relay>) -> Self {
+        Self { kind: Kind::Relay(relay), _guard: None }
+    }
+
+    /// Whether this is a relayed stream.
+    pub fn is_stream(&self) -> bool {
+        matches!(self.kind, Kind::Relay(_))
+    }
+
+    /// Keeps `guard` alive until the body is dropped.
+    pub fn hold(&mut self, guard: impl Any + Send) {
+        self._guard = Some(Box::new(guard));
     }
 }
 
@@ -35,24 +59,24 @@ impl Body for ResponseBody {
     type Error = Infallible;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        match &mut *self {
-            Self::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Self::Relay(relay) => relay.poll_next(cx).map(|next| next.map(|b| Ok(Frame::data(b)))),
+        match &mut self.kind {
+            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Relay(relay) => relay.poll_next(cx).map(|next| next.map(|b| Ok(Frame::data(b)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Full(bytes) => bytes.is_none(),
-            Self::Relay(relay) => relay.is_finished(),
+        match &self.kind {
+            Kind::Full(bytes) => bytes.is_none(),
+            Kind::Relay(relay) => relay.is_finished(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            Self::Full(None) => SizeHint::with_exact(0),
-            Self::Relay(_) => SizeHint::default(),
+        match &self.kind {
+            Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Kind::Full(None) => SizeHint::with_exact(0),
+            Kind::Relay(_) => SizeHint::default(),
         }
     }
 }

@@ -1,7 +1,16 @@
-//! The built-in catalog of free providers (`providers/catalog.yaml`,
-//! embedded in the binary): base URLs, key variables, free models, limits
-//! and a few preset routes. It is what `serve` runs on without a config
-//! file; a config entry with a catalog name overrides any of its fields.
+//! What can be routed to: the built-in catalog of free providers
+//! (`providers/catalog.yaml`, embedded in the binary: base URLs, key
+//! variables, free models, limits and preset routes), the providers enabled
+//! at run time, their models (and discovery, which refreshes them), and the
+//! routing tables that turn a model name into candidates.
+//!
+//! The catalog is what `serve` runs on without a config file; a config
+//! entry with a catalog name overrides any of its fields.
+
+pub mod discovery;
+pub mod models;
+pub mod provider;
+pub mod routes;
 
 use indexmap::IndexMap;
 use serde::Deserialize;

@@ -114,7 +114,7 @@ async fn run_serve(config: Option<&Path>, listen: Option<&str>) -> Result<ExitCo
     gateway.watch_policies()?;
     if gateway.config().discovery.enabled {
         let interval = gateway.config().discovery.interval.get();
-        crate::discovery::spawn(gateway.clone(), interval);
+        gateway.spawn_discovery(interval);
     }
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
@@ -177,7 +177,7 @@ async fn run_check(config: Option<&Path>, probe: bool) -> Result<ExitCode, Strin
                 Ok(n) => println!("probe {label}: ok ({n} models listed)"),
                 Err(e) => {
                     problems += 1;
-                    println!("probe {label}: FAILED: {}", crate::secret::redact(&e, &provider.secrets()));
+                    println!("probe {label}: FAILED: {}", provider.redactor.redact(&e));
                 }
             }
         }
@@ -188,7 +188,7 @@ async fn run_check(config: Option<&Path>, probe: bool) -> Result<ExitCode, Strin
 /// One model-listing call: the cheapest request every provider answers.
 async fn probe_once(
     gateway: &Gateway,
-    provider: &crate::providers::Provider,
+    provider: &crate::catalog::provider::Provider,
     target: &Target<'_>,
     request: crate::plugin::UpstreamRequest,
 ) -> Result<usize, String> {
@@ -211,7 +211,7 @@ async fn run_models(config: Option<&Path>) -> Result<ExitCode, String> {
     let (env, catalog, loaded) = load(config)?;
     let gateway = Gateway::new(loaded.config, catalog, &env).await.map_err(|problems| problems.join("\n"))?;
     if gateway.config().discovery.enabled {
-        for (provider, outcome) in crate::discovery::refresh(&gateway).await {
+        for (provider, outcome) in gateway.refresh_models().await {
             if let Err(e) = outcome {
                 eprintln!("note: could not list {provider}'s models ({e}); showing the catalog's");
             }

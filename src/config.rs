@@ -241,8 +241,11 @@ pub struct DispatchConfig {
     pub connect_timeout: ConfigDuration,
     /// Streams: from sending the request to the first event.
     pub first_byte_timeout: ConfigDuration,
-    /// Streams: longest silence between two events once streaming.
+    /// Streams: longest silence between two events once streaming, from
+    /// the upstream, and longest wait for the client to read what is ready.
     pub stream_idle_timeout: ConfigDuration,
+    /// Streams: closed after this long, whatever happens.
+    pub stream_max_duration: ConfigDuration,
     /// A PEM file of extra root certificates trusted for upstream TLS, on
     /// top of the public (webpki) roots: for self-hosted upstreams behind a
     /// private CA.
@@ -258,6 +261,7 @@ impl Default for DispatchConfig {
             connect_timeout: ConfigDuration::secs(10),
             first_byte_timeout: ConfigDuration::secs(30),
             stream_idle_timeout: ConfigDuration::secs(60),
+            stream_max_duration: ConfigDuration::secs(3600),
             ca_file: None,
         }
     }

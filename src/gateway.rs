@@ -3,27 +3,27 @@
 //! ([`crate::server::serve`]) or call [`Gateway::handle`] from your own
 //! hyper service.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 
-use arc_swap::ArcSwap;
-
 use crate::api;
 use crate::auth::Auth;
 use crate::body::ResponseBody;
 use crate::catalog::Catalog;
+use crate::catalog::discovery::{self, Discovery};
+use crate::catalog::provider::{self, DisabledProvider, LocalModels, Provider, merge};
+use crate::catalog::routes::Router;
 use crate::config::{Config, Env};
-use crate::discovery::Discovery;
-use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
 use crate::plugin::{PluginHost, Target};
+use crate::policy::watch::PolicyWatcher;
 use crate::policy::{Pipeline, Policies, Source as PolicySource};
-use crate::providers::{self, LocalModels, merge};
-use crate::routing::Router;
+use crate::proxy::Proxy;
+use crate::state::{MemoryState, StateStore};
 use crate::upstream::{Upstream, read_body};
 
 /// Where the policies come from: `policies.dir` when it exists, else the
@@ -42,8 +42,8 @@ pub fn policy_source(config: &Config) -> PolicySource {
 /// The routing tables: the config's and catalog's routes, then what the
 /// policies' `models` hooks add or reorder (`free`, `auto:*`...).
 fn route_tables(
-    providers: Vec<Arc<crate::providers::Provider>>,
-    disabled: Vec<crate::providers::DisabledProvider>,
+    providers: Vec<Arc<Provider>>,
+    disabled: Vec<DisabledProvider>,
     config: &Config,
     catalog: &Catalog,
     pipeline: &Pipeline,
@@ -78,14 +78,13 @@ pub struct Gateway {
 
 struct Inner {
     config: Config,
-    router: ArcSwap<Router>,
     catalog: Catalog,
     discovery: Discovery,
-    dispatcher: Dispatcher,
+    proxy: Proxy,
     metrics: Arc<Metrics>,
     auth: Auth,
-    upstream: Upstream,
-    policies: Policies,
+    /// The watch on the policies folder; it stops with the gateway.
+    watcher: Mutex<Option<PolicyWatcher>>,
 }
 
 impl Gateway {
@@ -103,24 +102,23 @@ impl Gateway {
         });
         let upstream = Upstream::new(config.dispatch.connect_timeout.get(), &extra_roots);
         let local = probe_local(&upstream, &plugins, &config, &catalog).await;
-        let (enabled, disabled) = providers::build(&config, &catalog, env, &local, &plugins);
+        let (enabled, disabled) = provider::build(&config, &catalog, env, &local, &plugins);
         let pipeline = Pipeline::compile(&policy_source(&config), &config.policies.disabled, &config.policies.settings)
             .map_err(|errors| errors.iter().map(|e| format!("policy {e}")).collect::<Vec<_>>())?;
         let router = route_tables(enabled, disabled, &config, &catalog, &pipeline, &metrics);
-        let policies = Policies::new(pipeline);
-        let dispatcher = Dispatcher::new(upstream.clone(), config.dispatch.clone(), metrics.clone());
+        let state: Arc<dyn StateStore> = Arc::new(MemoryState::default());
+        let proxy =
+            Proxy::new(router, state, upstream, metrics.clone(), config.dispatch.clone(), Policies::new(pipeline));
         let auth = Auth::new(&config.server.api_keys);
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
-                router: ArcSwap::from_pointee(router),
                 catalog,
                 discovery: Discovery::default(),
-                dispatcher,
+                proxy,
                 metrics,
                 auth,
-                upstream,
-                policies,
+                watcher: Mutex::new(None),
             }),
         })
     }
@@ -139,14 +137,14 @@ impl Gateway {
         &self.inner.config
     }
 
-    /// Model resolution and the enabled providers.
-    pub fn router(&self) -> Arc<Router> {
-        self.inner.router.load_full()
+    /// The request path: routes, state, policies, the upstream client.
+    pub fn proxy(&self) -> &Proxy {
+        &self.inner.proxy
     }
 
-    /// The dispatcher.
-    pub fn dispatcher(&self) -> &Dispatcher {
-        &self.inner.dispatcher
+    /// Model resolution and the enabled providers.
+    pub fn router(&self) -> Arc<Router> {
+        self.inner.proxy.routes()
     }
 
     /// Its metrics.
@@ -159,9 +157,9 @@ impl Gateway {
         &self.inner.auth
     }
 
-    /// The upstream client (shared with the dispatcher).
+    /// The upstream client.
     pub fn upstream(&self) -> &Upstream {
-        &self.inner.upstream
+        self.inner.proxy.upstream()
     }
 
     /// Model discovery's status.
@@ -169,24 +167,19 @@ impl Gateway {
         &self.inner.discovery
     }
 
-    /// Rebuilds the routing tables from the providers' current model lists
-    /// (after discovery); requests in flight keep the tables they started with.
-    pub fn rebuild_routes(&self) {
-        let current = self.router();
-        let next = route_tables(
-            current.providers().to_vec(),
-            current.disabled().to_vec(),
-            &self.inner.config,
-            &self.inner.catalog,
-            &self.inner.policies.current(),
-            &self.inner.metrics,
-        );
-        self.inner.router.store(Arc::new(next));
-    }
-
     /// The routing policies in force.
     pub fn policies(&self) -> &Policies {
-        &self.inner.policies
+        self.inner.proxy.policies()
+    }
+
+    /// Rebuilds the routing tables from the providers' current model lists
+    /// and the pipeline in force; requests in flight keep the tables they
+    /// started with. Rebuilds never interleave.
+    pub fn rebuild_routes(&self) {
+        let (config, catalog, metrics) = (&self.inner.config, &self.inner.catalog, &self.inner.metrics);
+        self.inner.proxy.rebuild_routes(|current, pipeline| {
+            route_tables(current.providers().to_vec(), current.disabled().to_vec(), config, catalog, pipeline, metrics)
+        });
     }
 
     /// Recompiles the policies from their folder; installs them and
@@ -194,19 +187,56 @@ impl Gateway {
     pub fn reload_policies(&self) -> bool {
         let config = &self.inner.config;
         let compiled = Pipeline::compile(&policy_source(config), &config.policies.disabled, &config.policies.settings);
-        let installed = self.inner.policies.install(compiled);
+        let installed = self.policies().install(compiled);
         if installed {
             self.rebuild_routes();
         }
         installed
     }
 
-    /// Watches the policies folder (when there is one) and reloads on change.
+    /// Watches the policies folder (when there is one) and reloads on
+    /// change, until the gateway is dropped.
     pub fn watch_policies(&self) -> Result<(), String> {
-        match policy_source(&self.inner.config) {
-            PolicySource::Dir(dir) => crate::policy::watch::spawn(self.downgrade(), dir),
-            PolicySource::Embedded => Ok(()),
-        }
+        let PolicySource::Dir(dir) = policy_source(&self.inner.config) else { return Ok(()) };
+        let weak = self.downgrade();
+        let watcher = crate::policy::watch::spawn(dir, move || match weak.upgrade() {
+            Some(gateway) => {
+                gateway.reload_policies();
+                true
+            }
+            None => false,
+        })?;
+        *self.inner.watcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(watcher);
+        Ok(())
+    }
+
+    /// Whether the policy watcher's thread is running.
+    pub fn watching_policies(&self) -> bool {
+        self.inner.watcher.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(PolicyWatcher::is_running)
+    }
+
+    /// Refreshes every provider's model list now, then the routing tables.
+    /// Returns each provider's outcome.
+    pub async fn refresh_models(&self) -> Vec<(String, Result<usize, String>)> {
+        let providers = self.router().providers().to_vec();
+        let outcomes =
+            discovery::refresh(&providers, self.upstream(), &self.inner.discovery, self.inner.proxy.state()).await;
+        self.rebuild_routes();
+        outcomes
+    }
+
+    /// Refreshes the model lists now and then every `interval`, until the
+    /// gateway is dropped.
+    pub fn spawn_discovery(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let weak = self.downgrade();
+        tokio::spawn(async move {
+            loop {
+                let Some(gateway) = weak.upgrade() else { return };
+                gateway.refresh_models().await;
+                drop(gateway);
+                tokio::time::sleep(interval).await;
+            }
+        })
     }
 
     /// A handle that does not keep the gateway alive (background tasks).

@@ -2,18 +2,24 @@
 //! tiers of many providers behind one endpoint and keeps an application
 //! running when any of them says 429.
 //!
-//! A request's path through the crate:
+//! A request's path through the crate (each phase is described once, in
+//! [`proxy`]):
 //!
 //! ```text
-//! server (hyper, h1 + h2c) ─▶ api: auth, endpoint, body limit
-//!   ─▶ request: parse and check the chat request
-//!   ─▶ routing: model name → candidates (route / provider/model / bare id)
-//!   ─▶ dispatch: for each candidate and key: skip cooling/invalid
-//!        ─▶ plugin (WebAssembly): build the upstream request
-//!        ─▶ upstream: pooled hyper client over rustls
-//!        ─▶ plugin (WebAssembly): decode the answer / classify the error
-//!   ─▶ body / relay: the answer, or the SSE stream relayed as it arrives
+//! server (hyper, h1 + h2c) ─▶ api: endpoint, auth, body under its limits
+//!   ─▶ proxy: parse ─▶ policies before routing (Rhai) ─▶ resolve (catalog::routes)
+//!        ─▶ policies after routing ─▶ dispatch: for each candidate and key:
+//!             admit (state: cooldowns, limits, rejected keys)
+//!             ─▶ build (plugin, WebAssembly) ─▶ send (upstream client, rustls)
+//!             ─▶ decode / classify (plugin) ─▶ fall back or answer
+//!        ─▶ record (state: session pin) ─▶ respond (routing headers)
+//!   ─▶ body: the whole answer, or the stream relayed as it arrives
 //! ```
+//!
+//! Modules, top to bottom (none imports one above it): `cli`, `server`,
+//! `gateway` and `api` (the HTTP surface), `proxy` (the request's phases),
+//! then `policy`, `catalog`, `upstream`, `plugin` and `state`, and the
+//! shared `config`, `errors`, `body`, `metrics`, `secret`, `auth`.
 //!
 //! Embedding: build a [`Config`], a [`Catalog`] and an [`Env`], then
 //! [`Gateway::new`] and either [`server::serve`] or [`Gateway::handle`]
@@ -27,21 +33,15 @@ pub mod body;
 pub mod catalog;
 pub mod cli;
 pub mod config;
-pub mod discovery;
-pub mod dispatch;
 pub mod errors;
 pub mod gateway;
-pub mod limits;
 pub mod metrics;
-pub mod models;
 pub mod plugin;
 pub mod policy;
-pub mod providers;
-pub mod relay;
-pub mod request;
-pub mod routing;
+pub mod proxy;
 pub mod secret;
 pub mod server;
+pub mod state;
 pub mod upstream;
 
 pub use catalog::Catalog;

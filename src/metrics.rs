@@ -70,6 +70,24 @@ pub struct PluginLabels {
     pub kind: &'static str,
 }
 
+/// Why the watchdog closed a stream.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CutLabels {
+    /// `client_stalled` or `max_duration`.
+    pub reason: &'static str,
+}
+
+/// Values read at scrape time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gauges {
+    /// Model/key pairs cooling down.
+    pub cooldowns: usize,
+    /// Session pins held.
+    pub pins: u64,
+    /// Streams being relayed.
+    pub streams: usize,
+}
+
 /// Endpoint label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
@@ -88,14 +106,27 @@ pub struct Metrics {
     attempt_duration: HistogramFamily<AttemptLabels>,
     fallbacks: Family<FallbackLabels, Counter>,
     cooldowns: Gauge,
+    pins: Gauge,
+    streams: Gauge,
     tokens: Family<TokenLabels, Counter>,
     stream_failures: Family<ModelLabels, Counter>,
+    stream_client_gone: Family<ModelLabels, Counter>,
+    streams_cut: Family<CutLabels, Counter>,
     plugin_failures: Family<PluginLabels, Counter>,
     limit_skips: Family<LimitLabels, Counter>,
     policy_duration: HistogramFamily<PolicyLabels>,
     policy_errors: Family<PolicyErrorLabels, Counter>,
     policy_tags: Family<TagLabels, Counter>,
+    /// The (tag, value) pairs with a series of their own, capped.
+    tag_series: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
 }
+
+/// Distinct (tag, value) series policies may create; later ones share the
+/// value `(other)`. A script that tags with client text cannot grow
+/// `/metrics` without limit.
+const MAX_TAG_SERIES: usize = 1000;
+/// Longest tag name or value kept in a label.
+const MAX_TAG_LEN: usize = 64;
 
 /// A policy hook call.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -162,13 +193,18 @@ impl Metrics {
             attempt_duration: Family::new_with_constructor(latency_histogram),
             fallbacks: Family::default(),
             cooldowns: Gauge::default(),
+            pins: Gauge::default(),
+            streams: Gauge::default(),
             tokens: Family::default(),
             stream_failures: Family::default(),
+            stream_client_gone: Family::default(),
+            streams_cut: Family::default(),
             plugin_failures: Family::default(),
             limit_skips: Family::default(),
             policy_duration: Family::new_with_constructor(fast_histogram),
             policy_errors: Family::default(),
             policy_tags: Family::default(),
+            tag_series: std::sync::Mutex::new(std::collections::HashSet::new()),
             registry: Registry::default(),
         };
         registry.register("requests", "HTTP requests answered, by endpoint and status", m.requests.clone());
@@ -190,7 +226,23 @@ impl Metrics {
         );
         registry.register("cooldowns_active", "Model/key pairs cooling down now", m.cooldowns.clone());
         registry.register("tokens", "Tokens reported by upstreams", m.tokens.clone());
-        registry.register("stream_failures", "Streams that failed after their first byte", m.stream_failures.clone());
+        registry.register("session_pins", "Sticky-session pins held", m.pins.clone());
+        registry.register("streams_active", "Streams being relayed now", m.streams.clone());
+        registry.register(
+            "stream_failures",
+            "Streams that failed after their first byte on the upstream's side",
+            m.stream_failures.clone(),
+        );
+        registry.register(
+            "stream_client_disconnects",
+            "Streams that ended because their client went away or stopped reading",
+            m.stream_client_gone.clone(),
+        );
+        registry.register(
+            "streams_cut",
+            "Streams the gateway closed: their client stopped reading, or they ran past stream_max_duration",
+            m.streams_cut.clone(),
+        );
         registry.register(
             "plugin_failures",
             "Plugin calls that trapped, ran past their deadline, hit their memory limit or found no free instance",
@@ -243,6 +295,17 @@ impl Metrics {
         self.stream_failures.get_or_create(&labels).inc();
     }
 
+    /// A stream ended because its client went away.
+    pub fn stream_client_gone(&self, provider: &Arc<str>, model: &Arc<str>) {
+        let labels = ModelLabels { provider: provider.clone(), model: model.clone() };
+        self.stream_client_gone.get_or_create(&labels).inc();
+    }
+
+    /// The watchdog closed a stream.
+    pub fn stream_cut(&self, reason: &'static str) {
+        self.streams_cut.get_or_create(&CutLabels { reason }).inc();
+    }
+
     /// A candidate was skipped at a rate limit.
     pub fn limit_skip(&self, provider: &Arc<str>, model: &Arc<str>, limit: &'static str) {
         let labels = LimitLabels { provider: provider.clone(), model: model.clone(), limit };
@@ -262,7 +325,21 @@ impl Metrics {
 
     /// A tag a policy set.
     pub fn policy_tag(&self, tag: &str, value: &str) {
-        self.policy_tags.get_or_create(&TagLabels { tag: tag.to_owned(), value: value.to_owned() }).inc();
+        let cut = |s: &str| match s.char_indices().nth(MAX_TAG_LEN) {
+            Some((i, _)) => s[..i].to_owned(),
+            None => s.to_owned(),
+        };
+        let pair = (cut(tag), cut(value));
+        let pair = {
+            let mut seen = self.tag_series.lock().unwrap_or_else(|e| e.into_inner());
+            if seen.contains(&pair) || seen.len() < MAX_TAG_SERIES {
+                seen.insert(pair.clone());
+                pair
+            } else {
+                ("(other)".to_owned(), "(other)".to_owned())
+            }
+        };
+        self.policy_tags.get_or_create(&TagLabels { tag: pair.0, value: pair.1 }).inc();
     }
 
     /// A plugin call failed (not a plugin's own well-formed error).
@@ -272,10 +349,13 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text (OpenMetrics) exposition; `active_cooldowns` is
-    /// read at scrape time.
-    pub fn render(&self, active_cooldowns: usize) -> String {
-        self.cooldowns.set(active_cooldowns as i64);
+    /// The Prometheus text (OpenMetrics) exposition, with `gauges` read at
+    /// scrape time.
+    pub fn render(&self, gauges: Gauges) -> String {
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.cooldowns.set(gauge(gauges.cooldowns as u64));
+        self.pins.set(gauge(gauges.pins));
+        self.streams.set(gauge(gauges.streams as u64));
         let mut out = String::with_capacity(4096);
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();

@@ -6,7 +6,7 @@
 //! | hook | runs | gets | does |
 //! |---|---|---|---|
 //! | `fn models(pools, models, settings)` | when the set of models changes: start-up, discovery, reload | `pools`: map of route name → `#{targets: ["provider/model", ...], free: bool}`; `models`: array of `#{id, provider, model, tier, params, active_params, context, free, reasoning, tags, discovered}` | returns `pools`, changed: new or reordered routes become plain route tables |
-//! | `fn request(req, settings)` | per request, before routing | a `Request` handle | changes `req.model`, prefers a model (`req.prefer(id)`), pins the session (`req.pin(seconds)`), tags |
+//! | `fn request(req, settings)` | per request, before routing | a `Request` handle | changes `req.model`, prefers a model (`req.prefer(id)`: first if it is a candidate, added if free), sticks to a session's pin (`req.stick(id)`: first only if already a candidate), pins the session (`req.pin(key, seconds)`), tags |
 //! | `fn prepare(req, settings)` | per request, after routing | `req.context_window` of the first candidate | prunes messages (`req.fit_tokens(n)`...) |
 //!
 //! `settings` is `policies.settings` from the config. A script that throws
@@ -17,8 +17,6 @@
 mod engine;
 pub mod prune;
 mod request;
-mod run;
-pub mod sessions;
 pub mod watch;
 
 use std::collections::HashSet;
@@ -30,8 +28,7 @@ use indexmap::IndexMap;
 use rhai::{AST, Dynamic, Map};
 use serde::Serialize;
 
-pub use request::{PolicyRequest, RequestState, fingerprint};
-pub use run::PolicyRun;
+pub use request::{PolicyRequest, Prefer, RequestState, fingerprint};
 
 use crate::metrics::Metrics;
 
@@ -322,8 +319,6 @@ pub struct Status {
 pub struct Policies {
     current: arc_swap::ArcSwap<Pipeline>,
     status: Mutex<Status>,
-    /// Sticky-session pins.
-    pub sessions: Arc<sessions::Sessions>,
 }
 
 impl Policies {
@@ -335,11 +330,7 @@ impl Policies {
             policies: pipeline.names().iter().map(|n| (*n).to_owned()).collect(),
             errors: Vec::new(),
         };
-        Self {
-            current: arc_swap::ArcSwap::from_pointee(pipeline),
-            status: Mutex::new(status),
-            sessions: Arc::new(sessions::Sessions::default()),
-        }
+        Self { current: arc_swap::ArcSwap::from_pointee(pipeline), status: Mutex::new(status) }
     }
 
     /// The pipeline a request runs on, start to end.

@@ -46,17 +46,91 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
-/// Replaces every occurrence of any of `secrets` in `text` with `***`.
-/// Used on upstream error bodies before they are shown to a client or
-/// logged: some providers echo the key they rejected.
-pub fn redact(text: &str, secrets: &[&str]) -> String {
-    let mut out = text.to_owned();
-    for secret in secrets {
-        // Short values would redact ordinary words; real keys are long.
-        if secret.len() >= 8 && out.contains(secret) {
-            out = out.replace(secret, "***");
-        }
+/// Secrets shorter than this are not redacted: they would blank ordinary
+/// words, and real keys are long.
+pub const MIN_REDACTED_LEN: usize = 8;
+
+/// What replaces a secret in redacted text.
+pub const REDACTED: &str = "***";
+
+/// Removes a set of secrets (a provider's keys and configured header
+/// values) from text that came back from an upstream or a plugin, before
+/// it reaches a client, a log line or `/health`. Built once per provider;
+/// each secret's searcher is prepared up front, so a pass over a body is a
+/// SIMD substring search per secret.
+#[derive(Clone, Default)]
+pub struct Redactor {
+    finders: Vec<memchr::memmem::Finder<'static>>,
+}
+
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Redactor({} secrets)", self.finders.len())
     }
+}
+
+impl Redactor {
+    /// A redactor for `secrets` (values shorter than [`MIN_REDACTED_LEN`]
+    /// and duplicates are left out).
+    pub fn new<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut values: Vec<&str> =
+            secrets.into_iter().map(str::trim).filter(|s| s.len() >= MIN_REDACTED_LEN).collect();
+        // Longest first: a secret that contains another is replaced whole.
+        values.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        values.dedup();
+        Self { finders: values.into_iter().map(|s| memchr::memmem::Finder::new(s.as_bytes()).into_owned()).collect() }
+    }
+
+    /// Whether there is nothing to redact.
+    pub fn is_empty(&self) -> bool {
+        self.finders.is_empty()
+    }
+
+    /// Whether `bytes` hold any of the secrets.
+    pub fn finds(&self, bytes: &[u8]) -> bool {
+        self.finders.iter().any(|f| f.find(bytes).is_some())
+    }
+
+    /// `text` with every secret replaced by `***`.
+    pub fn redact<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
+        if !self.finds(text.as_bytes()) {
+            return std::borrow::Cow::Borrowed(text);
+        }
+        let mut bytes = text.as_bytes().to_vec();
+        for finder in &self.finders {
+            bytes = replace_all(&bytes, finder);
+        }
+        // Replacing whole UTF-8 sequences with ASCII keeps the text valid.
+        std::borrow::Cow::Owned(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// A body (an answer, a stream chunk) with every secret replaced; the
+    /// same buffer when it holds none.
+    pub fn redact_bytes(&self, body: bytes::Bytes) -> bytes::Bytes {
+        if !self.finds(&body) {
+            return body;
+        }
+        let mut out = body.to_vec();
+        for finder in &self.finders {
+            out = replace_all(&out, finder);
+        }
+        bytes::Bytes::from(out)
+    }
+}
+
+fn replace_all(haystack: &[u8], finder: &memchr::memmem::Finder<'_>) -> Vec<u8> {
+    let needle = finder.needle().len();
+    let mut out = Vec::with_capacity(haystack.len());
+    let mut last = 0;
+    for at in finder.find_iter(haystack) {
+        if at < last {
+            continue;
+        }
+        out.extend_from_slice(&haystack[last..at]);
+        out.extend_from_slice(REDACTED.as_bytes());
+        last = at + needle;
+    }
+    out.extend_from_slice(&haystack[last..]);
     out
 }
 
@@ -74,7 +148,19 @@ mod tests {
 
     #[test]
     fn redact_replaces_long_secrets_only() {
-        let out = redact("bad key sk-very-secret-value given", &["sk-very-secret-value", "a"]);
-        assert_eq!(out, "bad key *** given");
+        let r = Redactor::new(["sk-very-secret-value", "a"]);
+        assert_eq!(r.redact("bad key sk-very-secret-value given"), "bad key *** given");
+        assert_eq!(r.redact("a plain text"), "a plain text");
+    }
+
+    #[test]
+    fn redact_finds_every_occurrence_in_text_and_bytes() {
+        let r = Redactor::new(["sk-0123456789", "sk-0123456789-longer", "ref-header-value"]);
+        let text = "Bearer sk-0123456789-longer, again sk-0123456789sk-0123456789 ref-header-value é";
+        assert_eq!(r.redact(text), "Bearer ***, again ****** *** é");
+        let body = bytes::Bytes::from_static(b"{\"k\":\"sk-0123456789\"}");
+        assert_eq!(&r.redact_bytes(body)[..], b"{\"k\":\"***\"}");
+        let clean = bytes::Bytes::from_static(b"nothing here");
+        assert_eq!(r.redact_bytes(clean.clone()).as_ptr(), clean.as_ptr(), "no copy when clean");
     }
 }

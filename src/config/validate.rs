@@ -270,7 +270,7 @@ fn route(
             }
             Some((p, _)) if known_provider(p) => {}
             Some((p, _)) if !lists_model(target) => {
-                let hint = crate::routing::nearest(p, provider_names.iter().copied(), 1)
+                let hint = crate::catalog::routes::nearest(p, provider_names.iter().copied(), 1)
                     .first()
                     .map(|n| format!(" (did you mean `{n}`?)"))
                     .unwrap_or_default();

@@ -43,6 +43,14 @@ pub struct Usage {
     pub completion_tokens: u64,
 }
 
+impl Usage {
+    /// Prompt and completion tokens together (saturating: an upstream's
+    /// absurd counts never wrap).
+    pub fn total(&self) -> u64 {
+        self.prompt_tokens.saturating_add(self.completion_tokens)
+    }
+}
+
 /// A model from a provider's listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelRecord {

@@ -32,13 +32,13 @@ pub struct RequestState {
     /// Tags for logs and metrics.
     pub tags: Vec<(String, String)>,
     /// Models to try first, in order, before the resolved candidates.
-    pub prefer: Vec<String>,
+    pub prefer: Vec<Prefer>,
     /// Pin this conversation key to whoever answers, for this many seconds.
     pub pin: Option<(String, u64)>,
     /// Answers `available(name)`.
     pub availability: Option<Availability>,
-    /// Sticky-session pins.
-    pub sessions: Option<Arc<super::sessions::Sessions>>,
+    /// Where sticky-session pins are kept.
+    pub pins: Option<Arc<dyn crate::state::StateStore>>,
     /// The chosen candidate's context window, in tokens (0: unknown).
     pub context_window: i64,
     /// Questions policies asked (model, prompt), to be answered by the host.
@@ -47,6 +47,25 @@ pub struct RequestState {
     pub answers: Vec<(String, String)>,
     /// What the helpers worked out, kept for the next call.
     pub derived: Derived,
+}
+
+/// A model a policy wants tried first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prefer {
+    /// `req.prefer(name)`: first if it is a candidate; added in front if
+    /// not, when it is free.
+    Policy(String),
+    /// `req.stick(name)`: a session's pin; only reorders the request's own
+    /// candidates, never adds one.
+    Pinned(String),
+}
+
+impl Prefer {
+    fn name(&self) -> &str {
+        match self {
+            Self::Policy(n) | Self::Pinned(n) => n,
+        }
+    }
 }
 
 /// Values the request's helpers compute once and reuse.
@@ -99,6 +118,13 @@ impl PolicyRequest {
             state.derived.lower_last_user = None;
         }
         dropped as i64
+    }
+}
+
+fn prefer(r: &mut PolicyRequest, wish: Prefer) {
+    let mut s = r.state();
+    if !wish.name().is_empty() && !s.prefer.iter().any(|p| p.name() == wish.name()) {
+        s.prefer.push(wish);
     }
 }
 
@@ -158,21 +184,27 @@ pub fn register(engine: &mut rhai::Engine) {
     engine.register_fn("tag", |r: &mut PolicyRequest, key: ImmutableString, value: Dynamic| {
         r.state().tags.push((key.to_string(), value.to_string()));
     });
+    // Tries `model` first: moved to the front if it is a candidate, added
+    // in front if it is not and it is free.
     engine.register_fn("prefer", |r: &mut PolicyRequest, model: ImmutableString| {
-        let mut s = r.state();
-        if !model.is_empty() && !s.prefer.iter().any(|p| p == model.as_str()) {
-            s.prefer.push(model.to_string());
-        }
+        prefer(r, Prefer::Policy(model.to_string()));
     });
-    // Pins the conversation `key` to whichever model answers this request.
+    // Tries `model` first only if it is already a candidate (a session pin).
+    engine.register_fn("stick", |r: &mut PolicyRequest, model: ImmutableString| {
+        prefer(r, Prefer::Pinned(model.to_string()));
+    });
+    // Pins the conversation `key` to whichever model answers this request,
+    // for `seconds` (at most a week).
     engine.register_fn("pin", |r: &mut PolicyRequest, key: ImmutableString, seconds: i64| {
-        r.state().pin = Some((key.to_string(), seconds.max(1) as u64));
+        let most = crate::state::MAX_PIN_TTL.as_secs();
+        let seconds = u64::try_from(seconds).unwrap_or(1).clamp(1, most);
+        r.state().pin = Some((key.to_string(), seconds));
     });
     // The model `key` is pinned to, or "".
     engine.register_fn("pinned", |r: &mut PolicyRequest, key: ImmutableString| -> ImmutableString {
         let s = r.state();
-        let found = s.sessions.as_ref().and_then(|sessions| sessions.get(&key, std::time::Instant::now()));
-        found.unwrap_or_default().into()
+        let found = s.pins.as_ref().and_then(|pins| pins.pinned(&key, std::time::Instant::now()));
+        found.map(|t| ImmutableString::from(&*t)).unwrap_or_default()
     });
     // Whether `name` (a route, pool or provider/model) has a candidate that
     // is not cooling down, at a limit, or out of keys right now.

@@ -1,39 +1,69 @@
-//! Hot reload: a watcher on the policies folder recompiles the whole
-//! pipeline when a file changes, is added, deleted or renamed over (an
-//! editor's atomic save), or when the folder itself is replaced.
+//! Hot reload: a watcher on the policies folder calls back when a file
+//! changes, is added, deleted or renamed over (an editor's atomic save), or
+//! when the folder itself is replaced.
 //!
 //! The folder is watched, not the files: after an atomic save a watch on
 //! the file goes silent. Its parent is watched too, so replacing the whole
 //! folder is seen; the watch on the folder is re-armed after every change.
+//!
+//! The [`PolicyWatcher`] owns the file watch; dropping it (with its
+//! gateway) stops the watch and ends the thread that waits for events.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
-use notify_debouncer_mini::{DebounceEventResult, new_debouncer};
-
-use crate::gateway::WeakGateway;
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer};
 
 /// Events within this window are one change (an editor writes, renames,
 /// touches).
 const DEBOUNCE: Duration = Duration::from_millis(200);
 
-/// Watches `dir` and reloads the gateway's policies on every change, on a
-/// thread of its own, until the gateway is dropped.
-pub fn spawn(gateway: WeakGateway, dir: PathBuf) -> Result<(), String> {
+/// A running watch on a policies folder.
+pub struct PolicyWatcher {
+    _debouncer: Arc<Mutex<Debouncer<RecommendedWatcher>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PolicyWatcher {
+    /// Whether the thread that handles changes is still running.
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+}
+
+impl Drop for PolicyWatcher {
+    fn drop(&mut self) {
+        // The debouncer goes with the last strong handle (ours): its event
+        // sender closes and the thread's loop ends. Do not join: a reload
+        // may be running on it, and it ends by itself.
+        self.thread.take();
+    }
+}
+
+/// Watches `dir` and calls `on_change` on every change, on a thread of its
+/// own, until the returned watcher is dropped (or `on_change` returns
+/// `false`).
+pub fn spawn(dir: PathBuf, on_change: impl Fn() -> bool + Send + 'static) -> Result<PolicyWatcher, String> {
     let (tx, rx) = mpsc::channel::<DebounceEventResult>();
     let mut debouncer = new_debouncer(DEBOUNCE, tx).map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
     arm(debouncer.watcher(), &dir)?;
-    std::thread::Builder::new()
+    let debouncer = Arc::new(Mutex::new(debouncer));
+    let weak: Weak<Mutex<Debouncer<RecommendedWatcher>>> = Arc::downgrade(&debouncer);
+    let thread = std::thread::Builder::new()
         .name("freeway-policies".to_owned())
         .spawn(move || {
             for result in rx {
-                let Some(gateway) = gateway.upgrade() else { return };
                 match result {
                     Ok(events) if events.iter().any(|e| concerns(&e.path, &dir)) => {
-                        gateway.reload_policies();
+                        if !on_change() {
+                            return;
+                        }
                         // The folder may be a new one under the same name.
+                        let Some(debouncer) = weak.upgrade() else { return };
+                        let mut debouncer = debouncer.lock().unwrap_or_else(|e| e.into_inner());
                         let _ = debouncer.watcher().unwatch(&dir);
                         if let Err(e) = arm(debouncer.watcher(), &dir) {
                             tracing::warn!("{e}");
@@ -45,7 +75,7 @@ pub fn spawn(gateway: WeakGateway, dir: PathBuf) -> Result<(), String> {
             }
         })
         .map_err(|e| format!("cannot start the policy watcher: {e}"))?;
-    Ok(())
+    Ok(PolicyWatcher { _debouncer: debouncer, thread: Some(thread) })
 }
 
 fn arm(watcher: &mut dyn Watcher, dir: &Path) -> Result<(), String> {

@@ -81,14 +81,19 @@ impl TestGateway {
     }
 }
 
+/// A small chat request; streamed ones ask for the final usage chunk, as
+/// the OpenAI SDKs do when told to.
 pub fn chat_body(model: &str, stream: bool) -> String {
-    serde_json::json!({
+    let mut body = serde_json::json!({
         "model": model,
         "stream": stream,
         "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}],
         "temperature": 0.1
-    })
-    .to_string()
+    });
+    if stream {
+        body["stream_options"] = serde_json::json!({"include_usage": true});
+    }
+    body.to_string()
 }
 
 fn client() -> Client<HttpConnector, Full<Bytes>> {

@@ -1,21 +1,20 @@
-//! Providers at run time: the catalog merged with the config, the keys
-//! found in the environment, and each key's state (cooling models, invalid).
+//! Providers at run time: the catalog merged with the config, and the keys
+//! found in the environment. What the gateway learns about each key while
+//! it runs (cooldowns, usage, rejection) is kept apart, in [`crate::state`].
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
+use arc_swap::ArcSwap;
 use http::{HeaderName, HeaderValue};
 
+use super::models::{ModelInfo, ModelTable};
 use crate::catalog::Catalog;
 use crate::config::{Config, Env, Limits, ProviderSpec};
-use arc_swap::ArcSwap;
-
-use crate::limits::{self, Charge, LimitHit, Usage};
-use crate::models::{ModelInfo, ModelTable};
 use crate::plugin::{Plugin, PluginHost};
-use crate::secret::Secret;
+use crate::secret::{Redactor, Secret};
+use crate::state::{Budget, KeyId};
 
 /// An enabled provider.
 pub struct Provider {
@@ -30,7 +29,7 @@ pub struct Provider {
     /// Options handed to the plugin with every call.
     pub options: Vec<(String, String)>,
     /// Its keys, used in turn; one keyless slot for providers without keys.
-    pub keys: Vec<KeySlot>,
+    pub keys: Vec<Key>,
     next_key: AtomicUsize,
     /// Models it is known to serve (replaced whole by discovery).
     models: ArcSwap<ModelTable>,
@@ -44,141 +43,24 @@ pub struct Provider {
     pub key_limits: Limits,
     /// Whether its models are free unless a listing says otherwise.
     pub free: bool,
+    /// Removes this provider's keys and configured header values from any
+    /// text that came back from its upstream or plugin.
+    pub redactor: Redactor,
 }
 
-/// One API key of a provider and what the dispatcher learned about it.
-pub struct KeySlot {
+/// One API key of a provider.
+pub struct Key {
     /// Position in the provider's key list, for logs (`key #2`): never the key.
     pub index: usize,
+    /// How state knows this key.
+    pub id: KeyId,
     secret: Option<Secret>,
-    invalid: AtomicBool,
-    cooldowns: Mutex<HashMap<Arc<str>, Instant>>,
-    usage: Mutex<KeyUsage>,
 }
 
-#[derive(Default)]
-struct KeyUsage {
-    all_models: Usage,
-    by_model: HashMap<Arc<str>, Usage>,
-}
-
-/// What one admitted request was charged against a key's limits.
-#[derive(Debug, Clone, Copy)]
-pub struct Admission {
-    model: Option<Charge>,
-    key: Option<Charge>,
-}
-
-impl KeySlot {
-    fn new(index: usize, secret: Option<Secret>) -> Self {
-        Self {
-            index,
-            secret,
-            invalid: AtomicBool::new(false),
-            cooldowns: Mutex::new(HashMap::new()),
-            usage: Mutex::new(KeyUsage::default()),
-        }
-    }
-
-    /// Admits one request of about `tokens` to `model` under the model's
-    /// and the key's limits, and charges it; or says which limit it would
-    /// pass and when there is room again.
-    pub fn admit(
-        &self,
-        model: &Arc<str>,
-        model_limits: &Limits,
-        key_limits: &Limits,
-        tokens: u64,
-        now: Instant,
-    ) -> Result<Admission, LimitHit> {
-        let (by_model, by_key) = (limits::any(model_limits), limits::any(key_limits));
-        if !by_model && !by_key {
-            return Ok(Admission { model: None, key: None });
-        }
-        let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
-        if by_key {
-            usage.all_models.check(key_limits, tokens, now)?;
-        }
-        if by_model {
-            usage.by_model.entry(model.clone()).or_insert_with(|| Usage::new(now)).check(model_limits, tokens, now)?;
-        }
-        let key = by_key.then(|| usage.all_models.record(tokens, now));
-        let model = by_model.then(|| usage.by_model.entry(model.clone()).or_default().record(tokens, now));
-        Ok(Admission { model, key })
-    }
-
-    /// Whether a request to `model` could go on this key now (nothing charged).
-    pub fn usable(&self, model: &str, model_limits: &Limits, key_limits: &Limits, now: Instant) -> bool {
-        if self.is_invalid() || self.cooling_until(model, now).is_some() {
-            return false;
-        }
-        let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
-        if limits::any(key_limits) && usage.all_models.check(key_limits, 0, now).is_err() {
-            return false;
-        }
-        !(limits::any(model_limits)
-            && usage.by_model.get_mut(model).is_some_and(|u| u.check(model_limits, 0, now).is_err()))
-    }
-
-    /// Corrects an admitted request's tokens with the usage its answer reported.
-    pub fn settle(&self, model: &str, admission: Admission, actual_tokens: u64) {
-        if admission.model.is_none() && admission.key.is_none() {
-            return;
-        }
-        let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(charge) = admission.key {
-            usage.all_models.settle(charge, actual_tokens);
-        }
-        if let (Some(charge), Some(u)) = (admission.model, usage.by_model.get_mut(model)) {
-            u.settle(charge, actual_tokens);
-        }
-    }
-
+impl Key {
     /// The key, for the upstream request.
     pub fn secret(&self) -> Option<&str> {
         self.secret.as_ref().map(Secret::expose)
-    }
-
-    /// The upstream rejected this key (401/403): it is not used again
-    /// until the config changes.
-    pub fn mark_invalid(&self) {
-        self.invalid.store(true, Ordering::Relaxed);
-    }
-
-    /// See [`KeySlot::mark_invalid`].
-    pub fn is_invalid(&self) -> bool {
-        self.invalid.load(Ordering::Relaxed)
-    }
-
-    /// When `model` stops cooling down on this key, if it is cooling now.
-    pub fn cooling_until(&self, model: &str, now: Instant) -> Option<Instant> {
-        let mut map = self.cooldowns.lock().unwrap_or_else(|e| e.into_inner());
-        if map.is_empty() {
-            return None;
-        }
-        match map.get(model) {
-            Some(until) if *until > now => Some(*until),
-            Some(_) => {
-                map.remove(model);
-                None
-            }
-            None => None,
-        }
-    }
-
-    /// Cools `model` on this key until `until` (never shortens a cooldown).
-    pub fn cool(&self, model: &Arc<str>, until: Instant) {
-        let mut map = self.cooldowns.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = map.entry(model.clone()).or_insert(until);
-        if *entry < until {
-            *entry = until;
-        }
-    }
-
-    /// Model cooldowns in force on this key.
-    pub fn active_cooldowns(&self, now: Instant) -> usize {
-        let map = self.cooldowns.lock().unwrap_or_else(|e| e.into_inner());
-        map.values().filter(|until| **until > now).count()
     }
 }
 
@@ -204,14 +86,16 @@ impl Provider {
         self.models.load().get(id).map(|m| m.id.clone())
     }
 
-    /// The limits of a model: its own, or the provider's for unlisted ones.
-    pub fn limits_for(&self, model: &str) -> Limits {
-        self.models.load().get(model).map_or(self.limits, |m| m.limits)
+    /// The limits a request to `model` is checked against on each key: the
+    /// model's own (or the provider's, for models it does not list) and
+    /// the key's shared ones.
+    pub fn budget_for(&self, model: &str) -> Budget {
+        Budget { model: self.models.load().get(model).map_or(self.limits, |m| m.limits), key: self.key_limits }
     }
 
-    /// Every key, for redacting upstream text.
-    pub fn secrets(&self) -> Vec<&str> {
-        self.keys.iter().filter_map(KeySlot::secret).collect()
+    /// The context window of `model`, when known.
+    pub fn context_window(&self, model: &str) -> Option<u64> {
+        self.models.load().get(model).and_then(|m| m.context)
     }
 }
 
@@ -381,14 +265,22 @@ fn enable(
         .flatten()
         .filter_map(|(k, v)| Some((HeaderName::from_bytes(k.as_bytes()).ok()?, HeaderValue::from_str(v).ok()?)))
         .collect();
-    let slots: Vec<KeySlot> = if keys.is_empty() {
-        vec![KeySlot::new(0, None)]
+    let name: Arc<str> = Arc::from(name);
+    // Configured header values (`HTTP-Referer`, an account id in a header)
+    // are secrets too: an upstream that echoes its request leaks them.
+    let redactor =
+        Redactor::new(keys.iter().map(Secret::expose).chain(spec.headers.iter().flatten().map(|(_, v)| v.as_str())));
+    let slots: Vec<Key> = if keys.is_empty() {
+        vec![Key { index: 0, id: KeyId::new(&name, None), secret: None }]
     } else {
-        keys.into_iter().enumerate().map(|(i, k)| KeySlot::new(i, Some(k))).collect()
+        keys.into_iter()
+            .enumerate()
+            .map(|(index, k)| Key { index, id: KeyId::new(&name, Some(k.expose())), secret: Some(k) })
+            .collect()
     };
     Ok(Provider {
-        name: Arc::from(name),
-        display_name: spec.display_name.clone().unwrap_or_else(|| name.to_owned()),
+        display_name: spec.display_name.clone().unwrap_or_else(|| name.to_string()),
+        name,
         base_url: spec.base_url.clone().unwrap_or_default().trim_end_matches('/').to_owned(),
         plugin,
         options: spec.options.iter().flatten().map(|(k, v)| (k.clone(), v.clone())).collect(),
@@ -400,5 +292,6 @@ fn enable(
         limits: provider_limits,
         key_limits: spec.key_limits.unwrap_or_default(),
         free: provider_free,
+        redactor,
     })
 }

@@ -3,7 +3,8 @@
 //!
 //! Discovered models register as `provider/model` beside the catalog's and
 //! the config's, which are never overwritten. A failed refresh keeps the
-//! last good list and says so (log, `/health`).
+//! last good list and says so: the log gets the reason (redacted), `/health`
+//! only its kind (an HTTP status, a timeout), never text from the upstream.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -11,10 +12,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::gateway::Gateway;
-use crate::models::{ModelInfo, ModelTable};
+use super::models::{ModelInfo, ModelTable};
+use super::provider::Provider;
 use crate::plugin::{ModelRecord, Target};
-use crate::providers::Provider;
+use crate::state::StateStore;
 use crate::upstream::{Upstream, read_body};
 
 /// How long one provider's listing may take.
@@ -52,18 +53,34 @@ impl Discovery {
     }
 }
 
-/// Refreshes every enabled provider that can list its models, at once, then
-/// rebuilds the routing tables. Returns each provider's outcome.
-pub async fn refresh(gateway: &Gateway) -> Vec<(String, Result<usize, String>)> {
-    let providers: Vec<Arc<Provider>> =
-        gateway.router().providers().iter().filter(|p| p.plugin.capabilities().models).cloned().collect();
+/// Why a listing failed: the kind, for `/health`, and the detail (already
+/// redacted), for the log.
+#[derive(Debug)]
+struct Failure {
+    kind: String,
+    detail: String,
+}
+
+/// Refreshes every provider of `providers` that can list its models, at
+/// once, and records each outcome in `discovery`. The caller rebuilds the
+/// routing tables. Returns each provider's outcome (`Err` is the reason
+/// shown in `/health`).
+pub async fn refresh(
+    providers: &[Arc<Provider>],
+    upstream: &Upstream,
+    discovery: &Discovery,
+    state: &Arc<dyn StateStore>,
+) -> Vec<(String, Result<usize, String>)> {
     let mut tasks = tokio::task::JoinSet::new();
-    for provider in providers {
-        let upstream = gateway.upstream().clone();
+    for provider in providers.iter().filter(|p| p.plugin.capabilities().models).cloned() {
+        let upstream = upstream.clone();
+        let state = state.clone();
         tasks.spawn(async move {
-            let result = tokio::time::timeout(FETCH_TIMEOUT, fetch(&upstream, &provider))
-                .await
-                .unwrap_or_else(|_| Err(format!("no answer within {FETCH_TIMEOUT:?}")));
+            let result =
+                tokio::time::timeout(FETCH_TIMEOUT, fetch(&upstream, &provider, &*state)).await.unwrap_or_else(|_| {
+                    let kind = format!("no answer within {FETCH_TIMEOUT:?}");
+                    Err(Failure { detail: kind.clone(), kind })
+                });
             (provider, result)
         });
     }
@@ -77,52 +94,49 @@ pub async fn refresh(gateway: &Gateway) -> Vec<(String, Result<usize, String>)> 
                 let n = table.len();
                 provider.set_models(table);
                 tracing::info!(provider = %provider.name, models = n, "model list refreshed");
-                gateway.discovery().record(&provider.name, Status { ok: true, models: n, error: None, at: now });
+                discovery.record(&provider.name, Status { ok: true, models: n, error: None, at: now });
                 Ok(n)
             }
-            Err(e) => {
+            Err(failure) => {
                 let kept = provider.models().len();
-                tracing::warn!(provider = %provider.name, kept, error = %e, "model discovery failed; keeping the last list");
-                let status = Status { ok: false, models: kept, error: Some(e.clone()), at: now };
-                gateway.discovery().record(&provider.name, status);
-                Err(e)
+                tracing::warn!(provider = %provider.name, kept, error = %failure.detail, "model discovery failed; keeping the last list");
+                let status = Status { ok: false, models: kept, error: Some(failure.kind.clone()), at: now };
+                discovery.record(&provider.name, status);
+                Err(failure.kind)
             }
         };
         outcomes.push((provider.name.to_string(), outcome));
     }
-    gateway.rebuild_routes();
     outcomes.sort_by(|a, b| a.0.cmp(&b.0));
     outcomes
 }
 
-/// Refreshes now and then every `interval`, until the gateway is dropped.
-pub fn spawn(gateway: Gateway, interval: Duration) -> tokio::task::JoinHandle<()> {
-    let weak = gateway.downgrade();
-    drop(gateway);
-    tokio::spawn(async move {
-        loop {
-            let Some(gateway) = weak.upgrade() else { return };
-            refresh(&gateway).await;
-            drop(gateway);
-            tokio::time::sleep(interval).await;
-        }
-    })
-}
-
 /// One provider's listing, with the first key that is not known bad.
-async fn fetch(upstream: &Upstream, provider: &Provider) -> Result<Vec<ModelRecord>, String> {
-    let key = provider.keys.iter().find(|k| !k.is_invalid()).and_then(|k| k.secret());
+async fn fetch(upstream: &Upstream, provider: &Provider, state: &dyn StateStore) -> Result<Vec<ModelRecord>, Failure> {
+    let redacted = |kind: &str, detail: String| Failure {
+        kind: kind.to_owned(),
+        detail: format!("{kind}: {}", provider.redactor.redact(&detail)),
+    };
+    let key = provider.keys.iter().find(|k| !state.is_invalid(&k.id)).and_then(|k| k.secret());
     let target = Target { base_url: &provider.base_url, model: "", key, options: &provider.options };
-    let mut request = provider.plugin.build_models(&target).map_err(|e| e.to_string())?;
+    let mut request = provider
+        .plugin
+        .build_models(&target)
+        .map_err(|e| redacted("the plugin could not build the listing request", e.to_string()))?;
     request.headers.extend(provider.headers.iter().cloned());
-    let response = upstream.send(request).await.map_err(|e| e.to_string())?;
+    let response = upstream.send(request).await.map_err(|e| redacted("the listing request failed", e.to_string()))?;
     let status = response.status();
-    let body = read_body(response.into_body(), MAX_LISTING).await.map_err(|e| e.to_string())?;
+    let body = read_body(response.into_body(), MAX_LISTING)
+        .await
+        .map_err(|e| redacted("the listing could not be read", e.to_string()))?;
     if !status.is_success() {
-        let text = crate::secret::redact(&String::from_utf8_lossy(&body), &provider.secrets());
-        return Err(format!("HTTP {}: {}", status.as_u16(), text.chars().take(200).collect::<String>()));
+        let text: String = String::from_utf8_lossy(&body).chars().take(200).collect();
+        return Err(redacted(&format!("HTTP {}", status.as_u16()), text));
     }
-    provider.plugin.decode_models(&body, &target).map_err(|e| e.to_string())
+    provider
+        .plugin
+        .decode_models(&body, &target)
+        .map_err(|e| redacted("the plugin could not read the listing", e.to_string()))
 }
 
 /// The provider's static models (catalog and config, untouched) followed by

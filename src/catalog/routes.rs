@@ -13,10 +13,22 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use indexmap::IndexMap;
 
-use crate::catalog::Catalog;
+use bytes::Bytes;
+use serde_json::json;
+
+use super::Catalog;
+use super::provider::{DisabledProvider, Provider};
 use crate::config::{Config, RouteSpec, RouteTarget, Strategy};
 use crate::errors::ApiError;
-use crate::providers::{DisabledProvider, Provider};
+use crate::state::StateStore;
+
+/// The metric label of every model a provider does not list: client-chosen
+/// names never become label values of their own (DESIGN.md, Bounds).
+pub const UNLISTED: &str = "(unlisted)";
+
+/// Names longer than this get no "did you mean" search (it is quadratic in
+/// the name's length, and nobody mistypes 64 characters).
+const MAX_SUGGESTED_LEN: usize = 64;
 
 /// One provider/model pair the dispatcher may try.
 #[derive(Clone)]
@@ -25,6 +37,28 @@ pub struct Candidate {
     pub provider: Arc<Provider>,
     /// The upstream model id.
     pub model: Arc<str>,
+    /// The provider lists this model (catalog, config or discovery).
+    pub listed: bool,
+}
+
+impl Candidate {
+    /// `model` when the provider lists it: the label for metrics.
+    pub fn metric_model(&self) -> Arc<str> {
+        if self.listed {
+            self.model.clone()
+        } else {
+            static UNLISTED_ARC: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+            UNLISTED_ARC.get_or_init(|| Arc::from(UNLISTED)).clone()
+        }
+    }
+
+    /// A candidate for `id` at `provider`: the listed id when there is one.
+    pub fn at(provider: &Arc<Provider>, id: &str) -> Self {
+        match provider.canonical(id) {
+            Some(model) => Self { provider: provider.clone(), model, listed: true },
+            None => Self { provider: provider.clone(), model: Arc::from(id), listed: false },
+        }
+    }
 }
 
 impl std::fmt::Debug for Candidate {
@@ -50,7 +84,7 @@ pub struct Router {
     routes: IndexMap<String, Route>,
     disabled: Vec<DisabledProvider>,
     no_provider_message: String,
-    models_json: bytes::Bytes,
+    models_json: Bytes,
 }
 
 impl Router {
@@ -70,10 +104,11 @@ impl Router {
         let mut by_model: HashMap<String, Vec<Candidate>> = HashMap::new();
         for p in &providers {
             for m in p.models().iter() {
-                by_model
-                    .entry(m.id.to_string())
-                    .or_default()
-                    .push(Candidate { provider: p.clone(), model: m.id.clone() });
+                by_model.entry(m.id.to_string()).or_default().push(Candidate {
+                    provider: p.clone(),
+                    model: m.id.clone(),
+                    listed: true,
+                });
             }
         }
         let mut routes = IndexMap::new();
@@ -90,16 +125,9 @@ impl Router {
             routes.insert(name.clone(), build_route(&spec, &providers, &by_name, &by_model, &disabled));
         }
         let no_provider_message = no_provider_message(&disabled);
-        let mut router = Self {
-            providers,
-            by_name,
-            by_model,
-            routes,
-            disabled,
-            no_provider_message,
-            models_json: bytes::Bytes::new(),
-        };
-        router.models_json = crate::api::models_json(&router);
+        let mut router =
+            Self { providers, by_name, by_model, routes, disabled, no_provider_message, models_json: Bytes::new() };
+        router.models_json = router.build_models_json();
         router
     }
 
@@ -123,9 +151,39 @@ impl Router {
         self.routes.get(name).map(|r| r.targets.iter().map(|(c, _)| c.clone()).collect())
     }
 
+    /// Whether `name` is a pool of free models (`free`, `auto`, a route
+    /// marked `free: true`): paid models never enter one.
+    pub fn is_free_pool(&self, name: &str) -> bool {
+        self.routes.get(name).is_some_and(|r| r.free)
+    }
+
     /// The `/v1/models` body for these tables.
-    pub fn models_json(&self) -> bytes::Bytes {
+    pub fn models_json(&self) -> Bytes {
         self.models_json.clone()
+    }
+
+    /// Routes, then every `provider/model`, as OpenAI's model list.
+    fn build_models_json(&self) -> Bytes {
+        let mut data: Vec<serde_json::Value> = self
+            .route_names()
+            .map(|name| json!({"id": name, "object": "model", "created": 0, "owned_by": "freeway"}))
+            .collect();
+        for p in &self.providers {
+            for m in p.models().iter() {
+                let mut entry = json!({
+                    "id": format!("{}/{}", p.name, m.id),
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": &*p.name,
+                    "free": m.free,
+                });
+                if let Some(context) = m.context {
+                    entry["context_length"] = json!(context);
+                }
+                data.push(entry);
+            }
+        }
+        Bytes::from(json!({"object": "list", "data": data}).to_string())
     }
 
     /// What to tell a user when nothing is enabled.
@@ -148,9 +206,7 @@ impl Router {
                         message: format!("`{model}` names no model after the provider"),
                     });
                 }
-                let provider = &self.providers[i];
-                let model = provider.canonical(id).unwrap_or_else(|| Arc::from(id));
-                return Ok(vec![Candidate { provider: provider.clone(), model }]);
+                return Ok(vec![Candidate::at(&self.providers[i], id)]);
             }
             if !self.by_model.contains_key(model)
                 && let Some(off) = self.disabled.iter().find(|d| d.name == provider)
@@ -164,7 +220,8 @@ impl Router {
         if self.providers.is_empty() {
             return Err(ApiError::Unavailable { message: self.no_provider_message.clone() });
         }
-        let suggestions = nearest(model, self.model_names(), 3);
+        let suggestions =
+            if model.len() > MAX_SUGGESTED_LEN { Vec::new() } else { nearest(model, self.model_names(), 3) };
         let hint = if suggestions.is_empty() {
             "; GET /v1/models lists what is available".to_owned()
         } else {
@@ -174,8 +231,17 @@ impl Router {
     }
 
     fn unavailable(&self, model: &str, needs: &[String]) -> ApiError {
-        let message = if needs.is_empty() {
-            format!("no enabled provider serves `{model}`")
+        let message = if needs.is_empty() && self.providers.is_empty() {
+            self.no_provider_message.clone()
+        } else if needs.is_empty() {
+            // `free` or `auto` with no free model among the enabled providers.
+            let more = self.disabled.iter().filter(|d| !d.switched_off).filter_map(DisabledProvider::what_to_set);
+            let more: Vec<String> = more.collect();
+            if more.is_empty() {
+                format!("no enabled provider serves `{model}`")
+            } else {
+                format!("no enabled provider serves `{model}`; set {} to enable more providers", more.join(" or "))
+            }
         } else {
             format!("no enabled provider serves `{model}`; set {} to enable one", needs.join(" or "))
         };
@@ -238,19 +304,13 @@ impl Router {
 
     /// Whether `name` has a candidate that could be tried now: a usable key,
     /// not cooling down, not at a limit.
-    pub fn available(&self, name: &str) -> bool {
+    pub fn available(&self, name: &str, state: &dyn StateStore) -> bool {
         let Ok(candidates) = self.resolve(name) else { return false };
         let now = std::time::Instant::now();
         candidates.iter().any(|c| {
-            let limits = c.provider.limits_for(&c.model);
-            c.provider.keys.iter().any(|k| k.usable(&c.model, &limits, &c.provider.key_limits, now))
+            let budget = c.provider.budget_for(&c.model);
+            c.provider.keys.iter().any(|k| state.usable(&k.id, &c.model, &budget, now))
         })
-    }
-
-    /// Model/key pairs cooling down now, across every provider.
-    pub fn active_cooldowns(&self) -> usize {
-        let now = std::time::Instant::now();
-        self.providers.iter().flat_map(|p| p.keys.iter()).map(|k| k.active_cooldowns(now)).sum()
     }
 }
 
@@ -295,9 +355,7 @@ fn build_route(
         let target = t.target.trim();
         if let Some((p, id)) = target.split_once('/') {
             if let Some(&i) = by_name.get(p) {
-                let provider = &providers[i];
-                let model = provider.canonical(id).unwrap_or_else(|| Arc::from(id));
-                targets.push((Candidate { provider: provider.clone(), model }, weight));
+                targets.push((Candidate::at(&providers[i], id), weight));
                 continue;
             }
             if let Some(off) = disabled.iter().find(|d| d.name == p) {

@@ -1,0 +1,62 @@
+//! `POST /v1/chat/completions` and `POST /v1/embeddings`: the body is read
+//! under its limits, then the request goes through the proxy's phases.
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+
+use super::read_body;
+use crate::body::ResponseBody;
+use crate::errors::ApiError;
+use crate::gateway::Gateway;
+use crate::proxy::{MAX_NAME_BYTES, Operation};
+
+/// A chat completion, whole or streamed.
+pub async fn chat<B>(gateway: &Gateway, request: Request<B>) -> Response<ResponseBody>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    serve(gateway, request, Operation::Chat).await
+}
+
+/// Embeddings.
+pub async fn embeddings<B>(gateway: &Gateway, request: Request<B>) -> Response<ResponseBody>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    serve(gateway, request, Operation::Embeddings).await
+}
+
+async fn serve<B>(gateway: &Gateway, request: Request<B>, operation: Operation) -> Response<ResponseBody>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let session = match session_id(&request) {
+        Ok(session) => session,
+        Err(e) => return e.into_response(),
+    };
+    let server = &gateway.config().server;
+    let body = match read_body(request, server.max_body_bytes, server.body_read_timeout.get()).await {
+        Ok(bytes) => bytes,
+        Err(e) => return e.into_response(),
+    };
+    gateway.proxy().serve(operation, body, session).await
+}
+
+/// `X-Session-ID`: at most [`MAX_NAME_BYTES`] of visible text (DESIGN.md,
+/// Bounds: a pin per 400 KB id would let one client fill the memory).
+fn session_id<B>(request: &Request<B>) -> Result<Option<String>, ApiError> {
+    let Some(value) = request.headers().get("x-session-id") else { return Ok(None) };
+    if value.len() > MAX_NAME_BYTES {
+        return Err(ApiError::bad_request(
+            format!("X-Session-ID is {} bytes long; session ids are at most {MAX_NAME_BYTES} bytes", value.len()),
+            None,
+        ));
+    }
+    let text =
+        value.to_str().map_err(|_| ApiError::bad_request("X-Session-ID must be visible ASCII text", None))?.trim();
+    Ok((!text.is_empty()).then(|| text.to_owned()))
+}

@@ -1,0 +1,211 @@
+//! The request path: one per-request [`Context`] passes through named
+//! phases, each a function with a doc comment saying what it may change.
+//! The order, drawn once:
+//!
+//! ```text
+//!  parse            request.rs   body → ClientRequest (400 on what is wrong)
+//!    │
+//!  before_routing   policies.rs  `request` hooks: may change the model, prefer
+//!    │                           a model, pin the session, tag (classifier
+//!    │                           questions answered between two passes)
+//!  resolve          proxy.rs     model name → candidates (404, 503); a
+//!    │                           request that fits no candidate is a 400
+//!  after_routing    policies.rs  preferred and pinned models first; `prepare`
+//!    │                           hooks against the first candidate (pruning)
+//!  dispatch         dispatch.rs  for each candidate, each of its keys in turn:
+//!    │                 attempt.rs   admit   — skip invalid / cooling / at a limit
+//!    │                              build   — the plugin builds the request
+//!    │                              send    — the pooled client, under timeouts
+//!    │                              decode  — the plugin decodes (or primes a stream)
+//!    │                 classify.rs  classify — a failure carries its decision:
+//!    │                                next key, next candidate, or answer now
+//!  record           policies.rs  pin the session to whoever answered
+//!    │
+//!  respond          respond.rs   the Outcome → HTTP: routing headers written
+//!                                here and only here
+//! ```
+//!
+//! Failover is not a special path: a failed attempt's classification sends
+//! the loop back to admit the next key or candidate, until one answers or
+//! `dispatch.max_attempts` is reached.
+
+mod attempt;
+mod classify;
+mod dispatch;
+mod policies;
+pub mod request;
+mod respond;
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::Response;
+
+pub use dispatch::Outcome;
+pub use request::{ClientRequest, MAX_NAME_BYTES, Operation};
+pub use respond::{FALLBACK_ATTEMPTS, ROUTED_VIA};
+
+use crate::body::ResponseBody;
+use crate::catalog::routes::{Candidate, Router};
+use crate::config::DispatchConfig;
+use crate::errors::ApiError;
+use crate::metrics::Metrics;
+use crate::policy::{Pipeline, Policies};
+use crate::state::StateStore;
+use crate::upstream::Upstream;
+use crate::upstream::relay::Watchdog;
+
+/// Everything the request path shares across requests.
+pub struct Proxy {
+    routes: ArcSwap<Router>,
+    /// Held while a new routing table is built and stored, so that two
+    /// rebuilds (discovery, a policy reload) never interleave and the last
+    /// one stored is built from the pipeline in force.
+    rebuilding: Mutex<()>,
+    state: Arc<dyn StateStore>,
+    upstream: Upstream,
+    metrics: Arc<Metrics>,
+    settings: DispatchConfig,
+    policies: Policies,
+    watchdog: Watchdog,
+}
+
+/// One request on its way through the phases.
+pub struct Context {
+    /// The parsed request; policies may change its model and conversation.
+    pub request: ClientRequest,
+    /// `X-Session-ID`, when sent.
+    pub session: Option<String>,
+    /// The pipeline this request started on: it serves the request to the
+    /// end, whatever reloads meanwhile.
+    pub pipeline: Arc<Pipeline>,
+    /// The candidates, once resolved, in the order they will be tried.
+    pub candidates: Vec<Candidate>,
+    /// The policies' view of the request, when a hook runs on it.
+    policy: Option<policies::PolicyRun>,
+    /// When the request arrived.
+    pub started: Instant,
+}
+
+impl Proxy {
+    /// The request path over `routes`, sending through `upstream`.
+    pub fn new(
+        routes: Router,
+        state: Arc<dyn StateStore>,
+        upstream: Upstream,
+        metrics: Arc<Metrics>,
+        settings: DispatchConfig,
+        policies: Policies,
+    ) -> Self {
+        let watchdog =
+            Watchdog::new(settings.stream_idle_timeout.get(), settings.stream_max_duration.get(), metrics.clone());
+        Self {
+            routes: ArcSwap::from_pointee(routes),
+            rebuilding: Mutex::new(()),
+            state,
+            upstream,
+            metrics,
+            settings,
+            policies,
+            watchdog,
+        }
+    }
+
+    /// Serves one parsed-or-not request body through every phase.
+    pub async fn serve(&self, operation: Operation, body: Bytes, session: Option<String>) -> Response<ResponseBody> {
+        let started = Instant::now();
+        let pipeline = self.policies.current();
+        // parse
+        let keep_messages = operation == Operation::Chat && pipeline.has_request_hooks();
+        let parsed = match operation {
+            Operation::Chat => ClientRequest::parse(body, keep_messages),
+            Operation::Embeddings => ClientRequest::parse_embeddings(body),
+        };
+        let request = match parsed {
+            Ok(request) => request,
+            Err(e) => return e.into_response(),
+        };
+        let mut ctx = Context { request, session, pipeline, candidates: Vec::new(), policy: None, started };
+        policies::before_routing(self, &mut ctx).await;
+        if let Err(e) = self.resolve(&mut ctx) {
+            return e.into_response();
+        }
+        if let Err(e) = policies::after_routing(self, &mut ctx) {
+            return e.into_response();
+        }
+        let outcome = dispatch::run(self, &ctx.request, &ctx.candidates).await;
+        policies::record(self, &ctx, &outcome);
+        respond::respond(outcome)
+    }
+
+    /// The resolve phase: the model name becomes the candidates to try, in
+    /// order. It may change `ctx.candidates` only. A request whose
+    /// `max_tokens` exceeds the context window of every candidate can never
+    /// be answered: 400, before any upstream is asked.
+    fn resolve(&self, ctx: &mut Context) -> Result<(), ApiError> {
+        ctx.candidates = self.routes().resolve(&ctx.request.model)?;
+        if let Some(asked) = ctx.request.max_tokens {
+            let windows: Option<Vec<u64>> =
+                ctx.candidates.iter().map(|c| c.provider.context_window(&c.model)).collect();
+            if let Some(largest) = windows.and_then(|w| w.into_iter().max())
+                && asked > largest
+            {
+                return Err(ApiError::bad_request(
+                    format!(
+                        "`max_tokens` is {asked}, more than the context window of any candidate for `{}` \
+                         (the largest is {largest} tokens)",
+                        ctx.request.model
+                    ),
+                    Some("max_tokens"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The routing tables in force.
+    pub fn routes(&self) -> Arc<Router> {
+        self.routes.load_full()
+    }
+
+    /// Builds new routing tables with `build` (from the pipeline in force)
+    /// and installs them; rebuilds never interleave.
+    pub fn rebuild_routes(&self, build: impl FnOnce(&Router, &Pipeline) -> Router) {
+        let _one_at_a_time = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.routes();
+        let next = build(&current, &self.policies.current());
+        self.routes.store(Arc::new(next));
+    }
+
+    /// The gateway's state (cooldowns, limits, keys, pins).
+    pub fn state(&self) -> &Arc<dyn StateStore> {
+        &self.state
+    }
+
+    /// The routing policies in force.
+    pub fn policies(&self) -> &Policies {
+        &self.policies
+    }
+
+    /// The upstream client.
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The dispatch settings.
+    pub fn settings(&self) -> &DispatchConfig {
+        &self.settings
+    }
+
+    /// The stream watchdog.
+    pub fn watchdog(&self) -> &Watchdog {
+        &self.watchdog
+    }
+}

@@ -1,0 +1,177 @@
+//! One attempt on one key: build (the plugin makes the upstream request),
+//! send (the pooled client, under the attempt's timeouts), then decode the
+//! answer or classify the error. Every failure leaves through [`attempt`],
+//! the one place its text is redacted.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, header};
+use tokio::time::timeout;
+
+use super::Proxy;
+use super::classify::{Failure, classify};
+use super::request::{ClientRequest, Operation};
+use crate::body::ResponseBody;
+use crate::catalog::provider::Key;
+use crate::catalog::routes::Candidate;
+use crate::plugin::{PluginError, PluginSession, Target, UpstreamRequest};
+use crate::state::Admission;
+use crate::upstream::relay::{Relay, RelaySettings};
+use crate::upstream::{MAX_ANSWER_BYTES, UpstreamError, read_body};
+
+/// Error bodies of streamed requests are read up to this size for
+/// classification and messages.
+const MAX_ERROR_BODY: usize = 256 * 1024;
+
+/// Tries `candidate` on `key`: the response for the client, or why not
+/// (redacted of the provider's secrets).
+pub async fn attempt(
+    proxy: &Proxy,
+    request: &ClientRequest,
+    candidate: &Candidate,
+    key: &Key,
+    admission: &Admission,
+) -> Result<Response<ResponseBody>, Failure> {
+    let provider = &candidate.provider;
+    let target =
+        Target { base_url: &provider.base_url, model: &candidate.model, key: key.secret(), options: &provider.options };
+    let result = async {
+        // build, in this attempt's own plugin instance
+        let mut session = provider.plugin.session().map_err(Failure::plugin)?;
+        let built = match request.operation {
+            Operation::Chat => session.build_chat(&request.raw, &target),
+            Operation::Embeddings => session.build_embeddings(&request.raw, &target),
+        };
+        let mut upstream_request = built.map_err(Failure::plugin)?;
+        upstream_request.headers.extend(provider.headers.iter().cloned());
+        if request.stream {
+            stream(proxy, session, upstream_request, candidate, &target, request, admission).await
+        } else {
+            whole(proxy, session, upstream_request, request.operation, candidate, &target, admission).await
+        }
+    }
+    .await;
+    result.map_err(|failure| failure.redacted(&provider.redactor))
+}
+
+/// A non-stream attempt: send, read the whole answer, decode it.
+async fn whole(
+    proxy: &Proxy,
+    mut session: PluginSession,
+    upstream_request: UpstreamRequest,
+    operation: Operation,
+    candidate: &Candidate,
+    target: &Target<'_>,
+    admission: &Admission,
+) -> Result<Response<ResponseBody>, Failure> {
+    // send
+    let limit = proxy.settings.timeout.get();
+    let exchange = async {
+        let response = proxy.upstream.send(upstream_request).await?;
+        let (parts, body) = response.into_parts();
+        let bytes = read_body(body, MAX_ANSWER_BYTES).await?;
+        Ok::<_, UpstreamError>((parts, bytes))
+    };
+    let (parts, bytes) = match timeout(limit, exchange).await {
+        Err(_) => return Err(Failure::timeout("the attempt", limit)),
+        Ok(Err(e)) => return Err(Failure::from_upstream(e)),
+        Ok(Ok(answer)) => answer,
+    };
+    if !parts.status.is_success() {
+        return Err(classify(&mut session, &candidate.provider.name, parts.status, &parts.headers, bytes));
+    }
+    // decode
+    let decoded = match operation {
+        Operation::Chat => session.decode_chat(&bytes, target),
+        Operation::Embeddings => session.decode_embeddings(&bytes, target),
+    }
+    .map_err(|e| Failure::undecodable(e, parts.status))?;
+    if let Some(usage) = decoded.usage {
+        proxy.metrics.tokens(&candidate.provider.name, &candidate.metric_model(), usage);
+        proxy.state.settle(admission, usage.total());
+    }
+    let body = candidate.provider.redactor.redact_bytes(decoded.body);
+    let mut response = Response::new(ResponseBody::full(body));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(response)
+}
+
+/// A streamed attempt: send, then wait for the first event before
+/// committing to this candidate (until then, a failure can fall back).
+async fn stream(
+    proxy: &Proxy,
+    session: PluginSession,
+    upstream_request: UpstreamRequest,
+    candidate: &Candidate,
+    target: &Target<'_>,
+    request: &ClientRequest,
+    admission: &Admission,
+) -> Result<Response<ResponseBody>, Failure> {
+    enum Start {
+        Relay(Box<Relay>),
+        Status(http::response::Parts, Bytes, Box<PluginSession>),
+        Broken(String),
+        Plugin(PluginError),
+    }
+    let provider = &candidate.provider;
+    let limit = proxy.settings.first_byte_timeout.get();
+    let settings = RelaySettings {
+        idle: proxy.settings.stream_idle_timeout.get(),
+        redactor: provider.redactor.clone(),
+        drop_usage_only: !request.wants_usage,
+    };
+    // send, then prime: wait for the first event before committing
+    let start = async {
+        let response = proxy.upstream.send(upstream_request).await?;
+        if !response.status().is_success() {
+            let (parts, body) = response.into_parts();
+            let bytes = read_body(body, MAX_ERROR_BODY).await.unwrap_or_default();
+            return Ok(Start::Status(parts, bytes, Box::new(session)));
+        }
+        let decoder = match session.into_stream(target) {
+            Ok(decoder) => decoder,
+            Err(e) => return Ok(Start::Plugin(e)),
+        };
+        let mut relay = Box::new(Relay::new(response.into_body(), decoder, settings, &proxy.watchdog));
+        Ok::<_, UpstreamError>(match relay.prime().await {
+            Ok(()) => Start::Relay(relay),
+            Err(e) => Start::Broken(e),
+        })
+    };
+    let mut relay = match timeout(limit, start).await {
+        Err(_) => return Err(Failure::timeout("waiting for the first event", limit)),
+        Ok(Err(e)) => return Err(Failure::from_upstream(e)),
+        Ok(Ok(Start::Status(parts, bytes, mut session))) => {
+            return Err(classify(&mut session, &provider.name, parts.status, &parts.headers, bytes));
+        }
+        Ok(Ok(Start::Plugin(e))) => return Err(Failure::plugin(e)),
+        Ok(Ok(Start::Broken(reason))) => return Err(Failure::transient("upstream_error", Some(200), reason)),
+        Ok(Ok(Start::Relay(relay))) => relay,
+    };
+    // record, when the stream ends: tokens, settled budgets, failures
+    let metrics = proxy.metrics.clone();
+    let state = Arc::clone(&proxy.state);
+    let (name, model) = (provider.name.clone(), candidate.metric_model());
+    let admission = admission.clone();
+    relay.on_end(move |outcome| {
+        if let Some(usage) = outcome.usage {
+            metrics.tokens(&name, &model, usage);
+            state.settle(&admission, usage.total());
+        }
+        match &outcome.error {
+            Some(_) if outcome.client_gone => metrics.stream_client_gone(&name, &model),
+            Some(error) => {
+                metrics.stream_failure(&name, &model);
+                tracing::warn!(provider = %name, model = %model, chunks = outcome.chunks, error = %error, "stream failed after its first byte");
+            }
+            None => {}
+        }
+    });
+    let mut response = Response::new(ResponseBody::relay(relay));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}

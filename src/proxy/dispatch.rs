@@ -1,0 +1,232 @@
+//! The dispatch phase: tries a request's candidates in order, each on its
+//! provider's keys in turn, until one answers; returns a typed [`Outcome`].
+//!
+//! The fallback rules (DESIGN.md): 429 cools the model on that key
+//! (honouring `Retry-After`) and tries the next key at once; 401/403 marks
+//! the key invalid and tries the next key; 402, 404, 408, 5xx, connect
+//! errors and timeouts move to the next candidate; an upstream 400 is
+//! returned to the client at once. Streams fall back only until their first
+//! chunk has been relayed.
+
+use std::time::{Duration, Instant};
+
+use http::{Response, StatusCode};
+use tracing::Instrument;
+
+use super::Proxy;
+use super::attempt;
+use super::classify::{Failure, MAX_COOLDOWN};
+use super::request::{ClientRequest, Operation};
+use crate::body::ResponseBody;
+use crate::catalog::provider::Key;
+use crate::catalog::routes::Candidate;
+use crate::errors::{ApiError, Attempt};
+use crate::plugin::ErrorKind;
+use crate::state::usage::estimate_tokens;
+
+/// What dispatching a request came to.
+pub struct Outcome {
+    /// The answer to send (also an upstream's own 400), or the error.
+    pub result: Result<Response<ResponseBody>, ApiError>,
+    /// The candidate that answered, when one did.
+    pub via: Option<Candidate>,
+    /// Upstream attempts that failed before the answer.
+    pub failed: usize,
+}
+
+/// What the loop knows so far about why nothing answered.
+#[derive(Default)]
+struct Tally {
+    failed: Vec<Attempt>,
+    skipped: Vec<Attempt>,
+    /// The soonest a cooling or limited candidate frees up.
+    soonest: Option<Instant>,
+    /// Everything that stopped us was a rate limit (→ 429, not 502).
+    only_rate_limits: bool,
+    /// `dispatch.max_attempts` was reached.
+    exhausted: bool,
+}
+
+impl Tally {
+    fn wait_until(&mut self, until: Instant) {
+        self.soonest = Some(self.soonest.map_or(until, |s| s.min(until)));
+    }
+
+    fn skip(&mut self, candidate: &Candidate, reason: String) {
+        self.only_rate_limits = false;
+        self.skipped.push(Attempt {
+            provider: candidate.provider.name.to_string(),
+            model: candidate.model.to_string(),
+            status: None,
+            reason,
+        });
+    }
+}
+
+/// What to do after a failed attempt.
+enum Next {
+    /// Try the same candidate on its next key.
+    Key,
+    /// Move to the next candidate.
+    Candidate,
+    /// Answer the client with this now.
+    Answer(Response<ResponseBody>),
+}
+
+/// Runs a request (chat or embeddings) against its candidates.
+pub async fn run(proxy: &Proxy, request: &ClientRequest, candidates: &[Candidate]) -> Outcome {
+    let max = proxy.settings.max_attempts.max(1) as usize;
+    let mut tally = Tally { only_rate_limits: true, ..Tally::default() };
+
+    'candidates: for candidate in candidates {
+        let provider = &candidate.provider;
+        if request.operation == Operation::Embeddings && !provider.plugin.capabilities().embeddings {
+            tally.skip(candidate, format!("skipped: plugin `{}` has no embeddings", provider.plugin.name()));
+            continue;
+        }
+        let budget = provider.budget_for(&candidate.model);
+        let estimate =
+            estimate_tokens(request.raw.len(), request.max_tokens, provider.context_window(&candidate.model));
+        let n = provider.keys.len();
+        let start = provider.next_key_start();
+        let mut usable = false;
+        for k in 0..n {
+            let key = &provider.keys[(start + k) % n];
+            // admit: skip keys the upstream rejected, models cooling on this
+            // key, and candidates at a limit known before the 429
+            if proxy.state.is_invalid(&key.id) {
+                continue;
+            }
+            usable = true;
+            let now = Instant::now();
+            if let Some(until) = proxy.state.cooling_until(&key.id, &candidate.model, now) {
+                tally.wait_until(until);
+                continue;
+            }
+            if tally.failed.len() >= max {
+                tally.exhausted = true;
+                break 'candidates;
+            }
+            let admission = match proxy.state.admit(&key.id, &candidate.model, &budget, estimate, now) {
+                Ok(admission) => admission,
+                Err(hit) => {
+                    proxy.metrics.limit_skip(&provider.name, &candidate.metric_model(), hit.limit.label());
+                    tally.wait_until(hit.until);
+                    continue;
+                }
+            };
+            // build, send, decode
+            let started = Instant::now();
+            let span =
+                tracing::debug_span!("attempt", provider = %provider.name, model = %candidate.model, key = key.index);
+            let result = attempt::attempt(proxy, request, candidate, key, &admission).instrument(span).await;
+            let elapsed = started.elapsed();
+            let failure = match result {
+                Ok(response) => {
+                    proxy.metrics.attempt(&provider.name, &candidate.metric_model(), "ok", elapsed);
+                    return Outcome { result: Ok(response), via: Some(candidate.clone()), failed: tally.failed.len() };
+                }
+                Err(failure) => failure,
+            };
+            proxy.state.refund(&admission, failure.refund);
+            proxy.metrics.attempt(&provider.name, &candidate.metric_model(), failure.outcome, elapsed);
+            tracing::info!(
+                provider = %provider.name,
+                model = %candidate.model,
+                key = key.index,
+                outcome = failure.outcome,
+                status = failure.status,
+                reason = %failure.reason,
+                "upstream attempt failed"
+            );
+            tally.failed.push(Attempt {
+                provider: provider.name.to_string(),
+                model: candidate.model.to_string(),
+                status: failure.status,
+                reason: failure.reason.clone(),
+            });
+            // classify: the failure carries its decision
+            match decide(proxy, candidate, key, failure, &mut tally) {
+                Next::Key => {}
+                Next::Candidate => continue 'candidates,
+                Next::Answer(response) => {
+                    let failed = tally.failed.len() - 1;
+                    return Outcome { result: Ok(response), via: Some(candidate.clone()), failed };
+                }
+            }
+        }
+        if !usable {
+            tally.skip(candidate, "skipped: every key of this provider was rejected (401/403)".to_owned());
+        }
+    }
+    nothing_answered(proxy, request, tally)
+}
+
+/// What a failed attempt means for the rest of the request, and what it
+/// changes in the state (cooldowns, rejected keys).
+fn decide(proxy: &Proxy, candidate: &Candidate, key: &Key, failure: Failure, tally: &mut Tally) -> Next {
+    let now = Instant::now();
+    let cooldown = proxy.settings.cooldown.get();
+    match failure.kind {
+        ErrorKind::ClientError => {
+            let body = failure.body.unwrap_or_default();
+            let status = failure.status.and_then(|s| StatusCode::from_u16(s).ok()).unwrap_or(StatusCode::BAD_REQUEST);
+            Next::Answer(ApiError::UpstreamRejected { status, body }.into_response())
+        }
+        ErrorKind::RateLimited { retry_after } => {
+            let wait = retry_after.unwrap_or(cooldown).clamp(Duration::from_secs(1), MAX_COOLDOWN);
+            if let Some(until) = now.checked_add(wait) {
+                proxy.state.cool(&key.id, &candidate.model, until);
+                tally.wait_until(until);
+            }
+            proxy.metrics.fallback(failure.outcome);
+            // the same model, at once, on the next key
+            Next::Key
+        }
+        ErrorKind::InvalidKey => {
+            tracing::warn!(provider = %candidate.provider.name, key = key.index, "upstream rejected the key; it is not used again until the config changes");
+            proxy.state.mark_invalid(&key.id);
+            tally.only_rate_limits = false;
+            proxy.metrics.fallback(failure.outcome);
+            Next::Key
+        }
+        ErrorKind::QuotaExhausted => {
+            if let Some(until) = now.checked_add(cooldown) {
+                proxy.state.cool(&key.id, &candidate.model, until);
+            }
+            tally.only_rate_limits = false;
+            proxy.metrics.fallback(failure.outcome);
+            Next::Candidate
+        }
+        ErrorKind::Transient => {
+            tally.only_rate_limits = false;
+            proxy.metrics.fallback(failure.outcome);
+            Next::Candidate
+        }
+    }
+}
+
+/// Nothing answered: 429 when only rate limits stood in the way (with the
+/// soonest time one frees), else 502 listing every attempt.
+fn nothing_answered(proxy: &Proxy, request: &ClientRequest, tally: Tally) -> Outcome {
+    let Tally { mut failed, skipped, soonest, only_rate_limits, exhausted } = tally;
+    let attempts_made = failed.len();
+    failed.extend(skipped);
+    let error = match soonest {
+        Some(until) if only_rate_limits => ApiError::RateLimited {
+            model: request.model.clone(),
+            retry_after: until.saturating_duration_since(Instant::now()),
+            attempts: failed,
+        },
+        _ => {
+            let message = if exhausted {
+                let max = proxy.settings.max_attempts.max(1);
+                format!("dispatch.max_attempts ({max}) reached for `{}`; every attempt failed", request.model)
+            } else {
+                format!("every candidate for `{}` failed", request.model)
+            };
+            ApiError::AllFailed { message, attempts: failed }
+        }
+    };
+    Outcome { result: Err(error), via: None, failed: attempts_made }
+}

@@ -1,0 +1,162 @@
+//! The two policy phases of a request, and the record phase after the
+//! answer: the `request` hooks before routing (with questions to a
+//! classifier answered in between), the `prepare` hooks after, and the
+//! session pin once the outcome says who answered.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use serde_json::Value;
+
+use super::dispatch::{self, Outcome};
+use super::request::ClientRequest;
+use super::{Context, Proxy};
+use crate::catalog::routes::Candidate;
+use crate::errors::ApiError;
+use crate::policy::{PolicyRequest, Prefer, RequestState};
+
+/// How long a policy's question to a model may take before the rules decide.
+const QUESTION_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The policies' view of one request, kept from the first policy phase to
+/// the record phase.
+pub struct PolicyRun {
+    req: PolicyRequest,
+}
+
+/// Before routing: runs the `request` hooks. They may change the model to
+/// route to (`ctx.request.model`), prefer or pin models, and tag; the
+/// conversation moves into the policies' view until [`after_routing`] puts
+/// it back. A request no hook runs on skips this (and the next) phase.
+pub async fn before_routing(proxy: &Proxy, ctx: &mut Context) {
+    if !ctx.pipeline.has_request_hooks() {
+        return;
+    }
+    let Some(messages) = ctx.request.messages.take() else { return };
+    let routes = proxy.routes();
+    let state = Arc::clone(proxy.state());
+    let availability_state = Arc::clone(&state);
+    let view = RequestState {
+        model: ctx.request.model.clone(),
+        requested: ctx.request.model.clone(),
+        stream: ctx.request.stream,
+        has_tools: ctx.request.has_tools,
+        messages,
+        session_header: ctx.session.clone(),
+        availability: Some(Arc::new(move |name: &str| routes.available(name, &*availability_state))),
+        pins: Some(state),
+        ..RequestState::default()
+    };
+    let req = PolicyRequest::new(view);
+    let metrics = proxy.metrics();
+    ctx.pipeline.on_request(&req, metrics);
+    let questions = std::mem::take(&mut req.state().questions);
+    if !questions.is_empty() {
+        // Ask, then let the policies decide again with the answers.
+        let mut answers = Vec::new();
+        for (model, prompt) in questions {
+            let answer = ask(proxy, &model, &prompt).await.unwrap_or_default();
+            answers.push((prompt, answer));
+        }
+        {
+            let mut s = req.state();
+            s.answers = answers;
+            s.model = s.requested.clone();
+            s.prefer.clear();
+            s.tags.clear();
+        }
+        ctx.pipeline.on_request(&req, metrics);
+    }
+    ctx.request.model.clone_from(&req.state().model);
+    ctx.policy = Some(PolicyRun { req });
+}
+
+/// After routing: puts preferred and pinned models first among the
+/// candidates, runs the `prepare` hooks against the first candidate's
+/// context window, and writes a changed conversation back into the body.
+///
+/// A pin only reorders the request's own candidates: a conversation first
+/// answered by a paid model is never steered there by a later `free` or
+/// `auto` request. A policy's preference may add a model the request would
+/// not have tried, but never a paid one to a pool of free models.
+pub fn after_routing(proxy: &Proxy, ctx: &mut Context) -> Result<(), ApiError> {
+    let Some(run) = &ctx.policy else { return Ok(()) };
+    let prefer = run.req.state().prefer.clone();
+    if !prefer.is_empty() {
+        let routes = proxy.routes();
+        let free_pool = routes.is_free_pool(&ctx.request.model);
+        for wish in prefer.iter().rev() {
+            let (name, may_add) = match wish {
+                Prefer::Pinned(name) => (name, false),
+                Prefer::Policy(name) => (name, true),
+            };
+            let Some(first) = routes.resolve(name).ok().and_then(|c| c.into_iter().next()) else { continue };
+            let same = |c: &Candidate| Arc::ptr_eq(&c.provider, &first.provider) && c.model == first.model;
+            match ctx.candidates.iter().position(same) {
+                Some(at) => {
+                    let found = ctx.candidates.remove(at);
+                    ctx.candidates.insert(0, found);
+                }
+                None if may_add && (!free_pool || first.provider.models().get(&first.model).is_some_and(|m| m.free)) => {
+                    ctx.candidates.insert(0, first);
+                }
+                None => {}
+            }
+        }
+    }
+    if let Some(first) = ctx.candidates.first() {
+        let window = first.provider.context_window(&first.model).unwrap_or(0);
+        run.req.state().context_window = i64::try_from(window).unwrap_or(i64::MAX);
+    }
+    ctx.pipeline.on_prepare(&run.req, proxy.metrics());
+    let mut state = run.req.state();
+    for (tag, value) in &state.tags {
+        proxy.metrics().policy_tag(tag, value);
+    }
+    if !state.tags.is_empty() {
+        tracing::debug!(tags = ?state.tags, "policy tags");
+    }
+    let messages = std::mem::take(&mut state.messages);
+    if state.messages_changed {
+        ctx.request.replace_messages(&messages)?;
+    }
+    Ok(())
+}
+
+/// Record: pins the session to whoever answered, when a policy asked for it.
+pub fn record(proxy: &Proxy, ctx: &Context, outcome: &Outcome) {
+    let Some(run) = &ctx.policy else { return };
+    let Some((key, seconds)) = run.req.state().pin.clone() else { return };
+    let (Some(via), true) = (&outcome.via, outcome.result.as_ref().is_ok_and(|r| r.status().is_success())) else {
+        return;
+    };
+    let target = format!("{}/{}", via.provider.name, via.model);
+    proxy.state().pin(&key, &target, Duration::from_secs(seconds), Instant::now());
+}
+
+/// Asks `model` one short question (for a classifier); `None` on any failure.
+async fn ask(proxy: &Proxy, model: &str, prompt: &str) -> Option<String> {
+    let body = serde_json::json!({
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": 8,
+        "temperature": 0,
+    });
+    let raw = Bytes::from(serde_json::to_vec(&body).ok()?);
+    let request = ClientRequest::parse(raw, false).ok()?;
+    let candidates = proxy.routes().resolve(model).ok()?;
+    let call = async {
+        let outcome = dispatch::run(proxy, &request, &candidates).await;
+        let response = outcome.result.ok().filter(|r| r.status().is_success())?;
+        let bytes = response.into_body().collect().await.ok()?.to_bytes();
+        let answer: Value = serde_json::from_slice(&bytes).ok()?;
+        answer.pointer("/choices/0/message/content").and_then(Value::as_str).map(str::to_owned)
+    };
+    let answer = tokio::time::timeout(QUESTION_TIMEOUT, call).await.ok().flatten();
+    if answer.is_none() {
+        tracing::debug!(model, "a policy's question got no answer; the rules decide");
+    }
+    answer
+}

@@ -1,0 +1,267 @@
+//! [`MemoryState`]: the gateway's state in process memory, every part of it
+//! bounded and expiring.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use moka::sync::Cache;
+
+use super::cooldowns::Cooldowns;
+use super::keys::KeyHealth;
+use super::pins::Pins;
+use super::usage::{self, Admission, LimitHit, Refund, Usage};
+use super::{Budget, KeyId, MAX_PIN_TTL, StateStore};
+use crate::config::Limits;
+
+/// How much each part of the state may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct StateBounds {
+    /// Cooling (key, model) pairs.
+    pub cooldowns: u64,
+    /// Bytes of usage counters (a counter with a daily window is ~2.5 KB).
+    pub usage_bytes: u64,
+    /// Bytes of session pins (ids are at most 256 bytes).
+    pub pin_bytes: u64,
+}
+
+impl Default for StateBounds {
+    fn default() -> Self {
+        Self { cooldowns: 100_000, usage_bytes: 32 << 20, pin_bytes: 16 << 20 }
+    }
+}
+
+/// A usage counter: (key, model), or (key, None) for the key's shared limits.
+type CounterKey = (KeyId, Option<Arc<str>>);
+
+/// One counter, and whether it keeps a day window.
+struct Counter {
+    daily: bool,
+    usage: Mutex<Usage>,
+}
+
+impl Counter {
+    fn lock(&self) -> MutexGuard<'_, Usage> {
+        self.usage.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A counter unused for this long holds nothing any window still counts.
+const COUNTER_IDLE: Duration = Duration::from_secs(25 * 3600);
+
+/// Cooldowns, usage counters, rejected keys and pins, in memory.
+pub struct MemoryState {
+    cooldowns: Cooldowns,
+    usage: Cache<CounterKey, Arc<Counter>>,
+    keys: KeyHealth,
+    pins: Pins,
+}
+
+impl Default for MemoryState {
+    fn default() -> Self {
+        Self::new(StateBounds::default())
+    }
+}
+
+impl MemoryState {
+    /// Empty state within `bounds`.
+    pub fn new(bounds: StateBounds) -> Self {
+        let usage = Cache::builder()
+            .max_capacity(bounds.usage_bytes)
+            .weigher(|_: &CounterKey, c: &Arc<Counter>| Usage::weight(c.daily))
+            .time_to_idle(COUNTER_IDLE)
+            .build();
+        Self {
+            cooldowns: Cooldowns::new(bounds.cooldowns),
+            usage,
+            keys: KeyHealth::default(),
+            pins: Pins::new(bounds.pin_bytes),
+        }
+    }
+
+    /// The counter for `key` (and `model`), created for `limits`.
+    fn counter(&self, key: &KeyId, model: Option<&Arc<str>>, limits: &Limits, now: Instant) -> Arc<Counter> {
+        let daily = usage::daily(limits);
+        let id = (key.clone(), model.cloned());
+        let make = || Arc::new(Counter { daily, usage: Mutex::new(Usage::new(now, daily)) });
+        let found = self.usage.get_with(id.clone(), make);
+        if daily && !found.daily {
+            // The limits gained a daily window since the counter was made.
+            let replaced = make();
+            self.usage.insert(id, replaced.clone());
+            return replaced;
+        }
+        found
+    }
+
+    fn existing(&self, key: &KeyId, model: Option<&Arc<str>>) -> Option<Arc<Counter>> {
+        self.usage.get(&(key.clone(), model.cloned()))
+    }
+
+    /// Entries each part holds now (for metrics and the soak benchmark).
+    pub fn sizes(&self) -> [(&'static str, u64); 3] {
+        self.usage.run_pending_tasks();
+        self.pins.settle();
+        [("usage_bytes", self.usage.weighted_size()), ("pins", self.pins.len()), ("pin_bytes", self.pins.weight())]
+    }
+}
+
+impl StateStore for MemoryState {
+    fn cooling_until(&self, key: &KeyId, model: &Arc<str>, now: Instant) -> Option<Instant> {
+        self.cooldowns.until(key, model, now)
+    }
+
+    fn cool(&self, key: &KeyId, model: &Arc<str>, until: Instant) {
+        self.cooldowns.cool(key, model, until);
+    }
+
+    fn active_cooldowns(&self, now: Instant) -> usize {
+        self.cooldowns.active(now)
+    }
+
+    fn is_invalid(&self, key: &KeyId) -> bool {
+        self.keys.is_invalid(key)
+    }
+
+    fn mark_invalid(&self, key: &KeyId) {
+        self.keys.mark_invalid(key);
+    }
+
+    fn admit(
+        &self,
+        key: &KeyId,
+        model: &Arc<str>,
+        budget: &Budget,
+        tokens: u64,
+        now: Instant,
+    ) -> Result<Admission, LimitHit> {
+        let (by_model, by_key) = (usage::any(&budget.model), usage::any(&budget.key));
+        if !by_model && !by_key {
+            return Ok(Admission::free(key, model));
+        }
+        let key_counter = by_key.then(|| self.counter(key, None, &budget.key, now));
+        let model_counter = by_model.then(|| self.counter(key, Some(model), &budget.model, now));
+        // One lock order everywhere: the key's counter, then the model's.
+        let mut key_usage = key_counter.as_deref().map(Counter::lock);
+        let mut model_usage = model_counter.as_deref().map(Counter::lock);
+        if let Some(u) = key_usage.as_mut() {
+            u.check(&budget.key, tokens, now)?;
+        }
+        if let Some(u) = model_usage.as_mut() {
+            u.check(&budget.model, tokens, now)?;
+        }
+        Ok(Admission {
+            key: key.clone(),
+            model: model.clone(),
+            key_charge: key_usage.map(|mut u| u.record(tokens, now)),
+            model_charge: model_usage.map(|mut u| u.record(tokens, now)),
+        })
+    }
+
+    fn settle(&self, admission: &Admission, actual_tokens: u64) {
+        if let Some(charge) = admission.key_charge
+            && let Some(c) = self.existing(&admission.key, None)
+        {
+            c.lock().settle(charge, actual_tokens);
+        }
+        if let Some(charge) = admission.model_charge
+            && let Some(c) = self.existing(&admission.key, Some(&admission.model))
+        {
+            c.lock().settle(charge, actual_tokens);
+        }
+    }
+
+    fn refund(&self, admission: &Admission, refund: Refund) {
+        if let Some(charge) = admission.key_charge
+            && let Some(c) = self.existing(&admission.key, None)
+        {
+            c.lock().refund(charge, refund);
+        }
+        if let Some(charge) = admission.model_charge
+            && let Some(c) = self.existing(&admission.key, Some(&admission.model))
+        {
+            c.lock().refund(charge, refund);
+        }
+    }
+
+    fn usable(&self, key: &KeyId, model: &Arc<str>, budget: &Budget, now: Instant) -> bool {
+        if self.is_invalid(key) || self.cooling_until(key, model, now).is_some() {
+            return false;
+        }
+        if usage::any(&budget.key)
+            && let Some(c) = self.existing(key, None)
+            && c.lock().check(&budget.key, 0, now).is_err()
+        {
+            return false;
+        }
+        !(usage::any(&budget.model)
+            && self.existing(key, Some(model)).is_some_and(|c| c.lock().check(&budget.model, 0, now).is_err()))
+    }
+
+    fn pinned(&self, session: &str, now: Instant) -> Option<Arc<str>> {
+        self.pins.get(session, now)
+    }
+
+    fn pin(&self, session: &str, target: &str, ttl: Duration, now: Instant) {
+        if let Some(until) = now.checked_add(ttl.min(MAX_PIN_TTL)) {
+            self.pins.pin(session, target, until);
+        }
+    }
+
+    fn pins(&self) -> u64 {
+        self.pins.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> KeyId {
+        KeyId { provider: Arc::from("p"), fingerprint: 7 }
+    }
+
+    #[test]
+    fn admitted_requests_settle_and_refund() {
+        let s = MemoryState::default();
+        let model: Arc<str> = Arc::from("m");
+        let budget = Budget { model: Limits { tpd: Some(1000), ..Limits::default() }, key: Limits::default() };
+        let now = Instant::now();
+        let a = s.admit(&key(), &model, &budget, 900, now).unwrap();
+        assert!(s.admit(&key(), &model, &budget, 200, now).is_err());
+        s.refund(&a, Refund::Tokens);
+        assert!(s.usable(&key(), &model, &budget, now));
+        let b = s.admit(&key(), &model, &budget, 200, now).unwrap();
+        s.settle(&b, 950);
+        assert!(s.admit(&key(), &model, &budget, 100, now).is_err(), "settled usage counts");
+    }
+
+    #[test]
+    fn no_limit_charges_nothing_and_makes_no_counter() {
+        let s = MemoryState::default();
+        let a = s.admit(&key(), &Arc::from("m"), &Budget::default(), 10, Instant::now()).unwrap();
+        assert!(!a.charged());
+        s.usage.run_pending_tasks();
+        assert_eq!(s.usage.entry_count(), 0);
+    }
+
+    #[test]
+    fn counters_for_made_up_models_stay_within_their_bound() {
+        let s = MemoryState::new(StateBounds { usage_bytes: 1 << 20, ..StateBounds::default() });
+        let budget = Budget { model: Limits { rpd: Some(10), ..Limits::default() }, key: Limits::default() };
+        let now = Instant::now();
+        for i in 0..5000 {
+            let _ = s.admit(&key(), &Arc::from(format!("junk-{i}")), &budget, 1, now);
+        }
+        s.usage.run_pending_tasks();
+        assert!(s.usage.weighted_size() <= 1 << 20, "{} bytes", s.usage.weighted_size());
+    }
+
+    #[test]
+    fn pins_are_clamped_to_the_longest_ttl() {
+        let s = MemoryState::default();
+        let now = Instant::now();
+        s.pin("conv", "p/m", Duration::MAX, now);
+        assert_eq!(s.pinned("conv", now + MAX_PIN_TTL - Duration::from_secs(1)).as_deref(), Some("p/m"));
+        assert_eq!(s.pinned("conv", now + MAX_PIN_TTL + Duration::from_secs(1)), None);
+    }
+}

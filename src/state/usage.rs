@@ -1,0 +1,370 @@
+//! Rate limits known before the upstream's 429: requests and tokens per
+//! minute and per day, counted per (provider, model, key), and optionally
+//! per key across all its models (OpenRouter's free pool is account-wide).
+//!
+//! A candidate whose next request would pass a limit is skipped without a
+//! call, like one cooling down. Token budgets are charged with the
+//! request's estimated size when it is admitted, corrected with the usage
+//! the answer reports, and given back when the attempt fails.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::KeyId;
+use crate::config::Limits;
+
+const MINUTE: Duration = Duration::from_secs(60);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+/// The day window is kept in buckets of this size (a rolling 24 h to within
+/// ten minutes, in 144 counters instead of one entry per request).
+const DAY_BUCKET: Duration = Duration::from_secs(600);
+const DAY_BUCKETS: usize = (DAY.as_secs() / DAY_BUCKET.as_secs()) as usize;
+
+/// The completion a request is assumed to ask for when it names a
+/// `max_tokens` but its model's context window is unknown: no model
+/// answers more than this in one go, so a client's absurd `max_tokens`
+/// cannot book a day's budget.
+pub const MAX_COMPLETION_ESTIMATE: u64 = 262_144;
+
+/// Which limit stopped a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// Requests per minute.
+    Rpm,
+    /// Requests per day.
+    Rpd,
+    /// Tokens per minute.
+    Tpm,
+    /// Tokens per day.
+    Tpd,
+}
+
+impl Limit {
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Rpm => "rpm",
+            Self::Rpd => "rpd",
+            Self::Tpm => "tpm",
+            Self::Tpd => "tpd",
+        }
+    }
+}
+
+/// A request would pass `limit`; there is room again at `until`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitHit {
+    /// The limit.
+    pub limit: Limit,
+    /// When the window has room for this request again.
+    pub until: Instant,
+}
+
+/// What one request was charged in one counter, to be corrected once its
+/// usage is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Charge {
+    at: Instant,
+    tokens: u64,
+}
+
+/// What one admitted request was charged against a key's limits: handed
+/// back to [`super::StateStore::settle`] or [`super::StateStore::refund`].
+#[derive(Debug, Clone)]
+pub struct Admission {
+    pub(super) key: KeyId,
+    pub(super) model: Arc<str>,
+    pub(super) model_charge: Option<Charge>,
+    pub(super) key_charge: Option<Charge>,
+}
+
+impl Admission {
+    /// An admission that charged nothing (no limit applies).
+    pub fn free(key: &KeyId, model: &Arc<str>) -> Self {
+        Self { key: key.clone(), model: model.clone(), model_charge: None, key_charge: None }
+    }
+
+    /// Whether anything was charged.
+    pub fn charged(&self) -> bool {
+        self.model_charge.is_some() || self.key_charge.is_some()
+    }
+}
+
+/// What a failed attempt gives back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refund {
+    /// The upstream saw the request (it counts against requests per minute
+    /// and day) but answered no tokens.
+    Tokens,
+    /// The request never reached the upstream (connect error, a plugin
+    /// that refused to build it): nothing was spent.
+    Everything,
+}
+
+/// One ten-minute bucket of the day: its number (since the counter's
+/// origin), requests and tokens.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    number: u64,
+    requests: u64,
+    tokens: u64,
+}
+
+const EMPTY: Bucket = Bucket { number: u64::MAX, requests: 0, tokens: 0 };
+
+/// Requests and tokens in the last minute and (when a daily limit applies)
+/// the last day.
+#[derive(Debug)]
+pub struct Usage {
+    /// (time, tokens) of each request in the last minute.
+    minute: VecDeque<(Instant, u64)>,
+    /// Per bucket, indexed by bucket number modulo the ring; only kept for
+    /// counters with a daily limit.
+    day: Option<Box<[Bucket; DAY_BUCKETS]>>,
+    origin: Instant,
+}
+
+impl Usage {
+    /// Empty counters; `origin` anchors the day buckets; `daily` keeps the
+    /// day window (2.3 KB) for counters that have a daily limit.
+    pub fn new(origin: Instant, daily: bool) -> Self {
+        Self { minute: VecDeque::new(), day: daily.then(|| Box::new([EMPTY; DAY_BUCKETS])), origin }
+    }
+
+    /// Roughly how many bytes this counter holds (for the cache's bound).
+    pub fn weight(daily: bool) -> u32 {
+        let day = if daily { std::mem::size_of::<[Bucket; DAY_BUCKETS]>() } else { 0 };
+        (std::mem::size_of::<Self>() + day + 256) as u32
+    }
+
+    fn bucket(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.origin).as_secs() / DAY_BUCKET.as_secs()
+    }
+
+    fn bucket_end(&self, number: u64) -> Option<Instant> {
+        let secs = number.checked_add(DAY_BUCKETS as u64)?.checked_mul(DAY_BUCKET.as_secs())?;
+        self.origin.checked_add(Duration::from_secs(secs))
+    }
+
+    fn prune(&mut self, now: Instant) {
+        while self.minute.front().is_some_and(|(t, _)| now.saturating_duration_since(*t) >= MINUTE) {
+            self.minute.pop_front();
+        }
+    }
+
+    /// Requests and tokens in the rolling day, and when the oldest bucket
+    /// that holds any leaves the window.
+    fn day_totals(&self, now: Instant) -> (u64, u64, Option<Instant>) {
+        let Some(day) = &self.day else { return (0, 0, None) };
+        let current = self.bucket(now);
+        let first = current.saturating_sub(DAY_BUCKETS as u64 - 1);
+        let (mut requests, mut tokens, mut oldest) = (0u64, 0u64, None);
+        for b in day.iter() {
+            if b.number != u64::MAX && b.number >= first && b.number <= current {
+                requests = requests.saturating_add(b.requests);
+                tokens = tokens.saturating_add(b.tokens);
+                oldest = Some(oldest.map_or(b.number, |o: u64| o.min(b.number)));
+            }
+        }
+        (requests, tokens, oldest.and_then(|b| self.bucket_end(b)))
+    }
+
+    /// Whether one more request of `tokens` fits in `limits` now.
+    pub fn check(&mut self, limits: &Limits, tokens: u64, now: Instant) -> Result<(), LimitHit> {
+        self.prune(now);
+        let in_minute = self.minute.len() as u64;
+        let minute_frees = self.minute.front().and_then(|(t, _)| t.checked_add(MINUTE)).unwrap_or(now);
+        if let Some(rpm) = limits.rpm
+            && in_minute >= rpm
+        {
+            return Err(LimitHit { limit: Limit::Rpm, until: minute_frees });
+        }
+        if let Some(tpm) = limits.tpm {
+            let used = self.minute.iter().fold(0u64, |sum, (_, t)| sum.saturating_add(*t));
+            // A request larger than the whole budget is let through on an
+            // empty window: the upstream decides, instead of never trying.
+            if used > 0 && used.saturating_add(tokens) > tpm {
+                return Err(LimitHit { limit: Limit::Tpm, until: minute_frees });
+            }
+        }
+        if limits.rpd.is_some() || limits.tpd.is_some() {
+            let (requests, used, frees) = self.day_totals(now);
+            let until = frees.unwrap_or(now);
+            if limits.rpd.is_some_and(|rpd| requests >= rpd) {
+                return Err(LimitHit { limit: Limit::Rpd, until });
+            }
+            if limits.tpd.is_some_and(|tpd| used > 0 && used.saturating_add(tokens) > tpd) {
+                return Err(LimitHit { limit: Limit::Tpd, until });
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts one request of `tokens` (estimated).
+    pub fn record(&mut self, tokens: u64, now: Instant) -> Charge {
+        self.minute.push_back((now, tokens));
+        let number = self.bucket(now);
+        if let Some(day) = &mut self.day {
+            let slot = &mut day[(number % DAY_BUCKETS as u64) as usize];
+            if slot.number != number {
+                *slot = Bucket { number, requests: 0, tokens: 0 };
+            }
+            slot.requests = slot.requests.saturating_add(1);
+            slot.tokens = slot.tokens.saturating_add(tokens);
+        }
+        Charge { at: now, tokens }
+    }
+
+    /// Replaces a request's estimated tokens with what the answer reported.
+    pub fn settle(&mut self, charge: Charge, actual: u64) {
+        self.adjust(charge, |_| Some(actual));
+    }
+
+    /// Gives back a failed request's tokens, or the whole request.
+    pub fn refund(&mut self, charge: Charge, refund: Refund) {
+        self.adjust(charge, |_| match refund {
+            Refund::Tokens => Some(0),
+            Refund::Everything => None,
+        });
+    }
+
+    /// Sets a charge's tokens to `to(tokens)`, or removes the request when
+    /// that is `None`.
+    fn adjust(&mut self, charge: Charge, to: impl Fn(u64) -> Option<u64>) {
+        let new = to(charge.tokens);
+        if let Some(i) = self.minute.iter().position(|(t, tok)| *t == charge.at && *tok == charge.tokens) {
+            match new {
+                Some(tokens) => self.minute[i].1 = tokens,
+                None => {
+                    self.minute.remove(i);
+                }
+            }
+        }
+        let number = self.bucket(charge.at);
+        if let Some(day) = &mut self.day {
+            let slot = &mut day[(number % DAY_BUCKETS as u64) as usize];
+            if slot.number == number {
+                slot.tokens = slot.tokens.saturating_sub(charge.tokens).saturating_add(new.unwrap_or(0));
+                if new.is_none() {
+                    slot.requests = slot.requests.saturating_sub(1);
+                }
+            }
+        }
+    }
+}
+
+/// Whether any limit is set.
+pub fn any(limits: &Limits) -> bool {
+    limits.rpm.is_some() || limits.rpd.is_some() || limits.tpm.is_some() || limits.tpd.is_some()
+}
+
+/// Whether a daily limit is set.
+pub fn daily(limits: &Limits) -> bool {
+    limits.rpd.is_some() || limits.tpd.is_some()
+}
+
+/// A rough token count of a request for one model: about four bytes a
+/// token for the prompt, plus the completion it asks for (`max_tokens`),
+/// so that a budget is not overrun by the answer. The completion counts at
+/// most the model's context window (or [`MAX_COMPLETION_ESTIMATE`] when
+/// that is unknown): a client's `max_tokens` of 10^12 books no more than
+/// the model could ever answer.
+pub fn estimate_tokens(body_len: usize, max_tokens: Option<u64>, context_window: Option<u64>) -> u64 {
+    let prompt = (body_len as u64).div_ceil(4);
+    let completion = max_tokens.unwrap_or(0).min(context_window.unwrap_or(MAX_COMPLETION_ESTIMATE));
+    prompt.saturating_add(completion)
+}
+
+#[cfg(test)]
+impl Charge {
+    fn with_tokens(self, tokens: u64) -> Self {
+        Self { at: self.at, tokens }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(rpm: Option<u64>, rpd: Option<u64>, tpm: Option<u64>, tpd: Option<u64>) -> Limits {
+        Limits { rpm, rpd, tpm, tpd }
+    }
+
+    #[test]
+    fn requests_per_minute_slide() {
+        let t0 = Instant::now();
+        let mut u = Usage::new(t0, false);
+        let l = limits(Some(2), None, None, None);
+        u.record(10, t0);
+        u.record(10, t0 + Duration::from_secs(10));
+        let hit = u.check(&l, 10, t0 + Duration::from_secs(20)).unwrap_err();
+        assert_eq!(hit, LimitHit { limit: Limit::Rpm, until: t0 + MINUTE });
+        assert!(u.check(&l, 10, t0 + MINUTE).is_ok(), "the first request left the window");
+    }
+
+    #[test]
+    fn tokens_per_minute_use_the_settled_usage() {
+        let t0 = Instant::now();
+        let mut u = Usage::new(t0, false);
+        let l = limits(None, None, Some(1000), None);
+        let charge = u.record(900, t0);
+        assert_eq!(u.check(&l, 200, t0).unwrap_err().limit, Limit::Tpm);
+        u.settle(charge, 300);
+        assert!(u.check(&l, 200, t0).is_ok(), "the answer used fewer tokens than estimated");
+    }
+
+    #[test]
+    fn a_request_bigger_than_the_budget_goes_through_on_an_empty_window() {
+        let mut u = Usage::new(Instant::now(), true);
+        assert!(u.check(&limits(None, None, Some(100), Some(100)), 5000, Instant::now()).is_ok());
+    }
+
+    #[test]
+    fn requests_per_day_roll_in_buckets() {
+        let t0 = Instant::now();
+        let mut u = Usage::new(t0, true);
+        let l = limits(None, Some(3), None, None);
+        for i in 0..3 {
+            u.record(1, t0 + Duration::from_secs(i * 3600));
+        }
+        let hit = u.check(&l, 1, t0 + Duration::from_secs(5 * 3600)).unwrap_err();
+        assert_eq!(hit.limit, Limit::Rpd);
+        assert_eq!(hit.until, t0 + DAY, "room again when the first bucket leaves the day");
+        assert!(u.check(&l, 1, t0 + DAY + Duration::from_secs(1)).is_ok());
+    }
+
+    #[test]
+    fn refunds_give_back_tokens_or_the_whole_request() {
+        let t0 = Instant::now();
+        let mut u = Usage::new(t0, true);
+        let l = limits(Some(1), Some(1), None, Some(1000));
+        let charge = u.record(5000, t0);
+        assert_eq!(u.check(&limits(None, None, None, Some(1000)), 10, t0).unwrap_err().limit, Limit::Tpd);
+        u.refund(charge, Refund::Tokens);
+        assert!(u.check(&limits(None, None, None, Some(1000)), 10, t0).is_ok(), "tokens given back");
+        assert_eq!(u.check(&l, 10, t0).unwrap_err().limit, Limit::Rpm, "the request still counts");
+        u.refund(charge.with_tokens(0), Refund::Everything);
+        assert!(u.check(&l, 10, t0).is_ok(), "nothing left of the request");
+    }
+
+    #[test]
+    fn counters_saturate_instead_of_wrapping() {
+        let t0 = Instant::now();
+        let mut u = Usage::new(t0, true);
+        let charge = u.record(u64::MAX, t0);
+        u.record(u64::MAX, t0);
+        u.settle(charge, u64::MAX);
+        let hit = u.check(&limits(None, None, Some(10), Some(10)), 1, t0).unwrap_err();
+        assert_eq!(hit.limit, Limit::Tpm);
+    }
+
+    #[test]
+    fn estimates_clamp_the_completion_to_what_the_model_could_answer() {
+        assert_eq!(estimate_tokens(400, None, None), 100);
+        assert_eq!(estimate_tokens(400, Some(256), None), 356);
+        assert_eq!(estimate_tokens(400, Some(1_000_000_000_000), Some(8192)), 100 + 8192);
+        assert_eq!(estimate_tokens(400, Some(u64::MAX), None), 100 + MAX_COMPLETION_ESTIMATE);
+        assert_eq!(estimate_tokens(usize::MAX, Some(u64::MAX), Some(u64::MAX)), u64::MAX);
+    }
+}

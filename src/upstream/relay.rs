@@ -1,0 +1,393 @@
+//! Relays an upstream SSE stream to the client as it arrives.
+//!
+//! The relay polls the upstream body directly from the client's response
+//! body (no extra task, no channel per stream), runs each piece through the
+//! provider's stream decoder and re-frames the OpenAI chunks as SSE. Before
+//! the first byte reaches the client the dispatcher calls [`Relay::prime`]:
+//! a stream that fails before its first chunk can still fall back to
+//! another candidate. After that, a failure ends the stream with one error
+//! event and no `[DONE]`.
+//!
+//! Being polled by the client's connection has one weakness: a client that
+//! stops reading (an HTTP/2 window at 0, a full TCP buffer) stops the polls,
+//! and with them the relay's own idle timer. The [`Watchdog`] covers that:
+//! it sees every live relay, and cuts one that has waited on its client for
+//! `stream_idle_timeout`, or that has run for `stream_max_duration`,
+//! releasing the upstream connection and the plugin instance at once.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http_body::Body;
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use crate::errors::stream_error_event;
+use crate::metrics::Metrics;
+use crate::plugin::{PluginStream, StreamEvent, Usage};
+use crate::secret::Redactor;
+
+/// How a relayed stream ended, for metrics and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamOutcome {
+    /// Chunks relayed.
+    pub chunks: usize,
+    /// Usage the upstream reported.
+    pub usage: Option<Usage>,
+    /// Why it ended early, if it did (redacted).
+    pub error: Option<String>,
+    /// The end was the client's doing: it went away, or stopped reading and
+    /// was cut. Not an upstream failure.
+    pub client_gone: bool,
+}
+
+type Observer = Box<dyn FnOnce(&StreamOutcome) + Send>;
+
+/// How a relay is configured.
+#[derive(Clone)]
+pub struct RelaySettings {
+    /// Longest silence allowed from the upstream between two pieces, and
+    /// longest wait for the client to take what is ready.
+    pub idle: Duration,
+    /// Removes the provider's secrets from every frame.
+    pub redactor: Redactor,
+    /// Drop the usage-only chunk (empty `choices`) the client did not ask
+    /// for: the gateway asks for usage to settle budgets, the client may
+    /// not expect it.
+    pub drop_usage_only: bool,
+}
+
+/// What the watchdog may take away from a relay: the upstream body and the
+/// decoder (with its plugin instance).
+type Parts = (Incoming, PluginStream);
+
+/// The part of a relay the watchdog shares.
+struct Live {
+    parts: Mutex<Option<Parts>>,
+    started: Instant,
+    /// Milliseconds since `started` when the relay last handed a frame to
+    /// the client and began waiting for it to ask for more;
+    /// [`NOT_WAITING`] while the relay waits on its upstream.
+    waiting_since: AtomicU64,
+    /// Why the watchdog cut it ([`CUT_NONE`] while it runs).
+    cut: AtomicU8,
+}
+
+const NOT_WAITING: u64 = u64::MAX;
+const CUT_NONE: u8 = 0;
+const CUT_STALLED: u8 = 1;
+const CUT_TOO_LONG: u8 = 2;
+
+impl Live {
+    fn millis(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.started).as_millis()).unwrap_or(u64::MAX - 1)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Parts>> {
+        self.parts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A live upstream stream being relayed.
+pub struct Relay {
+    live: Arc<Live>,
+    pending: VecDeque<Bytes>,
+    scratch: Vec<StreamEvent>,
+    settings: RelaySettings,
+    timer: Pin<Box<Sleep>>,
+    last_activity: Instant,
+    ended: bool,
+    outcome: StreamOutcome,
+    observer: Option<Observer>,
+}
+
+impl Relay {
+    /// Starts relaying `upstream` through `decoder`, watched by `watchdog`.
+    pub fn new(upstream: Incoming, decoder: PluginStream, settings: RelaySettings, watchdog: &Watchdog) -> Self {
+        let now = Instant::now();
+        let live = Arc::new(Live {
+            parts: Mutex::new(Some((upstream, decoder))),
+            started: now,
+            waiting_since: AtomicU64::new(NOT_WAITING),
+            cut: AtomicU8::new(CUT_NONE),
+        });
+        watchdog.watch(&live);
+        Self {
+            live,
+            pending: VecDeque::new(),
+            scratch: Vec::new(),
+            timer: Box::pin(tokio::time::sleep_until(now + settings.idle)),
+            settings,
+            last_activity: now,
+            ended: false,
+            outcome: StreamOutcome { chunks: 0, usage: None, error: None, client_gone: false },
+            observer: None,
+        }
+    }
+
+    /// Waits for the first event. `Err` when the stream failed or ended
+    /// before its first chunk: nothing has reached the client, so the
+    /// dispatcher may try another candidate.
+    pub async fn prime(&mut self) -> Result<(), String> {
+        poll_fn(|cx| self.poll_fill(cx)).await;
+        match (&self.outcome.error, self.outcome.chunks) {
+            (Some(error), 0) => Err(error.clone()),
+            _ => {
+                // From here on, the client is the one expected to read.
+                self.live.waiting_since.store(self.live.millis(Instant::now()), Ordering::Relaxed);
+                Ok(())
+            }
+        }
+    }
+
+    /// Calls `observer` once when the stream ends (at once if it has).
+    pub fn on_end(&mut self, observer: impl FnOnce(&StreamOutcome) + Send + 'static) {
+        if self.ended {
+            observer(&self.outcome);
+        } else {
+            self.observer = Some(Box::new(observer));
+        }
+    }
+
+    /// Everything has been handed to the client.
+    pub fn is_finished(&self) -> bool {
+        self.ended && self.pending.is_empty()
+    }
+
+    /// The next SSE frame for the client.
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        // Being polled: the client took what it was given.
+        self.live.waiting_since.store(NOT_WAITING, Ordering::Relaxed);
+        match self.poll_fill(cx) {
+            Poll::Ready(()) => {
+                let next = self.pending.pop_front();
+                if next.is_some() && !self.is_finished() {
+                    self.live.waiting_since.store(self.live.millis(Instant::now()), Ordering::Relaxed);
+                }
+                Poll::Ready(next)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Ready when there is a frame to send or the stream has ended.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            if !self.pending.is_empty() || self.ended {
+                return Poll::Ready(());
+            }
+            let live = self.live.clone();
+            let mut parts = live.lock();
+            let Some((upstream, decoder)) = parts.as_mut() else {
+                drop(parts);
+                let message = match self.live.cut.load(Ordering::Relaxed) {
+                    CUT_TOO_LONG => "the stream ran past dispatch.stream_max_duration and was closed",
+                    _ => "the client stopped reading and the stream was closed",
+                };
+                self.outcome.client_gone = self.live.cut.load(Ordering::Relaxed) == CUT_STALLED;
+                self.fail(message.to_owned());
+                continue;
+            };
+            match Pin::new(upstream).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    self.last_activity = Instant::now();
+                    if let Ok(data) = frame.into_data() {
+                        let decoded = decoder.push(&data, &mut self.scratch);
+                        drop(parts);
+                        self.absorb();
+                        if let Err(e) = decoded {
+                            self.fail(e.to_string());
+                        }
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    drop(parts);
+                    self.fail(format!("the upstream stream broke off: {e}"));
+                }
+                Poll::Ready(None) => {
+                    let decoded = decoder.finish(&mut self.scratch);
+                    drop(parts);
+                    self.absorb();
+                    if let Err(e) = decoded {
+                        self.fail(e.to_string());
+                    } else if !self.ended {
+                        self.fail("the upstream ended the stream without [DONE]".to_owned());
+                    }
+                }
+                Poll::Pending => {
+                    drop(parts);
+                    // The timer is re-armed lazily: resetting it on every
+                    // chunk would cost a timer-wheel update per chunk.
+                    if self.timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    let deadline = self.last_activity.checked_add(self.settings.idle);
+                    match deadline {
+                        Some(deadline) if Instant::now() < deadline => self.timer.as_mut().reset(deadline),
+                        _ => self.fail(format!("the upstream sent nothing for {:?}", self.settings.idle)),
+                    }
+                }
+            }
+        }
+    }
+
+    fn absorb(&mut self) {
+        for event in std::mem::take(&mut self.scratch) {
+            if self.ended {
+                break;
+            }
+            match event {
+                StreamEvent::Chunk { json, usage } => {
+                    if usage.is_some() {
+                        self.outcome.usage = usage;
+                        if self.settings.drop_usage_only && usage_only(&json) {
+                            continue;
+                        }
+                    }
+                    let json = self.settings.redactor.redact_bytes(json);
+                    let mut frame = BytesMut::with_capacity(json.len() + 8);
+                    frame.put_slice(b"data: ");
+                    frame.put_slice(&json);
+                    frame.put_slice(b"\n\n");
+                    self.pending.push_back(frame.freeze());
+                    self.outcome.chunks += 1;
+                }
+                StreamEvent::Done => {
+                    self.pending.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
+                    self.end();
+                }
+                StreamEvent::Error { message } => self.fail(format!("the upstream reported an error: {message}")),
+            }
+        }
+    }
+
+    fn fail(&mut self, message: String) {
+        if self.ended {
+            return;
+        }
+        // Upstream and plugin text: never with a key in it.
+        let message = self.settings.redactor.redact(&message).into_owned();
+        self.pending.push_back(stream_error_event(&message, "stream_failed"));
+        self.outcome.error = Some(message);
+        self.end();
+    }
+
+    fn end(&mut self) {
+        self.ended = true;
+        // Release the upstream connection and the plugin instance now, not
+        // when the client gets round to closing.
+        self.live.lock().take();
+        if let Some(observer) = self.observer.take() {
+            observer(&self.outcome);
+        }
+    }
+}
+
+/// A usage-only chunk: `"choices":[]` with usage (what a provider sends
+/// last when asked to `include_usage`).
+fn usage_only(json: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Choices {
+        choices: Option<Vec<serde::de::IgnoredAny>>,
+    }
+    serde_json::from_slice::<Choices>(json).is_ok_and(|c| c.choices.is_some_and(|c| c.is_empty()))
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(observer) = self.observer.take() {
+            self.outcome.error = Some("the client went away".to_owned());
+            self.outcome.client_gone = true;
+            observer(&self.outcome);
+        }
+    }
+}
+
+/// Sees every live relay of a gateway and cuts the ones whose client
+/// stopped reading, or that ran too long. One background task per gateway,
+/// waking a few times per idle period; it ends with the gateway.
+pub struct Watchdog {
+    inner: Arc<WatchdogInner>,
+}
+
+struct WatchdogInner {
+    relays: Mutex<Vec<Weak<Live>>>,
+    idle: Duration,
+    max_duration: Duration,
+    metrics: Arc<Metrics>,
+    started: std::sync::Once,
+}
+
+impl Watchdog {
+    /// A watchdog cutting relays that waited on their client for `idle`,
+    /// or ran for `max_duration`.
+    pub fn new(idle: Duration, max_duration: Duration, metrics: Arc<Metrics>) -> Self {
+        Self {
+            inner: Arc::new(WatchdogInner {
+                relays: Mutex::new(Vec::new()),
+                idle,
+                max_duration,
+                metrics,
+                started: std::sync::Once::new(),
+            }),
+        }
+    }
+
+    /// Relays alive now.
+    pub fn live(&self) -> usize {
+        self.inner.relays.lock().unwrap_or_else(|e| e.into_inner()).iter().filter(|w| w.strong_count() > 0).count()
+    }
+
+    fn watch(&self, live: &Arc<Live>) {
+        self.inner.relays.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::downgrade(live));
+        self.inner.started.call_once(|| {
+            let weak = Arc::downgrade(&self.inner);
+            let tick = (self.inner.idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+            tokio::spawn(async move {
+                let mut interval = tokio::time::interval(tick);
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    interval.tick().await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    inner.sweep(Instant::now());
+                }
+            });
+        });
+    }
+}
+
+impl WatchdogInner {
+    fn sweep(&self, now: Instant) {
+        let relays: Vec<Arc<Live>> = {
+            let mut list = self.relays.lock().unwrap_or_else(|e| e.into_inner());
+            list.retain(|w| w.strong_count() > 0);
+            list.iter().filter_map(Weak::upgrade).collect()
+        };
+        let idle = u64::try_from(self.idle.as_millis()).unwrap_or(u64::MAX);
+        for live in relays {
+            let elapsed = live.millis(now);
+            let since = live.waiting_since.load(Ordering::Relaxed);
+            let why = if now.saturating_duration_since(live.started) >= self.max_duration {
+                CUT_TOO_LONG
+            } else if since != NOT_WAITING && elapsed.saturating_sub(since) >= idle {
+                CUT_STALLED
+            } else {
+                continue;
+            };
+            let taken = live.lock().take();
+            if let Some(parts) = taken {
+                live.cut.store(why, Ordering::Relaxed);
+                let reason = if why == CUT_TOO_LONG { "max_duration" } else { "client_stalled" };
+                self.metrics.stream_cut(reason);
+                tracing::info!(reason, "closing a stream: its upstream connection and plugin instance are released");
+                drop(parts);
+            }
+        }
+    }
+}
