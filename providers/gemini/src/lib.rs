@@ -3,7 +3,9 @@
 //!
 //! `base_url` is the API root with its version
 //! (`https://generativelanguage.googleapis.com/v1beta`); the key goes in
-//! `x-goog-api-key`. Options:
+//! `x-goog-api-key`. The target model is an id (`gemini-2.5-flash`) or a
+//! resource name (`models/...`, `tunedModels/...`); the id goes into the URL
+//! percent-encoded as one path segment, whatever a client sent. Options:
 //!
 //! - `auth_header` (default `x-goog-api-key`), `auth_scheme` (default none);
 //! - `embedding_task_type`: a `taskType` for embeddings (`RETRIEVAL_QUERY`...).
@@ -26,12 +28,17 @@ struct Plugin;
 /// can say otherwise).
 const KEY_HEADER: &str = "x-goog-api-key";
 
-/// The model's resource name and its URL path (a model given as
-/// `tunedModels/...` or `models/...` is used as it is).
+/// Model names Gemini takes with their collection: a target model given
+/// as `tunedModels/my-model` or `models/gemini-2.5-flash` keeps it.
+const COLLECTIONS: [&str; 2] = ["models/", "tunedModels/"];
+
+/// The model's resource name and its URL path (the id percent-encoded as one
+/// segment: a client's model id must not reach another path or the query).
 fn model_resource(target: &Target) -> Result<(String, String), String> {
     let model = target.model.as_str();
-    let name = if model.contains('/') { model.to_owned() } else { format!("models/{model}") };
-    Ok((name.clone(), format!("/{name}")))
+    let (collection, id) =
+        COLLECTIONS.iter().find_map(|c| model.strip_prefix(c).map(|id| (*c, id))).unwrap_or(("models/", model));
+    Ok((format!("{collection}{id}"), format!("/{collection}{}", sdk::path_segment(id)?)))
 }
 
 /// A POST of a JSON body to the model's `:{method}`.
