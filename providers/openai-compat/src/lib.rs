@@ -11,7 +11,12 @@
 //!   (prompt and completion price "0", "free" or empty, or a `:free` id),
 //!   `all`, or unset (the catalog decides);
 //! - `models_paid_prefixes`: comma-separated id prefixes that are never free
-//!   (SiliconFlow's `Pro/`).
+//!   (SiliconFlow's `Pro/`);
+//! - `stream_usage` (default on): a streamed chat request asks for usage in
+//!   its last chunk (`stream_options.include_usage: true`, merged into the
+//!   client's own `stream_options`) so that token budgets settle; the client
+//!   gets that chunk too (it has no choices). `"false"` leaves the request
+//!   as the client sent it, as does listing `stream_options` in `drop_params`.
 
 use freeway_plugin_sdk::{
     self as sdk, Answer, Capabilities, Descriptor, ErrorKind, Guest, Headers, HttpRequest, INTERFACE_VERSION,
@@ -19,21 +24,39 @@ use freeway_plugin_sdk::{
 };
 use serde::Deserialize;
 use serde::de::IgnoredAny;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 struct Plugin;
 
-/// The request with `model` replaced and refused parameters dropped; and
-/// whether it asks for a stream.
-fn rewrite(request: &[u8], target: &Target) -> Result<(Vec<u8>, bool), String> {
+/// The request with `model` replaced, usage asked for on a chat stream, and
+/// refused parameters dropped; and whether it asks for a stream.
+fn rewrite(request: &[u8], target: &Target, chat: bool) -> Result<(Vec<u8>, bool), String> {
     let mut body = sdk::request_object(request)?;
     body.insert("model".to_owned(), Value::String(target.model.clone()));
-    for param in target.option_list("drop_params") {
-        body.remove(param);
+    let dropped = target.option_list("drop_params");
+    for param in &dropped {
+        body.remove(*param);
     }
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let usage_off = target.option("stream_usage").is_some_and(|v| v.trim().eq_ignore_ascii_case("false"));
+    if chat && stream && !usage_off && !dropped.contains(&"stream_options") {
+        ask_for_usage(&mut body);
+    }
     let bytes = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
     Ok((bytes, stream))
+}
+
+/// Sets `stream_options.include_usage`, keeping the client's other stream
+/// options. A `stream_options` that is neither an object nor null is the
+/// client's mistake, left for the upstream to refuse.
+fn ask_for_usage(body: &mut Map<String, Value>) {
+    let options = body.entry("stream_options").or_insert(Value::Null);
+    if options.is_null() {
+        *options = Value::Object(Map::new());
+    }
+    if let Value::Object(options) = options {
+        options.insert("include_usage".to_owned(), Value::Bool(true));
+    }
 }
 
 #[derive(Deserialize)]
@@ -72,7 +95,7 @@ impl Guest for Plugin {
     }
 
     fn build_chat(request: Vec<u8>, target: Target) -> Result<HttpRequest, String> {
-        let (body, stream) = rewrite(&request, &target)?;
+        let (body, stream) = rewrite(&request, &target, true)?;
         Ok(sdk::post(&target, target.option("chat_path").unwrap_or("/chat/completions"), body, stream))
     }
 
@@ -81,7 +104,7 @@ impl Guest for Plugin {
     }
 
     fn build_embeddings(request: Vec<u8>, target: Target) -> Result<HttpRequest, String> {
-        let (body, _) = rewrite(&request, &target)?;
+        let (body, _) = rewrite(&request, &target, false)?;
         Ok(sdk::post(&target, target.option("embeddings_path").unwrap_or("/embeddings"), body, false))
     }
 
