@@ -21,7 +21,9 @@ const TARGET: &str = "wasm32-wasip2";
 fn main() {
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let providers = root.join("providers");
-    for path in ["wit", "kit", "testing", "Cargo.toml", "Cargo.lock", ".cargo"].iter().chain(PLUGINS) {
+    // `wit` holds one folder per interface version; `sdk` is the guest SDK
+    // every plugin builds on.
+    for path in ["wit", "sdk", "testing", "Cargo.toml", "Cargo.lock", ".cargo"].iter().chain(PLUGINS) {
         println!("cargo:rerun-if-changed=providers/{path}");
     }
     println!("cargo:rerun-if-changed=examples/minimal-plugin");

@@ -1,7 +1,7 @@
 //! Provider plugins: WebAssembly components, run by wasmtime, that
 //! translate between OpenAI's API and a provider's wire format.
 //!
-//! The host side of `providers/wit/provider.wit`:
+//! The host side of `providers/wit/0.1.0/provider.wit`:
 //!
 //! - one process-wide [`wasmtime::Engine`] with the pooling allocator and
 //!   epoch interruption (a ticker thread holding only a weak handle);
@@ -28,7 +28,9 @@ pub use host::{
 };
 pub use types::{Capabilities, Decoded, ErrorKind, ModelRecord, StreamEvent, Target, UpstreamRequest, Usage};
 
-/// The interface version this build implements (the WIT package version).
+/// The interface version this build implements: the WIT package version,
+/// read from `providers/wit/0.1.0/` (each version keeps its own folder
+/// there). The guest SDK, `providers/sdk`, has the same constant.
 pub const INTERFACE_VERSION: &str = "0.1.0";
 
 /// The name under which a plugin exports the translator.

@@ -19,6 +19,7 @@ mod plugin_anthropic;
 mod plugin_cohere;
 mod plugin_faults;
 mod plugin_gemini;
+mod plugin_openai;
 mod policies;
 mod sdk;
 mod streaming;

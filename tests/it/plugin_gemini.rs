@@ -663,6 +663,69 @@ fn gemini_embeddings_are_mapped() {
 }
 
 // ---------------------------------------------------------------------------
+// Model ids in URLs
+// ---------------------------------------------------------------------------
+
+/// Model ids a client can send (as `g/<id>`) that try to leave their path
+/// segment, and the one segment each must become.
+const HOSTILE_IDS: [(&str, &str); 3] = [
+    ("../../secret-admin?x=1", "..%2F..%2Fsecret-admin%3Fx%3D1"),
+    ("x?alt=json&foo=bar", "x%3Falt%3Djson%26foo%3Dbar"),
+    ("%2e%2e/%2e%2e/secret-admin", "%252e%252e%2F%252e%252e%2Fsecret-admin"),
+];
+
+/// `url` is `{BASE}/{collection}/{segment}:{method}` and nothing else: no
+/// dot segment (`..`, `%2e%2e`), no query but `query`.
+fn assert_one_segment(url: &str, collection: &str, segment: &str, method: &str, query: Option<&str>) {
+    let uri: http::Uri = url.parse().unwrap_or_else(|e| panic!("{url}: {e}"));
+    assert_eq!(uri.host(), Some("example.test"), "{url}");
+    assert_eq!(uri.path(), format!("/v1beta/{collection}/{segment}:{method}"), "{url}");
+    assert_eq!(uri.query(), query, "{url}");
+    for part in uri.path().split('/') {
+        let dots = part.to_ascii_lowercase().replace("%2e", ".");
+        assert!(dots != "." && dots != "..", "a dot segment in {url}");
+    }
+}
+
+#[test]
+fn gemini_model_ids_from_clients_stay_inside_one_path_segment() {
+    let chat = json!({"messages": [{"role": "user", "content": "hi"}]});
+    let streamed = json!({"messages": [{"role": "user", "content": "hi"}], "stream": true});
+    for (id, segment) in HOSTILE_IDS {
+        let (built, _) = build_for(id, &chat);
+        assert_one_segment(&built.url, "models", segment, "generateContent", None);
+        let (built, _) = build_for(id, &streamed);
+        assert_one_segment(&built.url, "models", segment, "streamGenerateContent", Some("alt=sse"));
+        let mut s = plugin().session().unwrap();
+        let built = s.build_embeddings(br#"{"input": "hi"}"#, &target(id)).unwrap();
+        assert_one_segment(&built.url, "models", segment, "batchEmbedContents", None);
+        // After a collection the id is one segment too.
+        let (built, _) = build_for(&format!("tunedModels/{id}"), &chat);
+        assert_one_segment(&built.url, "tunedModels", segment, "generateContent", None);
+    }
+    // No encoding keeps a dot segment from meaning one: refused.
+    for id in ["..", ".", "models/..", ""] {
+        let mut s = plugin().session().unwrap();
+        let error = s.build_chat(chat.to_string().as_bytes(), &target(id)).unwrap_err().to_string();
+        assert!(error.contains("URL path"), "{id:?}: {error}");
+    }
+}
+
+#[test]
+fn gemini_models_given_with_their_collection_keep_it() {
+    let chat = json!({"messages": [{"role": "user", "content": "hi"}]});
+    let (built, _) = build_for("models/gemini-2.5-flash", &chat);
+    assert_eq!(built.url, format!("{BASE}/models/gemini-2.5-flash:generateContent"));
+    let (built, _) = build_for("tunedModels/my-tuned-model-7", &chat);
+    assert_eq!(built.url, format!("{BASE}/tunedModels/my-tuned-model-7:generateContent"));
+    let mut s = plugin().session().unwrap();
+    let built = s.build_embeddings(br#"{"input": "hi"}"#, &target("tunedModels/my-embedder")).unwrap();
+    assert_eq!(built.url, format!("{BASE}/tunedModels/my-embedder:batchEmbedContents"));
+    let body: Value = serde_json::from_slice(&built.body).unwrap();
+    assert_eq!(body["requests"][0]["model"], "tunedModels/my-embedder");
+}
+
+// ---------------------------------------------------------------------------
 // End to end: a gateway in front of a mock that speaks Gemini
 // ---------------------------------------------------------------------------
 
@@ -844,4 +907,24 @@ async fn gemini_retry_delay_sets_the_cooldown() {
     let back = gw.chat("r").await;
     assert_eq!(back.routed_via(), "g/gemini-2.5-flash", "the 1.5s retryDelay ended the cooldown");
     assert_eq!(back.json()["choices"][0]["message"]["content"], "back");
+}
+
+#[tokio::test]
+async fn gemini_client_model_ids_cannot_leave_the_model_path_through_the_gateway() {
+    let g = Mock::start().await;
+    g.on_all(Behavior::Custom(Arc::new(|_| {
+        let answer = json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "ok"}]},
+            "finishReason": "STOP", "index": 0}]});
+        Reply::json(200, answer.to_string())
+    })));
+    let gw = start(&format!("providers:\n{}", gemini_block("g", &g, &["gemini-2.5-flash"]))).await;
+    for (i, (id, segment)) in HOSTILE_IDS.iter().enumerate() {
+        let request = json!({"model": format!("g/{id}"), "messages": [{"role": "user", "content": "hi"}]});
+        let answer = gw.post("/v1/chat/completions", &request.to_string(), &[]).await;
+        assert_eq!(answer.status, 200, "{id}: {}", answer.text());
+        let seen = &g.chats()[i];
+        assert_eq!(seen.path, format!("/v1beta/models/{segment}:generateContent"), "{id}");
+        assert_eq!(seen.query, None, "{id}");
+        assert_eq!(seen.key.as_deref(), Some("gk-1"));
+    }
 }

@@ -7,30 +7,33 @@
 //! function of its inputs: it gets the OpenAI request and the target (base
 //! URL, model, key, options) and returns the HTTP request for freeway to
 //! send; then it gets the answer's bytes and returns OpenAI's shape.
+//!
+//! The types come from freeway's plugin SDK (`providers/sdk`), generated
+//! from the interface freeway loads, `providers/wit/0.1.0/provider.wit`.
 
-use std::cell::RefCell;
-
+use freeway_plugin_sdk::{
+    self as sdk, Answer, Capabilities, Descriptor, ErrorKind, Guest, Headers, HttpRequest, INTERFACE_VERSION,
+    ModelRecord, PassThrough, Target,
+};
 use serde_json::Value;
 
-// The interface freeway loads: providers/wit/provider.wit.
-wit_bindgen::generate!({ path: "../../providers/wit", world: "provider" });
-
-use exports::freeway::provider::translator::{
-    Answer, Capabilities, Chunk, Descriptor, ErrorKind, Guest, GuestStreamDecoder, Headers, HttpRequest, ModelRecord,
-    StreamEvent, Target,
-};
+/// The header this provider wants the key in.
+const KEY_HEADER: &str = "api-key";
 
 struct Minimal;
 
 impl Guest for Minimal {
-    type StreamDecoder = Decoder;
+    /// The upstream streams OpenAI chunks already: the SDK's decoder passes
+    /// them on. A provider with a stream format of its own implements
+    /// `GuestStreamDecoder` instead (see `providers/gemini`).
+    type StreamDecoder = PassThrough;
 
     /// The name config uses (`plugin: minimal`), and the interface version
     /// this was built against: freeway refuses a plugin of another version.
     fn describe() -> Descriptor {
         Descriptor {
             name: "minimal".to_owned(),
-            interface_version: "0.1.0".to_owned(),
+            interface_version: INTERFACE_VERSION.to_owned(),
             capabilities: Capabilities::CHAT | Capabilities::STREAM | Capabilities::MODELS,
         }
     }
@@ -38,24 +41,23 @@ impl Guest for Minimal {
     /// OpenAI request in, provider request out: here the same body with the
     /// provider's model id, sent to `{base_url}/chat/completions`.
     fn build_chat(request: Vec<u8>, target: Target) -> Result<HttpRequest, String> {
-        let mut body: Value = serde_json::from_slice(&request).map_err(|e| e.to_string())?;
-        body["model"] = Value::String(target.model.clone());
-        let stream = body["stream"].as_bool().unwrap_or(false);
-        Ok(HttpRequest {
-            method: "POST".to_owned(),
-            url: format!("{}/chat/completions", target.base_url),
-            headers: headers(&target, stream),
-            body: serde_json::to_vec(&body).map_err(|e| e.to_string())?,
-        })
+        let mut body = sdk::request_object(&request)?;
+        body.insert("model".to_owned(), Value::String(target.model.clone()));
+        let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+        let body = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
+        let url = target.url("/chat/completions");
+        Ok(HttpRequest::post_json(url, body, stream).with_key(&target, KEY_HEADER))
     }
 
-    /// The answer is already OpenAI's shape; refuse anything that is not.
+    /// The answer is already OpenAI's shape; refuse anything that is not,
+    /// and report its token counts (freeway's token budgets use them).
     fn decode_chat(body: Vec<u8>, _target: Target) -> Result<Answer, String> {
         let value: Value = serde_json::from_slice(&body).map_err(|e| format!("not JSON: {e}"))?;
         if value.get("choices").is_none() {
             return Err("the answer has no choices".to_owned());
         }
-        Ok(Answer { body, usage: None })
+        let usage = value.get("usage").and_then(|u| serde_json::from_value(u.clone()).ok());
+        Ok(Answer { body, usage })
     }
 
     fn build_embeddings(_request: Vec<u8>, _target: Target) -> Result<HttpRequest, String> {
@@ -67,97 +69,20 @@ impl Guest for Minimal {
     }
 
     fn build_models(target: Target) -> Result<HttpRequest, String> {
-        Ok(HttpRequest {
-            method: "GET".to_owned(),
-            url: format!("{}/models", target.base_url),
-            headers: headers(&target, false),
-            body: Vec::new(),
-        })
+        Ok(HttpRequest::get_json(target.url("/models")).with_key(&target, KEY_HEADER))
     }
 
     fn decode_models(body: Vec<u8>, _target: Target) -> Result<Vec<ModelRecord>, String> {
         let value: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
         let data = value["data"].as_array().ok_or("no `data` in the listing")?;
-        Ok(data
-            .iter()
-            .filter_map(|m| m["id"].as_str())
-            .map(|id| ModelRecord {
-                id: id.to_owned(),
-                context_length: None,
-                free: None,
-                parameters: None,
-                active_parameters: None,
-                capabilities: Vec::new(),
-            })
-            .collect())
+        Ok(data.iter().filter_map(|m| m["id"].as_str()).map(ModelRecord::new).collect())
     }
 
-    /// What an error status means for fallback.
+    /// What an error status means for fallback: the SDK's usual table
+    /// (429 rate limited, 401/403 bad key, 402 quota, 400/422 the request).
     fn classify_error(status: u16, _headers: Headers, _body: Vec<u8>) -> ErrorKind {
-        match status {
-            429 => ErrorKind::RateLimited(None),
-            401 | 403 => ErrorKind::InvalidKey,
-            402 => ErrorKind::QuotaExhausted,
-            400 | 422 => ErrorKind::ClientError,
-            _ => ErrorKind::Transient,
-        }
+        sdk::classify_status(status)
     }
 }
 
-fn headers(target: &Target, stream: bool) -> Vec<(String, String)> {
-    let mut headers = vec![
-        ("content-type".to_owned(), "application/json".to_owned()),
-        ("accept".to_owned(), if stream { "text/event-stream" } else { "application/json" }.to_owned()),
-    ];
-    if let Some(key) = &target.key {
-        headers.push(("api-key".to_owned(), key.clone()));
-    }
-    headers
-}
-
-/// Upstream bytes arrive in arbitrary pieces (even mid-character): keep the
-/// bytes that have no line end yet.
-struct Decoder {
-    pending: RefCell<Vec<u8>>,
-}
-
-impl Decoder {
-    fn lines(&self, out: &mut Vec<StreamEvent>, flush: bool) {
-        let mut pending = self.pending.borrow_mut();
-        loop {
-            let line: Vec<u8> = match pending.iter().position(|b| *b == b'\n') {
-                Some(end) => pending.drain(..=end).collect(),
-                None if flush && !pending.is_empty() => std::mem::take(&mut *pending),
-                None => break,
-            };
-            let line = String::from_utf8_lossy(&line);
-            let Some(data) = line.trim().strip_prefix("data:").map(str::trim) else { continue };
-            if data == "[DONE]" {
-                out.push(StreamEvent::Done);
-            } else if !data.is_empty() {
-                out.push(StreamEvent::Chunk(Chunk { json: data.as_bytes().to_vec(), usage: None }));
-            }
-        }
-    }
-}
-
-impl GuestStreamDecoder for Decoder {
-    fn new(_target: Target) -> Self {
-        Self { pending: RefCell::new(Vec::new()) }
-    }
-
-    fn push(&self, bytes: Vec<u8>) -> Vec<StreamEvent> {
-        self.pending.borrow_mut().extend_from_slice(&bytes);
-        let mut out = Vec::new();
-        self.lines(&mut out, false);
-        out
-    }
-
-    fn finish(&self) -> Vec<StreamEvent> {
-        let mut out = Vec::new();
-        self.lines(&mut out, true);
-        out
-    }
-}
-
-export!(Minimal);
+sdk::export_plugin!(Minimal);

@@ -20,23 +20,19 @@
 //!   the `anthropic-beta` header when set);
 //! - `default_max_tokens` (default 4096);
 //! - `auth_header` (default `x-api-key`; `authorization` sends a Bearer key,
-//!   for Anthropic-compatible endpoints that want one);
+//!   for Anthropic-compatible endpoints that want one) and `auth_scheme`;
 //! - `chat_path` (default `/messages`), `models_path` (default `/models`).
 //!
 //! Anthropic has no embeddings API: the embeddings calls refuse.
 
 use std::cell::RefCell;
 
-use freeway_plugin_kit as kit;
+use freeway_plugin_sdk::{
+    self as sdk, Answer, Capabilities, Descriptor, ErrorKind, Guest, GuestStreamDecoder, Headers, HttpRequest,
+    INTERFACE_VERSION, ModelRecord, StreamEvent, Target, Usage,
+};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-
-wit_bindgen::generate!({ path: "../wit", world: "provider" });
-
-use exports::freeway::provider::translator::{
-    Answer, Capabilities, Chunk, Descriptor, ErrorKind, Guest, GuestStreamDecoder, Headers, HttpRequest, ModelRecord,
-    StreamEvent, Target, Usage,
-};
 
 const DEFAULT_VERSION: &str = "2023-06-01";
 const DEFAULT_MAX_TOKENS: u64 = 4096;
@@ -46,29 +42,14 @@ const MIN_THINKING_BUDGET: u64 = 1024;
 
 struct Plugin;
 
-fn usage(u: kit::Usage) -> Usage {
-    Usage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens }
-}
-
-/// The request headers: JSON, the API version, and the key.
-fn headers(target: &Target, stream: bool, with_body: bool) -> Vec<(String, String)> {
-    let mut headers = Vec::with_capacity(5);
-    if with_body {
-        headers.push(("content-type".to_owned(), "application/json".to_owned()));
+/// The request with the API version, the beta features asked for, and the key.
+fn with_headers(request: HttpRequest, target: &Target) -> HttpRequest {
+    let version = target.option("anthropic_version").unwrap_or(DEFAULT_VERSION);
+    let mut request = request.with_header("anthropic-version", version);
+    if let Some(beta) = target.option("anthropic_beta").filter(|b| !b.trim().is_empty()) {
+        request = request.with_header("anthropic-beta", beta.trim());
     }
-    let accept = if stream { "text/event-stream" } else { "application/json" };
-    headers.push(("accept".to_owned(), accept.to_owned()));
-    let version = kit::option(&target.options, "anthropic_version").unwrap_or(DEFAULT_VERSION);
-    headers.push(("anthropic-version".to_owned(), version.to_owned()));
-    if let Some(beta) = kit::option(&target.options, "anthropic_beta").filter(|b| !b.trim().is_empty()) {
-        headers.push(("anthropic-beta".to_owned(), beta.trim().to_owned()));
-    }
-    if let Some(key) = target.key.as_deref() {
-        let name = kit::option(&target.options, "auth_header").unwrap_or("x-api-key").to_ascii_lowercase();
-        let value = if name == "authorization" { format!("Bearer {key}") } else { key.to_owned() };
-        headers.push((name, value));
-    }
-    headers
+    request.with_key(target, "x-api-key")
 }
 
 // ---------------------------------------------------------------------------
@@ -332,7 +313,7 @@ fn as_u64(value: Option<&Value>) -> Option<u64> {
 
 /// The OpenAI request → the Messages API body; also whether it streams.
 fn build_body(request: &[u8], target: &Target) -> Result<(Vec<u8>, bool), String> {
-    let req = kit::request_object(request)?;
+    let req = sdk::request_object(request)?;
     let messages = req.get("messages").and_then(Value::as_array).ok_or("the request has no messages list")?;
     if as_u64(req.get("n")).is_some_and(|n| n > 1) {
         return Err("anthropic answers with one choice: n > 1 is not supported".to_owned());
@@ -348,7 +329,7 @@ fn build_body(request: &[u8], target: &Target) -> Result<(Vec<u8>, bool), String
     body.insert("messages".to_owned(), Value::Array(messages));
 
     let asked_max = as_u64(req.get("max_completion_tokens")).or_else(|| as_u64(req.get("max_tokens")));
-    let default_max = match kit::option(&target.options, "default_max_tokens") {
+    let default_max = match target.option("default_max_tokens") {
         Some(v) => v.trim().parse::<u64>().map_err(|_| format!("option default_max_tokens is not a number: {v}"))?,
         None => DEFAULT_MAX_TOKENS,
     };
@@ -467,10 +448,12 @@ impl AnthropicUsage {
         {
             return None;
         }
+        // Saturating: the counts come from the upstream.
         Some(
-            self.input_tokens.unwrap_or(0)
-                + self.cache_creation_input_tokens.unwrap_or(0)
-                + self.cache_read_input_tokens.unwrap_or(0),
+            self.input_tokens
+                .unwrap_or(0)
+                .saturating_add(self.cache_creation_input_tokens.unwrap_or(0))
+                .saturating_add(self.cache_read_input_tokens.unwrap_or(0)),
         )
     }
 
@@ -482,18 +465,15 @@ impl AnthropicUsage {
         self.cache_read_input_tokens = later.cache_read_input_tokens.or(self.cache_read_input_tokens);
     }
 
-    fn known(&self) -> Option<kit::Usage> {
+    fn known(&self) -> Option<Usage> {
         if self.prompt().is_none() && self.output_tokens.is_none() {
             return None;
         }
-        Some(kit::Usage {
-            prompt_tokens: self.prompt().unwrap_or(0),
-            completion_tokens: self.output_tokens.unwrap_or(0),
-        })
+        Some(Usage { prompt_tokens: self.prompt().unwrap_or(0), completion_tokens: self.output_tokens.unwrap_or(0) })
     }
 
-    fn json(&self, totals: kit::Usage) -> Value {
-        let mut usage = kit::usage_json(totals);
+    fn json(&self, totals: Usage) -> Value {
+        let mut usage = sdk::usage_json(totals);
         if let Some(cached) = self.cache_read_input_tokens {
             usage["prompt_tokens_details"] = json!({"cached_tokens": cached});
         }
@@ -518,7 +498,7 @@ fn decode_message(body: &[u8], target: &Target) -> Result<Answer, String> {
     let message: Message =
         serde_json::from_slice(body).map_err(|e| format!("the answer is not an anthropic message: {e}"))?;
     if let Some(error) = message.error.as_ref().filter(|_| message.kind.as_deref() == Some("error")) {
-        return Err(format!("the answer is an error: {}", kit::error_message(error)));
+        return Err(format!("the answer is an error: {}", sdk::error_message(error)));
     }
     if message.kind.as_deref().is_some_and(|k| k != "message") {
         return Err(format!("the answer is not a message but a {}", message.kind.unwrap_or_default()));
@@ -573,7 +553,7 @@ fn decode_message(body: &[u8], target: &Target) -> Result<Answer, String> {
     if let Some(totals) = totals {
         answer["usage"] = raw_usage.json(totals);
     }
-    Ok(Answer { body: answer.to_string().into_bytes(), usage: totals.map(usage) })
+    Ok(Answer { body: answer.to_string().into_bytes(), usage: totals })
 }
 
 // ---------------------------------------------------------------------------
@@ -612,14 +592,7 @@ fn decode_models(body: &[u8]) -> Result<Vec<ModelRecord>, String> {
             if supported(m.capabilities.as_ref(), "image_input") {
                 capabilities.push("vision".to_owned());
             }
-            ModelRecord {
-                id: m.id,
-                context_length: m.max_input_tokens,
-                free: None,
-                parameters: None,
-                active_parameters: None,
-                capabilities,
-            }
+            ModelRecord { context_length: m.max_input_tokens, capabilities, ..ModelRecord::new(m.id) }
         })
         .collect())
 }
@@ -635,16 +608,13 @@ fn error_details(body: &[u8]) -> (String, String) {
     let kind = error.get("type").and_then(Value::as_str).unwrap_or_default().to_owned();
     let message = match error {
         Value::Null => String::from_utf8_lossy(body).into_owned(),
-        other => kit::error_message(other),
+        other => sdk::error_message(other),
     };
     (kind, message)
 }
 
 fn classify(status: u16, body: &[u8]) -> ErrorKind {
     match status {
-        429 => ErrorKind::RateLimited(None),
-        401 | 403 => ErrorKind::InvalidKey,
-        402 => ErrorKind::QuotaExhausted,
         400 | 422 => {
             let (kind, message) = error_details(body);
             let message = message.to_ascii_lowercase();
@@ -655,8 +625,9 @@ fn classify(status: u16, body: &[u8]) -> ErrorKind {
             if spent { ErrorKind::QuotaExhausted } else { ErrorKind::ClientError }
         }
         // 404 (a model this key cannot see), 413 (another provider may take
-        // a larger request), 529 overloaded, 5xx, and everything else.
-        _ => ErrorKind::Transient,
+        // a larger request), 529 overloaded, 5xx, and everything else are
+        // transient, as the SDK's table says.
+        _ => sdk::classify_status(status),
     }
 }
 
@@ -670,20 +641,15 @@ impl Guest for Plugin {
     fn describe() -> Descriptor {
         Descriptor {
             name: "anthropic".to_owned(),
-            interface_version: "0.1.0".to_owned(),
+            interface_version: INTERFACE_VERSION.to_owned(),
             capabilities: Capabilities::CHAT | Capabilities::STREAM | Capabilities::TOOLS | Capabilities::MODELS,
         }
     }
 
     fn build_chat(request: Vec<u8>, target: Target) -> Result<HttpRequest, String> {
         let (body, stream) = build_body(&request, &target)?;
-        let path = kit::option(&target.options, "chat_path").unwrap_or("/messages");
-        Ok(HttpRequest {
-            method: "POST".to_owned(),
-            url: format!("{}{path}", target.base_url),
-            headers: headers(&target, stream, true),
-            body,
-        })
+        let url = target.url(target.option("chat_path").unwrap_or("/messages"));
+        Ok(with_headers(HttpRequest::post_json(url, body, stream), &target))
     }
 
     fn decode_chat(body: Vec<u8>, target: Target) -> Result<Answer, String> {
@@ -699,13 +665,8 @@ impl Guest for Plugin {
     }
 
     fn build_models(target: Target) -> Result<HttpRequest, String> {
-        let path = kit::option(&target.options, "models_path").unwrap_or("/models");
-        Ok(HttpRequest {
-            method: "GET".to_owned(),
-            url: format!("{}{path}?limit=1000", target.base_url),
-            headers: headers(&target, false, false),
-            body: Vec::new(),
-        })
+        let path = target.option("models_path").unwrap_or("/models");
+        Ok(with_headers(HttpRequest::get_json(target.url(&format!("{path}?limit=1000"))), &target))
     }
 
     fn decode_models(body: Vec<u8>, _target: Target) -> Result<Vec<ModelRecord>, String> {
@@ -740,7 +701,7 @@ struct Decoder {
 }
 
 struct StreamState {
-    parser: kit::SseParser,
+    parser: sdk::SseParser,
     id: String,
     model: String,
     role_sent: bool,
@@ -758,10 +719,7 @@ impl StreamState {
             delta.insert("role".to_owned(), Value::String("assistant".to_owned()));
             self.role_sent = true;
         }
-        StreamEvent::Chunk(Chunk {
-            json: kit::chunk_json(&self.id, &self.model, 0, Value::Object(delta), finish),
-            usage: None,
-        })
+        StreamEvent::chunk(sdk::chunk_json(&self.id, &self.model, 0, Value::Object(delta), finish), None)
     }
 
     fn delta_chunk(&mut self, key: &str, value: Value) -> StreamEvent {
@@ -898,21 +856,15 @@ impl StreamState {
                 let event = self.chunk(Map::new(), Some(finish));
                 out.push(event);
                 if let Some(totals) = self.usage.known() {
-                    let mut chunk: Value =
-                        serde_json::from_slice(&kit::usage_chunk_json(&self.id, &self.model, 0, totals))
-                            .unwrap_or(Value::Null);
-                    chunk["usage"] = self.usage.json(totals);
-                    out.push(StreamEvent::Chunk(Chunk {
-                        json: chunk.to_string().into_bytes(),
-                        usage: Some(usage(totals)),
-                    }));
+                    let json = sdk::usage_chunk_json(&self.id, &self.model, 0, self.usage.json(totals));
+                    out.push(StreamEvent::chunk(json, Some(totals)));
                 }
                 out.push(StreamEvent::Done);
                 self.ended = true;
             }
             "error" => {
                 let error = wire.error.unwrap_or(Value::Null);
-                let message = kit::error_message(&error);
+                let message = sdk::error_message(&error);
                 let message = match error.get("type").and_then(Value::as_str) {
                     Some(kind) => format!("{message} ({kind})"),
                     None => message,
@@ -929,7 +881,7 @@ impl GuestStreamDecoder for Decoder {
     fn new(target: Target) -> Self {
         Self {
             state: RefCell::new(StreamState {
-                parser: kit::sse_parser(),
+                parser: sdk::sse_parser(),
                 id: String::new(),
                 model: target.model,
                 role_sent: false,
@@ -967,4 +919,4 @@ impl GuestStreamDecoder for Decoder {
     }
 }
 
-export!(Plugin);
+sdk::export_plugin!(Plugin);

@@ -1,11 +1,11 @@
 //! Chat requests and answers: OpenAI chat completions ↔ Cohere's v2 chat.
 
-use freeway_plugin_kit as kit;
+use freeway_plugin_sdk::{self as sdk, Usage};
 use serde_json::{Map, Value, json};
 
 /// The Cohere v2 chat body for an OpenAI request, and whether it streams.
 pub fn build(request: &[u8], model: &str) -> Result<(Vec<u8>, bool), String> {
-    let req = kit::request_object(request)?;
+    let req = sdk::request_object(request)?;
     let mut out = Map::new();
     out.insert("model".to_owned(), Value::String(model.to_owned()));
 
@@ -266,14 +266,14 @@ pub fn finish_reason(raw: Option<&str>, had_tool_calls: bool) -> Option<&'static
 }
 
 /// Token counts from a Cohere `usage` object: `tokens`, else `billed_units`.
-pub fn usage(usage: Option<&Value>) -> Option<kit::Usage> {
+pub fn usage(usage: Option<&Value>) -> Option<Usage> {
     let usage = usage?;
     ["tokens", "billed_units"].iter().find_map(|key| {
         let counts = usage.get(*key)?;
         let input = count(counts.get("input_tokens"));
         let output = count(counts.get("output_tokens"));
         (input.is_some() || output.is_some())
-            .then(|| kit::Usage { prompt_tokens: input.unwrap_or(0), completion_tokens: output.unwrap_or(0) })
+            .then(|| Usage { prompt_tokens: input.unwrap_or(0), completion_tokens: output.unwrap_or(0) })
     })
 }
 
@@ -287,12 +287,12 @@ pub fn count(v: Option<&Value>) -> Option<u64> {
 pub fn error_text(v: &Value) -> Option<String> {
     match v.get("message") {
         Some(Value::String(s)) => Some(s.clone()),
-        _ => v.get("error").map(kit::error_message),
+        _ => v.get("error").map(sdk::error_message),
     }
 }
 
 /// A Cohere v2 chat response → an OpenAI `chat.completion`.
-pub fn decode(body: &[u8], model: &str) -> Result<(Vec<u8>, Option<kit::Usage>), String> {
+pub fn decode(body: &[u8], model: &str) -> Result<(Vec<u8>, Option<Usage>), String> {
     let v: Value = serde_json::from_slice(body).map_err(|e| format!("the answer is not JSON: {e}"))?;
     let Some(message) = v.get("message").filter(|m| m.is_object()) else {
         return Err(match error_text(&v) {
@@ -375,7 +375,7 @@ pub fn decode(body: &[u8], model: &str) -> Result<(Vec<u8>, Option<kit::Usage>),
         "choices": [{"index": 0, "message": out_message, "finish_reason": finish, "logprobs": null}],
     });
     if let Some(u) = usage {
-        answer["usage"] = kit::usage_json(u);
+        answer["usage"] = sdk::usage_json(u);
     }
     let body = serde_json::to_vec(&answer).map_err(|e| e.to_string())?;
     Ok((body, usage))

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use freeway_plugin_kit as kit;
+use freeway_plugin_sdk::{self as sdk, Target, Usage};
 use serde_json::{Map, Value, json};
 
 use crate::chat::count;
@@ -14,8 +14,8 @@ use crate::chat::count;
 static BASE64: AtomicBool = AtomicBool::new(false);
 
 /// The Cohere embed body for an OpenAI embeddings request.
-pub fn build(request: &[u8], model: &str, options: &[(String, String)]) -> Result<Vec<u8>, String> {
-    let req = kit::request_object(request)?;
+pub fn build(request: &[u8], target: &Target) -> Result<Vec<u8>, String> {
+    let req = sdk::request_object(request)?;
     let texts: Vec<Value> = match req.get("input") {
         Some(Value::String(s)) => vec![Value::String(s.clone())],
         Some(Value::Array(items)) if !items.is_empty() && items.iter().all(Value::is_string) => items.clone(),
@@ -36,10 +36,10 @@ pub fn build(request: &[u8], model: &str, options: &[(String, String)]) -> Resul
     let input_type = req
         .get("input_type")
         .and_then(Value::as_str)
-        .or_else(|| kit::option(options, "embed_input_type"))
+        .or_else(|| target.option("embed_input_type"))
         .unwrap_or("search_document");
     let mut body = Map::new();
-    body.insert("model".to_owned(), Value::String(model.to_owned()));
+    body.insert("model".to_owned(), Value::String(target.model.clone()));
     body.insert("texts".to_owned(), Value::Array(texts));
     body.insert("input_type".to_owned(), Value::String(input_type.to_owned()));
     body.insert("embedding_types".to_owned(), json!(["float"]));
@@ -50,7 +50,7 @@ pub fn build(request: &[u8], model: &str, options: &[(String, String)]) -> Resul
 }
 
 /// A Cohere embed response → an OpenAI embeddings list.
-pub fn decode(body: &[u8], model: &str) -> Result<(Vec<u8>, Option<kit::Usage>), String> {
+pub fn decode(body: &[u8], model: &str) -> Result<(Vec<u8>, Option<Usage>), String> {
     let v: Value = serde_json::from_slice(body).map_err(|e| format!("the answer is not JSON: {e}"))?;
     // `embeddings_by_type` answers: {"float": [[...]]}; older ones: [[...]].
     let vectors = match v.get("embeddings") {
@@ -79,7 +79,7 @@ pub fn decode(body: &[u8], model: &str) -> Result<(Vec<u8>, Option<kit::Usage>),
     if let Some(tokens) = tokens {
         answer["usage"] = json!({"prompt_tokens": tokens, "total_tokens": tokens});
     }
-    let usage = tokens.map(|t| kit::Usage { prompt_tokens: t, completion_tokens: 0 });
+    let usage = tokens.map(|t| Usage { prompt_tokens: t, completion_tokens: 0 });
     Ok((serde_json::to_vec(&answer).map_err(|e| e.to_string())?, usage))
 }
 
@@ -108,11 +108,11 @@ fn base64_f32(numbers: &[Value]) -> Result<String, &'static str> {
 
 /// The model listing URL: the `models_url` option, else the v1 listing
 /// beside the v2 base (`…/v2` → `…/v1/models?endpoint=chat`).
-pub fn models_url(base_url: &str, options: &[(String, String)]) -> String {
-    if let Some(url) = kit::option(options, "models_url") {
+pub fn models_url(target: &Target) -> String {
+    if let Some(url) = target.option("models_url") {
         return url.to_owned();
     }
-    let base = base_url.trim_end_matches('/');
+    let base = target.base_url.trim_end_matches('/');
     let v1 = match base.strip_suffix("/v2") {
         Some(root) => format!("{root}/v1"),
         None => base.to_owned(),

@@ -6,20 +6,13 @@
 //! `message-end` (finish reason, usage, maybe an error). The state here
 //! sees whole events, so its output is the same however the bytes were cut.
 
-use freeway_plugin_kit as kit;
+use freeway_plugin_sdk::{self as sdk, SseParser, StreamEvent};
 use serde_json::{Map, Value, json};
 
 use crate::chat;
 
-/// What one event turned into.
-#[derive(Debug)]
-pub enum Out {
-    Chunk(Vec<u8>, Option<kit::Usage>),
-    Done,
-    Error(String),
-}
-
 pub struct Stream {
+    parser: SseParser,
     model: String,
     id: String,
     /// The role went out (in the first chunk).
@@ -34,6 +27,7 @@ pub struct Stream {
 impl Stream {
     pub fn new(model: &str) -> Self {
         Self {
+            parser: sdk::sse_parser(),
             model: model.to_owned(),
             id: "cohere".to_owned(),
             started: false,
@@ -43,8 +37,38 @@ impl Stream {
         }
     }
 
+    /// The next bytes of the body.
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<StreamEvent> {
+        self.parser.feed(bytes);
+        let mut out = Vec::new();
+        self.drain(&mut out);
+        out
+    }
+
+    /// The body ended.
+    pub fn finish(&mut self) -> Vec<StreamEvent> {
+        self.parser.finish();
+        let mut out = Vec::new();
+        self.drain(&mut out);
+        if !self.ended {
+            self.fail("the cohere stream ended before message-end".to_owned(), &mut out);
+        }
+        out
+    }
+
+    /// Every whole event the parser has; events it had to drop (too large)
+    /// break the answer.
+    fn drain(&mut self, out: &mut Vec<StreamEvent>) {
+        while let Some(event) = self.parser.next_event() {
+            self.event(&event.event, &event.data, out);
+        }
+        if self.parser.overflows() > 0 && !self.ended {
+            self.fail("a cohere stream event exceeded the size limit".to_owned(), out);
+        }
+    }
+
     /// One SSE event: its name and data.
-    pub fn event(&mut self, name: &str, data: &str, out: &mut Vec<Out>) {
+    fn event(&mut self, name: &str, data: &str, out: &mut Vec<StreamEvent>) {
         if self.ended {
             return;
         }
@@ -101,21 +125,7 @@ impl Stream {
         }
     }
 
-    /// The body ended.
-    pub fn finish(&mut self, out: &mut Vec<Out>) {
-        if !self.ended {
-            self.fail("the cohere stream ended before message-end".to_owned(), out);
-        }
-    }
-
-    /// Events the SSE parser had to drop (too large): the answer is broken.
-    pub fn dropped(&mut self, out: &mut Vec<Out>) {
-        if !self.ended {
-            self.fail("a cohere stream event exceeded the size limit".to_owned(), out);
-        }
-    }
-
-    fn tool_call_start(&mut self, v: &Value, message: Option<&Value>, out: &mut Vec<Out>) {
+    fn tool_call_start(&mut self, v: &Value, message: Option<&Value>, out: &mut Vec<StreamEvent>) {
         let event_index = v.get("index").and_then(Value::as_u64);
         for call in tool_calls(message) {
             let index = self.tools.len();
@@ -140,7 +150,7 @@ impl Stream {
         }
     }
 
-    fn tool_call_delta(&mut self, v: &Value, message: Option<&Value>, out: &mut Vec<Out>) {
+    fn tool_call_delta(&mut self, v: &Value, message: Option<&Value>, out: &mut Vec<StreamEvent>) {
         let by_event = v
             .get("index")
             .and_then(Value::as_u64)
@@ -156,7 +166,7 @@ impl Stream {
         }
     }
 
-    fn message_end(&mut self, delta: Option<&Value>, out: &mut Vec<Out>) {
+    fn message_end(&mut self, delta: Option<&Value>, out: &mut Vec<StreamEvent>) {
         let error = delta.and_then(|d| d.get("error")).and_then(Value::as_str).filter(|e| !e.is_empty());
         let raw = delta.and_then(|d| d.get("finish_reason")).and_then(Value::as_str);
         let finish = chat::finish_reason(raw, !self.tools.is_empty());
@@ -166,13 +176,14 @@ impl Stream {
         };
         self.chunk(json!({}), Some(finish), out);
         if let Some(usage) = chat::usage(delta.and_then(|d| d.get("usage"))) {
-            out.push(Out::Chunk(kit::usage_chunk_json(&self.id, &self.model, 0, usage), Some(usage)));
+            let json = sdk::usage_chunk_json(&self.id, &self.model, 0, sdk::usage_json(usage));
+            out.push(StreamEvent::chunk(json, Some(usage)));
         }
-        out.push(Out::Done);
+        out.push(StreamEvent::Done);
         self.ended = true;
     }
 
-    fn chunk(&mut self, delta: Value, finish: Option<&str>, out: &mut Vec<Out>) {
+    fn chunk(&mut self, delta: Value, finish: Option<&str>, out: &mut Vec<StreamEvent>) {
         let mut delta = match delta {
             Value::Object(map) => map,
             _ => Map::new(),
@@ -181,12 +192,12 @@ impl Stream {
             delta.insert("role".to_owned(), Value::String("assistant".to_owned()));
             self.started = true;
         }
-        let json = kit::chunk_json(&self.id, &self.model, 0, Value::Object(delta), finish);
-        out.push(Out::Chunk(json, None));
+        let json = sdk::chunk_json(&self.id, &self.model, 0, Value::Object(delta), finish);
+        out.push(StreamEvent::chunk(json, None));
     }
 
-    fn fail(&mut self, message: String, out: &mut Vec<Out>) {
-        out.push(Out::Error(message));
+    fn fail(&mut self, message: String, out: &mut Vec<StreamEvent>) {
+        out.push(StreamEvent::Error(message));
         self.ended = true;
     }
 }

@@ -3,7 +3,9 @@
 //!
 //! `base_url` is the API root with its version
 //! (`https://generativelanguage.googleapis.com/v1beta`); the key goes in
-//! `x-goog-api-key`. Options:
+//! `x-goog-api-key`. The target model is an id (`gemini-2.5-flash`) or a
+//! resource name (`models/...`, `tunedModels/...`); the id goes into the URL
+//! percent-encoded as one path segment, whatever a client sent. Options:
 //!
 //! - `auth_header` (default `x-goog-api-key`), `auth_scheme` (default none);
 //! - `embedding_task_type`: a `taskType` for embeddings (`RETRIEVAL_QUERY`...).
@@ -14,44 +16,36 @@ mod schema;
 
 use std::cell::RefCell;
 
-use freeway_plugin_kit as kit;
-use serde_json::{Value, json};
-
-wit_bindgen::generate!({ path: "../wit", world: "provider" });
-
-use exports::freeway::provider::translator::{
-    Answer, Capabilities, Chunk, Descriptor, ErrorKind, Guest, GuestStreamDecoder, Headers, HttpRequest, ModelRecord,
-    StreamEvent, Target, Usage,
+use freeway_plugin_sdk::{
+    self as sdk, Answer, Capabilities, Descriptor, ErrorKind, Guest, GuestStreamDecoder, Headers, HttpRequest,
+    INTERFACE_VERSION, ModelRecord, StreamEvent, Target, Usage,
 };
+use serde_json::{Value, json};
 
 struct Plugin;
 
-fn usage(u: kit::Usage) -> Usage {
-    Usage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens }
-}
+/// Where Gemini wants the key (the options `auth_header` and `auth_scheme`
+/// can say otherwise).
+const KEY_HEADER: &str = "x-goog-api-key";
 
-/// Request headers with the key where Gemini wants it.
-fn headers(target: &Target, stream: bool) -> Vec<(String, String)> {
-    let mut options = target.options.clone();
-    if kit::option(&options, "auth_header").is_none() {
-        options.push(("auth_header".to_owned(), "x-goog-api-key".to_owned()));
-    }
-    kit::json_headers(target.key.as_deref(), stream, &options)
-}
+/// Model names Gemini takes with their collection: a target model given
+/// as `tunedModels/my-model` or `models/gemini-2.5-flash` keeps it.
+const COLLECTIONS: [&str; 2] = ["models/", "tunedModels/"];
 
-/// `{base}/models/{model}` (a model given as `tunedModels/...` or
-/// `models/...` is used as it is).
-fn model_url(target: &Target) -> String {
+/// The model's resource name and its URL path (the id percent-encoded as one
+/// segment: a client's model id must not reach another path or the query).
+fn model_resource(target: &Target) -> Result<(String, String), String> {
     let model = target.model.as_str();
-    if model.contains('/') {
-        format!("{}/{model}", target.base_url)
-    } else {
-        format!("{}/models/{model}", target.base_url)
-    }
+    let (collection, id) =
+        COLLECTIONS.iter().find_map(|c| model.strip_prefix(c).map(|id| (*c, id))).unwrap_or(("models/", model));
+    Ok((format!("{collection}{id}"), format!("/{collection}{}", sdk::path_segment(id)?)))
 }
 
-fn model_name(target: &Target) -> String {
-    if target.model.contains('/') { target.model.clone() } else { format!("models/{}", target.model) }
+/// A POST of a JSON body to the model's `:{method}`.
+fn post(target: &Target, method: &str, body: Vec<u8>, stream: bool) -> Result<HttpRequest, String> {
+    let (_, path) = model_resource(target)?;
+    let url = target.url(&format!("{path}:{method}"));
+    Ok(HttpRequest::post_json(url, body, stream).with_key(target, KEY_HEADER))
 }
 
 impl Guest for Plugin {
@@ -60,7 +54,7 @@ impl Guest for Plugin {
     fn describe() -> Descriptor {
         Descriptor {
             name: "gemini".to_owned(),
-            interface_version: "0.1.0".to_owned(),
+            interface_version: INTERFACE_VERSION.to_owned(),
             capabilities: Capabilities::CHAT
                 | Capabilities::STREAM
                 | Capabilities::TOOLS
@@ -71,21 +65,17 @@ impl Guest for Plugin {
 
     fn build_chat(request: Vec<u8>, target: Target) -> Result<HttpRequest, String> {
         let built = request::build(&request, &target.model)?;
-        let url = if built.stream {
-            format!("{}:streamGenerateContent?alt=sse", model_url(&target))
-        } else {
-            format!("{}:generateContent", model_url(&target))
-        };
-        Ok(HttpRequest { method: "POST".to_owned(), url, headers: headers(&target, built.stream), body: built.body })
+        let method = if built.stream { "streamGenerateContent?alt=sse" } else { "generateContent" };
+        post(&target, method, built.body, built.stream)
     }
 
     fn decode_chat(body: Vec<u8>, target: Target) -> Result<Answer, String> {
-        let (body, found) = response::decode(&body, &target.model)?;
-        Ok(Answer { body, usage: found.map(usage) })
+        let (body, usage) = response::decode(&body, &target.model)?;
+        Ok(Answer { body, usage })
     }
 
     fn build_embeddings(request: Vec<u8>, target: Target) -> Result<HttpRequest, String> {
-        let req = kit::request_object(&request)?;
+        let req = sdk::request_object(&request)?;
         let inputs: Vec<&str> = match req.get("input") {
             Some(Value::String(s)) => vec![s.as_str()],
             Some(Value::Array(items)) => items
@@ -97,9 +87,9 @@ impl Guest for Plugin {
         if inputs.is_empty() {
             return Err("the request's `input` is empty".to_owned());
         }
-        let model = model_name(&target);
+        let (model, _) = model_resource(&target)?;
         let dimensions = req.get("dimensions").filter(|d| !d.is_null());
-        let task = kit::option(&target.options, "embedding_task_type");
+        let task = target.option("embedding_task_type");
         let requests: Vec<Value> = inputs
             .into_iter()
             .map(|text| {
@@ -114,18 +104,13 @@ impl Guest for Plugin {
             })
             .collect();
         let body = json!({ "requests": requests }).to_string().into_bytes();
-        Ok(HttpRequest {
-            method: "POST".to_owned(),
-            url: format!("{}:batchEmbedContents", model_url(&target)),
-            headers: headers(&target, false),
-            body,
-        })
+        post(&target, "batchEmbedContents", body, false)
     }
 
     fn decode_embeddings(body: Vec<u8>, target: Target) -> Result<Answer, String> {
         let answer: Value = serde_json::from_slice(&body).map_err(|e| format!("the answer is not JSON: {e}"))?;
         if let Some(error) = answer.get("error") {
-            return Err(format!("the answer is an error: {}", kit::error_message(error)));
+            return Err(format!("the answer is an error: {}", sdk::error_message(error)));
         }
         let embeddings = answer.get("embeddings").and_then(Value::as_array).ok_or("the answer has no embeddings")?;
         let data: Vec<Value> = embeddings
@@ -151,14 +136,7 @@ impl Guest for Plugin {
     }
 
     fn build_models(target: Target) -> Result<HttpRequest, String> {
-        let mut headers = headers(&target, false);
-        headers.retain(|(name, _)| name != "content-type");
-        Ok(HttpRequest {
-            method: "GET".to_owned(),
-            url: format!("{}/models?pageSize=1000", target.base_url),
-            headers,
-            body: Vec::new(),
-        })
+        Ok(HttpRequest::get_json(target.url("/models?pageSize=1000")).with_key(&target, KEY_HEADER))
     }
 
     fn decode_models(body: Vec<u8>, _target: Target) -> Result<Vec<ModelRecord>, String> {
@@ -185,12 +163,9 @@ impl Guest for Plugin {
                     capabilities.push("reasoning".to_owned());
                 }
                 Some(ModelRecord {
-                    id: name.strip_prefix("models/").unwrap_or(name).to_owned(),
                     context_length: m.get("inputTokenLimit").and_then(Value::as_u64),
-                    free: None,
-                    parameters: None,
-                    active_parameters: None,
                     capabilities,
+                    ..ModelRecord::new(name.strip_prefix("models/").unwrap_or(name))
                 })
             })
             .collect())
@@ -242,28 +217,18 @@ struct Decoder {
     stream: RefCell<response::Stream>,
 }
 
-fn events(out: Vec<response::Out>) -> Vec<StreamEvent> {
-    out.into_iter()
-        .map(|o| match o {
-            response::Out::Chunk(json, found) => StreamEvent::Chunk(Chunk { json, usage: found.map(usage) }),
-            response::Out::Done => StreamEvent::Done,
-            response::Out::Error(message) => StreamEvent::Error(message),
-        })
-        .collect()
-}
-
 impl GuestStreamDecoder for Decoder {
     fn new(target: Target) -> Self {
         Self { stream: RefCell::new(response::Stream::new(&target.model)) }
     }
 
     fn push(&self, bytes: Vec<u8>) -> Vec<StreamEvent> {
-        events(self.stream.borrow_mut().push(&bytes))
+        self.stream.borrow_mut().push(&bytes)
     }
 
     fn finish(&self) -> Vec<StreamEvent> {
-        events(self.stream.borrow_mut().finish())
+        self.stream.borrow_mut().finish()
     }
 }
 
-export!(Plugin);
+sdk::export_plugin!(Plugin);

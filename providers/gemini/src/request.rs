@@ -1,6 +1,6 @@
 //! OpenAI chat-completions request → Gemini `generateContent` body.
 
-use freeway_plugin_kit as kit;
+use freeway_plugin_sdk as sdk;
 use serde_json::{Map, Value, json};
 
 use crate::schema;
@@ -17,7 +17,7 @@ pub struct Built {
 }
 
 pub fn build(request: &[u8], model: &str) -> Result<Built, String> {
-    let req = kit::request_object(request)?;
+    let req = sdk::request_object(request)?;
     let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let messages = req.get("messages").and_then(Value::as_array).ok_or("the request has no `messages` array")?;
     let mut system: Vec<Value> = Vec::new();

@@ -2,15 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use freeway_plugin_kit as kit;
+use freeway_plugin_sdk::{self as sdk, SseParser, StreamEvent, Usage};
 use serde_json::{Map, Value, json};
-
-/// What a stream step produced, before it becomes a WIT event.
-pub enum Out {
-    Chunk(Vec<u8>, Option<kit::Usage>),
-    Done,
-    Error(String),
-}
 
 /// Token counts from `usageMetadata`.
 #[derive(Clone, Copy, Default)]
@@ -26,20 +19,21 @@ impl Tokens {
         let meta = answer.get("usageMetadata")?;
         let n = |key: &str| meta.get(key).and_then(Value::as_u64).unwrap_or(0);
         let reasoning = n("thoughtsTokenCount");
+        // Saturating: the counts come from the upstream.
         Some(Self {
-            prompt: n("promptTokenCount") + n("toolUsePromptTokenCount"),
-            completion: n("candidatesTokenCount") + reasoning,
+            prompt: n("promptTokenCount").saturating_add(n("toolUsePromptTokenCount")),
+            completion: n("candidatesTokenCount").saturating_add(reasoning),
             reasoning,
             cached: n("cachedContentTokenCount"),
         })
     }
 
-    pub fn usage(self) -> kit::Usage {
-        kit::Usage { prompt_tokens: self.prompt, completion_tokens: self.completion }
+    pub fn usage(self) -> Usage {
+        Usage { prompt_tokens: self.prompt, completion_tokens: self.completion }
     }
 
     fn json(self) -> Value {
-        let mut usage = kit::usage_json(self.usage());
+        let mut usage = sdk::usage_json(self.usage());
         if self.reasoning > 0 {
             usage["completion_tokens_details"] = json!({ "reasoning_tokens": self.reasoning });
         }
@@ -134,10 +128,10 @@ fn block_reason(answer: &Value) -> Option<&str> {
 }
 
 /// A whole `generateContent` answer → an OpenAI chat completion.
-pub fn decode(body: &[u8], model: &str) -> Result<(Vec<u8>, Option<kit::Usage>), String> {
+pub fn decode(body: &[u8], model: &str) -> Result<(Vec<u8>, Option<Usage>), String> {
     let answer: Value = serde_json::from_slice(body).map_err(|e| format!("the answer is not JSON: {e}"))?;
     if let Some(error) = answer.get("error") {
-        return Err(format!("the answer is an error: {}", kit::error_message(error)));
+        return Err(format!("the answer is an error: {}", sdk::error_message(error)));
     }
     let response_id = answer.get("responseId").and_then(Value::as_str);
     let tokens = Tokens::of(&answer);
@@ -199,7 +193,7 @@ struct Progress {
 
 /// The state of one streamed answer (`streamGenerateContent?alt=sse`).
 pub struct Stream {
-    parser: kit::SseParser,
+    parser: SseParser,
     model: String,
     response_id: Option<String>,
     id: Option<String>,
@@ -212,7 +206,7 @@ pub struct Stream {
 impl Stream {
     pub fn new(model: &str) -> Self {
         Self {
-            parser: kit::sse_parser(),
+            parser: sdk::sse_parser(),
             model: model.to_owned(),
             response_id: None,
             id: None,
@@ -223,14 +217,14 @@ impl Stream {
         }
     }
 
-    pub fn push(&mut self, bytes: &[u8]) -> Vec<Out> {
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<StreamEvent> {
         self.parser.feed(bytes);
         let mut out = Vec::new();
         self.drain(&mut out);
         out
     }
 
-    pub fn finish(&mut self) -> Vec<Out> {
+    pub fn finish(&mut self) -> Vec<StreamEvent> {
         self.parser.finish();
         let mut out = Vec::new();
         self.drain(&mut out);
@@ -239,21 +233,15 @@ impl Stream {
         }
         let finished = !self.candidates.is_empty() && self.candidates.values().all(|c| c.finished);
         if !finished {
-            out.push(Out::Error("the stream ended before the answer had a finish reason".to_owned()));
+            out.push(StreamEvent::Error("the stream ended before the answer had a finish reason".to_owned()));
             return out;
         }
         if let Some(tokens) = self.tokens {
-            let chunk = json!({
-                "id": self.id(),
-                "object": "chat.completion.chunk",
-                "created": 0,
-                "model": self.model,
-                "choices": [],
-                "usage": tokens.json(),
-            });
-            out.push(Out::Chunk(chunk.to_string().into_bytes(), Some(tokens.usage())));
+            let id = self.id();
+            let chunk = sdk::usage_chunk_json(&id, &self.model, 0, tokens.json());
+            out.push(StreamEvent::chunk(chunk, Some(tokens.usage())));
         }
-        out.push(Out::Done);
+        out.push(StreamEvent::Done);
         out
     }
 
@@ -262,7 +250,7 @@ impl Stream {
         self.id.get_or_insert_with(|| completion_id(response_id)).clone()
     }
 
-    fn drain(&mut self, out: &mut Vec<Out>) {
+    fn drain(&mut self, out: &mut Vec<StreamEvent>) {
         while let Some(event) = self.parser.next_event() {
             if self.failed {
                 continue;
@@ -278,12 +266,12 @@ impl Stream {
         }
     }
 
-    fn fail(&mut self, message: String, out: &mut Vec<Out>) {
+    fn fail(&mut self, message: String, out: &mut Vec<StreamEvent>) {
         self.failed = true;
-        out.push(Out::Error(message));
+        out.push(StreamEvent::Error(message));
     }
 
-    fn chunk(&mut self, index: u64, delta: Value, finish: Option<&str>) -> Out {
+    fn chunk(&mut self, index: u64, delta: Value, finish: Option<&str>) -> StreamEvent {
         let chunk = json!({
             "id": self.id(),
             "object": "chat.completion.chunk",
@@ -291,14 +279,14 @@ impl Stream {
             "model": self.model,
             "choices": [{"index": index, "delta": delta, "logprobs": null, "finish_reason": finish}],
         });
-        Out::Chunk(chunk.to_string().into_bytes(), None)
+        StreamEvent::chunk(chunk.to_string().into_bytes(), None)
     }
 
-    fn event(&mut self, answer: &Value, out: &mut Vec<Out>) {
+    fn event(&mut self, answer: &Value, out: &mut Vec<StreamEvent>) {
         // Gemini's stream errors come as `{"error": {...}}`, alone or in a list.
         let error = answer.get("error").or_else(|| answer.pointer("/0/error"));
         if let Some(error) = error {
-            self.fail(kit::error_message(error), out);
+            self.fail(sdk::error_message(error), out);
             return;
         }
         if self.response_id.is_none() {

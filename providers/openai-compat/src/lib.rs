@@ -11,48 +11,52 @@
 //!   (prompt and completion price "0", "free" or empty, or a `:free` id),
 //!   `all`, or unset (the catalog decides);
 //! - `models_paid_prefixes`: comma-separated id prefixes that are never free
-//!   (SiliconFlow's `Pro/`).
+//!   (SiliconFlow's `Pro/`);
+//! - `stream_usage` (default on): a streamed chat request asks for usage in
+//!   its last chunk (`stream_options.include_usage: true`, merged into the
+//!   client's own `stream_options`) so that token budgets settle; the client
+//!   gets that chunk too (it has no choices). `"false"` leaves the request
+//!   as the client sent it, as does listing `stream_options` in `drop_params`.
 
-use std::cell::RefCell;
-
-use freeway_plugin_kit as kit;
+use freeway_plugin_sdk::{
+    self as sdk, Answer, Capabilities, Descriptor, ErrorKind, Guest, Headers, HttpRequest, INTERFACE_VERSION,
+    ModelRecord, PassThrough, Target, Usage,
+};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
-use serde_json::Value;
-
-wit_bindgen::generate!({ path: "../wit", world: "provider" });
-
-use exports::freeway::provider::translator::{
-    Answer, Capabilities, Chunk, Descriptor, ErrorKind, Guest, GuestStreamDecoder, Headers, HttpRequest, ModelRecord,
-    StreamEvent, Target, Usage,
-};
+use serde_json::{Map, Value};
 
 struct Plugin;
 
-fn usage(u: kit::Usage) -> Usage {
-    Usage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens }
-}
-
-fn post(target: &Target, path_option: &str, default_path: &str, body: Vec<u8>, stream: bool) -> HttpRequest {
-    let path = kit::option(&target.options, path_option).unwrap_or(default_path);
-    HttpRequest {
-        method: "POST".to_owned(),
-        url: format!("{}{path}", target.base_url),
-        headers: kit::json_headers(target.key.as_deref(), stream, &target.options),
-        body,
-    }
-}
-
-/// The request with `model` replaced and refused parameters dropped.
-fn rewrite(request: &[u8], target: &Target) -> Result<(Vec<u8>, bool), String> {
-    let mut body = kit::request_object(request)?;
+/// The request with `model` replaced, usage asked for on a chat stream, and
+/// refused parameters dropped; and whether it asks for a stream.
+fn rewrite(request: &[u8], target: &Target, chat: bool) -> Result<(Vec<u8>, bool), String> {
+    let mut body = sdk::request_object(request)?;
     body.insert("model".to_owned(), Value::String(target.model.clone()));
-    for param in kit::option_list(&target.options, "drop_params") {
-        body.remove(param);
+    let dropped = target.option_list("drop_params");
+    for param in &dropped {
+        body.remove(*param);
     }
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let usage_off = target.option("stream_usage").is_some_and(|v| v.trim().eq_ignore_ascii_case("false"));
+    if chat && stream && !usage_off && !dropped.contains(&"stream_options") {
+        ask_for_usage(&mut body);
+    }
     let bytes = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
     Ok((bytes, stream))
+}
+
+/// Sets `stream_options.include_usage`, keeping the client's other stream
+/// options. A `stream_options` that is neither an object nor null is the
+/// client's mistake, left for the upstream to refuse.
+fn ask_for_usage(body: &mut Map<String, Value>) {
+    let options = body.entry("stream_options").or_insert(Value::Null);
+    if options.is_null() {
+        *options = Value::Object(Map::new());
+    }
+    if let Value::Object(options) = options {
+        options.insert("include_usage".to_owned(), Value::Bool(true));
+    }
 }
 
 #[derive(Deserialize)]
@@ -60,28 +64,28 @@ struct AnswerCheck {
     choices: Option<IgnoredAny>,
     data: Option<IgnoredAny>,
     error: Option<Value>,
-    usage: Option<kit::Usage>,
+    usage: Option<Usage>,
 }
 
 fn check_answer(body: Vec<u8>, expect: &str) -> Result<Answer, String> {
     let check: AnswerCheck = serde_json::from_slice(&body).map_err(|e| format!("the answer is not a {expect}: {e}"))?;
     if let Some(error) = check.error {
-        return Err(format!("the answer is an error: {}", kit::error_message(&error)));
+        return Err(format!("the answer is an error: {}", sdk::error_message(&error)));
     }
     let present = if expect == "chat completion" { check.choices.is_some() } else { check.data.is_some() };
     if !present {
         return Err(format!("the answer is not a {expect}"));
     }
-    Ok(Answer { body, usage: check.usage.map(usage) })
+    Ok(Answer { body, usage: check.usage })
 }
 
 impl Guest for Plugin {
-    type StreamDecoder = Decoder;
+    type StreamDecoder = PassThrough;
 
     fn describe() -> Descriptor {
         Descriptor {
             name: "openai-compat".to_owned(),
-            interface_version: "0.1.0".to_owned(),
+            interface_version: INTERFACE_VERSION.to_owned(),
             capabilities: Capabilities::CHAT
                 | Capabilities::STREAM
                 | Capabilities::TOOLS
@@ -91,8 +95,8 @@ impl Guest for Plugin {
     }
 
     fn build_chat(request: Vec<u8>, target: Target) -> Result<HttpRequest, String> {
-        let (body, stream) = rewrite(&request, &target)?;
-        Ok(post(&target, "chat_path", "/chat/completions", body, stream))
+        let (body, stream) = rewrite(&request, &target, true)?;
+        Ok(sdk::post(&target, target.option("chat_path").unwrap_or("/chat/completions"), body, stream))
     }
 
     fn decode_chat(body: Vec<u8>, _target: Target) -> Result<Answer, String> {
@@ -100,8 +104,8 @@ impl Guest for Plugin {
     }
 
     fn build_embeddings(request: Vec<u8>, target: Target) -> Result<HttpRequest, String> {
-        let (body, _) = rewrite(&request, &target)?;
-        Ok(post(&target, "embeddings_path", "/embeddings", body, false))
+        let (body, _) = rewrite(&request, &target, false)?;
+        Ok(sdk::post(&target, target.option("embeddings_path").unwrap_or("/embeddings"), body, false))
     }
 
     fn decode_embeddings(body: Vec<u8>, _target: Target) -> Result<Answer, String> {
@@ -109,29 +113,15 @@ impl Guest for Plugin {
     }
 
     fn build_models(target: Target) -> Result<HttpRequest, String> {
-        let path = kit::option(&target.options, "models_path").unwrap_or("/models");
-        let mut headers = kit::json_headers(target.key.as_deref(), false, &target.options);
-        headers.retain(|(name, _)| name != "content-type");
-        Ok(HttpRequest {
-            method: "GET".to_owned(),
-            url: format!("{}{path}", target.base_url),
-            headers,
-            body: Vec::new(),
-        })
+        Ok(sdk::get(&target, target.option("models_path").unwrap_or("/models")))
     }
 
     fn decode_models(body: Vec<u8>, target: Target) -> Result<Vec<ModelRecord>, String> {
-        decode_models(&body, &target.options)
+        decode_models(&body, &target)
     }
 
     fn classify_error(status: u16, _headers: Headers, _body: Vec<u8>) -> ErrorKind {
-        match status {
-            429 => ErrorKind::RateLimited(None),
-            402 => ErrorKind::QuotaExhausted,
-            401 | 403 => ErrorKind::InvalidKey,
-            400 | 422 => ErrorKind::ClientError,
-            _ => ErrorKind::Transient,
-        }
+        sdk::classify_status(status)
     }
 }
 
@@ -153,10 +143,10 @@ struct Entry {
 /// Model listings: `{"data": [{"id": ...}, ...]}` plus the fields some
 /// providers add (OpenRouter's `pricing` and `context_length`, vLLM's
 /// `max_model_len`, Groq's `context_window`).
-fn decode_models(body: &[u8], options: &[(String, String)]) -> Result<Vec<ModelRecord>, String> {
+fn decode_models(body: &[u8], target: &Target) -> Result<Vec<ModelRecord>, String> {
     let listing: Listing = serde_json::from_slice(body).map_err(|e| format!("not a model listing: {e}"))?;
-    let how = kit::option(options, "models_free");
-    let paid_prefixes = kit::option_list(options, "models_paid_prefixes");
+    let how = target.option("models_free");
+    let paid_prefixes = target.option_list("models_paid_prefixes");
     Ok(listing
         .data
         .into_iter()
@@ -164,7 +154,7 @@ fn decode_models(body: &[u8], options: &[(String, String)]) -> Result<Vec<ModelR
             let priced_free = e
                 .pricing
                 .as_ref()
-                .map(|p| kit::is_zero_price(p.get("prompt")) && kit::is_zero_price(p.get("completion")));
+                .map(|p| sdk::is_zero_price(p.get("prompt")) && sdk::is_zero_price(p.get("completion")));
             let free = if paid_prefixes.iter().any(|p| e.id.starts_with(p)) {
                 Some(false)
             } else {
@@ -196,67 +186,4 @@ fn decode_models(body: &[u8], options: &[(String, String)]) -> Result<Vec<ModelR
         .collect())
 }
 
-/// SSE `data:` events → chunks; `[DONE]` → done; `{"error": ...}` → error.
-struct Decoder {
-    parser: RefCell<kit::SseParser>,
-}
-
-#[derive(Deserialize)]
-struct ChunkCheck {
-    error: Option<Value>,
-    usage: Option<kit::Usage>,
-}
-
-impl Decoder {
-    fn drain(&self, parser: &mut kit::SseParser) -> Vec<StreamEvent> {
-        let mut out = Vec::new();
-        while let Some(event) = parser.next_event() {
-            let data = event.data;
-            let trimmed = data.trim();
-            if trimmed.is_empty() {
-                continue;
-            }
-            if trimmed == "[DONE]" {
-                out.push(StreamEvent::Done);
-                continue;
-            }
-            // Only chunks that may carry an error or usage are parsed.
-            let mut found = None;
-            if data.contains("\"error\"") || data.contains("\"usage\"") {
-                match serde_json::from_str::<ChunkCheck>(&data) {
-                    Ok(ChunkCheck { error: Some(error), .. }) => {
-                        out.push(StreamEvent::Error(kit::error_message(&error)));
-                        continue;
-                    }
-                    Ok(check) => found = check.usage.map(usage),
-                    Err(e) => {
-                        out.push(StreamEvent::Error(format!("undecodable chunk: {e}")));
-                        continue;
-                    }
-                }
-            }
-            out.push(StreamEvent::Chunk(Chunk { json: data.into_bytes(), usage: found }));
-        }
-        out
-    }
-}
-
-impl GuestStreamDecoder for Decoder {
-    fn new(_target: Target) -> Self {
-        Self { parser: RefCell::new(kit::sse_parser()) }
-    }
-
-    fn push(&self, bytes: Vec<u8>) -> Vec<StreamEvent> {
-        let mut parser = self.parser.borrow_mut();
-        parser.feed(&bytes);
-        self.drain(&mut parser)
-    }
-
-    fn finish(&self) -> Vec<StreamEvent> {
-        let mut parser = self.parser.borrow_mut();
-        parser.finish();
-        self.drain(&mut parser)
-    }
-}
-
-export!(Plugin);
+sdk::export_plugin!(Plugin);

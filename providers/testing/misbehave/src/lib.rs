@@ -11,11 +11,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 static CALLS: AtomicU32 = AtomicU32::new(0);
 
-wit_bindgen::generate!({ path: "../../wit", world: "provider" });
-
-use exports::freeway::provider::translator::{
-    Answer, Capabilities, Chunk, Descriptor, ErrorKind, Guest, GuestStreamDecoder, Headers, HttpRequest, ModelRecord,
-    StreamEvent, Target,
+use freeway_plugin_sdk::{
+    Answer, Capabilities, Chunk, Descriptor, ErrorKind, Guest, GuestStreamDecoder, Headers, HttpRequest,
+    INTERFACE_VERSION, ModelRecord, StreamEvent, Target,
 };
 
 struct Plugin;
@@ -46,7 +44,7 @@ impl Guest for Plugin {
     fn describe() -> Descriptor {
         Descriptor {
             name: "misbehave".to_owned(),
-            interface_version: "0.1.0".to_owned(),
+            interface_version: INTERFACE_VERSION.to_owned(),
             capabilities: Capabilities::CHAT | Capabilities::STREAM,
         }
     }
@@ -138,4 +136,4 @@ impl GuestStreamDecoder for Decoder {
     }
 }
 
-export!(Plugin);
+freeway_plugin_sdk::export_plugin!(Plugin);

@@ -2,7 +2,8 @@
 //! a plugin of another interface version with a message that says both. It
 //! does nothing else: every function refuses.
 
-wit_bindgen::generate!({ path: "wit", world: "provider" });
+// The old interface, kept beside the current one in providers/wit/.
+wit_bindgen::generate!({ path: "../../wit/0.0.9", world: "provider" });
 
 use exports::freeway::provider::translator::{
     Answer, Capabilities, Descriptor, ErrorKind, Guest, GuestStreamDecoder, Headers, HttpRequest, ModelRecord,
