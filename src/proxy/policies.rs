@@ -99,7 +99,9 @@ pub fn after_routing(proxy: &Proxy, ctx: &mut Context) -> Result<(), ApiError> {
                     let found = ctx.candidates.remove(at);
                     ctx.candidates.insert(0, found);
                 }
-                None if may_add && (!free_pool || first.provider.models().get(&first.model).is_some_and(|m| m.free)) => {
+                None if may_add
+                    && (!free_pool || first.provider.models().get(&first.model).is_some_and(|m| m.free)) =>
+                {
                     ctx.candidates.insert(0, first);
                 }
                 None => {}

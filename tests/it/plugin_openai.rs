@@ -120,14 +120,22 @@ async fn completion_tokens(gw: &crate::support::gateway::TestGateway) -> Option<
         .map(str::to_owned)
 }
 
+/// A streamed request that does not ask for usage.
+fn plain_stream(model: &str) -> String {
+    json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "hello"}]}).to_string()
+}
+
 #[tokio::test]
 async fn a_streamed_answer_through_the_gateway_reports_its_usage() {
     let m = Mock::start().await;
     m.on_all(Behavior::Custom(Arc::new(openai_like)));
     let gw = start(&format!("providers:\n{}", provider("p", &m.base_url(), &["k"], &["m"]))).await;
-    let answer = Answer::read(gw.stream("p/m").await).await;
+    // The client does not ask for usage: the gateway does, for its budgets,
+    // and keeps the usage-only chunk to itself.
+    let answer = gw.post("/v1/chat/completions", &plain_stream("p/m"), &[]).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert_eq!(answer.events().last().map(String::as_str), Some("[DONE]"));
+    assert!(!answer.text().contains("\"usage\""), "{}", answer.text());
     assert_eq!(m.chats()[0].body["stream_options"], json!({"include_usage": true}));
     let line = completion_tokens(&gw).await.unwrap_or_else(|| panic!("the stream's usage was never counted"));
     assert!(line.ends_with(" 5"), "{line}");
@@ -139,7 +147,7 @@ async fn stream_usage_false_sends_the_request_as_the_client_wrote_it() {
     m.on_all(Behavior::Custom(Arc::new(openai_like)));
     let block = provider("p", &m.base_url(), &["k"], &["m"]) + "    options: { stream_usage: \"false\" }\n";
     let gw = start(&format!("providers:\n{block}")).await;
-    let answer = Answer::read(gw.stream("p/m").await).await;
+    let answer = gw.post("/v1/chat/completions", &plain_stream("p/m"), &[]).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert!(m.chats()[0].body.get("stream_options").is_none(), "{}", m.chats()[0].body);
     assert_eq!(completion_tokens(&gw).await, None, "no usage was asked for, none came");
