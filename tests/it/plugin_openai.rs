@@ -7,7 +7,7 @@ use std::sync::Arc;
 use freeway::plugin::{Plugin, Target};
 use serde_json::{Value, json};
 
-use crate::support::gateway::{Answer, provider, start};
+use crate::support::gateway::{provider, start};
 use crate::support::mock::{Behavior, Mock, Reply, Seen, chunk};
 use crate::support::plugins;
 
