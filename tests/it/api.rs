@@ -178,13 +178,15 @@ async fn cooldowns_in_force_show_in_metrics() {
 #[tokio::test]
 async fn upstream_keys_never_reach_the_client() {
     let (m, gw) = one("").await;
+    // A 5xx, whose reason quotes the upstream's message (a 401's does not).
     m.on_all(Behavior::Status {
-        status: 401,
+        status: 500,
         retry_after: None,
         body: r#"{"error":{"message":"Incorrect API key provided: upstream-secret-key-123"}}"#.into(),
     });
     let answer = gw.chat("p/m").await;
     assert_eq!(answer.status, 502);
+    assert!(answer.text().contains("Incorrect API key provided: ***"), "{}", answer.text());
     assert!(!answer.text().contains("upstream-secret-key-123"), "{}", answer.text());
     for (_, v) in answer.headers.iter() {
         assert!(!v.to_str().unwrap_or("").contains("upstream-secret-key-123"));

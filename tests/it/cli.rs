@@ -157,20 +157,30 @@ async fn no_upstream_key_appears_in_the_log_even_at_trace_level() {
     let echo = format!(r#"{{"error":{{"message":"Incorrect API key provided: {secret}"}}}}"#);
     m.on_model("bad-key", Behavior::Status { status: 401, retry_after: None, body: echo.clone() });
     m.on_model("bad-request", Behavior::Status { status: 400, retry_after: None, body: echo.clone() });
-    m.on_model("broken", Behavior::Status { status: 500, retry_after: None, body: echo });
+    m.on_model("broken", Behavior::Status { status: 500, retry_after: None, body: echo.clone() });
+    // A 200 that is an error, and a stream whose second event is one: both
+    // go through the plugin before they reach the log.
+    m.on_model("error-answer", Behavior::Raw(echo.clone()));
+    let chunk = serde_json::json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+        "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": null}]});
+    let events = vec![format!("data: {chunk}\n\n"), format!("data: {echo}\n\n")];
+    m.on_model(
+        "error-event",
+        Behavior::Custom(std::sync::Arc::new(move |_| crate::support::mock::Reply::sse(events.clone()))),
+    );
     let dir = tempfile::tempdir().unwrap();
     let config = write(
         &dir,
         "leak.yaml",
         &format!(
-            "providers:\n  p:\n    plugin: openai-compat\n    base_url: {}\n    keys: [\"{secret}\"]\n    models: [ok, bad-key, bad-request, broken]\n",
+            "providers:\n  p:\n    plugin: openai-compat\n    base_url: {}\n    keys: [\"{secret}\"]\n    models: [ok, bad-key, bad-request, broken, error-answer, error-event]\n",
             m.base_url()
         ),
     );
     let mut cmd = freeway();
     cmd.env("RUST_LOG", "info,freeway=trace,hyper=trace,hyper_util=trace,h2=trace,rustls=trace");
     let Served { mut child, addr, log: reader, .. } = spawn_serve(cmd, &["--config", config.to_str().unwrap()]);
-    for model in ["p/ok", "p/bad-request", "p/broken", "p/bad-key", "p/ok"] {
+    for model in ["p/ok", "p/bad-request", "p/broken", "p/error-answer", "p/error-event", "p/bad-key", "p/ok"] {
         for stream in [false, true] {
             let url = format!("http://{addr}/v1/chat/completions");
             let answer = Answer::read(send(&url, "POST", &chat_body(model, stream), &[]).await).await;

@@ -21,5 +21,6 @@ mod plugin_faults;
 mod plugin_gemini;
 mod plugin_openai;
 mod policies;
+mod redaction;
 mod sdk;
 mod streaming;
