@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use crate::support::gateway::{Answer, chat_body, start};
+use crate::support::gateway::{Answer, start};
 use crate::support::mock::{Behavior, Mock, Reply, Seen};
 
 const KEY: &str = "sk-leaky-upstream-key-0123456789";
