@@ -339,9 +339,11 @@ impl Watchdog {
         }
     }
 
-    /// Relays alive now.
+    /// Relays holding an upstream stream now (a cut relay whose client has
+    /// not closed yet holds nothing).
     pub fn live(&self) -> usize {
-        self.inner.relays.lock().unwrap_or_else(|e| e.into_inner()).iter().filter(|w| w.strong_count() > 0).count()
+        let relays = self.inner.relays.lock().unwrap_or_else(|e| e.into_inner());
+        relays.iter().filter_map(Weak::upgrade).filter(|live| live.lock().is_some()).count()
     }
 
     fn watch(&self, live: &Arc<Live>) {

@@ -23,4 +23,5 @@ mod plugin_openai;
 mod policies;
 mod redaction;
 mod sdk;
+mod stalls;
 mod streaming;

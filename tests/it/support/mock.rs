@@ -43,6 +43,9 @@ pub enum Behavior {
     /// Any wire format: the reply is computed from the request (for mocks
     /// of providers that do not speak OpenAI's API).
     Custom(Responder),
+    /// Stream chunks of about `size` bytes every millisecond, for ever: until
+    /// the gateway lets go of the stream ([`Mock::open_streams`] tells).
+    Endless(usize),
 }
 
 /// Computes a reply from the request: for native wire formats (Gemini,
@@ -91,6 +94,7 @@ impl Behavior {
             Self::StallAfterFirst => "StallAfterFirst",
             Self::Raw(_) => "Raw",
             Self::Custom(_) => "Custom",
+            Self::Endless(_) => "Endless",
         }
     }
 }
@@ -138,6 +142,8 @@ struct Rule {
 struct State {
     rules: VecDeque<Rule>,
     seen: Vec<Seen>,
+    /// Endless streams still being sent.
+    open_streams: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A running mock upstream.
@@ -209,6 +215,11 @@ impl Mock {
             }
         });
         Self { addr, state, connections }
+    }
+
+    /// Endless streams of this mock the gateway still holds.
+    pub fn open_streams(&self) -> usize {
+        self.state.lock().unwrap().open_streams.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// TCP connections accepted so far.
@@ -340,6 +351,10 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp
             let seen = state.lock().unwrap().seen.last().cloned().unwrap();
             pieces(responder(&seen))
         }
+        Behavior::Endless(size) => {
+            let open = state.lock().unwrap().open_streams.clone();
+            endless(model, size, open)
+        }
     })
 }
 
@@ -407,6 +422,27 @@ fn sse(model: String, chunks: usize, end: StreamEnd) -> Response<MockBody> {
             "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}});
         let _ = send(format!("data: {usage}\n\n")).await;
         let _ = send("data: [DONE]\n\n".to_owned()).await;
+    });
+    let mut r = Response::new(MockBody::Channel(rx));
+    r.headers_mut().insert("content-type", "text/event-stream".parse().unwrap());
+    r
+}
+
+fn endless(model: String, size: usize, open: Arc<std::sync::atomic::AtomicUsize>) -> Response<MockBody> {
+    use std::sync::atomic::Ordering;
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
+    open.fetch_add(1, Ordering::SeqCst);
+    tokio::spawn(async move {
+        let text = "x".repeat(size);
+        for i in 0.. {
+            let chunk = json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": model,
+                "choices": [{"index": 0, "delta": {"content": format!("{i} {text}")}, "finish_reason": null}]});
+            if tx.send(Ok(Frame::data(Bytes::from(format!("data: {chunk}\n\n"))))).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        open.fetch_sub(1, Ordering::SeqCst);
     });
     let mut r = Response::new(MockBody::Channel(rx));
     r.headers_mut().insert("content-type", "text/event-stream".parse().unwrap());
