@@ -93,3 +93,58 @@ async fn streams_count_against_limits_too() {
     assert_eq!(first.events().last().unwrap(), "[DONE]");
     assert_eq!(gw.chat("a/m").await.status, 429);
 }
+
+/// A chat body asking for `max_tokens`.
+fn asking(model: &str, max_tokens: u64) -> String {
+    serde_json::json!({"model": model, "max_tokens": max_tokens, "messages": [{"role": "user", "content": "hello"}]})
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_rejected_request_gives_its_tokens_back() {
+    use crate::support::mock::Behavior;
+    let a = Mock::start().await;
+    // One request the upstream refuses (400), with an absurd max_tokens.
+    a.once_model("m", Behavior::status(400));
+    let block = "    models:\n      - { id: m, context: 8192, limits: { tpd: 12000, tpm: 12000 } }\n";
+    let yaml =
+        format!("providers:\n  a:\n    plugin: openai-compat\n    base_url: {}\n    keys: [k]\n{block}", a.base_url());
+    let gw = start(&yaml).await;
+    let rejected = gw.post("/v1/chat/completions", &asking("a/m", 8000), &[]).await;
+    assert_eq!(rejected.status, 400, "{}", rejected.text());
+    // Its charge was given back: the next request is not held to a day's wait.
+    let next = gw.post("/v1/chat/completions", &asking("a/m", 8000), &[]).await;
+    assert_eq!(next.status, 200, "{} {}", next.text(), next.header("retry-after"));
+}
+
+#[tokio::test]
+async fn an_absurd_max_tokens_books_no_more_than_the_model_could_answer() {
+    let a = Mock::start().await;
+    let yaml = format!(
+        "providers:\n  a:\n    plugin: openai-compat\n    base_url: {}\n    keys: [k]\n    limits: {{ tpd: 300000 }}\n    models: [m]\n",
+        a.base_url()
+    );
+    let gw = start(&yaml).await;
+    // The context window is unknown; 10^12 is booked as at most 262144
+    // tokens, and then settled with what the answer reported (10).
+    for _ in 0..3 {
+        let answer = gw.post("/v1/chat/completions", &asking("a/m", 1_000_000_000_000), &[]).await;
+        assert_eq!(answer.status, 200, "{} retry-after {}", answer.text(), answer.header("retry-after"));
+    }
+}
+
+#[tokio::test]
+async fn max_tokens_beyond_every_candidates_window_is_a_400() {
+    let a = Mock::start().await;
+    let yaml = format!(
+        "providers:\n  a:\n    plugin: openai-compat\n    base_url: {}\n    keys: [k]\n    models:\n      - {{ id: small, context: 8192 }}\n      - {{ id: large, context: 131072 }}\nroutes:\n  r: {{ targets: [a/small, a/large] }}\n",
+        a.base_url()
+    );
+    let gw = start(&yaml).await;
+    let too_big = gw.post("/v1/chat/completions", &asking("r", 200_000), &[]).await;
+    assert_eq!(too_big.status, 400);
+    assert!(too_big.text().contains("131072"), "{}", too_big.text());
+    assert_eq!(too_big.json()["error"]["param"], "max_tokens");
+    assert!(a.chats().is_empty(), "no upstream was asked");
+    assert_eq!(gw.post("/v1/chat/completions", &asking("r", 100_000), &[]).await.status, 200);
+}
