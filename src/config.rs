@@ -3,6 +3,7 @@
 //! runs. The schema is a superset of the sketch in DESIGN.md; every field has
 //! a default, so an empty file is a valid config.
 
+mod document;
 mod duration;
 mod env;
 mod source_map;
@@ -13,9 +14,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 
+pub(crate) use document::parse_document;
 pub use duration::ConfigDuration;
 pub use env::{Env, Expanded, expand};
 pub use source_map::SourceMap;
@@ -541,9 +542,14 @@ impl Config {
     ) -> Result<Loaded, ConfigError> {
         let mut doc = parse_document::<Config>(text, origin, env)?;
         doc.value.base_dir = base_dir.map(Path::to_path_buf);
-        let mut problems = doc.problems;
+        let mut problems = Vec::new();
         let mut warnings = Vec::new();
         validate::config(&doc.value, &doc.unset, catalog, &doc.map, &mut problems, &mut warnings);
+        // Where a value was refused for its type, the config holds a default
+        // the file never asked for: judging it would only add noise.
+        problems.retain(|p| !doc.is_rejected(&p.path));
+        warnings.retain(|p| !doc.is_rejected(&p.path));
+        problems.append(&mut doc.problems);
         locate(&mut problems, &doc.map);
         locate(&mut warnings, &doc.map);
         if problems.is_empty() {
@@ -560,104 +566,5 @@ fn locate(problems: &mut [Problem], map: &SourceMap) {
         if p.line.is_none() {
             p.line = map.line(&p.path);
         }
-    }
-}
-
-/// A YAML document deserialized into `T`, with what was found on the way.
-pub(crate) struct Document<T> {
-    pub value: T,
-    /// Unknown keys and malformed `${...}` references. Deserialization
-    /// itself succeeded.
-    pub problems: Vec<Problem>,
-    /// Paths whose strings referenced unset variables, with the names.
-    pub unset: Vec<(String, Vec<String>)>,
-    pub map: SourceMap,
-}
-
-/// Parses YAML into `T`: expands `${VAR}` in every string, collects every
-/// unknown key (not just the first) and reports type errors with their
-/// path and line.
-pub(crate) fn parse_document<T: DeserializeOwned>(
-    text: &str,
-    origin: &str,
-    env: &Env,
-) -> Result<Document<T>, ConfigError> {
-    let fail = |problems: Vec<Problem>| ConfigError { origin: origin.to_owned(), problems };
-    let map = SourceMap::new(text);
-    let mut tree: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
-        fail(vec![Problem {
-            path: String::new(),
-            line: e.location().map(|l| l.line()),
-            message: format!("not valid YAML: {e}"),
-        }])
-    })?;
-    if tree.is_null() {
-        tree = serde_yaml::Value::Mapping(serde_yaml::Mapping::new());
-    }
-    let mut problems = Vec::new();
-    let mut unset = Vec::new();
-    expand_tree(&mut tree, String::new(), env, &mut problems, &mut unset);
-
-    let mut unknown = Vec::new();
-    let mut record = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
-    let ignored = serde_ignored::Deserializer::new(tree, &mut record);
-    let result: Result<T, _> = serde_path_to_error::deserialize(ignored);
-    for path in unknown {
-        let key = path.rsplit('.').next().unwrap_or(&path).to_owned();
-        problems.push(Problem { line: map.line(&path), message: format!("unknown key `{key}`"), path });
-    }
-    match result {
-        Ok(value) => {
-            locate(&mut problems, &map);
-            Ok(Document { value, problems, unset, map })
-        }
-        Err(e) => {
-            let path = e.path().to_string().replace('[', ".").replace(']', "");
-            let path = if path == "." { String::new() } else { path };
-            problems.push(Problem { line: map.line(&path), message: e.into_inner().to_string(), path });
-            locate(&mut problems, &map);
-            problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
-            Err(fail(problems))
-        }
-    }
-}
-
-fn expand_tree(
-    node: &mut serde_yaml::Value,
-    path: String,
-    env: &Env,
-    problems: &mut Vec<Problem>,
-    unset: &mut Vec<(String, Vec<String>)>,
-) {
-    use serde_yaml::Value;
-    let child = |key: &str| {
-        if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
-    };
-    match node {
-        Value::String(s) if s.contains('$') => match expand(s, env) {
-            Ok(expanded) => {
-                if !expanded.unset.is_empty() {
-                    unset.push((path, expanded.unset));
-                }
-                *s = expanded.value;
-            }
-            Err(message) => problems.push(Problem { path, line: None, message }),
-        },
-        Value::Sequence(items) => {
-            for (i, item) in items.iter_mut().enumerate() {
-                expand_tree(item, child(&i.to_string()), env, problems, unset);
-            }
-        }
-        Value::Mapping(map) => {
-            for (key, value) in map.iter_mut() {
-                let name = match key {
-                    Value::String(s) => s.clone(),
-                    other => serde_yaml::to_string(other).unwrap_or_default().trim().to_owned(),
-                };
-                expand_tree(value, child(&name), env, problems, unset);
-            }
-        }
-        Value::Tagged(tagged) => expand_tree(&mut tagged.value, path, env, problems, unset),
-        _ => {}
     }
 }
