@@ -59,23 +59,44 @@ pub struct Config {
 pub struct ServerConfig {
     /// Address and port to listen on.
     pub listen: String,
-    /// Bearer tokens clients must send on `/v1/` and `/admin/`. Empty: no
+    /// Bearer tokens clients must send on `/v1/` and `/admin/` (and on
+    /// `/health` and `/metrics` when protected). Empty: no
     /// authentication (allowed on loopback only, unless
     /// `allow_unauthenticated` says otherwise).
     pub api_keys: Vec<Secret>,
     /// Listen on a non-loopback address without `api_keys`: anyone who
     /// can reach the port spends your provider quota.
     pub allow_unauthenticated: bool,
-    /// Largest request body accepted (413 above it).
+    /// Largest request body accepted (413 above it). 1 byte to 1 GiB.
     pub max_body_bytes: u64,
+    /// Requests served at once; more are answered 503 with `Retry-After`.
+    /// 1 to [`MAX_IN_FLIGHT`].
+    pub max_in_flight: u32,
+    /// Bytes of request bodies held at once across all requests: what
+    /// concurrent uploads may cost in memory. At least `max_body_bytes`, at
+    /// most 64 GiB.
+    pub max_in_flight_bytes: u64,
+    /// HTTP/2 streams one client connection may have open at once
+    /// (advertised as SETTINGS_MAX_CONCURRENT_STREAMS). 1 to 1024.
+    pub max_streams_per_connection: u32,
+    /// `/health` asks for a client token, like `/v1/`. Needs `api_keys`.
+    pub protect_health: bool,
+    /// `/metrics` asks for a client token, like `/v1/`. Needs `api_keys`.
+    pub protect_metrics: bool,
     /// A client must send a request's headers within this time (slow-loris
-    /// protection; also closes idle keep-alive connections).
+    /// protection; also closes idle keep-alive connections). 100ms to 1h.
     pub header_read_timeout: ConfigDuration,
-    /// A client must send a request's body within this time.
+    /// A client must send a request's body within this time. 100ms to 1h.
     pub body_read_timeout: ConfigDuration,
     /// On SIGINT/SIGTERM, in-flight requests and streams get this long.
+    /// 0 to 1h.
     pub shutdown_timeout: ConfigDuration,
 }
+
+/// The most requests `server.max_in_flight` may allow at once: half the
+/// plugin instances the engine can hold, because a request in flight holds
+/// at most one instance, plus one while a policy asks a classifier model.
+pub const MAX_IN_FLIGHT: u32 = crate::plugin::MAX_INSTANCES / 2;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -84,6 +105,11 @@ impl Default for ServerConfig {
             api_keys: Vec::new(),
             allow_unauthenticated: false,
             max_body_bytes: 16 * 1024 * 1024,
+            max_in_flight: MAX_IN_FLIGHT,
+            max_in_flight_bytes: 256 * 1024 * 1024,
+            max_streams_per_connection: 128,
+            protect_health: false,
+            protect_metrics: false,
             header_read_timeout: ConfigDuration::secs(10),
             body_read_timeout: ConfigDuration::secs(30),
             shutdown_timeout: ConfigDuration::secs(30),
@@ -163,7 +189,7 @@ pub struct ProviderSpec {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(default)]
 pub struct Limits {
-    /// Requests per minute.
+    /// Requests per minute. Each of the four is 1 to 10^12 when set.
     pub rpm: Option<u64>,
     /// Requests per day.
     pub rpd: Option<u64>,
@@ -179,7 +205,7 @@ pub struct Limits {
 pub struct ModelSpec {
     /// The id the upstream API expects.
     pub id: String,
-    /// Context window in tokens.
+    /// Context window in tokens: 1 to 10^9.
     pub context: Option<u64>,
     /// Free on the provider's free tier.
     pub free: Option<bool>,
@@ -232,18 +258,24 @@ pub enum Strategy {
 #[serde(default)]
 pub struct DispatchConfig {
     /// Upstream attempts per request, across all candidates and keys.
+    /// 1 to 100.
     pub max_attempts: u32,
     /// How long a rate-limited model cools down on a key when the upstream
-    /// does not say (`Retry-After`).
+    /// does not say (`Retry-After`). 0 to 7 days.
     pub cooldown: ConfigDuration,
-    /// Whole non-stream attempt: connect, send, read the answer.
+    /// Whole non-stream attempt: connect, send, read the answer. 1ms to
+    /// 1 day.
     pub timeout: ConfigDuration,
-    /// TCP and TLS connect.
+    /// TCP and TLS connect. 1ms to 1h.
     pub connect_timeout: ConfigDuration,
-    /// Streams: from sending the request to the first event.
+    /// Streams: from sending the request to the first event. 1ms to 1 day.
     pub first_byte_timeout: ConfigDuration,
-    /// Streams: longest silence between two events once streaming.
+    /// Streams: longest silence between two events once streaming. 1ms to
+    /// 1 day.
     pub stream_idle_timeout: ConfigDuration,
+    /// Streams: a stream is closed this long after it started, whatever
+    /// happens. At least `stream_idle_timeout`, at most 1 day.
+    pub stream_max_duration: ConfigDuration,
     /// A PEM file of extra root certificates trusted for upstream TLS, on
     /// top of the public (webpki) roots: for self-hosted upstreams behind a
     /// private CA.
@@ -259,6 +291,7 @@ impl Default for DispatchConfig {
             connect_timeout: ConfigDuration::secs(10),
             first_byte_timeout: ConfigDuration::secs(30),
             stream_idle_timeout: ConfigDuration::secs(60),
+            stream_max_duration: ConfigDuration::secs(3600),
             ca_file: None,
         }
     }
@@ -268,9 +301,9 @@ impl Default for DispatchConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct DiscoveryConfig {
-    /// Fetch model lists from providers.
+    /// Fetch model lists from providers at start-up and every `interval`.
     pub enabled: bool,
-    /// How often.
+    /// How often. 1m to 30 days.
     pub interval: ConfigDuration,
 }
 
@@ -299,7 +332,7 @@ pub struct PluginsConfig {
     /// A folder of `NAME.wasm` components; each adds a plugin, or replaces
     /// the built-in one of the same name.
     pub dir: Option<String>,
-    /// Longest a single plugin call may run.
+    /// Longest a single plugin call may run. 1ms to 10s.
     pub call_timeout: ConfigDuration,
     /// Most memory one plugin instance may use, in bytes.
     pub memory_limit: u64,
