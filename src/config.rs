@@ -39,11 +39,15 @@ pub struct Config {
     pub routes: IndexMap<String, RouteSpec>,
     /// How the dispatcher tries candidates.
     pub dispatch: DispatchConfig,
-    /// Model discovery (accepted and validated; runs from a later release).
+    /// Model discovery: each provider's model list, fetched at start-up and
+    /// refreshed every `discovery.interval`.
     pub discovery: DiscoveryConfig,
-    /// Routing policies (accepted and validated; run from a later release).
+    /// Routing policies: Rhai scripts that shape the routes and each request
+    /// before and after routing, hot-reloaded from `policies.dir` (the
+    /// built-in ones run without it).
     pub policies: PoliciesConfig,
-    /// Persistent state (accepted and validated; used from a later release).
+    /// Persistent state: accepted and validated, not active yet (`check`
+    /// warns when it is set).
     pub state: StateConfig,
     /// Provider plugins: an extra folder, and the limits every call runs under.
     pub plugins: PluginsConfig,
