@@ -3,6 +3,7 @@
 //! runs. The schema is a superset of the sketch in DESIGN.md; every field has
 //! a default, so an empty file is a valid config.
 
+mod document;
 mod duration;
 mod env;
 mod source_map;
@@ -13,9 +14,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 
+pub(crate) use document::parse_document;
 pub use duration::ConfigDuration;
 pub use env::{Env, Expanded, expand};
 pub use source_map::SourceMap;
@@ -38,11 +39,15 @@ pub struct Config {
     pub routes: IndexMap<String, RouteSpec>,
     /// How the dispatcher tries candidates.
     pub dispatch: DispatchConfig,
-    /// Model discovery (accepted and validated; runs from a later release).
+    /// Model discovery: each provider's model list, fetched at start-up and
+    /// refreshed every `discovery.interval`.
     pub discovery: DiscoveryConfig,
-    /// Routing policies (accepted and validated; run from a later release).
+    /// Routing policies: Rhai scripts that shape the routes and each request
+    /// before and after routing, hot-reloaded from `policies.dir` (the
+    /// built-in ones run without it).
     pub policies: PoliciesConfig,
-    /// Persistent state (accepted and validated; used from a later release).
+    /// Persistent state: accepted and validated, not active yet (`check`
+    /// warns when it is set).
     pub state: StateConfig,
     /// Provider plugins: an extra folder, and the limits every call runs under.
     pub plugins: PluginsConfig,
@@ -58,23 +63,44 @@ pub struct Config {
 pub struct ServerConfig {
     /// Address and port to listen on.
     pub listen: String,
-    /// Bearer tokens clients must send on `/v1/` and `/admin/`. Empty: no
+    /// Bearer tokens clients must send on `/v1/` and `/admin/` (and on
+    /// `/health` and `/metrics` when protected). Empty: no
     /// authentication (allowed on loopback only, unless
     /// `allow_unauthenticated` says otherwise).
     pub api_keys: Vec<Secret>,
     /// Listen on a non-loopback address without `api_keys`: anyone who
     /// can reach the port spends your provider quota.
     pub allow_unauthenticated: bool,
-    /// Largest request body accepted (413 above it).
+    /// Largest request body accepted (413 above it). 1 byte to 1 GiB.
     pub max_body_bytes: u64,
+    /// Requests served at once; more are answered 503 with `Retry-After`.
+    /// 1 to [`MAX_IN_FLIGHT`].
+    pub max_in_flight: u32,
+    /// Bytes of request bodies held at once across all requests: what
+    /// concurrent uploads may cost in memory. At least `max_body_bytes`, at
+    /// most 64 GiB.
+    pub max_in_flight_bytes: u64,
+    /// HTTP/2 streams one client connection may have open at once
+    /// (advertised as SETTINGS_MAX_CONCURRENT_STREAMS). 1 to 1024.
+    pub max_streams_per_connection: u32,
+    /// `/health` asks for a client token, like `/v1/`. Needs `api_keys`.
+    pub protect_health: bool,
+    /// `/metrics` asks for a client token, like `/v1/`. Needs `api_keys`.
+    pub protect_metrics: bool,
     /// A client must send a request's headers within this time (slow-loris
-    /// protection; also closes idle keep-alive connections).
+    /// protection; also closes idle keep-alive connections). 100ms to 1h.
     pub header_read_timeout: ConfigDuration,
-    /// A client must send a request's body within this time.
+    /// A client must send a request's body within this time. 100ms to 1h.
     pub body_read_timeout: ConfigDuration,
     /// On SIGINT/SIGTERM, in-flight requests and streams get this long.
+    /// 0 to 1h.
     pub shutdown_timeout: ConfigDuration,
 }
+
+/// The most requests `server.max_in_flight` may allow at once: half the
+/// plugin instances the engine can hold, because a request in flight holds
+/// at most one instance, plus one while a policy asks a classifier model.
+pub const MAX_IN_FLIGHT: u32 = crate::plugin::MAX_INSTANCES / 2;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -83,6 +109,11 @@ impl Default for ServerConfig {
             api_keys: Vec::new(),
             allow_unauthenticated: false,
             max_body_bytes: 16 * 1024 * 1024,
+            max_in_flight: MAX_IN_FLIGHT,
+            max_in_flight_bytes: 256 * 1024 * 1024,
+            max_streams_per_connection: 128,
+            protect_health: false,
+            protect_metrics: false,
             header_read_timeout: ConfigDuration::secs(10),
             body_read_timeout: ConfigDuration::secs(30),
             shutdown_timeout: ConfigDuration::secs(30),
@@ -162,7 +193,7 @@ pub struct ProviderSpec {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(default)]
 pub struct Limits {
-    /// Requests per minute.
+    /// Requests per minute. Each of the four is 1 to 10^12 when set.
     pub rpm: Option<u64>,
     /// Requests per day.
     pub rpd: Option<u64>,
@@ -178,7 +209,7 @@ pub struct Limits {
 pub struct ModelSpec {
     /// The id the upstream API expects.
     pub id: String,
-    /// Context window in tokens.
+    /// Context window in tokens: 1 to 10^9.
     pub context: Option<u64>,
     /// Free on the provider's free tier.
     pub free: Option<bool>,
@@ -231,20 +262,24 @@ pub enum Strategy {
 #[serde(default)]
 pub struct DispatchConfig {
     /// Upstream attempts per request, across all candidates and keys.
+    /// 1 to 100.
     pub max_attempts: u32,
     /// How long a rate-limited model cools down on a key when the upstream
-    /// does not say (`Retry-After`).
+    /// does not say (`Retry-After`). 0 to 7 days.
     pub cooldown: ConfigDuration,
-    /// Whole non-stream attempt: connect, send, read the answer.
+    /// Whole non-stream attempt: connect, send, read the answer. 1ms to
+    /// 1 day.
     pub timeout: ConfigDuration,
-    /// TCP and TLS connect.
+    /// TCP and TLS connect. 1ms to 1h.
     pub connect_timeout: ConfigDuration,
-    /// Streams: from sending the request to the first event.
+    /// Streams: from sending the request to the first event. 1ms to 1 day.
     pub first_byte_timeout: ConfigDuration,
     /// Streams: longest silence between two events once streaming, from
-    /// the upstream, and longest wait for the client to read what is ready.
+    /// the upstream, and longest wait for the client to read what is
+    /// ready. 1ms to 1 day.
     pub stream_idle_timeout: ConfigDuration,
-    /// Streams: closed after this long, whatever happens.
+    /// Streams: a stream is closed this long after it started, whatever
+    /// happens. At least `stream_idle_timeout`, at most 1 day.
     pub stream_max_duration: ConfigDuration,
     /// A PEM file of extra root certificates trusted for upstream TLS, on
     /// top of the public (webpki) roots: for self-hosted upstreams behind a
@@ -271,9 +306,9 @@ impl Default for DispatchConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct DiscoveryConfig {
-    /// Fetch model lists from providers.
+    /// Fetch model lists from providers at start-up and every `interval`.
     pub enabled: bool,
-    /// How often.
+    /// How often. 1m to 30 days.
     pub interval: ConfigDuration,
 }
 
@@ -302,7 +337,7 @@ pub struct PluginsConfig {
     /// A folder of `NAME.wasm` components; each adds a plugin, or replaces
     /// the built-in one of the same name.
     pub dir: Option<String>,
-    /// Longest a single plugin call may run.
+    /// Longest a single plugin call may run. 1ms to 10s.
     pub call_timeout: ConfigDuration,
     /// Most memory one plugin instance may use, in bytes.
     pub memory_limit: u64,
@@ -545,9 +580,14 @@ impl Config {
     ) -> Result<Loaded, ConfigError> {
         let mut doc = parse_document::<Config>(text, origin, env)?;
         doc.value.base_dir = base_dir.map(Path::to_path_buf);
-        let mut problems = doc.problems;
+        let mut problems = Vec::new();
         let mut warnings = Vec::new();
         validate::config(&doc.value, &doc.unset, catalog, &doc.map, &mut problems, &mut warnings);
+        // Where a value was refused for its type, the config holds a default
+        // the file never asked for: judging it would only add noise.
+        problems.retain(|p| !doc.is_rejected(&p.path));
+        warnings.retain(|p| !doc.is_rejected(&p.path));
+        problems.append(&mut doc.problems);
         locate(&mut problems, &doc.map);
         locate(&mut warnings, &doc.map);
         if problems.is_empty() {
@@ -564,104 +604,5 @@ fn locate(problems: &mut [Problem], map: &SourceMap) {
         if p.line.is_none() {
             p.line = map.line(&p.path);
         }
-    }
-}
-
-/// A YAML document deserialized into `T`, with what was found on the way.
-pub(crate) struct Document<T> {
-    pub value: T,
-    /// Unknown keys and malformed `${...}` references. Deserialization
-    /// itself succeeded.
-    pub problems: Vec<Problem>,
-    /// Paths whose strings referenced unset variables, with the names.
-    pub unset: Vec<(String, Vec<String>)>,
-    pub map: SourceMap,
-}
-
-/// Parses YAML into `T`: expands `${VAR}` in every string, collects every
-/// unknown key (not just the first) and reports type errors with their
-/// path and line.
-pub(crate) fn parse_document<T: DeserializeOwned>(
-    text: &str,
-    origin: &str,
-    env: &Env,
-) -> Result<Document<T>, ConfigError> {
-    let fail = |problems: Vec<Problem>| ConfigError { origin: origin.to_owned(), problems };
-    let map = SourceMap::new(text);
-    let mut tree: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
-        fail(vec![Problem {
-            path: String::new(),
-            line: e.location().map(|l| l.line()),
-            message: format!("not valid YAML: {e}"),
-        }])
-    })?;
-    if tree.is_null() {
-        tree = serde_yaml::Value::Mapping(serde_yaml::Mapping::new());
-    }
-    let mut problems = Vec::new();
-    let mut unset = Vec::new();
-    expand_tree(&mut tree, String::new(), env, &mut problems, &mut unset);
-
-    let mut unknown = Vec::new();
-    let mut record = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
-    let ignored = serde_ignored::Deserializer::new(tree, &mut record);
-    let result: Result<T, _> = serde_path_to_error::deserialize(ignored);
-    for path in unknown {
-        let key = path.rsplit('.').next().unwrap_or(&path).to_owned();
-        problems.push(Problem { line: map.line(&path), message: format!("unknown key `{key}`"), path });
-    }
-    match result {
-        Ok(value) => {
-            locate(&mut problems, &map);
-            Ok(Document { value, problems, unset, map })
-        }
-        Err(e) => {
-            let path = e.path().to_string().replace('[', ".").replace(']', "");
-            let path = if path == "." { String::new() } else { path };
-            problems.push(Problem { line: map.line(&path), message: e.into_inner().to_string(), path });
-            locate(&mut problems, &map);
-            problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
-            Err(fail(problems))
-        }
-    }
-}
-
-fn expand_tree(
-    node: &mut serde_yaml::Value,
-    path: String,
-    env: &Env,
-    problems: &mut Vec<Problem>,
-    unset: &mut Vec<(String, Vec<String>)>,
-) {
-    use serde_yaml::Value;
-    let child = |key: &str| {
-        if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
-    };
-    match node {
-        Value::String(s) if s.contains('$') => match expand(s, env) {
-            Ok(expanded) => {
-                if !expanded.unset.is_empty() {
-                    unset.push((path, expanded.unset));
-                }
-                *s = expanded.value;
-            }
-            Err(message) => problems.push(Problem { path, line: None, message }),
-        },
-        Value::Sequence(items) => {
-            for (i, item) in items.iter_mut().enumerate() {
-                expand_tree(item, child(&i.to_string()), env, problems, unset);
-            }
-        }
-        Value::Mapping(map) => {
-            for (key, value) in map.iter_mut() {
-                let name = match key {
-                    Value::String(s) => s.clone(),
-                    other => serde_yaml::to_string(other).unwrap_or_default().trim().to_owned(),
-                };
-                expand_tree(value, child(&name), env, problems, unset);
-            }
-        }
-        Value::Tagged(tagged) => expand_tree(&mut tagged.value, path, env, problems, unset),
-        _ => {}
     }
 }

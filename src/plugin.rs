@@ -22,7 +22,7 @@ mod engine;
 mod host;
 mod types;
 
-pub use engine::MAX_MEMORY;
+pub use engine::{MAX_INSTANCES, MAX_MEMORY};
 pub use host::{
     Plugin, PluginError, PluginErrorKind, PluginHost, PluginSession, PluginSettings, PluginStream, available_names,
 };

@@ -5,11 +5,21 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-/// A duration read from a human string (humantime's syntax).
+/// A duration read from a human string (humantime's syntax), never longer
+/// than [`ConfigDuration::MAX`].
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ConfigDuration(pub Duration);
 
 impl ConfigDuration {
+    /// The longest duration a config may hold: 100 years (of 365.25 days,
+    /// as humantime counts them, so `100years` itself is accepted). Far past any
+    /// setting's own bound, and short enough that `Instant::now() + d` and
+    /// `SystemTime::now() + d` cannot overflow on any platform Rust supports
+    /// (the narrowest keeps nanoseconds in a u64: about 584 years). So a
+    /// value that passed parsing can never panic where it meets a clock,
+    /// even before validation has judged it.
+    pub const MAX: Duration = Duration::from_secs(100 * 31_557_600);
+
     /// From seconds.
     pub const fn secs(s: u64) -> Self {
         Self(Duration::from_secs(s))
@@ -43,9 +53,13 @@ impl<'de> Deserialize<'de> for ConfigDuration {
             }
 
             fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
-                humantime::parse_duration(text.trim()).map(ConfigDuration).map_err(|e| {
+                let d = humantime::parse_duration(text.trim()).map_err(|e| {
                     E::custom(format!("`{text}` is not a duration ({e}); write it like 500ms, 30s, 5m or 24h"))
-                })
+                })?;
+                if d > ConfigDuration::MAX {
+                    return Err(E::custom(format!("`{text}` is longer than 100 years, the most any duration may be")));
+                }
+                Ok(ConfigDuration(d))
             }
 
             fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Self::Value, E> {
@@ -83,5 +97,17 @@ mod tests {
     fn bare_numbers_and_nonsense_are_refused_with_a_hint() {
         assert!(parse("30").unwrap_err().contains("`30s`"));
         assert!(parse("soon").unwrap_err().contains("not a duration"));
+    }
+
+    #[test]
+    fn durations_a_clock_cannot_hold_are_refused_when_read() {
+        let err = parse("500000000000years").unwrap_err();
+        assert!(err.contains("longer than 100 years"), "{err}");
+        // humantime's own overflow is a plain refusal too.
+        assert!(parse("5000000000000years").unwrap_err().contains("not a duration"));
+        assert_eq!(parse("100years").unwrap().get(), ConfigDuration::MAX);
+        assert!(parse("100years 1s").unwrap_err().contains("longer than 100 years"));
+        std::time::Instant::now().checked_add(ConfigDuration::MAX).expect("an Instant holds the longest duration");
+        std::time::SystemTime::now().checked_add(ConfigDuration::MAX).expect("a SystemTime holds it too");
     }
 }

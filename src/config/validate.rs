@@ -1,9 +1,37 @@
 //! The semantic checks behind `freeway check`: everything serde cannot see.
 //! Every check pushes a [`Problem`] and goes on, so one run lists them all.
 
-use super::{Config, Limits, ProviderSpec, RouteSpec, SourceMap, Strategy};
+use std::time::Duration;
+
+use super::{Config, ConfigDuration, Limits, ProviderSpec, RouteSpec, SourceMap, Strategy};
 use crate::catalog::Catalog;
 use crate::config::Problem;
+
+const MS: Duration = Duration::from_millis(1);
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// The largest `rpm`, `rpd`, `tpm` or `tpd`: a thousand times any published
+/// free tier, and small enough that a day of counters summed against it
+/// stays far from `u64::MAX`.
+const MAX_LIMIT: u64 = 1_000_000_000_000;
+/// The largest context window: a hundred times the largest model's today,
+/// and exact as a Rhai integer and a JSON number (below 2^53).
+const MAX_CONTEXT: u64 = 1_000_000_000;
+/// The most upstream attempts per request: each may last `dispatch.timeout`,
+/// and no route has this many distinct candidate/key pairs worth trying.
+const MAX_ATTEMPTS: u32 = 100;
+/// The largest request body: far past any chat request (a few images in
+/// base64 are tens of MB), and a `usize` on every platform.
+const MAX_BODY_BYTES: u64 = 1 << 30;
+/// The most request-body bytes held at once: more than a gateway host
+/// should spend on uploads.
+const MAX_IN_FLIGHT_BYTES: u64 = 64 << 30;
+/// HTTP/2 streams per connection: enough for any client multiplexing real
+/// work; past it one connection could hold a large share of
+/// `server.max_in_flight`.
+const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
 struct Report<'a> {
     problems: &'a mut Vec<Problem>,
@@ -47,9 +75,6 @@ pub(super) fn config(
         let base = catalog.providers.get(name);
         provider(name, spec, base, &format!("providers.{name}"), &plugins, &mut r);
     }
-    if cfg.plugins.call_timeout.get().is_zero() {
-        r.error("plugins.call_timeout", "must be more than 0");
-    }
     if cfg.plugins.memory_limit < 1024 * 1024 {
         r.error("plugins.memory_limit", "must be at least 1048576 (1 MiB)");
     } else if cfg.plugins.memory_limit > crate::plugin::MAX_MEMORY as u64 {
@@ -67,9 +92,12 @@ pub(super) fn config(
         route(name, spec, &known_provider, &lists_model, &names, &mut r);
     }
     dispatch(cfg, &mut r);
-    if cfg.discovery.interval.get() < std::time::Duration::from_secs(60) {
-        r.error("discovery.interval", "must be at least 1m (providers rate-limit their model listings too)");
-    }
+    // At least a minute: providers rate-limit their model listings too. At
+    // most a month: a model list older than that is mostly wrong.
+    within(&mut r, "discovery.interval", cfg.discovery.interval, MINUTE, 30 * DAY);
+    // A plugin call is a translation with no I/O, done in microseconds to
+    // milliseconds; 10s is a runaway holding a worker thread.
+    within(&mut r, "plugins.call_timeout", cfg.plugins.call_timeout, MS, 10 * Duration::from_secs(1));
     for (section, what) in [("state", "persistent state")] {
         if map.line(section).is_some() {
             r.warn(section, format!("{what} is accepted but not active in this version of freeway"));
@@ -130,13 +158,67 @@ fn server(cfg: &Config, r: &mut Report<'_>) {
     {
         r.error("server.listen", e);
     }
-    if s.max_body_bytes == 0 {
-        r.error("server.max_body_bytes", "must be more than 0");
+    count_within(r, "server.max_body_bytes", s.max_body_bytes, 1, MAX_BODY_BYTES);
+    count_within(r, "server.max_in_flight", u64::from(s.max_in_flight), 1, u64::from(super::MAX_IN_FLIGHT));
+    if s.max_in_flight_bytes < s.max_body_bytes {
+        r.error(
+            "server.max_in_flight_bytes",
+            format!(
+                "must be at least server.max_body_bytes ({}): a body the gateway accepts must fit",
+                s.max_body_bytes
+            ),
+        );
+    } else {
+        count_within(r, "server.max_in_flight_bytes", s.max_in_flight_bytes, 1, MAX_IN_FLIGHT_BYTES);
     }
-    for (key, d) in [("header_read_timeout", s.header_read_timeout), ("body_read_timeout", s.body_read_timeout)] {
-        if d.get().is_zero() {
-            r.error(format!("server.{key}"), "must be more than 0");
+    count_within(
+        r,
+        "server.max_streams_per_connection",
+        u64::from(s.max_streams_per_connection),
+        1,
+        u64::from(MAX_STREAMS_PER_CONNECTION),
+    );
+    for (key, on, what) in
+        [("protect_health", s.protect_health, "/health"), ("protect_metrics", s.protect_metrics, "/metrics")]
+    {
+        if on && s.api_keys.is_empty() {
+            r.error(
+                format!("server.{key}"),
+                format!(
+                    "is true but server.api_keys is empty: {what} would ask for a client token no client can have. \
+                     Set server.api_keys, or leave {key} false"
+                ),
+            );
         }
+    }
+    // Below 100ms even a client on the same machine can miss the deadline;
+    // past an hour a slow-loris client holds its connection for nothing.
+    within(r, "server.header_read_timeout", s.header_read_timeout, 100 * MS, HOUR);
+    within(r, "server.body_read_timeout", s.body_read_timeout, 100 * MS, HOUR);
+    // 0 drops in-flight work at once; an hour is longer than any supervisor
+    // waits before it kills the process anyway.
+    within(r, "server.shutdown_timeout", s.shutdown_timeout, Duration::ZERO, HOUR);
+}
+
+/// Refuses a duration outside `min..=max`, naming the range.
+fn within(r: &mut Report<'_>, path: &str, value: ConfigDuration, min: Duration, max: Duration) {
+    let d = value.get();
+    if d >= min && d <= max {
+        return;
+    }
+    let show = |d: Duration| humantime::format_duration(d).to_string();
+    let range = if min.is_zero() {
+        format!("at most {}", show(max))
+    } else {
+        format!("between {} and {}", show(min), show(max))
+    };
+    r.error(path, format!("`{}` is out of range: must be {range}", show(d)));
+}
+
+/// Refuses a number outside `min..=max`, naming the range.
+fn count_within(r: &mut Report<'_>, path: &str, value: u64, min: u64, max: u64) {
+    if value < min || value > max {
+        r.error(path, format!("`{value}` is out of range: must be between {min} and {max}"));
     }
 }
 
@@ -208,6 +290,9 @@ fn provider(
         if !seen.insert(model.id.as_str()) {
             r.error(model_path.clone(), format!("model `{}` is listed twice", model.id));
         }
+        if let Some(context) = model.context {
+            count_within(r, &format!("{model_path}.context"), context, 1, MAX_CONTEXT);
+        }
         if let Some(limits) = &model.limits {
             check_limits(limits, &format!("{model_path}.limits"), r);
         }
@@ -223,8 +308,13 @@ fn provider(
 
 fn check_limits(limits: &Limits, path: &str, r: &mut Report<'_>) {
     for (key, value) in [("rpm", limits.rpm), ("rpd", limits.rpd), ("tpm", limits.tpm), ("tpd", limits.tpd)] {
-        if value == Some(0) {
-            r.error(format!("{path}.{key}"), "must be at least 1 (leave it out for no limit)");
+        match value {
+            Some(0) => r.error(format!("{path}.{key}"), "must be at least 1 (leave it out for no limit)"),
+            Some(n) if n > MAX_LIMIT => r.error(
+                format!("{path}.{key}"),
+                format!("`{n}` is out of range: must be between 1 and {MAX_LIMIT} (leave it out for no limit)"),
+            ),
+            _ => {}
         }
     }
 }
@@ -298,15 +388,156 @@ fn dispatch(cfg: &Config, r: &mut Report<'_>) {
     }
     if d.max_attempts == 0 {
         r.error("dispatch.max_attempts", "must be at least 1");
+    } else {
+        count_within(r, "dispatch.max_attempts", u64::from(d.max_attempts), 1, u64::from(MAX_ATTEMPTS));
     }
-    for (key, value) in [
-        ("timeout", d.timeout),
-        ("connect_timeout", d.connect_timeout),
-        ("first_byte_timeout", d.first_byte_timeout),
-        ("stream_idle_timeout", d.stream_idle_timeout),
-    ] {
-        if value.get().is_zero() {
-            r.error(format!("dispatch.{key}"), "must be more than 0");
+    // A cooldown of 0 turns the default off (a `Retry-After` still counts);
+    // past a week the model is as good as removed, which `enabled` says
+    // better.
+    within(r, "dispatch.cooldown", d.cooldown, Duration::ZERO, 7 * DAY);
+    // Upstream timeouts: 0 would fail every attempt; a day is past any
+    // answer worth waiting for. A TCP/TLS handshake that has not finished in
+    // an hour never will (the kernel gives up on SYNs in about two minutes).
+    within(r, "dispatch.timeout", d.timeout, MS, DAY);
+    within(r, "dispatch.connect_timeout", d.connect_timeout, MS, HOUR);
+    within(r, "dispatch.first_byte_timeout", d.first_byte_timeout, MS, DAY);
+    within(r, "dispatch.stream_idle_timeout", d.stream_idle_timeout, MS, DAY);
+    if d.stream_max_duration < d.stream_idle_timeout {
+        r.error(
+            "dispatch.stream_max_duration",
+            format!(
+                "`{:?}` is shorter than dispatch.stream_idle_timeout ({:?}): a stream may stay silent that long, so it must be let live at least as long",
+                d.stream_max_duration, d.stream_idle_timeout
+            ),
+        );
+    } else {
+        within(r, "dispatch.stream_max_duration", d.stream_max_duration, MS, DAY);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::catalog::Catalog;
+    use crate::config::{Config, ConfigError, Env};
+
+    fn problems(yaml: &str) -> Vec<String> {
+        match Config::from_yaml(yaml, "t", &Env::from_map([("K", "a-client-token-of-some-length")]), &Catalog::empty())
+        {
+            Ok(_) => Vec::new(),
+            Err(ConfigError { problems, .. }) => problems.iter().map(ToString::to_string).collect(),
         }
+    }
+
+    fn has(problems: &[String], expected: &str) -> bool {
+        problems.iter().any(|p| p.contains(expected))
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        assert_eq!(problems(""), Vec::<String>::new());
+        let d = Config::default();
+        assert_eq!(d.server.max_in_flight, 1000);
+        assert_eq!(d.server.max_in_flight_bytes, 256 << 20);
+        assert_eq!(d.server.max_streams_per_connection, 128);
+        assert!(!d.server.protect_health && !d.server.protect_metrics);
+        assert_eq!(d.dispatch.stream_max_duration.get(), std::time::Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn every_duration_has_a_range_and_the_message_names_it() {
+        let p = problems(
+            "server:\n  header_read_timeout: 10ms\n  body_read_timeout: 2h\n  shutdown_timeout: 2h\n\
+             dispatch:\n  cooldown: 8days\n  timeout: 2days\n  connect_timeout: 0s\n  first_byte_timeout: 25h\n  stream_idle_timeout: 0s\n\
+             discovery:\n  interval: 30s\nplugins:\n  call_timeout: 11s\n",
+        );
+        for expected in [
+            "line 2: server.header_read_timeout: `10ms` is out of range: must be between 100ms and 1h",
+            "line 3: server.body_read_timeout: `2h` is out of range: must be between 100ms and 1h",
+            "line 4: server.shutdown_timeout: `2h` is out of range: must be at most 1h",
+            "line 6: dispatch.cooldown: `8days` is out of range: must be at most 7days",
+            "line 7: dispatch.timeout: `2days` is out of range: must be between 1ms and 1day",
+            "line 8: dispatch.connect_timeout: `0s` is out of range: must be between 1ms and 1h",
+            "line 9: dispatch.first_byte_timeout: `1day 1h` is out of range: must be between 1ms and 1day",
+            "line 10: dispatch.stream_idle_timeout: `0s` is out of range: must be between 1ms and 1day",
+            "line 12: discovery.interval: `30s` is out of range: must be between 1m and 30days",
+            "line 14: plugins.call_timeout: `11s` is out of range: must be between 1ms and 10s",
+        ] {
+            assert!(has(&p, expected), "missing `{expected}` in {p:#?}");
+        }
+        assert_eq!(p.len(), 10, "{p:#?}");
+        assert!(problems("dispatch: { cooldown: 0s }\nserver: { shutdown_timeout: 0s }\n").is_empty());
+    }
+
+    #[test]
+    fn a_stream_lives_at_least_its_idle_timeout_and_at_most_a_day() {
+        let p = problems("dispatch:\n  stream_idle_timeout: 2m\n  stream_max_duration: 1m\n");
+        assert!(
+            has(&p, "line 3: dispatch.stream_max_duration: `1m` is shorter than dispatch.stream_idle_timeout (2m)"),
+            "{p:?}"
+        );
+        let p = problems("dispatch: { stream_max_duration: 2days }\n");
+        assert!(has(&p, "must be between 1ms and 1day"), "{p:?}");
+        assert!(problems("dispatch: { stream_idle_timeout: 2h, stream_max_duration: 2h }\n").is_empty());
+    }
+
+    #[test]
+    fn numbers_that_would_overflow_are_refused() {
+        let p = problems(
+            "providers:\n  p:\n    plugin: openai-compat\n    base_url: http://127.0.0.1:9/v1\n\
+             \x20   limits: { rpm: 1000000000001, tpd: 18446744073709551615 }\n\
+             \x20   key_limits: { tpm: 0 }\n\
+             \x20   models: [{ id: m, context: 18446744073709551615 }]\n\
+             dispatch: { max_attempts: 4294967295 }\nserver: { max_body_bytes: 2147483648, max_in_flight_bytes: 2147483648 }\n",
+        );
+        for expected in [
+            "line 5: providers.p.limits.rpm: `1000000000001` is out of range: must be between 1 and 1000000000000",
+            "line 5: providers.p.limits.tpd: `18446744073709551615` is out of range",
+            "line 6: providers.p.key_limits.tpm: must be at least 1",
+            "line 7: providers.p.models.0.context: `18446744073709551615` is out of range: must be between 1 and 1000000000",
+            "line 8: dispatch.max_attempts: `4294967295` is out of range: must be between 1 and 100",
+            "line 9: server.max_body_bytes: `2147483648` is out of range: must be between 1 and 1073741824",
+        ] {
+            assert!(has(&p, expected), "missing `{expected}` in {p:#?}");
+        }
+        assert_eq!(p.len(), 6, "{p:#?}");
+    }
+
+    #[test]
+    fn the_new_server_settings_are_bounded() {
+        let p = problems(
+            "server:\n  max_in_flight: 1001\n  max_streams_per_connection: 0\n  max_body_bytes: 1048576\n  max_in_flight_bytes: 1000\n",
+        );
+        for expected in [
+            "line 2: server.max_in_flight: `1001` is out of range: must be between 1 and 1000",
+            "line 3: server.max_streams_per_connection: `0` is out of range: must be between 1 and 1024",
+            "line 5: server.max_in_flight_bytes: must be at least server.max_body_bytes (1048576)",
+        ] {
+            assert!(has(&p, expected), "missing `{expected}` in {p:#?}");
+        }
+        assert!(has(&problems("server: { max_in_flight: 0 }\n"), "server.max_in_flight: `0` is out of range"));
+        assert!(has(&problems("server: { max_in_flight_bytes: 68719476737 }\n"), "must be between 1 and 68719476736"));
+        assert!(problems("server: { max_in_flight: 1000, max_streams_per_connection: 1024 }\n").is_empty());
+    }
+
+    #[test]
+    fn protecting_health_or_metrics_needs_client_tokens() {
+        let p = problems("server:\n  protect_health: true\n  protect_metrics: true\n");
+        assert!(
+            has(&p, "line 2: server.protect_health: is true but server.api_keys is empty: /health would ask"),
+            "{p:?}"
+        );
+        assert!(has(&p, "line 3: server.protect_metrics: is true but server.api_keys is empty: /metrics"), "{p:?}");
+        assert!(
+            problems("server:\n  api_keys: [\"${K}\"]\n  protect_health: true\n  protect_metrics: true\n").is_empty()
+        );
+    }
+
+    #[test]
+    fn a_value_refused_for_its_type_is_not_judged_again() {
+        // The refused stream_max_duration falls back to its 1h default, which
+        // is shorter than the idle timeout: that is not the file's mistake.
+        let p = problems("dispatch:\n  stream_idle_timeout: 2h\n  stream_max_duration: long\n");
+        assert_eq!(p.len(), 1, "{p:#?}");
+        assert!(p[0].starts_with("line 3: dispatch.stream_max_duration: `long` is not a duration"), "{p:?}");
     }
 }

@@ -59,6 +59,72 @@ fn check_reports_type_errors_with_their_line() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not valid YAML"));
 }
 
+/// Runs `freeway check` on `yaml`; returns whether it passed and what it said.
+fn check(yaml: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, "c.yaml", yaml);
+    let out = freeway().arg("check").arg("--config").arg(&path).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+#[test]
+fn check_reports_unknown_keys_after_a_type_error() {
+    let (ok, text) =
+        check("server:\n  listen: 127.0.0.1:8080\n  colour: blue\ndispatch:\n  timeout: soon\n  retries: 3\n");
+    assert!(!ok, "{text}");
+    for expected in [
+        "3 problems",
+        "line 3: server.colour: unknown key `colour`",
+        "line 5: dispatch.timeout: `soon` is not a duration",
+        "line 6: dispatch.retries: unknown key `retries`",
+    ] {
+        assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
+    }
+}
+
+#[test]
+fn check_reports_every_type_error_in_every_section_and_list() {
+    let (ok, text) = check(
+        "server:\n  max_body_bytes: lots\n\
+         providers:\n  p:\n    plugin: openai-compat\n    base_url: http://127.0.0.1:9/v1\n    models:\n\
+         \x20     - first\n      - 42\n      - { id: third, contxt: 8 }\n      - [not, a, model]\n      - { id: fifth, context: huge }\n\
+         routes:\n  r:\n    targets: [p/first, p/fifth]\n    strategy: best\n\
+         dispatch:\n  max_attempts: -1\n  cooldown: 9days\n",
+    );
+    assert!(!ok, "{text}");
+    for expected in [
+        "8 problems",
+        "line 2: server.max_body_bytes: invalid type: string \"lots\", expected u64",
+        "line 9: providers.p.models.1: invalid type: integer `42`, expected a string or a map",
+        "line 10: providers.p.models.2.contxt: unknown key `contxt`",
+        "line 11: providers.p.models.3: invalid type: sequence, expected a string or a map",
+        "line 12: providers.p.models.4.context: invalid type: string \"huge\", expected u64",
+        "line 16: routes.r.strategy: unknown variant `best`",
+        "line 18: dispatch.max_attempts: invalid value: integer `-1`, expected u32",
+        "line 19: dispatch.cooldown: `9days` is out of range: must be at most 7days",
+    ] {
+        assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
+    }
+}
+
+#[test]
+fn check_refuses_durations_and_limits_that_would_overflow_at_run_time() {
+    let (ok, text) = check(
+        "dispatch:\n  stream_idle_timeout: 500000000000years\n  first_byte_timeout: 2days\n\
+         providers:\n  groq:\n    limits: { tpd: 18446744073709551615 }\n",
+    );
+    assert!(!ok, "{text}");
+    for expected in [
+        "3 problems",
+        "line 2: dispatch.stream_idle_timeout: `500000000000years` is longer than 100 years",
+        "line 3: dispatch.first_byte_timeout: `2days` is out of range: must be between 1ms and 1day",
+        "line 6: providers.groq.limits.tpd: `18446744073709551615` is out of range: must be between 1 and 1000000000000",
+    ] {
+        assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
+    }
+}
+
 #[test]
 fn check_passes_a_good_config_and_reads_dot_env() {
     let dir = tempfile::tempdir().unwrap();
