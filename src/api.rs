@@ -1,6 +1,7 @@
 //! The HTTP API: which endpoint a request is for, authentication, reading
 //! the body under its limits; one file per endpoint under `api/`.
 
+pub mod admission;
 mod chat;
 mod health;
 mod metrics;
@@ -77,7 +78,11 @@ where
     let started = Instant::now();
     let path = request.uri().path();
     let endpoint = Endpoint::of(path);
-    let protected = path.starts_with("/v1/") || path.starts_with("/admin/");
+    let server = &gateway.config().server;
+    let protected = path.starts_with("/v1/")
+        || path.starts_with("/admin/")
+        || (endpoint == Endpoint::Health && server.protect_health)
+        || (endpoint == Endpoint::Metrics && server.protect_metrics);
     let response = if protected && !gateway.auth().allows(request.headers()) {
         ApiError::Unauthorized.into_response()
     } else if endpoint == Endpoint::Other {
@@ -106,8 +111,15 @@ where
     response
 }
 
-/// Reads a request body under the size limit (413) and the read timeout (408).
-async fn read_body<B>(request: Request<B>, limit: u64, within: Duration) -> Result<Bytes, ApiError>
+/// Reads a request body under the size limit (413) and the read timeout
+/// (408), claiming its bytes from `claim` as they arrive (503 when the
+/// gateway already holds `server.max_in_flight_bytes`).
+async fn read_body<B>(
+    request: Request<B>,
+    limit: u64,
+    within: Duration,
+    claim: &mut admission::Bytes,
+) -> Result<Bytes, ApiError>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -117,13 +129,32 @@ where
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    let body = Limited::new(request.into_body(), usize::try_from(limit).unwrap_or(usize::MAX));
-    match tokio::time::timeout(within, body.collect()).await {
-        Err(_) => Err(ApiError::BodyTimeout(within)),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::PayloadTooLarge { limit }),
-        Ok(Err(e)) => Err(ApiError::bad_request(format!("could not read the request body: {e}"), None)),
+    let deadline = tokio::time::Instant::now() + within;
+    let mut body = std::pin::pin!(Limited::new(request.into_body(), usize::try_from(limit).unwrap_or(usize::MAX)));
+    let mut collected = bytes::BytesMut::new();
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(ApiError::BodyTimeout(within)),
+            Ok(None) => break,
+            Ok(Some(Err(e))) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                return Err(ApiError::PayloadTooLarge { limit });
+            }
+            Ok(Some(Err(e))) => {
+                return Err(ApiError::bad_request(format!("could not read the request body: {e}"), None));
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            claim.claim(data.len(), left).await?;
+            if collected.is_empty() && data.len() as u64 == declared.unwrap_or(u64::MAX) {
+                // The whole body in one piece: no copy.
+                return Ok(data);
+            }
+            collected.extend_from_slice(&data);
+        }
     }
+    Ok(collected.freeze())
 }
 
 fn json_response(body: Bytes) -> Response<ResponseBody> {

@@ -96,6 +96,12 @@ pub enum ApiError {
         /// What to set to fix it.
         message: String,
     },
+    /// 503: the gateway holds as much as its bounds allow; retry shortly.
+    #[error("{message}")]
+    Overloaded {
+        /// Which bound.
+        message: String,
+    },
     /// 500: a bug; the message is logged, the client gets a generic one.
     #[error("internal error")]
     Internal(String),
@@ -149,6 +155,7 @@ impl ApiError {
             Self::AllFailed { .. } => (StatusCode::BAD_GATEWAY, "upstream_error", "all_candidates_failed"),
             Self::UpstreamRejected { status, .. } => (*status, "invalid_request_error", "upstream_rejected"),
             Self::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", "no_provider"),
+            Self::Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "overloaded"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal_error"),
         }
     }
@@ -182,6 +189,9 @@ impl ApiError {
             }
             Self::Unauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::Overloaded { .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
         }

@@ -83,6 +83,7 @@ struct Inner {
     proxy: Proxy,
     metrics: Arc<Metrics>,
     auth: Auth,
+    admission: crate::api::admission::Admission,
     /// The watch on the policies folder; it stops with the gateway.
     watcher: Mutex<Option<PolicyWatcher>>,
 }
@@ -110,6 +111,7 @@ impl Gateway {
         let proxy =
             Proxy::new(router, state, upstream, metrics.clone(), config.dispatch.clone(), Policies::new(pipeline));
         let auth = Auth::new(&config.server.api_keys);
+        let admission = crate::api::admission::Admission::new(&config.server);
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -118,6 +120,7 @@ impl Gateway {
                 proxy,
                 metrics,
                 auth,
+                admission,
                 watcher: Mutex::new(None),
             }),
         })
@@ -155,6 +158,11 @@ impl Gateway {
     /// Client authentication.
     pub fn auth(&self) -> &Auth {
         &self.inner.auth
+    }
+
+    /// The in-flight bounds.
+    pub fn admission(&self) -> &crate::api::admission::Admission {
+        &self.inner.admission
     }
 
     /// The upstream client.

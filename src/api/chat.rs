@@ -38,12 +38,21 @@ where
         Ok(session) => session,
         Err(e) => return e.into_response(),
     };
+    let in_flight = match gateway.admission().request() {
+        Ok(in_flight) => in_flight,
+        Err(e) => return e.into_response(),
+    };
     let server = &gateway.config().server;
-    let body = match read_body(request, server.max_body_bytes, server.body_read_timeout.get()).await {
+    let mut claim = gateway.admission().bytes();
+    let body = match read_body(request, server.max_body_bytes, server.body_read_timeout.get(), &mut claim).await {
         Ok(bytes) => bytes,
         Err(e) => return e.into_response(),
     };
-    gateway.proxy().serve(operation, body, session).await
+    let mut response = gateway.proxy().serve(operation, body, session).await;
+    // The body's bytes are let go with `claim` now; the request's place in
+    // flight goes with the response body (a stream's last byte).
+    response.body_mut().hold(in_flight);
+    response
 }
 
 /// `X-Session-ID`: at most [`MAX_NAME_BYTES`] of visible text (DESIGN.md,

@@ -10,6 +10,7 @@ mod support {
 }
 
 mod api;
+mod bounds;
 mod cli;
 mod discovery;
 mod embeddings;
