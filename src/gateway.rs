@@ -218,9 +218,10 @@ impl Gateway {
         Ok(())
     }
 
-    /// Whether the policy watcher's thread is running.
-    pub fn watching_policies(&self) -> bool {
-        self.inner.watcher.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(PolicyWatcher::is_running)
+    /// The name of the policy watcher's thread, while it runs.
+    pub fn policy_watcher_thread(&self) -> Option<String> {
+        let watcher = self.inner.watcher.lock().unwrap_or_else(|e| e.into_inner());
+        watcher.as_ref().filter(|w| w.is_running()).and_then(|w| w.thread_name().map(str::to_owned))
     }
 
     /// Refreshes every provider's model list now, then the routing tables.

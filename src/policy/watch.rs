@@ -32,6 +32,11 @@ impl PolicyWatcher {
     pub fn is_running(&self) -> bool {
         self.thread.as_ref().is_some_and(|t| !t.is_finished())
     }
+
+    /// The name of its thread (`fw-policies-N`).
+    pub fn thread_name(&self) -> Option<&str> {
+        self.thread.as_ref().and_then(|t| t.thread().name())
+    }
 }
 
 impl Drop for PolicyWatcher {
@@ -52,8 +57,12 @@ pub fn spawn(dir: PathBuf, on_change: impl Fn() -> bool + Send + 'static) -> Res
     arm(debouncer.watcher(), &dir)?;
     let debouncer = Arc::new(Mutex::new(debouncer));
     let weak: Weak<Mutex<Debouncer<RecommendedWatcher>>> = Arc::downgrade(&debouncer);
+    // A name of its own per watcher (at most 15 bytes, what Linux keeps),
+    // so an operator, or a test, can tell which watcher a thread is.
+    static WATCHERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = WATCHERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 1000;
     let thread = std::thread::Builder::new()
-        .name("freeway-policies".to_owned())
+        .name(format!("fw-policies-{n}"))
         .spawn(move || {
             for result in rx {
                 match result {

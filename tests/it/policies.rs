@@ -403,3 +403,106 @@ async fn an_unsure_classification_asks_the_classifier_and_falls_back_to_the_rule
     let ids = gw.get("/v1/models", &[]).await.text();
     assert!(ids.contains("\"id\":\"auto\""), "{ids}");
 }
+
+#[tokio::test]
+async fn a_pin_to_a_paid_model_never_steers_a_free_request_there() {
+    let p = Mock::start().await;
+    let yaml = format!(
+        "providers:\n  p:\n    plugin: openai-compat\n    base_url: {}\n    keys: [kp]\n    free: true\n    models:\n      - small-8b\n      - {{ id: paid-70b, free: false }}\nroutes:\n  premium: {{ targets: [p/paid-70b] }}\npolicies:\n  settings: {{}}\n",
+        p.base_url()
+    );
+    let gw = start(&yaml).await;
+    let session = [("x-session-id", "conv-paid")];
+    let first = ask(&gw, &json!({"model": "premium", "messages": user("hello")}).to_string(), &session).await;
+    assert_eq!(first.routed_via(), "p/paid-70b");
+    // The same conversation now asks for free models only.
+    let later = ask(&gw, &json!({"model": "free", "messages": user("hello")}).to_string(), &session).await;
+    assert_eq!(later.status, 200);
+    assert_eq!(later.routed_via(), "p/small-8b", "a pin pulled a paid model into `free`");
+    assert_eq!(p.calls_to("paid-70b"), 1);
+}
+
+#[tokio::test]
+async fn a_policy_may_not_add_a_paid_model_to_a_free_pool() {
+    let p = Mock::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("20-free-alias.rhai"), freeway::policy::EMBEDDED[1].1).unwrap();
+    std::fs::write(dir.path().join("30-prefer.rhai"), "fn request(req, settings) { req.prefer(\"p/paid-70b\"); }")
+        .unwrap();
+    let yaml = format!(
+        "providers:\n  p:\n    plugin: openai-compat\n    base_url: {}\n    keys: [kp]\n    free: true\n    models:\n      - small-8b\n      - {{ id: paid-70b, free: false }}\nroutes:\n  mine: {{ targets: [p/small-8b] }}\npolicies:\n  dir: {}\n",
+        p.base_url(),
+        dir.path().display()
+    );
+    let gw = start(&yaml).await;
+    let free = ask(&gw, &json!({"model": "free", "messages": user("hi")}).to_string(), &[]).await;
+    assert_eq!(free.routed_via(), "p/small-8b");
+    // A route of the operator's own, not a free pool: the preference is added.
+    let mine = ask(&gw, &json!({"model": "mine", "messages": user("hi")}).to_string(), &[]).await;
+    assert_eq!(mine.routed_via(), "p/paid-70b");
+}
+
+#[tokio::test]
+async fn the_policy_watcher_stops_with_its_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("10-route.rhai"), ROUTE_TO.replace("MODEL", "first")).unwrap();
+    let env = freeway::Env::from_map(Vec::<(String, String)>::new());
+    let yaml = format!("policies:\n  dir: {}\n", dir.path().display());
+    let loaded = freeway::Config::from_yaml(&yaml, "t", &env, &freeway::Catalog::empty()).unwrap();
+    let gateway = freeway::Gateway::new(loaded.config, freeway::Catalog::empty(), &env).await.unwrap();
+    gateway.watch_policies().unwrap();
+    let name = gateway.policy_watcher_thread().expect("the watcher runs");
+    let threads = || -> Vec<String> {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|c| c.trim().to_owned())
+            .collect()
+    };
+    let started = Instant::now();
+    while !threads().contains(&name) && started.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(threads().contains(&name), "{name} not among {:?}", threads());
+    drop(gateway);
+    let started = Instant::now();
+    while threads().contains(&name) && started.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!threads().contains(&name), "{name} outlived its gateway");
+}
+
+#[tokio::test]
+async fn route_rebuilds_never_install_tables_from_a_stale_pipeline() {
+    // Each version of the policy defines a route of its own name. The old
+    // versions build their tables slowly, the last one fast: a rebuild that
+    // started on an old pipeline, racing the last reload, would finish after
+    // it and store tables from a stale pipeline.
+    let script = |n: usize| {
+        let work = if n < 6 { 100_000 } else { 1 };
+        format!(
+            "fn models(pools, models, settings) {{ let x = 0; for i in 0..{work} {{ x += i; }} pools[\"v{n}\"] = #{{ targets: [\"p/first\"], free: false }}; pools }}"
+        )
+    };
+    let (_m, dir, gw) = with_policies(&[("10-version.rhai", &script(0))]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let racer = {
+        let gateway = gw.gateway.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                gateway.rebuild_routes();
+            }
+        })
+    };
+    let mut last = 0;
+    for n in 1..=6 {
+        std::fs::write(dir.path().join("10-version.rhai"), script(n)).unwrap();
+        assert!(gw.gateway.reload_policies());
+        last = n;
+    }
+    stop.store(true, Ordering::SeqCst);
+    racer.join().unwrap();
+    let names: Vec<String> = gw.gateway.router().route_names().map(str::to_owned).collect();
+    assert!(names.contains(&format!("v{last}")), "the tables are from a stale pipeline: {names:?}");
+}
