@@ -115,6 +115,23 @@ async fn with_no_provider_every_request_says_which_variables_to_set() {
 }
 
 #[tokio::test]
+async fn free_and_auto_with_no_provider_say_which_variables_to_set() {
+    // The built-in policies on, as `serve` runs them.
+    let gw = start_with(
+        "policies: { settings: {} }",
+        Catalog::builtin(&Env::default()).unwrap(),
+        Env::from_map(Vec::<(String, String)>::new()),
+    )
+    .await;
+    for model in ["free", "auto", "auto:large"] {
+        let answer = gw.chat(model).await;
+        assert_eq!(answer.status, 503, "{model}: {}", answer.text());
+        let message = answer.json()["error"]["message"].as_str().unwrap().to_owned();
+        assert!(message.contains("GROQ_API_KEY") && message.contains("OPENROUTER_API_KEY"), "{model}: {message}");
+    }
+}
+
+#[tokio::test]
 async fn a_catalog_provider_is_enabled_by_its_key_variable() {
     let m = Mock::start().await;
     // Point the catalog's groq at the mock; its key comes from GROQ_API_KEY.

@@ -148,3 +148,47 @@ async fn max_tokens_beyond_every_candidates_window_is_a_400() {
     assert!(a.chats().is_empty(), "no upstream was asked");
     assert_eq!(gw.post("/v1/chat/completions", &asking("r", 100_000), &[]).await.status, 200);
 }
+
+#[tokio::test]
+async fn absurd_usage_and_retry_after_values_saturate_instead_of_panicking() {
+    use std::sync::Arc;
+
+    use crate::support::mock::{Behavior, Reply};
+    let a = Mock::start().await;
+    let huge = u64::MAX;
+    a.on_model(
+        "m",
+        Behavior::Custom(Arc::new(move |seen| {
+            let usage = serde_json::json!({"prompt_tokens": huge, "completion_tokens": huge});
+            if seen.stream {
+                let chunk = serde_json::json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                    "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}], "usage": usage});
+                return Reply::sse(vec![format!("data: {chunk}\n\n"), "data: [DONE]\n\n".to_owned()]);
+            }
+            let completion = serde_json::json!({"id": "c", "object": "chat.completion", "created": 1, "model": "m",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+                "usage": usage});
+            Reply::json(200, completion.to_string())
+        })),
+    );
+    a.on_model(
+        "slow-down",
+        Behavior::Status { status: 429, retry_after: Some("18446744073709551615".into()), body: "{}".into() },
+    );
+    let yaml = format!(
+        "providers:\n  a:\n    plugin: openai-compat\n    base_url: {}\n    keys: [k]\n    limits: {{ tpd: 1000000 }}\n    models: [m, slow-down]\n",
+        a.base_url()
+    );
+    let gw = start(&yaml).await;
+    assert_eq!(gw.chat("a/m").await.status, 200);
+    // The day's budget is spent (saturated, not wrapped round to nothing).
+    let spent = gw.chat("a/m").await;
+    assert_eq!(spent.status, 429, "{}", spent.text());
+    let metrics = gw.get("/metrics", &[]).await.text();
+    assert!(metrics.contains("freeway_tokens_total{"), "{metrics}");
+    // A Retry-After past any clock is held to a day.
+    let limited = gw.chat("a/slow-down").await;
+    assert_eq!(limited.status, 429);
+    let wait: u64 = limited.header("retry-after").parse().unwrap();
+    assert!(wait <= 24 * 3600, "{wait}");
+}

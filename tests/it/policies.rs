@@ -506,3 +506,13 @@ async fn route_rebuilds_never_install_tables_from_a_stale_pipeline() {
     let names: Vec<String> = gw.gateway.router().route_names().map(str::to_owned).collect();
     assert!(names.contains(&format!("v{last}")), "the tables are from a stale pipeline: {names:?}");
 }
+
+#[tokio::test]
+async fn a_pin_for_ever_is_held_to_the_longest_ttl_instead_of_overflowing() {
+    let (_p, _q, gw) = fleet("    sticky: { ttl_seconds: 9223372036854775807 }\n").await;
+    let request = json!({"model": "rr", "messages": user("one")}).to_string();
+    let first = ask(&gw, &request, &[("x-session-id", "conv-forever")]).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let again = ask(&gw, &request, &[("x-session-id", "conv-forever")]).await;
+    assert_eq!(again.routed_via(), first.routed_via(), "the session is pinned");
+}

@@ -143,3 +143,23 @@ async fn streams_reuse_the_upstream_connection() {
     assert_eq!(a.seen().len(), 5);
     assert_eq!(a.connections(), 1, "each stream opened a new upstream connection");
 }
+
+#[tokio::test]
+async fn a_client_that_goes_away_is_not_counted_as_an_upstream_failure() {
+    let (a, _b, gw) = two("{}").await;
+    let gate = Arc::new(Semaphore::new(0));
+    a.on_all(Behavior::Gated(gate.clone()));
+    let mut response = gw.stream("r").await;
+    assert!(next_frame(response.body_mut(), Duration::from_secs(5)).await.is_some());
+    drop(response);
+    gate.add_permits(1);
+    let metrics = || async { gw.get("/metrics", &[]).await.text() };
+    let started = std::time::Instant::now();
+    let mut text = metrics().await;
+    while !text.contains("freeway_stream_client_disconnects_total{") && started.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        text = metrics().await;
+    }
+    assert!(text.contains(r#"freeway_stream_client_disconnects_total{provider="a",model="m1"} 1"#), "{text}");
+    assert!(!text.contains("freeway_stream_failures_total{"), "{text}");
+}
