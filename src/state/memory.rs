@@ -9,7 +9,7 @@ use moka::sync::Cache;
 use super::cooldowns::Cooldowns;
 use super::keys::KeyHealth;
 use super::pins::Pins;
-use super::usage::{self, Admission, LimitHit, Refund, Usage};
+use super::usage::{self, Admission, Charge, LimitHit, Refund, Usage};
 use super::{Budget, KeyId, MAX_PIN_TTL, StateStore};
 use crate::config::Limits;
 
@@ -97,11 +97,16 @@ impl MemoryState {
         self.usage.get(&(key.clone(), model.cloned()))
     }
 
-    /// Entries each part holds now (for metrics and the soak benchmark).
-    pub fn sizes(&self) -> [(&'static str, u64); 3] {
-        self.usage.run_pending_tasks();
-        self.pins.settle();
-        [("usage_bytes", self.usage.weighted_size()), ("pins", self.pins.len()), ("pin_bytes", self.pins.weight())]
+    /// Applies `fix` to each counter `admission` charged (that is still kept).
+    fn correct(&self, admission: &Admission, fix: impl Fn(&mut Usage, Charge)) {
+        let charged = [(admission.key_charge, None), (admission.model_charge, Some(&admission.model))];
+        for (charge, model) in charged {
+            if let Some(charge) = charge
+                && let Some(counter) = self.existing(&admission.key, model)
+            {
+                fix(&mut counter.lock(), charge);
+            }
+        }
     }
 }
 
@@ -158,29 +163,11 @@ impl StateStore for MemoryState {
     }
 
     fn settle(&self, admission: &Admission, actual_tokens: u64) {
-        if let Some(charge) = admission.key_charge
-            && let Some(c) = self.existing(&admission.key, None)
-        {
-            c.lock().settle(charge, actual_tokens);
-        }
-        if let Some(charge) = admission.model_charge
-            && let Some(c) = self.existing(&admission.key, Some(&admission.model))
-        {
-            c.lock().settle(charge, actual_tokens);
-        }
+        self.correct(admission, |usage, charge| usage.settle(charge, actual_tokens));
     }
 
     fn refund(&self, admission: &Admission, refund: Refund) {
-        if let Some(charge) = admission.key_charge
-            && let Some(c) = self.existing(&admission.key, None)
-        {
-            c.lock().refund(charge, refund);
-        }
-        if let Some(charge) = admission.model_charge
-            && let Some(c) = self.existing(&admission.key, Some(&admission.model))
-        {
-            c.lock().refund(charge, refund);
-        }
+        self.correct(admission, |usage, charge| usage.refund(charge, refund));
     }
 
     fn usable(&self, key: &KeyId, model: &Arc<str>, budget: &Budget, now: Instant) -> bool {

@@ -61,12 +61,14 @@ impl Pins {
     }
 
     /// Bytes the pins hold (approximate, as weighed).
-    pub fn weight(&self) -> u64 {
+    #[cfg(test)]
+    fn weight(&self) -> u64 {
         self.map.weighted_size()
     }
 
-    /// Applies pending evictions now (tests and scrapes).
-    pub fn settle(&self) {
+    /// Applies pending evictions now.
+    #[cfg(test)]
+    fn settle(&self) {
         self.map.run_pending_tasks();
     }
 }
