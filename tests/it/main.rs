@@ -19,6 +19,8 @@ mod plugin_anthropic;
 mod plugin_cohere;
 mod plugin_faults;
 mod plugin_gemini;
+#[cfg(unix)]
+mod plugin_host;
 mod policies;
 mod sdk;
 mod streaming;
