@@ -298,7 +298,8 @@ pub struct PluginsConfig {
     /// A folder of `NAME.wasm` components; each adds a plugin, or replaces
     /// the built-in one of the same name.
     pub dir: Option<String>,
-    /// Longest a single plugin call may run.
+    /// CPU time a single plugin call may use (waiting for a CPU on a busy
+    /// machine does not count, up to a wall-clock backstop of ten times this).
     pub call_timeout: ConfigDuration,
     /// Most memory one plugin instance may use, in bytes.
     pub memory_limit: u64,

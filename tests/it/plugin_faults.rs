@@ -33,12 +33,16 @@ async fn bad_and_good(extra: &str) -> (Mock, Mock, crate::support::gateway::Test
 #[tokio::test]
 async fn a_trapping_looping_or_hogging_plugin_fails_one_attempt_and_the_request_falls_back() {
     let (bad, good, gw) = bad_and_good("  call_timeout: 100ms\n  memory_limit: 16777216").await;
-    for (route, expect) in [("trap", "unreachable"), ("loop", "deadline"), ("hog", "memory limit")] {
+    for (route, expect) in [("trap", "trapped"), ("loop", "deadline"), ("hog", "memory limit")] {
         let answer = gw.chat(route).await;
         assert_eq!(answer.status, 200, "{route}: {}", answer.text());
         assert_eq!(answer.routed_via(), "good/m", "{route}");
         assert_eq!(answer.fallback_attempts(), 1, "{route}");
-        let _ = expect;
+        // Alone, the same fault is the 502's reason.
+        let alone = gw.chat(&format!("bad/{route}")).await;
+        assert_eq!(alone.status, 502, "{route}: {}", alone.text());
+        let reason = alone.json()["error"]["attempts"][0]["reason"].as_str().unwrap().to_owned();
+        assert!(reason.contains("plugin `misbehave`") && reason.contains(expect), "{route}: {reason}");
     }
     assert_eq!(bad.chats().len(), 0, "a faulting plugin's request must never be sent");
     assert_eq!(good.chats().len(), 3);
@@ -48,7 +52,7 @@ async fn a_trapping_looping_or_hogging_plugin_fails_one_attempt_and_the_request_
     assert_eq!(bad.chats().len(), 1);
     let metrics = gw.get("/metrics", &[]).await.text();
     for kind in ["trap", "deadline", "memory"] {
-        let line = format!("freeway_plugin_failures_total{{plugin=\"misbehave\",kind=\"{kind}\"}} 1");
+        let line = format!("freeway_plugin_failures_total{{plugin=\"misbehave\",kind=\"{kind}\"}} 2");
         assert!(metrics.contains(&line), "missing `{line}` in:\n{metrics}");
     }
 }

@@ -1,17 +1,170 @@
-//! The plugin host's own limits and duties, through real plugins: the
-//! compiled-plugin cache loads only what no one else could have written.
+//! The plugin host's own limits and duties, through real plugins: a call's
+//! deadline counts the CPU time it uses, not the time it waits for a CPU;
+//! large calls leave the async workers free; the compiled-plugin cache loads
+//! only what no one else could have written.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
 
 use freeway::metrics::Metrics;
-use freeway::plugin::{PluginHost, PluginSettings};
+use freeway::plugin::{Plugin, PluginErrorKind, PluginHost, PluginSettings, Target};
 use sha2::Digest;
 
 fn test_plugins(name: &str) -> PathBuf {
     PathBuf::from(env!("FREEWAY_TEST_PLUGINS")).join(name)
+}
+
+fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+fn host(call_timeout: Duration, dir: Option<&Path>) -> PluginHost {
+    let settings = PluginSettings { call_timeout, cache_dir: None, ..PluginSettings::default() };
+    PluginHost::load(&settings, dir, Arc::new(Metrics::new())).unwrap()
+}
+
+/// A chat request of `bytes` bytes: one long user message.
+fn long_message(bytes: usize) -> Vec<u8> {
+    let (head, tail) = (r#"{"model":"m","messages":[{"role":"user","content":""#, r#""}]}"#);
+    let room = bytes.saturating_sub(head.len() + tail.len());
+    let text = "The quick brown fox jumps over the lazy dog. ".repeat(room / 45 + 1);
+    format!("{head}{}{tail}", &text[..room]).into_bytes()
+}
+
+/// CPU time of one `build_chat` of `body` on a warm instance (the least of
+/// three).
+fn cpu_per_call(plugin: &Arc<Plugin>, body: &[u8], target: &Target<'_>) -> Duration {
+    let mut session = plugin.session().unwrap();
+    session.build_chat(body, target).unwrap();
+    (0..3)
+        .map(|_| {
+            let start = thread_cpu();
+            session.build_chat(body, target).unwrap();
+            thread_cpu() - start
+        })
+        .min()
+        .unwrap()
+}
+
+/// 1 in ~300k requests failed "ran past its deadline" at concurrency 16 on
+/// a 2-core machine: the deadline was wall-clock time, so a call whose
+/// thread waited for a CPU ran out of time without running.
+#[test]
+fn healthy_calls_meet_their_deadline_on_an_oversubscribed_machine() {
+    let options = Vec::new();
+    let target = Target { base_url: "http://x/v1", model: "m", key: Some("k"), options: &options };
+    // A body whose translation costs a few ms of CPU here (debug or release).
+    let calibration = host(Duration::from_secs(10), None).get("openai-compat").unwrap();
+    let mut size = 64 << 10;
+    let mut cost = cpu_per_call(&calibration, &long_message(size), &target);
+    while cost < Duration::from_millis(4) && size < 4 << 20 {
+        size *= 2;
+        cost = cpu_per_call(&calibration, &long_message(size), &target);
+    }
+    let body = long_message(size);
+    // Four times the CPU a call needs, far less than what a call waits with
+    // eight threads per core.
+    let budget = (cost * 4).max(Duration::from_millis(10));
+    let plugin = host(budget, None).get("openai-compat").unwrap();
+    let threads = 8 * std::thread::available_parallelism().map_or(2, |n| n.get());
+    let barrier = Arc::new(Barrier::new(threads));
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            let (plugin, body, barrier, options) = (plugin.clone(), body.clone(), barrier.clone(), options.clone());
+            std::thread::spawn(move || {
+                let target = Target { base_url: "http://x/v1", model: "m", key: Some("k"), options: &options };
+                let mut warm = None;
+                barrier.wait();
+                (0..12)
+                    .map(|_| {
+                        let start = Instant::now();
+                        // Creating an instance runs under the deadline too.
+                        let result = warm.take().map_or_else(|| plugin.session(), Ok).and_then(|mut session| {
+                            session.build_chat(&body, &target)?;
+                            warm = Some(session);
+                            Ok(())
+                        });
+                        (result, start.elapsed())
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let results: Vec<_> = workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+    let slowest = results.iter().map(|(_, wall)| *wall).max().unwrap();
+    let failed: Vec<_> =
+        results.iter().filter_map(|(r, wall)| r.as_ref().err().map(|e| (e.to_string(), wall))).collect();
+    eprintln!(
+        "{threads} threads, {} calls of {cost:?} CPU ({size} bytes), budget {budget:?}: slowest {slowest:?}, {} failed",
+        results.len(),
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of {} calls of {cost:?} CPU ({size} bytes) failed with a budget of {budget:?}: {:?}",
+        failed.len(),
+        results.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert!(slowest > budget, "no call waited past its budget ({slowest:?}): the machine was not oversubscribed");
+}
+
+/// A plugin that never returns is still stopped, after about its budget of
+/// CPU time.
+#[test]
+fn a_looping_plugin_is_stopped_after_its_budget_of_cpu() {
+    let budget = Duration::from_millis(100);
+    let plugin = host(budget, Some(&test_plugins("misbehave"))).get("misbehave").unwrap();
+    let options = Vec::new();
+    let target = Target { base_url: "http://x/v1", model: "loop", key: None, options: &options };
+    let start = thread_cpu();
+    let error = plugin.session().unwrap().build_chat(&long_message(100), &target).unwrap_err();
+    let used = thread_cpu() - start;
+    assert_eq!(error.kind, PluginErrorKind::Deadline, "{error}");
+    assert!(error.message.contains("deadline of 100ms of CPU time"), "{error}");
+    assert!(used >= budget && used < budget * 2, "stopped after {used:?} of CPU for a budget of {budget:?}");
+}
+
+/// A call on a large input holds its thread for milliseconds; on a
+/// multi-thread runtime the worker's other tasks move to another thread
+/// meanwhile, instead of waiting for the call.
+#[test]
+fn a_long_call_on_a_large_input_does_not_stall_the_other_tasks_of_its_worker() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let budget = Duration::from_millis(300);
+        let plugin = host(budget, Some(&test_plugins("misbehave"))).get("misbehave").unwrap();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = done.clone();
+        // Another request's work on the same (only) worker.
+        let ticker = tokio::spawn(async move {
+            let mut worst = Duration::ZERO;
+            let mut last = Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                worst = worst.max(last.elapsed());
+                last = Instant::now();
+            }
+            worst
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let call = tokio::spawn(async move {
+            let options = Vec::new();
+            let target = Target { base_url: "http://x/v1", model: "loop", key: None, options: &options };
+            let started = Instant::now();
+            let result = plugin.session().unwrap().build_chat(&long_message(1 << 20), &target).map(|_| ());
+            (result, started.elapsed())
+        });
+        let (result, took) = call.await.unwrap();
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let worst = ticker.await.unwrap();
+        assert_eq!(result.unwrap_err().kind, PluginErrorKind::Deadline);
+        assert!(took >= budget, "{took:?}");
+        assert!(worst < budget / 2, "the other task waited {worst:?} while a call ran for {took:?}");
+    });
 }
 
 /// The file name the disk cache gives a component: its content hash, and
