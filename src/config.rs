@@ -301,7 +301,8 @@ pub struct PluginsConfig {
     /// CPU time a single plugin call may use (waiting for a CPU on a busy
     /// machine does not count, up to a wall-clock backstop of ten times this).
     pub call_timeout: ConfigDuration,
-    /// Most memory one plugin instance may use, in bytes.
+    /// Most memory one plugin instance may use, in bytes; enough to
+    /// translate a body of `server.max_body_bytes`.
     pub memory_limit: u64,
     /// Where compiled plugins are cached across restarts (default
     /// `~/.cache/freeway/plugins`; `""` turns the disk cache off).
@@ -316,7 +317,7 @@ impl Default for PluginsConfig {
         Self {
             dir: None,
             call_timeout: ConfigDuration::millis(250),
-            memory_limit: 64 * 1024 * 1024,
+            memory_limit: crate::plugin::DEFAULT_MEMORY_LIMIT as u64,
             cache_dir: None,
             fresh_instances: false,
         }

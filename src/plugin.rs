@@ -27,7 +27,7 @@ mod engine;
 mod host;
 mod types;
 
-pub use engine::MAX_MEMORY;
+pub use engine::{DEFAULT_MEMORY_LIMIT, MAX_MEMORY, min_memory_limit};
 pub use host::{
     Plugin, PluginError, PluginErrorKind, PluginHost, PluginSession, PluginSettings, PluginStream, available_names,
 };

@@ -18,6 +18,28 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 /// limit (`plugins.memory_limit`) is lower or equal.
 pub const MAX_MEMORY: usize = 256 * 1024 * 1024;
 
+/// The default of `plugins.memory_limit`: enough to translate a body of the
+/// default `server.max_body_bytes` (16 MiB), see [`min_memory_limit`].
+pub const DEFAULT_MEMORY_LIMIT: usize = 128 * 1024 * 1024;
+
+/// Linear memory a built-in plugin needs per byte of request body it
+/// translates. Measured peaks of `build_chat` on one large user message and
+/// on one large base64 image, 1 to 16 MiB (the same for both shapes):
+/// openai-compat 5.1x the body, gemini and anthropic 6.1x, cohere 7.1x, each
+/// plus about 2 MiB (the parsed request, the built one, and the copies in and
+/// out of the instance).
+const MEMORY_PER_BODY_BYTE: u64 = 7;
+/// ...plus this much: the instance's own memory and some margin.
+const MEMORY_BASE: u64 = 4 * 1024 * 1024;
+
+/// The least `plugins.memory_limit` with which every built-in plugin can
+/// translate a chat request of `body` bytes made of large strings (a long
+/// message, an image). A body of many small JSON values needs several times
+/// more.
+pub fn min_memory_limit(body: u64) -> u64 {
+    body.saturating_mul(MEMORY_PER_BODY_BYTE).saturating_add(MEMORY_BASE)
+}
+
 /// Plugin instances alive at once: one per call in flight, plus one per
 /// stream being relayed. Past this, a call fails and the dispatcher moves on.
 pub const MAX_INSTANCES: u32 = 2000;

@@ -20,8 +20,9 @@ fn test_plugins(name: &str) -> PathBuf {
 async fn bad_and_good(extra: &str) -> (Mock, Mock, crate::support::gateway::TestGateway) {
     let bad = Mock::start().await;
     let good = Mock::start().await;
+    // A small plugin memory (for `hog`) only fits small bodies.
     let yaml = format!(
-        "plugins:\n  dir: {}\n{extra}\nproviders:\n  bad:\n    plugin: misbehave\n    base_url: {}\n    keys: [k]\n    models: [trap, loop, hog, trap-stream, fine]\n{}routes:\n  trap: {{ targets: [bad/trap, good/m] }}\n  loop: {{ targets: [bad/loop, good/m] }}\n  hog: {{ targets: [bad/hog, good/m] }}\n",
+        "server:\n  max_body_bytes: 1048576\nplugins:\n  dir: {}\n{extra}\nproviders:\n  bad:\n    plugin: misbehave\n    base_url: {}\n    keys: [k]\n    models: [trap, loop, hog, trap-stream, fine]\n{}routes:\n  trap: {{ targets: [bad/trap, good/m] }}\n  loop: {{ targets: [bad/loop, good/m] }}\n  hog: {{ targets: [bad/hog, good/m] }}\n",
         test_plugins("misbehave").display(),
         bad.base_url(),
         provider("good", &good.base_url(), &["kg"], &["m"]),
@@ -196,4 +197,27 @@ async fn compiled_plugins_are_cached_on_disk_by_content() {
     // Loading again finds them (and nothing new is written).
     PluginHost::load(&settings, None, Arc::new(Metrics::new())).unwrap();
     assert_eq!(std::fs::read_dir(dir.path().join("cache")).unwrap().count(), 4);
+}
+
+/// Idle pooled instances kept the memory a large body made them grow (27 x
+/// 38 MiB stayed resident): an instance that grew large is not pooled.
+#[tokio::test]
+async fn an_instance_whose_memory_grew_large_is_not_reused() {
+    let m = Mock::start().await;
+    let yaml = format!(
+        "plugins:\n  dir: {}\nproviders:\n  p:\n    plugin: misbehave\n    base_url: {}\n    keys: [k]\n    models: [count]\n",
+        test_plugins("misbehave").display(),
+        m.base_url()
+    );
+    let gw = start(&yaml).await;
+    let big = serde_json::json!({"model": "p/count", "messages": [{"role": "user", "content": "x".repeat(4 << 20)}]});
+    assert_eq!(gw.chat("p/count").await.status, 200);
+    let answer = gw.post("/v1/chat/completions", &big.to_string(), &[]).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(gw.chat("p/count").await.status, 200);
+    assert_eq!(gw.chat("p/count").await.status, 200);
+    let seen: Vec<_> = m.chats().iter().map(|s| s.query.clone().unwrap_or_default()).collect();
+    // The warm instance served the small request and the large one, then was
+    // retired; a new one starts at 1 and, staying small, is reused.
+    assert_eq!(seen, ["calls=1", "calls=2", "calls=1", "calls=2"]);
 }

@@ -1,6 +1,7 @@
 //! The plugin host's own limits and duties, through real plugins: a call's
 //! deadline counts the CPU time it uses, not the time it waits for a CPU;
-//! large calls leave the async workers free; the compiled-plugin cache loads
+//! large calls leave the async workers free; a body the gateway accepts can
+//! be translated with the default memory; the compiled-plugin cache loads
 //! only what no one else could have written.
 
 use std::os::unix::fs::PermissionsExt;
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use freeway::metrics::Metrics;
 use freeway::plugin::{Plugin, PluginErrorKind, PluginHost, PluginSettings, Target};
+use freeway::{Catalog, Config, Env};
 use sha2::Digest;
 
 fn test_plugins(name: &str) -> PathBuf {
@@ -32,6 +34,15 @@ fn long_message(bytes: usize) -> Vec<u8> {
     let room = bytes.saturating_sub(head.len() + tail.len());
     let text = "The quick brown fox jumps over the lazy dog. ".repeat(room / 45 + 1);
     format!("{head}{}{tail}", &text[..room]).into_bytes()
+}
+
+/// A chat request of `bytes` bytes: a short question and one image as a
+/// base64 data URL.
+fn big_image(bytes: usize) -> Vec<u8> {
+    let head = r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"What is in this picture?"},{"type":"image_url","image_url":{"url":"data:image/png;base64,"#;
+    let tail = r#""}}]}]}"#;
+    let room = bytes.saturating_sub(head.len() + tail.len());
+    format!("{head}{}{tail}", &"iVBORw0K".repeat(room / 8 + 1)[..room]).into_bytes()
 }
 
 /// CPU time of one `build_chat` of `body` on a warm instance (the least of
@@ -165,6 +176,48 @@ fn a_long_call_on_a_large_input_does_not_stall_the_other_tasks_of_its_worker() {
         assert!(took >= budget, "{took:?}");
         assert!(worst < budget / 2, "the other task waited {worst:?} while a call ran for {took:?}");
     });
+}
+
+/// A body the gateway accepts (up to `server.max_body_bytes`) must be
+/// translatable: 16 MiB chat requests failed in every plugin with the
+/// default 64 MiB of plugin memory.
+#[test]
+fn a_request_of_max_body_bytes_goes_through_every_built_in_plugin_with_the_default_memory() {
+    let env = Env::from_map(Vec::<(String, String)>::new());
+    let config = Config::from_yaml("{}", "defaults", &env, &Catalog::empty()).unwrap().config;
+    let max_body = usize::try_from(config.server.max_body_bytes).unwrap();
+    // The memory is the point here; an unoptimised host copies a 16 MiB
+    // body in and out of the plugin slowly, so the time is not held to 250ms.
+    let settings =
+        PluginSettings { call_timeout: Duration::from_secs(30), cache_dir: None, ..config.plugin_settings() };
+    assert_eq!(settings.memory_limit, PluginSettings::default().memory_limit);
+    let host = PluginHost::load(&settings, None, Arc::new(Metrics::new())).unwrap();
+    let options = Vec::new();
+    for (shape, body) in [("long message", long_message(max_body)), ("image", big_image(max_body))] {
+        assert_eq!(body.len(), max_body);
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap();
+        for name in ["openai-compat", "gemini", "cohere", "anthropic"] {
+            let target = Target { base_url: "http://x/v1", model: "m", key: Some("k"), options: &options };
+            let built = host.get(name).unwrap().session().unwrap().build_chat(&body, &target);
+            let built = built.unwrap_or_else(|e| panic!("{name}, {shape} of {max_body} bytes: {e}"));
+            assert!(built.body.len() > max_body / 2, "{name}, {shape}: the body was lost");
+        }
+    }
+}
+
+#[test]
+fn a_plugin_memory_limit_too_small_for_the_largest_body_is_refused_naming_the_minimum() {
+    let env = Env::from_map(Vec::<(String, String)>::new());
+    let load = |yaml: &str| Config::from_yaml(yaml, "test", &env, &Catalog::empty()).map(|_| ());
+    let error = load("plugins:\n  memory_limit: 67108864\n").unwrap_err().to_string();
+    let least = freeway::plugin::min_memory_limit(16 << 20);
+    assert!(error.contains("plugins.memory_limit"), "{error}");
+    assert!(error.contains(&format!("at least {least}")) && error.contains("server.max_body_bytes"), "{error}");
+    // A smaller body fits the same memory.
+    load("server:\n  max_body_bytes: 1048576\nplugins:\n  memory_limit: 67108864\n").unwrap();
+    // A body no plugin memory can translate says to lower it.
+    let error = load("server:\n  max_body_bytes: 104857600\n").unwrap_err().to_string();
+    assert!(error.contains("lower server.max_body_bytes"), "{error}");
 }
 
 /// The file name the disk cache gives a component: its content hash, and
