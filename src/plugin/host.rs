@@ -384,7 +384,13 @@ impl Plugin {
         PluginError { plugin: self.name.clone(), kind: PluginErrorKind::Refused, message }
     }
 
-    fn upstream_request(&self, r: api::HttpRequest) -> Result<UpstreamRequest, PluginError> {
+    fn upstream_request(
+        &self,
+        r: api::HttpRequest,
+        target: &Target<'_>,
+        purpose: Purpose,
+    ) -> Result<UpstreamRequest, PluginError> {
+        allowed_url(&r.url, target, purpose).map_err(|why| self.refused(format!("built a URL outside {why}")))?;
         let method = Method::from_bytes(r.method.as_bytes())
             .map_err(|_| self.refused(format!("built a request with method {:?}", r.method)))?;
         let mut headers = Vec::with_capacity(r.headers.len());
@@ -502,7 +508,9 @@ impl PluginSession {
     pub fn build_chat(&mut self, request: &[u8], target: &Target<'_>) -> Result<UpstreamRequest, PluginError> {
         let t = wit_target(target);
         let built = self.call(request.len(), |s, p| p.freeway_provider_translator().call_build_chat(s, request, &t))?;
-        built.map_err(|e| self.plugin.refused(e)).and_then(|r| self.plugin.upstream_request(r))
+        built
+            .map_err(|e| self.plugin.refused(e))
+            .and_then(|r| self.plugin.upstream_request(r, target, Purpose::Request))
     }
 
     /// An upstream answer → an OpenAI chat completion.
@@ -517,7 +525,9 @@ impl PluginSession {
         let t = wit_target(target);
         let built =
             self.call(request.len(), |s, p| p.freeway_provider_translator().call_build_embeddings(s, request, &t))?;
-        built.map_err(|e| self.plugin.refused(e)).and_then(|r| self.plugin.upstream_request(r))
+        built
+            .map_err(|e| self.plugin.refused(e))
+            .and_then(|r| self.plugin.upstream_request(r, target, Purpose::Request))
     }
 
     /// An upstream embeddings answer → an OpenAI embeddings list.
@@ -532,7 +542,9 @@ impl PluginSession {
     pub fn build_models(&mut self, target: &Target<'_>) -> Result<UpstreamRequest, PluginError> {
         let t = wit_target(target);
         let built = self.call(0, |s, p| p.freeway_provider_translator().call_build_models(s, &t))?;
-        built.map_err(|e| self.plugin.refused(e)).and_then(|r| self.plugin.upstream_request(r))
+        built
+            .map_err(|e| self.plugin.refused(e))
+            .and_then(|r| self.plugin.upstream_request(r, target, Purpose::Listing))
     }
 
     /// A model listing → records.
@@ -583,6 +595,92 @@ impl PluginSession {
         let resource = self.call(0, |s, p| p.freeway_provider_translator().stream_decoder().call_constructor(s, &t))?;
         Ok(PluginStream { session: self, resource })
     }
+}
+
+/// What a plugin built a request for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// A client's request (chat, embeddings): client input, such as model
+    /// ids, may reach the URL.
+    Request,
+    /// The model listing: built from configuration alone.
+    Listing,
+}
+
+/// Where a plugin-built URL may go. A client's request stays under the base
+/// URL ([`within_base`]). A listing, which no client input reaches, may
+/// also sit beside it on the same host (Cohere lists its v2 API's models at
+/// `/v1/models`) or under a URL the operator gave in the options (such as
+/// Cohere's `models_url`).
+fn allowed_url(url: &str, target: &Target<'_>, purpose: Purpose) -> Result<(), String> {
+    let refused = match within_base(url, target.base_url) {
+        Ok(()) => return Ok(()),
+        Err(why) => why,
+    };
+    if purpose == Purpose::Listing {
+        let origin = target.base_url.parse::<http::Uri>().ok().and_then(|base| {
+            let parts = base.into_parts();
+            Some(format!("{}://{}", parts.scheme?, parts.authority?))
+        });
+        let beside = origin.is_some_and(|origin| within_base(url, &origin).is_ok());
+        let configured = target.options.iter().any(|(_, value)| within_base(url, value).is_ok());
+        if beside || configured {
+            return Ok(());
+        }
+    }
+    Err(refused)
+}
+
+/// Checks that a URL a plugin built stays under the provider's base URL:
+/// the same scheme, host, port (and user info), and a path that is the
+/// base path or below it, without dot segments (`.`, `..`, plain or
+/// percent-encoded) that a server or proxy could resolve to somewhere else.
+/// The query is the plugin's to choose. The error names what differs (not
+/// the base URL itself, which may hold credentials).
+fn within_base(url: &str, base: &str) -> Result<(), String> {
+    let parse = |text: &str| -> Option<(http::uri::Scheme, http::uri::Authority, String)> {
+        let uri: http::Uri = text.parse().ok()?;
+        let parts = uri.into_parts();
+        let path = parts.path_and_query.as_ref().map_or("", |p| p.path()).to_owned();
+        Some((parts.scheme?, parts.authority?, path))
+    };
+    let (base_scheme, base_authority, base_path) =
+        parse(base).ok_or_else(|| "its base URL (which is not an absolute URL)".to_owned())?;
+    let Some((scheme, authority, path)) = parse(url) else {
+        return Err("its base URL (not an absolute URL)".to_owned());
+    };
+    let default_port = |scheme: &http::uri::Scheme| match scheme.as_str() {
+        "https" => Some(443),
+        "http" => Some(80),
+        _ => None,
+    };
+    let userinfo = |a: &http::uri::Authority| a.as_str().rsplit_once('@').map(|(info, _)| info.to_owned());
+    if !scheme.as_str().eq_ignore_ascii_case(base_scheme.as_str()) {
+        return Err(format!("its base URL (scheme {scheme})"));
+    }
+    if !authority.host().eq_ignore_ascii_case(base_authority.host())
+        || authority.port_u16().or_else(|| default_port(&scheme))
+            != base_authority.port_u16().or_else(|| default_port(&base_scheme))
+        || userinfo(&authority) != userinfo(&base_authority)
+    {
+        return Err(format!("its base URL (host {})", authority.host()));
+    }
+    let prefix = base_path.trim_end_matches('/');
+    let below = path.strip_prefix(prefix).filter(|rest| rest.is_empty() || rest.starts_with('/'));
+    let Some(rest) = below else {
+        return Err(format!("its base URL (path {path})"));
+    };
+    if rest.split('/').any(is_dot_segment) {
+        return Err(format!("its base URL (a dot segment in {path})"));
+    }
+    Ok(())
+}
+
+/// Whether a path segment is `.` or `..` once percent-decoded, or would
+/// hold one if a server decoded an encoded `/` or `\` in it.
+fn is_dot_segment(segment: &str) -> bool {
+    let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
+    decoded.split(['/', '\\']).any(|piece| piece == "." || piece == "..")
 }
 
 fn wit_target(t: &Target<'_>) -> api::Target {
@@ -649,5 +747,80 @@ fn event(e: api::StreamEvent) -> StreamEvent {
         api::StreamEvent::Chunk(c) => StreamEvent::Chunk { json: Bytes::from(c.json), usage: c.usage.map(usage) },
         api::StreamEvent::Done => StreamEvent::Done,
         api::StreamEvent::Error(message) => StreamEvent::Error { message },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::expect_used)]
+
+    use super::within_base;
+
+    const BASE: &str = "https://generativelanguage.googleapis.com/v1beta";
+
+    #[test]
+    fn urls_under_the_base_url_pass() {
+        for url in [
+            "https://generativelanguage.googleapis.com/v1beta",
+            "https://generativelanguage.googleapis.com/v1beta/",
+            "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash:generateContent",
+            "https://generativelanguage.googleapis.com/v1beta/models/x:streamGenerateContent?alt=sse",
+            "https://GenerativeLanguage.googleapis.com:443/v1beta/models",
+            "HTTPS://generativelanguage.googleapis.com/v1beta/models/a%2Fb",
+            "https://generativelanguage.googleapis.com/v1beta/models/..x/.y/x..",
+        ] {
+            assert_eq!(within_base(url, BASE), Ok(()), "{url}");
+        }
+        assert_eq!(within_base("http://127.0.0.1:8080/v1/chat/completions", "http://127.0.0.1:8080/v1/"), Ok(()));
+        assert_eq!(within_base("http://localhost/anything", "http://localhost:80"), Ok(()));
+    }
+
+    #[test]
+    fn urls_that_leave_the_base_url_are_refused_saying_what_differs() {
+        for (url, differs) in [
+            ("http://generativelanguage.googleapis.com/v1beta/models", "scheme"),
+            ("https://evil.example/v1beta/models", "host"),
+            ("https://generativelanguage.googleapis.com.evil.example/v1beta/models", "host"),
+            ("https://generativelanguage.googleapis.com:8443/v1beta/models", "host"),
+            ("https://user@generativelanguage.googleapis.com/v1beta/models", "host"),
+            ("https://generativelanguage.googleapis.com/v1betax/models", "path"),
+            ("https://generativelanguage.googleapis.com/v1/models", "path"),
+            ("https://generativelanguage.googleapis.com/", "path"),
+            ("https://generativelanguage.googleapis.com/v1beta/../secret-admin?x=1", "dot segment"),
+            ("https://generativelanguage.googleapis.com/v1beta/models/../../secret-admin", "dot segment"),
+            ("https://generativelanguage.googleapis.com/v1beta/./models", "dot segment"),
+            ("https://generativelanguage.googleapis.com/v1beta/models/%2e%2e/%2E%2E/admin", "dot segment"),
+            ("https://generativelanguage.googleapis.com/v1beta/models/.%2E/admin", "dot segment"),
+            ("https://generativelanguage.googleapis.com/v1beta/models/%2e", "dot segment"),
+            ("https://generativelanguage.googleapis.com/v1beta/models/..%2fadmin", "dot segment"),
+            ("https://generativelanguage.googleapis.com/v1beta/models/x%2F..%5Cadmin", "dot segment"),
+            ("https://generativelanguage.googleapis.com/v1beta/models/..", "dot segment"),
+            ("/v1beta/models", "not an absolute URL"),
+            ("not a url at all", "not an absolute URL"),
+        ] {
+            let error = within_base(url, BASE).expect_err(url);
+            assert!(error.contains(differs), "{url}: {error}");
+            assert!(error.starts_with("its base URL ("), "{url}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_listing_may_sit_beside_the_base_url_or_at_a_configured_url() {
+        use super::{Purpose, Target, allowed_url};
+        let options = vec![("models_url".to_owned(), "http://proxy/models".to_owned())];
+        let target = Target { base_url: "https://api.cohere.com/v2", model: "", key: None, options: &options };
+        for url in ["https://api.cohere.com/v1/models?endpoint=chat", "http://proxy/models?page=2"] {
+            assert_eq!(allowed_url(url, &target, Purpose::Listing), Ok(()), "{url}");
+            assert!(allowed_url(url, &target, Purpose::Request).is_err(), "{url}");
+        }
+        for url in ["https://evil.example/v1/models", "https://api.cohere.com/v1/../admin", "http://proxy/admin"] {
+            assert!(allowed_url(url, &target, Purpose::Listing).is_err(), "{url}");
+        }
+    }
+
+    #[test]
+    fn a_base_url_at_the_root_allows_any_path_without_dot_segments() {
+        assert_eq!(within_base("http://127.0.0.1:9/v1/chat", "http://127.0.0.1:9"), Ok(()));
+        assert!(within_base("http://127.0.0.1:9/v1/../chat", "http://127.0.0.1:9").is_err());
     }
 }

@@ -199,6 +199,26 @@ async fn compiled_plugins_are_cached_on_disk_by_content() {
     assert_eq!(std::fs::read_dir(dir.path().join("cache")).unwrap().count(), 4);
 }
 
+/// Client model ids reached Gemini URLs as `../../secret-admin`: whatever a
+/// plugin builds, a URL outside the provider's base URL is never sent.
+#[tokio::test]
+async fn a_plugin_built_url_outside_the_base_url_is_refused_and_never_sent() {
+    let m = Mock::start().await;
+    let yaml = format!(
+        "plugins:\n  dir: {}\nproviders:\n  p:\n    plugin: misbehave\n    base_url: {}\n    keys: [k]\n    models: [escape]\n",
+        test_plugins("misbehave").display(),
+        m.base_url()
+    );
+    let gw = start(&yaml).await;
+    let answer = gw.chat("p/escape").await;
+    assert_eq!(answer.status, 502, "{}", answer.text());
+    let reason = answer.json()["error"]["attempts"][0]["reason"].as_str().unwrap().to_owned();
+    assert!(reason.contains("plugin `misbehave`") && reason.contains("outside its base URL"), "{reason}");
+    assert!(reason.contains("dot segment"), "{reason}");
+    assert!(m.seen().is_empty(), "sent anyway: {:?}", m.seen().iter().map(|s| &s.path).collect::<Vec<_>>());
+    assert_eq!(m.connections(), 0);
+}
+
 /// Idle pooled instances kept the memory a large body made them grow (27 x
 /// 38 MiB stayed resident): an instance that grew large is not pooled.
 #[tokio::test]
