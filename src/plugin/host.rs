@@ -638,34 +638,23 @@ fn allowed_url(url: &str, target: &Target<'_>, purpose: Purpose) -> Result<(), S
 /// The query is the plugin's to choose. The error names what differs (not
 /// the base URL itself, which may hold credentials).
 fn within_base(url: &str, base: &str) -> Result<(), String> {
-    let parse = |text: &str| -> Option<(http::uri::Scheme, http::uri::Authority, String)> {
-        let uri: http::Uri = text.parse().ok()?;
-        let parts = uri.into_parts();
-        let path = parts.path_and_query.as_ref().map_or("", |p| p.path()).to_owned();
-        Some((parts.scheme?, parts.authority?, path))
-    };
-    let (base_scheme, base_authority, base_path) =
-        parse(base).ok_or_else(|| "its base URL (which is not an absolute URL)".to_owned())?;
-    let Some((scheme, authority, path)) = parse(url) else {
+    let base = absolute(base).ok_or_else(|| "its base URL (which is not an absolute URL)".to_owned())?;
+    let Some(uri) = absolute(url) else {
         return Err("its base URL (not an absolute URL)".to_owned());
     };
-    let default_port = |scheme: &http::uri::Scheme| match scheme.as_str() {
-        "https" => Some(443),
-        "http" => Some(80),
-        _ => None,
-    };
-    let userinfo = |a: &http::uri::Authority| a.as_str().rsplit_once('@').map(|(info, _)| info.to_owned());
-    if !scheme.as_str().eq_ignore_ascii_case(base_scheme.as_str()) {
+    let scheme = uri.scheme_str().unwrap_or_default();
+    if !scheme.eq_ignore_ascii_case(base.scheme_str().unwrap_or_default()) {
         return Err(format!("its base URL (scheme {scheme})"));
     }
-    if !authority.host().eq_ignore_ascii_case(base_authority.host())
-        || authority.port_u16().or_else(|| default_port(&scheme))
-            != base_authority.port_u16().or_else(|| default_port(&base_scheme))
-        || userinfo(&authority) != userinfo(&base_authority)
+    let host = uri.host().unwrap_or_default();
+    if !host.eq_ignore_ascii_case(base.host().unwrap_or_default())
+        || port(&uri) != port(&base)
+        || userinfo(&uri) != userinfo(&base)
     {
-        return Err(format!("its base URL (host {})", authority.host()));
+        return Err(format!("its base URL (host {host})"));
     }
-    let prefix = base_path.trim_end_matches('/');
+    let path = uri.path();
+    let prefix = base.path().trim_end_matches('/');
     let below = path.strip_prefix(prefix).filter(|rest| rest.is_empty() || rest.starts_with('/'));
     let Some(rest) = below else {
         return Err(format!("its base URL (path {path})"));
@@ -674,6 +663,25 @@ fn within_base(url: &str, base: &str) -> Result<(), String> {
         return Err(format!("its base URL (a dot segment in {path})"));
     }
     Ok(())
+}
+
+/// `text` as a URL with a scheme and a host.
+fn absolute(text: &str) -> Option<http::Uri> {
+    text.parse::<http::Uri>().ok().filter(|u| u.scheme().is_some() && u.authority().is_some())
+}
+
+/// The URL's port, or its scheme's default one.
+fn port(uri: &http::Uri) -> Option<u16> {
+    uri.port_u16().or(match uri.scheme_str() {
+        Some("https") => Some(443),
+        Some("http") => Some(80),
+        _ => None,
+    })
+}
+
+/// The `user:password` part of the URL's authority, if it has one.
+fn userinfo(uri: &http::Uri) -> Option<&str> {
+    uri.authority().and_then(|a| a.as_str().rsplit_once('@')).map(|(info, _)| info)
 }
 
 /// Whether a path segment is `.` or `..` once percent-decoded, or would
