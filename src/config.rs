@@ -337,9 +337,12 @@ pub struct PluginsConfig {
     /// A folder of `NAME.wasm` components; each adds a plugin, or replaces
     /// the built-in one of the same name.
     pub dir: Option<String>,
-    /// Longest a single plugin call may run. 1ms to 10s.
+    /// CPU time a single plugin call may use (waiting for a CPU on a busy
+    /// machine does not count, up to a wall-clock backstop of ten times this).
+    /// 1ms to 10s.
     pub call_timeout: ConfigDuration,
-    /// Most memory one plugin instance may use, in bytes.
+    /// Most memory one plugin instance may use, in bytes; enough to
+    /// translate a body of `server.max_body_bytes`.
     pub memory_limit: u64,
     /// Where compiled plugins are cached across restarts (default
     /// `~/.cache/freeway/plugins`; `""` turns the disk cache off).
@@ -354,7 +357,7 @@ impl Default for PluginsConfig {
         Self {
             dir: None,
             call_timeout: ConfigDuration::millis(250),
-            memory_limit: 64 * 1024 * 1024,
+            memory_limit: crate::plugin::DEFAULT_MEMORY_LIMIT as u64,
             cache_dir: None,
             fresh_instances: false,
         }

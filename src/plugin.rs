@@ -7,10 +7,15 @@
 //!   epoch interruption (a ticker thread holding only a weak handle);
 //! - each component compiled once: a content-keyed artifact cache on disk
 //!   (across restarts) and in memory (across gateways in one process);
-//! - each plugin pre-instantiated once (`InstancePre`); every call gets a
-//!   fresh store with a memory limit and a deadline, so a plugin that traps,
-//!   loops or allocates without bound fails that one call and nothing else;
-//! - a stream decoder keeps its store for the life of its stream.
+//! - each plugin pre-instantiated once (`InstancePre`); an attempt takes an
+//!   instance (with its store) from a small per-plugin pool of idle ones, or
+//!   a new one, and every call in it runs under the instance's memory limit
+//!   and a deadline of CPU time, so a plugin that traps, loops or allocates
+//!   without bound fails that one call and nothing else; an instance goes
+//!   back to the pool only after a clean attempt (never after a fault, nor
+//!   once its memory grew large), and `plugins.fresh_instances: true` gives
+//!   every attempt a new one;
+//! - a stream decoder keeps its instance for the life of its stream.
 //!
 //! The built-in plugins are built from `providers/` by `build.rs` and
 //! embedded in the binary; a `plugins.dir` in the config adds or replaces
@@ -22,7 +27,7 @@ mod engine;
 mod host;
 mod types;
 
-pub use engine::{MAX_INSTANCES, MAX_MEMORY};
+pub use engine::{DEFAULT_MEMORY_LIMIT, MAX_INSTANCES, MAX_MEMORY, min_memory_limit};
 pub use host::{
     Plugin, PluginError, PluginErrorKind, PluginHost, PluginSession, PluginSettings, PluginStream, available_names,
 };

@@ -79,6 +79,21 @@ pub(super) fn config(
         r.error("plugins.memory_limit", "must be at least 1048576 (1 MiB)");
     } else if cfg.plugins.memory_limit > crate::plugin::MAX_MEMORY as u64 {
         r.error("plugins.memory_limit", format!("must be at most {}", crate::plugin::MAX_MEMORY));
+    } else if cfg.server.max_body_bytes <= MAX_BODY_BYTES
+        && cfg.plugins.memory_limit < crate::plugin::min_memory_limit(cfg.server.max_body_bytes)
+    {
+        let (body, least) = (cfg.server.max_body_bytes, crate::plugin::min_memory_limit(cfg.server.max_body_bytes));
+        let fix = if least > crate::plugin::MAX_MEMORY as u64 {
+            " (more than the most allowed: lower server.max_body_bytes)"
+        } else {
+            ""
+        };
+        r.error(
+            "plugins.memory_limit",
+            format!(
+                "must be at least {least} for a plugin to translate a request of server.max_body_bytes ({body}){fix}"
+            ),
+        );
     }
     let known_provider = |p: &str| cfg.providers.contains_key(p) || catalog.providers.contains_key(p);
     let lists_model = |m: &str| {

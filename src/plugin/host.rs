@@ -1,5 +1,7 @@
-//! Loading plugins and calling them, each call in a fresh store with a
-//! memory limit and a deadline.
+//! Loading plugins and calling them: each attempt in an instance of its own
+//! (a new one, or one reused from a clean earlier attempt; see
+//! [`PluginSession`]), each call under the instance's memory limit and a
+//! deadline of CPU time.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,7 +21,8 @@ use crate::metrics::Metrics;
 /// Limits every plugin call runs under.
 #[derive(Debug, Clone)]
 pub struct PluginSettings {
-    /// Longest a single call may run.
+    /// CPU time a single call may use (a call stopped only by the machine
+    /// being busy is given up after ten times this, at least 2 s).
     pub call_timeout: Duration,
     /// Most linear memory one instance may grow to.
     pub memory_limit: usize,
@@ -33,7 +36,7 @@ impl Default for PluginSettings {
     fn default() -> Self {
         Self {
             call_timeout: Duration::from_millis(250),
-            memory_limit: 64 * 1024 * 1024,
+            memory_limit: engine::DEFAULT_MEMORY_LIMIT,
             cache_dir: cache::default_dir(),
             fresh_instances: false,
         }
@@ -80,18 +83,34 @@ pub struct PluginError {
     pub message: String,
 }
 
-/// Per-store state: the memory limit, and whether it was hit.
+/// Per-store state: the memory limit, whether it was hit, how much linear
+/// memory the instance has, and the current call's deadline.
 struct State {
     memory_limit: usize,
     memory_exceeded: bool,
+    /// Bytes of linear memory, all memories of the instance together (wasm
+    /// memories only grow, so this is also their peak).
+    memory_size: usize,
+    deadline: engine::Deadline,
+}
+
+impl State {
+    /// Readies the store for one call: a new deadline, no fault yet.
+    fn start_call(store: &mut Store<Self>) {
+        let state = store.data_mut();
+        state.memory_exceeded = false;
+        let ticks = state.deadline.start_call();
+        store.set_epoch_deadline(ticks);
+    }
 }
 
 impl ResourceLimiter for State {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.memory_limit {
             self.memory_exceeded = true;
             return Ok(false);
         }
+        self.memory_size = self.memory_size.saturating_add(desired.saturating_sub(current));
         Ok(true)
     }
 
@@ -291,10 +310,16 @@ impl Plugin {
     }
 
     fn store(&self) -> Store<State> {
-        let mut store =
-            Store::new(self.engine, State { memory_limit: self.settings.memory_limit, memory_exceeded: false });
+        let state = State {
+            memory_limit: self.settings.memory_limit,
+            memory_exceeded: false,
+            memory_size: 0,
+            deadline: engine::Deadline::new(self.settings.call_timeout),
+        };
+        let mut store = Store::new(self.engine, state);
         store.limiter(|state| state);
-        store.set_epoch_deadline(engine::ticks(self.settings.call_timeout));
+        store.epoch_deadline_callback(|mut store| Ok(store.data_mut().deadline.on_tick()));
+        State::start_call(&mut store);
         store
     }
 
@@ -336,11 +361,20 @@ impl Plugin {
         } else {
             default
         };
+        let deadline = &store.data().deadline;
         let message = match kind {
             PluginErrorKind::Memory => format!("exceeded its memory limit of {} bytes", self.settings.memory_limit),
-            PluginErrorKind::Deadline => format!("ran past its deadline of {:?}", self.settings.call_timeout),
+            PluginErrorKind::Deadline if deadline.expired() == Some(engine::Expired::Wall) => format!(
+                "ran past its deadline: {:?} went by before it used its {:?} of CPU time",
+                deadline.backstop(),
+                deadline.budget()
+            ),
+            PluginErrorKind::Deadline => format!("ran past its deadline of {:?} of CPU time", deadline.budget()),
+            // The cause alone: the wasm backtrace before it is for the log.
+            PluginErrorKind::Trap => format!("trapped: {}", error.root_cause()),
             _ => format!("{error:#}"),
         };
+        tracing::debug!(plugin = %self.name, "plugin fault in full: {error:?}");
         self.metrics.plugin_failure(&self.name, kind.label());
         tracing::warn!(plugin = %self.name, kind = kind.label(), "{message}");
         PluginError { plugin: self.name.clone(), kind, message }
@@ -350,7 +384,13 @@ impl Plugin {
         PluginError { plugin: self.name.clone(), kind: PluginErrorKind::Refused, message }
     }
 
-    fn upstream_request(&self, r: api::HttpRequest) -> Result<UpstreamRequest, PluginError> {
+    fn upstream_request(
+        &self,
+        r: api::HttpRequest,
+        target: &Target<'_>,
+        purpose: Purpose,
+    ) -> Result<UpstreamRequest, PluginError> {
+        allowed_url(&r.url, target, purpose).map_err(|why| self.refused(format!("built a URL outside {why}")))?;
         let method = Method::from_bytes(r.method.as_bytes())
             .map_err(|_| self.refused(format!("built a request with method {:?}", r.method)))?;
         let mut headers = Vec::with_capacity(r.headers.len());
@@ -375,8 +415,8 @@ impl Plugin {
 /// fresh instance per attempt costs about three times the CPU under load
 /// (pooled memory reset, page faults, TLB shootdowns; measured with
 /// benches/load.sh). An instance that trapped, ran past its deadline or hit
-/// its memory limit is never reused, and one is retired after
-/// [`MAX_USES`] attempts. `plugins.fresh_instances: true` gives every attempt
+/// its memory limit is never reused; one whose memory grew past
+/// [`RETIRE_MEMORY`] is retired, and so is one after [`MAX_USES`] attempts. `plugins.fresh_instances: true` gives every attempt
 /// a new instance, for plugins that must not keep anything between requests.
 pub struct PluginSession {
     plugin: Arc<Plugin>,
@@ -396,12 +436,44 @@ pub const MAX_USES: u32 = 10_000;
 /// Idle instances kept per plugin.
 const MAX_IDLE: usize = 128;
 
+/// An instance whose linear memory grew past this is retired after its
+/// attempt instead of going back to the pool: wasm memory never shrinks, so
+/// an idle instance that once translated a large body would keep that memory
+/// resident (27 idle instances kept 38 MiB each). Measured: an instance
+/// serving requests up to 64 KiB stays at 2 MiB; one past 8 MiB has
+/// translated a body of about 1 MiB, a call of 1.3 ms or more (release
+/// build), while replacing it costs the next attempt about 22 us of CPU.
+pub const RETIRE_MEMORY: usize = 8 << 20;
+
+/// Calls given at least this much input run in
+/// [`tokio::task::block_in_place`], so that the worker's other tasks (other
+/// requests) move to another thread while the call holds this one.
+/// Measured (release build, warm instance): a `build_chat` of 256 KiB takes
+/// about 0.3 ms, of 1 MiB 1.3 to 2.2 ms, of 16 MiB 100 to 150 ms; a hand-off
+/// costs 5 to 15 us of CPU. From here on a call holds its worker longer than
+/// the gateway's whole work on an ordinary request and the hand-off adds at
+/// most 5%; below, it would add more to calls that end soon anyway.
+pub const BLOCKING_INPUT: usize = 256 << 10;
+
+/// Runs a plugin call, in `block_in_place` when its input is large and this
+/// thread is a worker of a multi-thread tokio runtime (a current-thread
+/// runtime has no other thread to hand its tasks to, and `block_in_place`
+/// panics there; outside a runtime there is nothing to hand off).
+fn off_the_workers<R>(input: usize, call: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let multi_thread = || Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+    if input >= BLOCKING_INPUT && multi_thread() { tokio::task::block_in_place(call) } else { call() }
+}
+
 impl Drop for PluginSession {
     fn drop(&mut self) {
         if self.poisoned || self.plugin.settings.fresh_instances {
             return;
         }
         if let Some(mut warm) = self.warm.take() {
+            if warm.store.data().memory_size > RETIRE_MEMORY {
+                return;
+            }
             warm.uses += 1;
             let mut idle = self.plugin.idle.lock().unwrap_or_else(|e| e.into_inner());
             if warm.uses < MAX_USES && idle.len() < MAX_IDLE {
@@ -412,16 +484,18 @@ impl Drop for PluginSession {
 }
 
 impl PluginSession {
+    /// Runs one call of the attempt; `input` is the size of what it is
+    /// given, for [`off_the_workers`].
     fn call<T>(
         &mut self,
+        input: usize,
         f: impl FnOnce(&mut Store<State>, &Provider) -> wasmtime::Result<T>,
     ) -> Result<T, PluginError> {
         let Some(Warm { store, instance, .. }) = self.warm.as_mut() else {
             return Err(self.plugin.refused("the instance is gone".to_owned()));
         };
-        store.set_epoch_deadline(engine::ticks(self.plugin.settings.call_timeout));
-        store.data_mut().memory_exceeded = false;
-        match f(store, instance) {
+        State::start_call(store);
+        match off_the_workers(input, || f(store, instance)) {
             Ok(v) => Ok(v),
             Err(e) => {
                 self.poisoned = true;
@@ -433,42 +507,50 @@ impl PluginSession {
     /// An OpenAI chat request body → the upstream request.
     pub fn build_chat(&mut self, request: &[u8], target: &Target<'_>) -> Result<UpstreamRequest, PluginError> {
         let t = wit_target(target);
-        let built = self.call(|s, p| p.freeway_provider_translator().call_build_chat(s, request, &t))?;
-        built.map_err(|e| self.plugin.refused(e)).and_then(|r| self.plugin.upstream_request(r))
+        let built = self.call(request.len(), |s, p| p.freeway_provider_translator().call_build_chat(s, request, &t))?;
+        built
+            .map_err(|e| self.plugin.refused(e))
+            .and_then(|r| self.plugin.upstream_request(r, target, Purpose::Request))
     }
 
     /// An upstream answer → an OpenAI chat completion.
     pub fn decode_chat(&mut self, body: &[u8], target: &Target<'_>) -> Result<Decoded, PluginError> {
         let t = wit_target(target);
-        let answer = self.call(|s, p| p.freeway_provider_translator().call_decode_chat(s, body, &t))?;
+        let answer = self.call(body.len(), |s, p| p.freeway_provider_translator().call_decode_chat(s, body, &t))?;
         answer.map(decoded).map_err(|e| self.plugin.refused(e))
     }
 
     /// An OpenAI embeddings request body → the upstream request.
     pub fn build_embeddings(&mut self, request: &[u8], target: &Target<'_>) -> Result<UpstreamRequest, PluginError> {
         let t = wit_target(target);
-        let built = self.call(|s, p| p.freeway_provider_translator().call_build_embeddings(s, request, &t))?;
-        built.map_err(|e| self.plugin.refused(e)).and_then(|r| self.plugin.upstream_request(r))
+        let built =
+            self.call(request.len(), |s, p| p.freeway_provider_translator().call_build_embeddings(s, request, &t))?;
+        built
+            .map_err(|e| self.plugin.refused(e))
+            .and_then(|r| self.plugin.upstream_request(r, target, Purpose::Request))
     }
 
     /// An upstream embeddings answer → an OpenAI embeddings list.
     pub fn decode_embeddings(&mut self, body: &[u8], target: &Target<'_>) -> Result<Decoded, PluginError> {
         let t = wit_target(target);
-        let answer = self.call(|s, p| p.freeway_provider_translator().call_decode_embeddings(s, body, &t))?;
+        let answer =
+            self.call(body.len(), |s, p| p.freeway_provider_translator().call_decode_embeddings(s, body, &t))?;
         answer.map(decoded).map_err(|e| self.plugin.refused(e))
     }
 
     /// The request that lists the provider's models.
     pub fn build_models(&mut self, target: &Target<'_>) -> Result<UpstreamRequest, PluginError> {
         let t = wit_target(target);
-        let built = self.call(|s, p| p.freeway_provider_translator().call_build_models(s, &t))?;
-        built.map_err(|e| self.plugin.refused(e)).and_then(|r| self.plugin.upstream_request(r))
+        let built = self.call(0, |s, p| p.freeway_provider_translator().call_build_models(s, &t))?;
+        built
+            .map_err(|e| self.plugin.refused(e))
+            .and_then(|r| self.plugin.upstream_request(r, target, Purpose::Listing))
     }
 
     /// A model listing → records.
     pub fn decode_models(&mut self, body: &[u8], target: &Target<'_>) -> Result<Vec<ModelRecord>, PluginError> {
         let t = wit_target(target);
-        let records = self.call(|s, p| p.freeway_provider_translator().call_decode_models(s, body, &t))?;
+        let records = self.call(body.len(), |s, p| p.freeway_provider_translator().call_decode_models(s, body, &t))?;
         let records = records.map_err(|e| self.plugin.refused(e))?;
         Ok(records
             .into_iter()
@@ -495,8 +577,9 @@ impl PluginSession {
             .filter(|(name, _)| *name != http::header::AUTHORIZATION && *name != http::header::SET_COOKIE)
             .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
             .collect();
-        let kind =
-            self.call(|s, p| p.freeway_provider_translator().call_classify_error(s, status.as_u16(), &headers, body))?;
+        let kind = self.call(body.len(), |s, p| {
+            p.freeway_provider_translator().call_classify_error(s, status.as_u16(), &headers, body)
+        })?;
         Ok(match kind {
             api::ErrorKind::RateLimited(ms) => ErrorKind::RateLimited { retry_after: ms.map(Duration::from_millis) },
             api::ErrorKind::QuotaExhausted => ErrorKind::QuotaExhausted,
@@ -509,9 +592,103 @@ impl PluginSession {
     /// Turns the session into a decoder for one streamed answer.
     pub fn into_stream(mut self, target: &Target<'_>) -> Result<PluginStream, PluginError> {
         let t = wit_target(target);
-        let resource = self.call(|s, p| p.freeway_provider_translator().stream_decoder().call_constructor(s, &t))?;
+        let resource = self.call(0, |s, p| p.freeway_provider_translator().stream_decoder().call_constructor(s, &t))?;
         Ok(PluginStream { session: self, resource })
     }
+}
+
+/// What a plugin built a request for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// A client's request (chat, embeddings): client input, such as model
+    /// ids, may reach the URL.
+    Request,
+    /// The model listing: built from configuration alone.
+    Listing,
+}
+
+/// Where a plugin-built URL may go. A client's request stays under the base
+/// URL ([`within_base`]). A listing, which no client input reaches, may
+/// also sit beside it on the same host (Cohere lists its v2 API's models at
+/// `/v1/models`) or under a URL the operator gave in the options (such as
+/// Cohere's `models_url`).
+fn allowed_url(url: &str, target: &Target<'_>, purpose: Purpose) -> Result<(), String> {
+    let refused = match within_base(url, target.base_url) {
+        Ok(()) => return Ok(()),
+        Err(why) => why,
+    };
+    if purpose == Purpose::Listing {
+        let origin = target.base_url.parse::<http::Uri>().ok().and_then(|base| {
+            let parts = base.into_parts();
+            Some(format!("{}://{}", parts.scheme?, parts.authority?))
+        });
+        let beside = origin.is_some_and(|origin| within_base(url, &origin).is_ok());
+        let configured = target.options.iter().any(|(_, value)| within_base(url, value).is_ok());
+        if beside || configured {
+            return Ok(());
+        }
+    }
+    Err(refused)
+}
+
+/// Checks that a URL a plugin built stays under the provider's base URL:
+/// the same scheme, host, port (and user info), and a path that is the
+/// base path or below it, without dot segments (`.`, `..`, plain or
+/// percent-encoded) that a server or proxy could resolve to somewhere else.
+/// The query is the plugin's to choose. The error names what differs (not
+/// the base URL itself, which may hold credentials).
+fn within_base(url: &str, base: &str) -> Result<(), String> {
+    let base = absolute(base).ok_or_else(|| "its base URL (which is not an absolute URL)".to_owned())?;
+    let Some(uri) = absolute(url) else {
+        return Err("its base URL (not an absolute URL)".to_owned());
+    };
+    let scheme = uri.scheme_str().unwrap_or_default();
+    if !scheme.eq_ignore_ascii_case(base.scheme_str().unwrap_or_default()) {
+        return Err(format!("its base URL (scheme {scheme})"));
+    }
+    let host = uri.host().unwrap_or_default();
+    if !host.eq_ignore_ascii_case(base.host().unwrap_or_default())
+        || port(&uri) != port(&base)
+        || userinfo(&uri) != userinfo(&base)
+    {
+        return Err(format!("its base URL (host {host})"));
+    }
+    let path = uri.path();
+    let prefix = base.path().trim_end_matches('/');
+    let below = path.strip_prefix(prefix).filter(|rest| rest.is_empty() || rest.starts_with('/'));
+    let Some(rest) = below else {
+        return Err(format!("its base URL (path {path})"));
+    };
+    if rest.split('/').any(is_dot_segment) {
+        return Err(format!("its base URL (a dot segment in {path})"));
+    }
+    Ok(())
+}
+
+/// `text` as a URL with a scheme and a host.
+fn absolute(text: &str) -> Option<http::Uri> {
+    text.parse::<http::Uri>().ok().filter(|u| u.scheme().is_some() && u.authority().is_some())
+}
+
+/// The URL's port, or its scheme's default one.
+fn port(uri: &http::Uri) -> Option<u16> {
+    uri.port_u16().or(match uri.scheme_str() {
+        Some("https") => Some(443),
+        Some("http") => Some(80),
+        _ => None,
+    })
+}
+
+/// The `user:password` part of the URL's authority, if it has one.
+fn userinfo(uri: &http::Uri) -> Option<&str> {
+    uri.authority().and_then(|a| a.as_str().rsplit_once('@')).map(|(info, _)| info)
+}
+
+/// Whether a path segment is `.` or `..` once percent-decoded, or would
+/// hold one if a server decoded an encoded `/` or `\` in it.
+fn is_dot_segment(segment: &str) -> bool {
+    let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
+    decoded.split(['/', '\\']).any(|piece| piece == "." || piece == "..")
 }
 
 fn wit_target(t: &Target<'_>) -> api::Target {
@@ -545,7 +722,7 @@ impl Drop for PluginStream {
             return;
         }
         let Some(Warm { store, .. }) = self.session.warm.as_mut() else { return };
-        store.set_epoch_deadline(engine::ticks(self.session.plugin.settings.call_timeout));
+        State::start_call(store);
         if self.resource.resource_drop(&mut *store).is_err() {
             self.session.poisoned = true;
         }
@@ -556,8 +733,9 @@ impl PluginStream {
     /// Feeds upstream bytes; decoded events are appended to `out`.
     pub fn push(&mut self, bytes: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), PluginError> {
         let resource = self.resource;
-        let events =
-            self.session.call(|s, p| p.freeway_provider_translator().stream_decoder().call_push(s, resource, bytes))?;
+        let events = self
+            .session
+            .call(bytes.len(), |s, p| p.freeway_provider_translator().stream_decoder().call_push(s, resource, bytes))?;
         out.extend(events.into_iter().map(event));
         Ok(())
     }
@@ -566,7 +744,7 @@ impl PluginStream {
     pub fn finish(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), PluginError> {
         let resource = self.resource;
         let events =
-            self.session.call(|s, p| p.freeway_provider_translator().stream_decoder().call_finish(s, resource))?;
+            self.session.call(0, |s, p| p.freeway_provider_translator().stream_decoder().call_finish(s, resource))?;
         out.extend(events.into_iter().map(event));
         Ok(())
     }
@@ -577,5 +755,80 @@ fn event(e: api::StreamEvent) -> StreamEvent {
         api::StreamEvent::Chunk(c) => StreamEvent::Chunk { json: Bytes::from(c.json), usage: c.usage.map(usage) },
         api::StreamEvent::Done => StreamEvent::Done,
         api::StreamEvent::Error(message) => StreamEvent::Error { message },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::expect_used)]
+
+    use super::within_base;
+
+    const BASE: &str = "https://generativelanguage.googleapis.com/v1beta";
+
+    #[test]
+    fn urls_under_the_base_url_pass() {
+        for url in [
+            "https://generativelanguage.googleapis.com/v1beta",
+            "https://generativelanguage.googleapis.com/v1beta/",
+            "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash:generateContent",
+            "https://generativelanguage.googleapis.com/v1beta/models/x:streamGenerateContent?alt=sse",
+            "https://GenerativeLanguage.googleapis.com:443/v1beta/models",
+            "HTTPS://generativelanguage.googleapis.com/v1beta/models/a%2Fb",
+            "https://generativelanguage.googleapis.com/v1beta/models/..x/.y/x..",
+        ] {
+            assert_eq!(within_base(url, BASE), Ok(()), "{url}");
+        }
+        assert_eq!(within_base("http://127.0.0.1:8080/v1/chat/completions", "http://127.0.0.1:8080/v1/"), Ok(()));
+        assert_eq!(within_base("http://localhost/anything", "http://localhost:80"), Ok(()));
+    }
+
+    #[test]
+    fn urls_that_leave_the_base_url_are_refused_saying_what_differs() {
+        for (url, differs) in [
+            ("http://generativelanguage.googleapis.com/v1beta/models", "scheme"),
+            ("https://evil.example/v1beta/models", "host"),
+            ("https://generativelanguage.googleapis.com.evil.example/v1beta/models", "host"),
+            ("https://generativelanguage.googleapis.com:8443/v1beta/models", "host"),
+            ("https://user@generativelanguage.googleapis.com/v1beta/models", "host"),
+            ("https://generativelanguage.googleapis.com/v1betax/models", "path"),
+            ("https://generativelanguage.googleapis.com/v1/models", "path"),
+            ("https://generativelanguage.googleapis.com/", "path"),
+            ("https://generativelanguage.googleapis.com/v1beta/../secret-admin?x=1", "dot segment"),
+            ("https://generativelanguage.googleapis.com/v1beta/models/../../secret-admin", "dot segment"),
+            ("https://generativelanguage.googleapis.com/v1beta/./models", "dot segment"),
+            ("https://generativelanguage.googleapis.com/v1beta/models/%2e%2e/%2E%2E/admin", "dot segment"),
+            ("https://generativelanguage.googleapis.com/v1beta/models/.%2E/admin", "dot segment"),
+            ("https://generativelanguage.googleapis.com/v1beta/models/%2e", "dot segment"),
+            ("https://generativelanguage.googleapis.com/v1beta/models/..%2fadmin", "dot segment"),
+            ("https://generativelanguage.googleapis.com/v1beta/models/x%2F..%5Cadmin", "dot segment"),
+            ("https://generativelanguage.googleapis.com/v1beta/models/..", "dot segment"),
+            ("/v1beta/models", "not an absolute URL"),
+            ("not a url at all", "not an absolute URL"),
+        ] {
+            let error = within_base(url, BASE).expect_err(url);
+            assert!(error.contains(differs), "{url}: {error}");
+            assert!(error.starts_with("its base URL ("), "{url}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_listing_may_sit_beside_the_base_url_or_at_a_configured_url() {
+        use super::{Purpose, Target, allowed_url};
+        let options = vec![("models_url".to_owned(), "http://proxy/models".to_owned())];
+        let target = Target { base_url: "https://api.cohere.com/v2", model: "", key: None, options: &options };
+        for url in ["https://api.cohere.com/v1/models?endpoint=chat", "http://proxy/models?page=2"] {
+            assert_eq!(allowed_url(url, &target, Purpose::Listing), Ok(()), "{url}");
+            assert!(allowed_url(url, &target, Purpose::Request).is_err(), "{url}");
+        }
+        for url in ["https://evil.example/v1/models", "https://api.cohere.com/v1/../admin", "http://proxy/admin"] {
+            assert!(allowed_url(url, &target, Purpose::Listing).is_err(), "{url}");
+        }
+    }
+
+    #[test]
+    fn a_base_url_at_the_root_allows_any_path_without_dot_segments() {
+        assert_eq!(within_base("http://127.0.0.1:9/v1/chat", "http://127.0.0.1:9"), Ok(()));
+        assert!(within_base("http://127.0.0.1:9/v1/../chat", "http://127.0.0.1:9").is_err());
     }
 }

@@ -20,6 +20,8 @@ mod plugin_anthropic;
 mod plugin_cohere;
 mod plugin_faults;
 mod plugin_gemini;
+#[cfg(unix)]
+mod plugin_host;
 mod plugin_openai;
 mod policies;
 mod redaction;

@@ -20,8 +20,9 @@ fn test_plugins(name: &str) -> PathBuf {
 async fn bad_and_good(extra: &str) -> (Mock, Mock, crate::support::gateway::TestGateway) {
     let bad = Mock::start().await;
     let good = Mock::start().await;
+    // A small plugin memory (for `hog`) only fits small bodies.
     let yaml = format!(
-        "plugins:\n  dir: {}\n{extra}\nproviders:\n  bad:\n    plugin: misbehave\n    base_url: {}\n    keys: [k]\n    models: [trap, loop, hog, trap-stream, fine]\n{}routes:\n  trap: {{ targets: [bad/trap, good/m] }}\n  loop: {{ targets: [bad/loop, good/m] }}\n  hog: {{ targets: [bad/hog, good/m] }}\n",
+        "server:\n  max_body_bytes: 1048576\nplugins:\n  dir: {}\n{extra}\nproviders:\n  bad:\n    plugin: misbehave\n    base_url: {}\n    keys: [k]\n    models: [trap, loop, hog, trap-stream, fine]\n{}routes:\n  trap: {{ targets: [bad/trap, good/m] }}\n  loop: {{ targets: [bad/loop, good/m] }}\n  hog: {{ targets: [bad/hog, good/m] }}\n",
         test_plugins("misbehave").display(),
         bad.base_url(),
         provider("good", &good.base_url(), &["kg"], &["m"]),
@@ -33,12 +34,16 @@ async fn bad_and_good(extra: &str) -> (Mock, Mock, crate::support::gateway::Test
 #[tokio::test]
 async fn a_trapping_looping_or_hogging_plugin_fails_one_attempt_and_the_request_falls_back() {
     let (bad, good, gw) = bad_and_good("  call_timeout: 100ms\n  memory_limit: 16777216").await;
-    for (route, expect) in [("trap", "unreachable"), ("loop", "deadline"), ("hog", "memory limit")] {
+    for (route, expect) in [("trap", "trapped"), ("loop", "deadline"), ("hog", "memory limit")] {
         let answer = gw.chat(route).await;
         assert_eq!(answer.status, 200, "{route}: {}", answer.text());
         assert_eq!(answer.routed_via(), "good/m", "{route}");
         assert_eq!(answer.fallback_attempts(), 1, "{route}");
-        let _ = expect;
+        // Alone, the same fault is the 502's reason.
+        let alone = gw.chat(&format!("bad/{route}")).await;
+        assert_eq!(alone.status, 502, "{route}: {}", alone.text());
+        let reason = alone.json()["error"]["attempts"][0]["reason"].as_str().unwrap().to_owned();
+        assert!(reason.contains("plugin `misbehave`") && reason.contains(expect), "{route}: {reason}");
     }
     assert_eq!(bad.chats().len(), 0, "a faulting plugin's request must never be sent");
     assert_eq!(good.chats().len(), 3);
@@ -48,7 +53,7 @@ async fn a_trapping_looping_or_hogging_plugin_fails_one_attempt_and_the_request_
     assert_eq!(bad.chats().len(), 1);
     let metrics = gw.get("/metrics", &[]).await.text();
     for kind in ["trap", "deadline", "memory"] {
-        let line = format!("freeway_plugin_failures_total{{plugin=\"misbehave\",kind=\"{kind}\"}} 1");
+        let line = format!("freeway_plugin_failures_total{{plugin=\"misbehave\",kind=\"{kind}\"}} 2");
         assert!(metrics.contains(&line), "missing `{line}` in:\n{metrics}");
     }
 }
@@ -192,4 +197,47 @@ async fn compiled_plugins_are_cached_on_disk_by_content() {
     // Loading again finds them (and nothing new is written).
     PluginHost::load(&settings, None, Arc::new(Metrics::new())).unwrap();
     assert_eq!(std::fs::read_dir(dir.path().join("cache")).unwrap().count(), 4);
+}
+
+/// Client model ids reached Gemini URLs as `../../secret-admin`: whatever a
+/// plugin builds, a URL outside the provider's base URL is never sent.
+#[tokio::test]
+async fn a_plugin_built_url_outside_the_base_url_is_refused_and_never_sent() {
+    let m = Mock::start().await;
+    let yaml = format!(
+        "plugins:\n  dir: {}\nproviders:\n  p:\n    plugin: misbehave\n    base_url: {}\n    keys: [k]\n    models: [escape]\n",
+        test_plugins("misbehave").display(),
+        m.base_url()
+    );
+    let gw = start(&yaml).await;
+    let answer = gw.chat("p/escape").await;
+    assert_eq!(answer.status, 502, "{}", answer.text());
+    let reason = answer.json()["error"]["attempts"][0]["reason"].as_str().unwrap().to_owned();
+    assert!(reason.contains("plugin `misbehave`") && reason.contains("outside its base URL"), "{reason}");
+    assert!(reason.contains("dot segment"), "{reason}");
+    assert!(m.seen().is_empty(), "sent anyway: {:?}", m.seen().iter().map(|s| &s.path).collect::<Vec<_>>());
+    assert_eq!(m.connections(), 0);
+}
+
+/// Idle pooled instances kept the memory a large body made them grow (27 x
+/// 38 MiB stayed resident): an instance that grew large is not pooled.
+#[tokio::test]
+async fn an_instance_whose_memory_grew_large_is_not_reused() {
+    let m = Mock::start().await;
+    let yaml = format!(
+        "plugins:\n  dir: {}\nproviders:\n  p:\n    plugin: misbehave\n    base_url: {}\n    keys: [k]\n    models: [count]\n",
+        test_plugins("misbehave").display(),
+        m.base_url()
+    );
+    let gw = start(&yaml).await;
+    let big = serde_json::json!({"model": "p/count", "messages": [{"role": "user", "content": "x".repeat(4 << 20)}]});
+    assert_eq!(gw.chat("p/count").await.status, 200);
+    let answer = gw.post("/v1/chat/completions", &big.to_string(), &[]).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(gw.chat("p/count").await.status, 200);
+    assert_eq!(gw.chat("p/count").await.status, 200);
+    let seen: Vec<_> = m.chats().iter().map(|s| s.query.clone().unwrap_or_default()).collect();
+    // The warm instance served the small request and the large one, then was
+    // retired; a new one starts at 1 and, staying small, is reused.
+    assert_eq!(seen, ["calls=1", "calls=2", "calls=1", "calls=2"]);
 }

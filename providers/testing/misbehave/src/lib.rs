@@ -2,7 +2,8 @@
 //! target model: `trap` panics, `loop` never returns, `hog` allocates until
 //! it is stopped; `trap-stream` builds fine but its stream decoder traps on
 //! the second piece; `count` adds `?calls=N` to the URL, N counting the
-//! calls this instance has served (to see whether instances are reused).
+//! calls this instance has served (to see whether instances are reused);
+//! `escape` builds a URL outside the provider's base URL.
 //! Any other model gets a minimal OpenAI-compatible pass-through, so a
 //! well-behaved candidate can share the plugin.
 
@@ -65,6 +66,11 @@ impl Guest for Plugin {
         let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
         if let Some(key) = target.key {
             headers.push(("authorization".to_owned(), format!("Bearer {key}")));
+        }
+        if target.model == "escape" {
+            // A URL that leaves the base URL, which the host must refuse.
+            let url = format!("{}/../admin/chat/completions", target.base_url);
+            return Ok(HttpRequest { method: "POST".to_owned(), url, headers, body: body.into_bytes() });
         }
         let calls = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
         let query = if target.model == "count" { format!("?calls={calls}") } else { String::new() };
