@@ -7,11 +7,14 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::catalog::Catalog;
+use crate::catalog::discovery::list_models;
 use crate::config::{Config, Env, Loaded, check_exposure, parse_listen};
 use crate::gateway::Gateway;
 use crate::plugin::Target;
 use crate::server::{serve, shutdown_signal};
-use crate::upstream::read_body;
+
+/// How long `check --probe` waits for one key's model listing.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// freeway: one OpenAI-compatible endpoint over the free tiers of many LLM providers.
 #[derive(Debug, Parser)]
@@ -166,45 +169,25 @@ async fn run_check(config: Option<&Path>, probe: bool) -> Result<ExitCode, Strin
             let target =
                 Target { base_url: &provider.base_url, model: "", key: key.secret(), options: &provider.options };
             let label = format!("{} key #{}", provider.name, key.index + 1);
-            let outcome = match provider.plugin.build_models(&target) {
-                Err(e) => Err(e.to_string()),
-                Ok(mut request) => {
-                    request.headers.extend(provider.headers.iter().cloned());
-                    probe_once(&gateway, provider, &target, request).await
-                }
-            };
-            match outcome {
-                Ok(n) => println!("probe {label}: ok ({n} models listed)"),
+            let listed = list_models(
+                gateway.upstream(),
+                &provider.plugin,
+                &target,
+                &provider.headers,
+                &provider.redactor,
+                PROBE_TIMEOUT,
+            )
+            .await;
+            match listed {
+                Ok(models) => println!("probe {label}: ok ({} models listed)", models.len()),
                 Err(e) => {
                     problems += 1;
-                    println!("probe {label}: FAILED: {}", provider.redactor.redact(&e));
+                    println!("probe {label}: FAILED: {}", e.detail);
                 }
             }
         }
     }
     Ok(if problems == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
-}
-
-/// One model-listing call: the cheapest request every provider answers.
-async fn probe_once(
-    gateway: &Gateway,
-    provider: &crate::catalog::provider::Provider,
-    target: &Target<'_>,
-    request: crate::plugin::UpstreamRequest,
-) -> Result<usize, String> {
-    let call = async {
-        let response = gateway.upstream().send(request).await.map_err(|e| e.to_string())?;
-        let status = response.status();
-        let body = read_body(response.into_body(), 8 * 1024 * 1024).await.map_err(|e| e.to_string())?;
-        if !status.is_success() {
-            let text = String::from_utf8_lossy(&body);
-            return Err(format!("HTTP {}: {}", status.as_u16(), text.chars().take(200).collect::<String>()));
-        }
-        Ok(body)
-    };
-    let body =
-        tokio::time::timeout(Duration::from_secs(15), call).await.map_err(|_| "timed out after 15s".to_owned())??;
-    provider.plugin.decode_models(&body, target).map(|m| m.len()).map_err(|e| e.to_string())
 }
 
 async fn run_models(config: Option<&Path>) -> Result<ExitCode, String> {

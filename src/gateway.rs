@@ -23,8 +23,9 @@ use crate::plugin::{PluginHost, Target};
 use crate::policy::watch::PolicyWatcher;
 use crate::policy::{Pipeline, Policies, Source as PolicySource};
 use crate::proxy::Proxy;
+use crate::secret::Redactor;
 use crate::state::{MemoryState, StateStore};
-use crate::upstream::{Upstream, read_body};
+use crate::upstream::Upstream;
 
 /// Where the policies come from: `policies.dir` when it exists, else the
 /// embedded ones.
@@ -272,24 +273,14 @@ async fn probe_local(upstream: &Upstream, plugins: &PluginHost, config: &Config,
         let options: Vec<(String, String)> =
             spec.options.iter().flatten().map(|(k, v)| (k.clone(), v.clone())).collect();
         let target = Target { base_url: base_url.trim_end_matches('/'), model: "", key: None, options: &options };
-        let Ok(request) = plugin.build_models(&target) else {
-            continue;
-        };
-        let probe = async {
-            let response = upstream.send(request).await.ok()?;
-            if !response.status().is_success() {
-                return None;
+        let listed =
+            discovery::list_models(upstream, &plugin, &target, &[], &Redactor::default(), LOCAL_PROBE_TIMEOUT).await;
+        match listed {
+            Ok(records) => {
+                tracing::info!(provider = %name, models = records.len(), "local provider answered");
+                found.insert(name.clone(), records.into_iter().map(|r| r.id).collect());
             }
-            let body = read_body(response.into_body(), 4 * 1024 * 1024).await.ok()?;
-            let records = plugin.decode_models(&body, &target).ok()?;
-            Some(records.into_iter().map(|r| r.id).collect::<Vec<_>>())
-        };
-        match tokio::time::timeout(LOCAL_PROBE_TIMEOUT, probe).await {
-            Ok(Some(models)) => {
-                tracing::info!(provider = %name, models = models.len(), "local provider answered");
-                found.insert(name.clone(), models);
-            }
-            _ => tracing::debug!(provider = %name, "local provider did not answer"),
+            Err(e) => tracing::debug!(provider = %name, reason = %e.kind, "local provider did not answer"),
         }
     }
     found

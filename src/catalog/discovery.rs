@@ -14,14 +14,15 @@ use serde::Serialize;
 
 use super::models::{ModelInfo, ModelTable};
 use super::provider::Provider;
-use crate::plugin::{ModelRecord, Target};
+use crate::plugin::{ModelRecord, Plugin, Target};
+use crate::secret::Redactor;
 use crate::state::StateStore;
 use crate::upstream::{Upstream, read_body};
 
 /// How long one provider's listing may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest listing accepted (OpenRouter's is a few hundred KB).
-const MAX_LISTING: usize = 32 * 1024 * 1024;
+pub const MAX_LISTING: usize = 32 * 1024 * 1024;
 
 /// The last refresh of one provider.
 #[derive(Debug, Clone, Serialize)]
@@ -54,11 +55,52 @@ impl Discovery {
 }
 
 /// Why a listing failed: the kind, for `/health`, and the detail (already
-/// redacted), for the log.
-#[derive(Debug)]
-struct Failure {
-    kind: String,
-    detail: String,
+/// redacted), for the log and `freeway check --probe`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListingError {
+    /// What kind of failure (`HTTP 401`, `no answer within 30s`...): never
+    /// text from the upstream.
+    pub kind: String,
+    /// The kind and what the upstream or plugin said, redacted.
+    pub detail: String,
+}
+
+/// One model listing through a provider's plugin: build the request (plus
+/// `headers`), send it, read at most [`MAX_LISTING`] bytes within
+/// `within`, decode it. The one place freeway lists models: discovery,
+/// the start-up probe of local providers and `freeway check --probe`.
+pub async fn list_models(
+    upstream: &Upstream,
+    plugin: &Arc<Plugin>,
+    target: &Target<'_>,
+    headers: &[(http::HeaderName, http::HeaderValue)],
+    redactor: &Redactor,
+    within: Duration,
+) -> Result<Vec<ModelRecord>, ListingError> {
+    let failed = |kind: &str, detail: String| ListingError {
+        kind: kind.to_owned(),
+        detail: format!("{kind}: {}", redactor.redact(&detail)),
+    };
+    let call = async {
+        let mut request = plugin
+            .build_models(target)
+            .map_err(|e| failed("the plugin could not build the listing request", e.to_string()))?;
+        request.headers.extend(headers.iter().cloned());
+        let response = upstream.send(request).await.map_err(|e| failed("the listing request failed", e.to_string()))?;
+        let status = response.status();
+        let body = read_body(response.into_body(), MAX_LISTING)
+            .await
+            .map_err(|e| failed("the listing could not be read", e.to_string()))?;
+        if !status.is_success() {
+            let text: String = String::from_utf8_lossy(&body).chars().take(200).collect();
+            return Err(failed(&format!("HTTP {}", status.as_u16()), text));
+        }
+        plugin.decode_models(&body, target).map_err(|e| failed("the plugin could not read the listing", e.to_string()))
+    };
+    tokio::time::timeout(within, call).await.unwrap_or_else(|_| {
+        let kind = format!("no answer within {within:?}");
+        Err(ListingError { detail: kind.clone(), kind })
+    })
 }
 
 /// Refreshes every provider of `providers` that can list its models, at
@@ -76,11 +118,12 @@ pub async fn refresh(
         let upstream = upstream.clone();
         let state = state.clone();
         tasks.spawn(async move {
+            // The first key that is not known bad.
+            let key = provider.keys.iter().find(|k| !state.is_invalid(&k.id)).and_then(|k| k.secret());
+            let target = Target { base_url: &provider.base_url, model: "", key, options: &provider.options };
             let result =
-                tokio::time::timeout(FETCH_TIMEOUT, fetch(&upstream, &provider, &*state)).await.unwrap_or_else(|_| {
-                    let kind = format!("no answer within {FETCH_TIMEOUT:?}");
-                    Err(Failure { detail: kind.clone(), kind })
-                });
+                list_models(&upstream, &provider.plugin, &target, &provider.headers, &provider.redactor, FETCH_TIMEOUT)
+                    .await;
             (provider, result)
         });
     }
@@ -109,34 +152,6 @@ pub async fn refresh(
     }
     outcomes.sort_by(|a, b| a.0.cmp(&b.0));
     outcomes
-}
-
-/// One provider's listing, with the first key that is not known bad.
-async fn fetch(upstream: &Upstream, provider: &Provider, state: &dyn StateStore) -> Result<Vec<ModelRecord>, Failure> {
-    let redacted = |kind: &str, detail: String| Failure {
-        kind: kind.to_owned(),
-        detail: format!("{kind}: {}", provider.redactor.redact(&detail)),
-    };
-    let key = provider.keys.iter().find(|k| !state.is_invalid(&k.id)).and_then(|k| k.secret());
-    let target = Target { base_url: &provider.base_url, model: "", key, options: &provider.options };
-    let mut request = provider
-        .plugin
-        .build_models(&target)
-        .map_err(|e| redacted("the plugin could not build the listing request", e.to_string()))?;
-    request.headers.extend(provider.headers.iter().cloned());
-    let response = upstream.send(request).await.map_err(|e| redacted("the listing request failed", e.to_string()))?;
-    let status = response.status();
-    let body = read_body(response.into_body(), MAX_LISTING)
-        .await
-        .map_err(|e| redacted("the listing could not be read", e.to_string()))?;
-    if !status.is_success() {
-        let text: String = String::from_utf8_lossy(&body).chars().take(200).collect();
-        return Err(redacted(&format!("HTTP {}", status.as_u16()), text));
-    }
-    provider
-        .plugin
-        .decode_models(&body, &target)
-        .map_err(|e| redacted("the plugin could not read the listing", e.to_string()))
 }
 
 /// The provider's static models (catalog and config, untouched) followed by
