@@ -54,7 +54,7 @@ fn route_tables(
     if !pipeline.has_models_hooks() {
         return base;
     }
-    let overrides = pipeline.build_pools(base.pools(), base.model_maps(), metrics);
+    let overrides = pipeline.build_pools(&base, metrics);
     Router::new(providers, disabled, config, catalog, &overrides)
 }
 

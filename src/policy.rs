@@ -15,6 +15,7 @@
 //! only the model set runs in `models`, so requests never pay for it.
 
 mod engine;
+mod model_set;
 pub mod prune;
 mod request;
 pub mod watch;
@@ -174,9 +175,14 @@ impl Pipeline {
         self.policies.iter().any(|p| p.request || p.prepare)
     }
 
-    /// Runs every `models` hook in order over the route pools. Returns the
-    /// pools that changed or were added.
-    pub fn build_pools(&self, pools: Map, models: rhai::Array, metrics: &Metrics) -> IndexMap<String, Vec<String>> {
+    /// Runs every `models` hook in order over `router`'s routes and models.
+    /// Returns the pools that changed or were added.
+    pub fn build_pools(
+        &self,
+        router: &crate::catalog::routes::Router,
+        metrics: &Metrics,
+    ) -> IndexMap<String, Vec<String>> {
+        let (pools, models) = (model_set::pools(router), model_set::models(router));
         let before = pools.clone();
         let mut current = Dynamic::from_map(pools);
         for policy in self.policies.iter().filter(|p| p.models) {

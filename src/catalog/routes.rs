@@ -257,49 +257,10 @@ impl Router {
         )
     }
 
-    /// The routes as policies see them: name → `#{targets, free}`.
-    pub fn pools(&self) -> rhai::Map {
-        self.routes
-            .iter()
-            .map(|(name, route)| {
-                let targets: rhai::Array =
-                    route.targets.iter().map(|(c, _)| format!("{}/{}", c.provider.name, c.model).into()).collect();
-                let mut pool = rhai::Map::new();
-                pool.insert("targets".into(), targets.into());
-                pool.insert("free".into(), route.free.into());
-                (name.as_str().into(), pool.into())
-            })
-            .collect()
-    }
-
-    /// Every model of every enabled provider, as policies see them.
-    pub fn model_maps(&self) -> rhai::Array {
-        let mut out = rhai::Array::new();
-        for p in &self.providers {
-            for m in p.models().iter() {
-                let mut map = rhai::Map::new();
-                map.insert("id".into(), format!("{}/{}", p.name, m.id).into());
-                map.insert("provider".into(), p.name.to_string().into());
-                map.insert("model".into(), m.id.to_string().into());
-                map.insert("tier".into(), m.tier().to_string().into());
-                map.insert("params".into(), m.params_b.map_or(rhai::Dynamic::UNIT, rhai::Dynamic::from_float));
-                map.insert(
-                    "active_params".into(),
-                    m.active_params_b.map_or(rhai::Dynamic::UNIT, rhai::Dynamic::from_float),
-                );
-                map.insert(
-                    "context".into(),
-                    m.context.map_or(rhai::Dynamic::UNIT, |c| rhai::Dynamic::from_int(c as i64)),
-                );
-                map.insert("free".into(), m.free.into());
-                map.insert("reasoning".into(), m.reasoning.into());
-                map.insert("discovered".into(), m.discovered.into());
-                let tags: rhai::Array = m.tags.iter().map(|t| t.clone().into()).collect();
-                map.insert("tags".into(), tags.into());
-                out.push(map.into());
-            }
-        }
-        out
+    /// Every route: its name, its targets in written order, and whether it
+    /// is a pool of free models.
+    pub fn routes(&self) -> impl Iterator<Item = (&str, impl Iterator<Item = &Candidate>, bool)> {
+        self.routes.iter().map(|(name, route)| (name.as_str(), route.targets.iter().map(|(c, _)| c), route.free))
     }
 
     /// Whether `name` has a candidate that could be tried now: a usable key,
