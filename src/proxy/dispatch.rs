@@ -30,8 +30,9 @@ pub struct Outcome {
     pub result: Result<Response<ResponseBody>, ApiError>,
     /// The candidate that answered, when one did.
     pub via: Option<Candidate>,
-    /// Upstream attempts that failed before the answer.
-    pub failed: usize,
+    /// The upstream attempts that failed before the answer (all of them,
+    /// when nothing answered), in order: what the request log will record.
+    pub attempts: Vec<Attempt>,
 }
 
 /// What the loop knows so far about why nothing answered.
@@ -124,7 +125,7 @@ pub async fn run(proxy: &Proxy, request: &ClientRequest, candidates: &[Candidate
             let failure = match result {
                 Ok(response) => {
                     proxy.metrics.attempt(&provider.name, &candidate.metric_model(), "ok", elapsed);
-                    return Outcome { result: Ok(response), via: Some(candidate.clone()), failed: tally.failed.len() };
+                    return Outcome { result: Ok(response), via: Some(candidate.clone()), attempts: tally.failed };
                 }
                 Err(failure) => failure,
             };
@@ -150,8 +151,9 @@ pub async fn run(proxy: &Proxy, request: &ClientRequest, candidates: &[Candidate
                 Next::Key => {}
                 Next::Candidate => continue 'candidates,
                 Next::Answer(response) => {
-                    let failed = tally.failed.len() - 1;
-                    return Outcome { result: Ok(response), via: Some(candidate.clone()), failed };
+                    // The upstream answered (its own 400): not a failure to fall back from.
+                    tally.failed.pop();
+                    return Outcome { result: Ok(response), via: Some(candidate.clone()), attempts: tally.failed };
                 }
             }
         }
@@ -209,8 +211,9 @@ fn decide(proxy: &Proxy, candidate: &Candidate, key: &Key, failure: Failure, tal
 /// Nothing answered: 429 when only rate limits stood in the way (with the
 /// soonest time one frees), else 502 listing every attempt.
 fn nothing_answered(proxy: &Proxy, request: &ClientRequest, tally: Tally) -> Outcome {
-    let Tally { mut failed, skipped, soonest, only_rate_limits, exhausted } = tally;
-    let attempts_made = failed.len();
+    let Tally { failed, skipped, soonest, only_rate_limits, exhausted } = tally;
+    let made = failed.clone();
+    let mut failed = failed;
     failed.extend(skipped);
     let error = match soonest {
         Some(until) if only_rate_limits => ApiError::RateLimited {
@@ -228,5 +231,5 @@ fn nothing_answered(proxy: &Proxy, request: &ClientRequest, tally: Tally) -> Out
             ApiError::AllFailed { message, attempts: failed }
         }
     };
-    Outcome { result: Err(error), via: None, failed: attempts_made }
+    Outcome { result: Err(error), via: None, attempts: made }
 }

@@ -25,6 +25,6 @@ pub fn respond(outcome: Outcome) -> Response<ResponseBody> {
     {
         headers.insert(ROUTED_VIA, value);
     }
-    headers.insert(FALLBACK_ATTEMPTS, HeaderValue::from(outcome.failed));
+    headers.insert(FALLBACK_ATTEMPTS, HeaderValue::from(outcome.attempts.len()));
     response
 }
