@@ -173,6 +173,19 @@ fn server(cfg: &Config, r: &mut Report<'_>) {
     {
         r.error("server.listen", e);
     }
+    if addr.is_some_and(|a| !a.ip().is_loopback()) && !s.api_keys.is_empty() {
+        for (key, on, what) in [
+            ("protect_metrics", s.protect_metrics, "/metrics (provider names, models, traffic)"),
+            ("protect_health", s.protect_health, "/health (providers and what would enable the others)"),
+        ] {
+            if !on {
+                r.warn(
+                    format!("server.{key}"),
+                    format!("is false on an address other machines reach: anyone can read {what}"),
+                );
+            }
+        }
+    }
     count_within(r, "server.max_body_bytes", s.max_body_bytes, 1, MAX_BODY_BYTES);
     count_within(r, "server.max_in_flight", u64::from(s.max_in_flight), 1, u64::from(super::MAX_IN_FLIGHT));
     if s.max_in_flight_bytes < s.max_body_bytes {
@@ -545,6 +558,26 @@ mod tests {
         assert!(
             problems("server:\n  api_keys: [\"${K}\"]\n  protect_health: true\n  protect_metrics: true\n").is_empty()
         );
+    }
+
+    #[test]
+    fn open_health_and_metrics_off_loopback_are_warned_about() {
+        let yaml = "server:\n  listen: 0.0.0.0:8080\n  api_keys: [\"${K}\"]\n";
+        let loaded =
+            Config::from_yaml(yaml, "t", &Env::from_map([("K", "a-client-token-of-some-length")]), &Catalog::empty())
+                .unwrap();
+        let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+        assert!(has(&warnings, "server.protect_metrics: is false on an address other machines reach"), "{warnings:?}");
+        assert!(has(&warnings, "server.protect_health: is false"), "{warnings:?}");
+        let protected = format!("{yaml}  protect_health: true\n  protect_metrics: true\n");
+        let loaded = Config::from_yaml(
+            &protected,
+            "t",
+            &Env::from_map([("K", "a-client-token-of-some-length")]),
+            &Catalog::empty(),
+        )
+        .unwrap();
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
     }
 
     #[test]
