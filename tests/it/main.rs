@@ -22,6 +22,7 @@ mod plugin_faults;
 mod plugin_gemini;
 mod plugin_openai;
 mod policies;
+mod props;
 mod redaction;
 mod sdk;
 mod stalls;
