@@ -43,6 +43,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::Response;
 
+pub use classify::{MAX_COOLDOWN, retry_after};
 pub use dispatch::Outcome;
 pub use request::{ClientRequest, MAX_NAME_BYTES, Operation};
 pub use respond::{FALLBACK_ATTEMPTS, ROUTED_VIA};

@@ -24,6 +24,7 @@ mod plugin_gemini;
 mod plugin_host;
 mod plugin_openai;
 mod policies;
+mod props;
 mod redaction;
 mod sdk;
 mod stalls;
