@@ -54,25 +54,123 @@ pub struct ClientRequest {
     pub messages: Option<Vec<Value>>,
 }
 
-/// The fields the gateway reads; everything else is skipped unparsed.
-#[derive(Deserialize)]
+/// The fields the gateway reads. Everything else is skipped without
+/// building values, but checked: a number no JSON reader can hold (`1e400`)
+/// is the client's mistake (400), not a plugin's refusal later (502).
+#[derive(Default)]
 struct Head<'a> {
-    #[serde(borrow, default)]
     model: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     stream: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     messages: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     max_tokens: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     max_completion_tokens: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     tools: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     stream_options: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     input: Option<&'a RawValue>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Head<'a> {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct HeadVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for HeadVisitor<'a> {
+            type Value = Head<'a>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Head<'a>, A::Error> {
+                let mut head = Head::default();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    let slot = match &*key {
+                        "model" => &mut head.model,
+                        "stream" => &mut head.stream,
+                        "messages" => &mut head.messages,
+                        "max_tokens" => &mut head.max_tokens,
+                        "max_completion_tokens" => &mut head.max_completion_tokens,
+                        "tools" => &mut head.tools,
+                        "stream_options" => &mut head.stream_options,
+                        "input" => &mut head.input,
+                        _ => {
+                            map.next_value::<Checked>()?;
+                            continue;
+                        }
+                    };
+                    if slot.is_some() {
+                        return Err(de::Error::custom(format_args!("`{key}` is given twice")));
+                    }
+                    *slot = Some(map.next_value()?);
+                }
+                Ok(head)
+            }
+        }
+        deserializer.deserialize_map(HeadVisitor(std::marker::PhantomData))
+    }
+}
+
+/// Any JSON value, read and dropped without being kept, whose numbers are
+/// parsed: what serde's `IgnoredAny` skips unchecked, this refuses the way
+/// every JSON reader downstream (the plugins) would.
+struct Checked;
+
+impl<'de> Deserialize<'de> for Checked {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct CheckedVisitor;
+        impl<'de> Visitor<'de> for CheckedVisitor {
+            type Value = Checked;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+
+            fn visit_unit<E: de::Error>(self) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
+                while seq.next_element::<Checked>()?.is_some() {}
+                Ok(Checked)
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
+                while map.next_key::<IgnoredAny>()?.is_some() {
+                    map.next_value::<Checked>()?;
+                }
+                Ok(Checked)
+            }
+        }
+        deserializer.deserialize_any(CheckedVisitor)
+    }
+}
+
+/// Checks a kept field's value the way [`Checked`] checks the others.
+fn check(raw: Option<&RawValue>, field: &'static str) -> Result<(), ApiError> {
+    match raw {
+        Some(raw) => serde_json::from_str::<Checked>(raw.get())
+            .map(|_| ())
+            .map_err(|e| ApiError::bad_request(format!("`{field}` is not valid JSON: {e}"), Some(field))),
+        None => Ok(()),
+    }
 }
 
 impl ClientRequest {
@@ -87,6 +185,8 @@ impl ClientRequest {
             Some(raw) => count(Some(raw), "max_completion_tokens")?,
             None => count(head.max_tokens, "max_tokens")?,
         };
+        check(head.tools, "tools")?;
+        check(head.stream_options, "stream_options")?;
         let has_tools = head.tools.is_some_and(|t| t.get().trim_start().starts_with('[') && t.get() != "[]");
         let wants_usage = stream
             && head.stream_options.is_some_and(|o| {
@@ -96,16 +196,14 @@ impl ClientRequest {
             return Err(ApiError::bad_request("missing `messages`", Some("messages")));
         };
         let messages = if keep_messages {
-            let values: Vec<Value> = serde_json::from_str(messages.get())
-                .map_err(|_| ApiError::bad_request("`messages` must be an array", Some("messages")))?;
+            let values: Vec<Value> = serde_json::from_str(messages.get()).map_err(|e| messages_error(&e))?;
             for (i, m) in values.iter().enumerate() {
                 check_role(i, if m.is_object() { Shape::of(m) } else { Shape::NotObject })?;
             }
             nonempty(values.len())?;
             Some(values)
         } else {
-            let shapes: Vec<Shape> = serde_json::from_str(messages.get())
-                .map_err(|_| ApiError::bad_request("`messages` must be an array", Some("messages")))?;
+            let shapes: Vec<Shape> = serde_json::from_str(messages.get()).map_err(|e| messages_error(&e))?;
             for (i, shape) in shapes.iter().enumerate() {
                 check_role(i, *shape)?;
             }
@@ -119,6 +217,7 @@ impl ClientRequest {
     pub fn parse_embeddings(bytes: Bytes) -> Result<Self, ApiError> {
         let head = head(&bytes)?;
         let model = model(head.model)?;
+        check(head.input, "input")?;
         let input = head.input.map(|i| i.get().trim_start()).filter(|i| *i != "null");
         match input {
             Some(i) if i == "\"\"" || i == "[]" => {
@@ -210,6 +309,16 @@ fn count(raw: Option<&RawValue>, field: &'static str) -> Result<Option<u64>, Api
     }
 }
 
+/// `messages` that are not an array of values any JSON reader can hold.
+fn messages_error(e: &serde_json::Error) -> ApiError {
+    let message = if e.is_data() && e.to_string().starts_with("invalid type") {
+        "`messages` must be an array".to_owned()
+    } else {
+        format!("`messages` is not valid JSON: {e}")
+    };
+    ApiError::bad_request(message, Some("messages"))
+}
+
 fn nonempty(n: usize) -> Result<(), ApiError> {
     if n == 0 {
         return Err(ApiError::bad_request("`messages` must not be empty", Some("messages")));
@@ -262,19 +371,19 @@ impl<'de> Deserialize<'de> for Shape {
                 let mut shape = Shape::NoRole;
                 while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
                     if key == "role" {
+                        // The last `role` counts, as in every JSON reader
+                        // that keeps objects as maps (the plugins do).
                         let role = map.next_value::<&RawValue>()?;
-                        if role.get().starts_with('"') {
-                            shape = Shape::WithRole;
-                        }
+                        shape = if role.get().starts_with('"') { Shape::WithRole } else { Shape::NoRole };
                     } else {
-                        map.next_value::<IgnoredAny>()?;
+                        map.next_value::<Checked>()?;
                     }
                 }
                 Ok(shape)
             }
 
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Shape, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                while seq.next_element::<Checked>()?.is_some() {}
                 Ok(Shape::NotObject)
             }
 
@@ -347,6 +456,49 @@ mod tests {
             assert!(err(r#"{"model":5,"messages":[{"role":"user"}]}"#).contains("must be a string"));
             assert!(err(r#"{"model":"m","messages":[{"role":"user"}],"max_tokens":-1}"#).contains("`max_tokens`"));
         }
+    }
+
+    #[test]
+    fn numbers_no_reader_can_hold_are_the_clients_mistake() {
+        for keep in [false, true] {
+            for body in [
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":1e400}"#,
+                r#"{"model":"m","messages":[{"role":"user","content":"x","n":[1e400]}]}"#,
+                r#"{"model":"m","messages":[{"role":"user"}],"tools":[{"x":-1e999}]}"#,
+                r#"{"model":"m","messages":[{"role":"user"}],"extra":{"deep":[{"x":1E+400}]}}"#,
+            ] {
+                let err = ClientRequest::parse(Bytes::copy_from_slice(body.as_bytes()), keep).unwrap_err();
+                assert_eq!(err.classify().0, http::StatusCode::BAD_REQUEST, "{body}");
+                assert!(err.message().contains("number out of range"), "{body}: {}", err.message());
+            }
+        }
+        let embeddings = ClientRequest::parse_embeddings(Bytes::from_static(br#"{"model":"m","input":[1e400]}"#));
+        assert!(embeddings.unwrap_err().message().contains("number out of range"));
+    }
+
+    #[test]
+    fn the_last_of_two_roles_counts_whether_or_not_policies_read_the_conversation() {
+        for keep in [false, true] {
+            let err = ClientRequest::parse(
+                Bytes::from_static(br#"{"model":"m","messages":[{"role":"user","role":1}]}"#),
+                keep,
+            )
+            .unwrap_err();
+            assert!(err.message().contains("no `role`"), "{keep}: {}", err.message());
+            assert!(
+                ClientRequest::parse(
+                    Bytes::from_static(br#"{"model":"m","messages":[{"role":1,"role":"user"}]}"#),
+                    keep
+                )
+                .is_ok()
+            );
+        }
+    }
+
+    #[test]
+    fn a_field_given_twice_is_refused() {
+        let e = err(r#"{"model":"a","model":"b","messages":[{"role":"user"}]}"#);
+        assert!(e.contains("`model` is given twice"), "{e}");
     }
 
     #[test]

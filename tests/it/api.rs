@@ -72,6 +72,10 @@ async fn malformed_requests_say_what_is_wrong() {
         (r#"{"model":"p/m"}"#, "missing `messages`"),
         (r#"{"model":"p/m","messages":[{"content":"x"}]}"#, "no `role`"),
         (r#"{"model":"p/m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#, "`stream`"),
+        // A number no JSON reader can hold: the client's mistake, not a 502
+        // from every plugin refusing it.
+        (r#"{"model":"p/m","messages":[{"role":"user","content":"x"}],"temperature":1e400}"#, "number out of range"),
+        (r#"{"model":"p/m","messages":[{"role":"user","role":1}]}"#, "no `role`"),
     ] {
         let answer = gw.post("/v1/chat/completions", body, &[]).await;
         assert_eq!(answer.status, 400, "{body}");
