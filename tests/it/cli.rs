@@ -156,8 +156,32 @@ fn serve_refuses_a_public_address_without_tokens() {
 }
 
 /// A running `freeway serve` on a free port.
+/// A child process killed when the test lets go of it, even by panicking:
+/// a failed assertion must not leave a gateway running.
+struct KillOnDrop(std::process::Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 struct Served {
-    child: std::process::Child,
+    child: KillOnDrop,
     addr: String,
     /// The log up to "listening on".
     startup: String,
@@ -188,6 +212,7 @@ fn spawn_serve(mut cmd: Command, args: &[&str]) -> Served {
         }
         log
     });
+    let child = KillOnDrop(child);
     let (addr, startup) = rx.recv_timeout(Duration::from_secs(30)).expect("serve did not start");
     Served { child, addr, startup, log }
 }
