@@ -53,19 +53,34 @@ pub const MIN_REDACTED_LEN: usize = 8;
 /// What replaces a secret in redacted text.
 pub const REDACTED: &str = "***";
 
+/// How much of a secret's start or end, found in a text, marks the secret:
+/// a key cut short ("Bearer sk-abc…" at the end of a 200-character
+/// summary) is redacted as surely as a whole one.
+pub const PARTIAL_LEN: usize = 12;
+
 /// Removes a set of secrets (a provider's keys and configured header
 /// values) from text that came back from an upstream or a plugin, before
-/// it reaches a client, a log line or `/health`. Built once per provider;
-/// each secret's searcher is prepared up front, so a pass over a body is a
-/// SIMD substring search per secret.
+/// it reaches a client, a log line or `/health`. A secret is found whole,
+/// and also cut short: whatever run of text begins with its first
+/// [`PARTIAL_LEN`] bytes or ends with its last ones, as far as it matches
+/// the secret, is replaced. Built once per provider; the searchers are
+/// prepared up front, so a pass over a body is two SIMD substring searches
+/// per secret.
 #[derive(Clone, Default)]
 pub struct Redactor {
-    finders: Vec<memchr::memmem::Finder<'static>>,
+    secrets: Vec<Needle>,
+}
+
+#[derive(Clone)]
+struct Needle {
+    secret: Vec<u8>,
+    head: memchr::memmem::Finder<'static>,
+    tail: memchr::memmem::Finder<'static>,
 }
 
 impl std::fmt::Debug for Redactor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Redactor({} secrets)", self.finders.len())
+        write!(f, "Redactor({} secrets)", self.secrets.len())
     }
 }
 
@@ -75,33 +90,84 @@ impl Redactor {
     pub fn new<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Self {
         let mut values: Vec<&str> =
             secrets.into_iter().map(str::trim).filter(|s| s.len() >= MIN_REDACTED_LEN).collect();
-        // Longest first: a secret that contains another is replaced whole.
-        values.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        values.sort_unstable();
         values.dedup();
-        Self { finders: values.into_iter().map(|s| memchr::memmem::Finder::new(s.as_bytes()).into_owned()).collect() }
+        let secrets = values
+            .into_iter()
+            .map(|s| {
+                let bytes = s.as_bytes();
+                let n = bytes.len().min(PARTIAL_LEN);
+                Needle {
+                    secret: bytes.to_vec(),
+                    head: memchr::memmem::Finder::new(&bytes[..n]).into_owned(),
+                    tail: memchr::memmem::Finder::new(&bytes[bytes.len() - n..]).into_owned(),
+                }
+            })
+            .collect();
+        Self { secrets }
     }
 
     /// Whether there is nothing to redact.
     pub fn is_empty(&self) -> bool {
-        self.finders.is_empty()
+        self.secrets.is_empty()
     }
 
-    /// Whether `bytes` hold any of the secrets.
+    /// Whether `bytes` hold any of the secrets, or a start or end of one.
     pub fn finds(&self, bytes: &[u8]) -> bool {
-        self.finders.iter().any(|f| f.find(bytes).is_some())
+        self.secrets.iter().any(|n| n.head.find(bytes).is_some() || n.tail.find(bytes).is_some())
     }
 
-    /// `text` with every secret replaced by `***`.
+    /// The byte ranges of `haystack` that are (parts of) secrets, sorted and
+    /// merged.
+    fn ranges(&self, haystack: &[u8]) -> Vec<(usize, usize)> {
+        let mut ranges = Vec::new();
+        for needle in &self.secrets {
+            let secret = &needle.secret[..];
+            let n = secret.len().min(PARTIAL_LEN);
+            for at in needle.head.find_iter(haystack) {
+                // As far as the text goes on matching the secret.
+                let len = haystack[at..].iter().zip(secret).take_while(|(a, b)| a == b).count();
+                ranges.push((at, at + len));
+            }
+            for at in needle.tail.find_iter(haystack) {
+                let end = at + n;
+                // Back from the end, as far as the text matches the secret's end.
+                let len = haystack[..end].iter().rev().zip(secret.iter().rev()).take_while(|(a, b)| a == b).count();
+                ranges.push((end - len, end));
+            }
+        }
+        ranges.sort_unstable();
+        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(ranges.len());
+        for (start, end) in ranges {
+            match merged.last_mut() {
+                Some(last) if start <= last.1 => last.1 = last.1.max(end),
+                _ => merged.push((start, end)),
+            }
+        }
+        merged
+    }
+
+    /// `text` with every secret, whole or cut short, replaced by `***`.
     pub fn redact<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
         if !self.finds(text.as_bytes()) {
             return std::borrow::Cow::Borrowed(text);
         }
-        let mut bytes = text.as_bytes().to_vec();
-        for finder in &self.finders {
-            bytes = replace_all(&bytes, finder);
+        let mut out = String::with_capacity(text.len());
+        let mut last = 0;
+        for (start, end) in self.ranges(text.as_bytes()) {
+            // Whole characters only: a secret cut inside a multi-byte
+            // character takes the whole character with it.
+            let start = (0..=start).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+            let end = (end..=text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(text.len());
+            if start < last {
+                continue;
+            }
+            out.push_str(&text[last..start]);
+            out.push_str(REDACTED);
+            last = end;
         }
-        // Replacing whole UTF-8 sequences with ASCII keeps the text valid.
-        std::borrow::Cow::Owned(String::from_utf8_lossy(&bytes).into_owned())
+        out.push_str(&text[last..]);
+        std::borrow::Cow::Owned(out)
     }
 
     /// A body (an answer, a stream chunk) with every secret replaced; the
@@ -110,28 +176,16 @@ impl Redactor {
         if !self.finds(&body) {
             return body;
         }
-        let mut out = body.to_vec();
-        for finder in &self.finders {
-            out = replace_all(&out, finder);
+        let mut out = Vec::with_capacity(body.len());
+        let mut last = 0;
+        for (start, end) in self.ranges(&body) {
+            out.extend_from_slice(&body[last..start]);
+            out.extend_from_slice(REDACTED.as_bytes());
+            last = end;
         }
+        out.extend_from_slice(&body[last..]);
         bytes::Bytes::from(out)
     }
-}
-
-fn replace_all(haystack: &[u8], finder: &memchr::memmem::Finder<'_>) -> Vec<u8> {
-    let needle = finder.needle().len();
-    let mut out = Vec::with_capacity(haystack.len());
-    let mut last = 0;
-    for at in finder.find_iter(haystack) {
-        if at < last {
-            continue;
-        }
-        out.extend_from_slice(&haystack[last..at]);
-        out.extend_from_slice(REDACTED.as_bytes());
-        last = at + needle;
-    }
-    out.extend_from_slice(&haystack[last..]);
-    out
 }
 
 #[cfg(test)]
@@ -154,10 +208,24 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_cut_short_is_redacted_too() {
+        let key = "sk-soak-MRD0mzszVMHZsuHTV84BrExUUXlobNbe8ttLx";
+        let r = Redactor::new([key]);
+        // Cut by a summary's length limit.
+        let cut = format!("the request carried authorization: Bearer {}…", &key[..30]);
+        assert_eq!(r.redact(&cut), "the request carried authorization: Bearer ***…");
+        // Starting in the middle.
+        assert_eq!(r.redact(&format!("…{} was sent", &key[20..])), "…*** was sent");
+        assert_eq!(&r.redact_bytes(bytes::Bytes::from(cut.clone()))[..], r.redact(&cut).as_bytes());
+        // Too little of it to tell: left alone.
+        assert_eq!(r.redact(&format!("x {}", &key[..8])), format!("x {}", &key[..8]));
+    }
+
+    #[test]
     fn redact_finds_every_occurrence_in_text_and_bytes() {
         let r = Redactor::new(["sk-0123456789", "sk-0123456789-longer", "ref-header-value"]);
         let text = "Bearer sk-0123456789-longer, again sk-0123456789sk-0123456789 ref-header-value é";
-        assert_eq!(r.redact(text), "Bearer ***, again ****** *** é");
+        assert_eq!(r.redact(text), "Bearer ***, again *** *** é", "adjacent secrets are one redaction");
         let body = bytes::Bytes::from_static(b"{\"k\":\"sk-0123456789\"}");
         assert_eq!(&r.redact_bytes(body)[..], b"{\"k\":\"***\"}");
         let clean = bytes::Bytes::from_static(b"nothing here");

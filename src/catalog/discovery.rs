@@ -92,7 +92,8 @@ pub async fn list_models(
             .await
             .map_err(|e| failed("the listing could not be read", e.to_string()))?;
         if !status.is_success() {
-            let text: String = String::from_utf8_lossy(&body).chars().take(200).collect();
+            // Redacted whole, then cut: a cut key is harder to recognise.
+            let text: String = redactor.redact(&String::from_utf8_lossy(&body)).chars().take(200).collect();
             return Err(failed(&format!("HTTP {}", status.as_u16()), text));
         }
         plugin.decode_models(&body, target).map_err(|e| failed("the plugin could not read the listing", e.to_string()))

@@ -79,7 +79,8 @@ async fn whole(
         Ok(Ok(answer)) => answer,
     };
     if !parts.status.is_success() {
-        return Err(classify(&mut session, &candidate.provider.name, parts.status, &parts.headers, bytes));
+        let provider = &candidate.provider;
+        return Err(classify(&mut session, &provider.name, &provider.redactor, parts.status, &parts.headers, bytes));
     }
     // decode
     let decoded = match operation {
@@ -143,7 +144,14 @@ async fn stream(
         Err(_) => return Err(Failure::timeout("waiting for the first event", limit)),
         Ok(Err(e)) => return Err(Failure::from_upstream(e)),
         Ok(Ok(Start::Status(parts, bytes, mut session))) => {
-            return Err(classify(&mut session, &provider.name, parts.status, &parts.headers, bytes));
+            return Err(classify(
+                &mut session,
+                &provider.name,
+                &provider.redactor,
+                parts.status,
+                &parts.headers,
+                bytes,
+            ));
         }
         Ok(Ok(Start::Plugin(e))) => return Err(Failure::plugin(e)),
         Ok(Ok(Start::Broken(reason))) => return Err(Failure::transient("upstream_error", Some(200), reason)),

@@ -83,9 +83,13 @@ impl Failure {
 /// An upstream error status becomes a decision: the plugin says what it
 /// means (a rate limit with its delay, an exhausted quota, a bad key, the
 /// client's own mistake, or something worth trying elsewhere).
+///
+/// The body is redacted before anything is cut from it: a summary that ends
+/// in the middle of a key would keep the half a redactor could miss.
 pub fn classify(
     session: &mut PluginSession,
     provider: &str,
+    redactor: &Redactor,
     status: StatusCode,
     headers: &HeaderMap,
     body: Bytes,
@@ -101,7 +105,8 @@ pub fn classify(
     if let ErrorKind::RateLimited { retry_after: None } = kind {
         kind = ErrorKind::RateLimited { retry_after: retry_after(headers, SystemTime::now()) };
     }
-    let text = String::from_utf8_lossy(&body);
+    let lossy = String::from_utf8_lossy(&body);
+    let text = redactor.redact(&lossy);
     let summary = summarize(&text);
     let outcome = match kind {
         ErrorKind::RateLimited { .. } => "rate_limited",

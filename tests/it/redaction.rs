@@ -104,3 +104,23 @@ async fn a_model_listing_echoing_the_key_never_reaches_health() {
     assert_clean("/health", &health.text());
     assert_clean("/metrics", &gw.get("/metrics", &[]).await.text());
 }
+
+#[tokio::test]
+async fn a_key_cut_short_by_a_summary_is_redacted_too() {
+    // The soak benchmark's mock pads its error message so that the
+    // 200-character summary of a reason ends inside the key: the half that
+    // was left used to slip past a redactor looking for whole keys.
+    let (_m, gw) = echoing(Behavior::Custom(Arc::new(|seen: &Seen| {
+        let pad = seen.body["pad"].as_u64().unwrap_or(0) as usize;
+        let message = format!("{}{}", "~".repeat(pad), echo(seen));
+        Reply::json(500, json!({"error": {"message": message}}).to_string())
+    })))
+    .await;
+    for pad in (150..=200).step_by(7) {
+        let body = json!({"model": "p/m", "pad": pad, "messages": [{"role": "user", "content": "hi"}]});
+        let answer = gw.post("/v1/chat/completions", &body.to_string(), &[]).await;
+        assert_eq!(answer.status, 502);
+        assert!(!answer.text().contains(&KEY[..8]), "pad {pad}: {}", answer.text());
+        assert!(!answer.text().contains(&HEADER_VALUE[..8]), "pad {pad}: {}", answer.text());
+    }
+}
