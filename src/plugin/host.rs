@@ -323,9 +323,10 @@ impl Plugin {
         store
     }
 
-    /// A fresh instance for one attempt: every call of the attempt (build,
+    /// An instance for one attempt: every call of the attempt (build,
     /// classify, decode, stream) runs in it, each under its own deadline.
-    /// Nothing is shared between attempts.
+    /// It is the most recently used idle instance that finished cleanly, or
+    /// a new one (always a new one with `plugins.fresh_instances`).
     pub fn session(self: &Arc<Self>) -> Result<PluginSession, PluginError> {
         if !self.settings.fresh_instances
             && let Some(warm) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
@@ -336,7 +337,7 @@ impl Plugin {
         match self.pre.instantiate(&mut store) {
             Ok(instance) => Ok(PluginSession {
                 plugin: self.clone(),
-                warm: Some(Warm { store, instance, uses: 0 }),
+                warm: Some(Warm { store, instance, uses: 0, idle_since: std::time::Instant::now() }),
                 poisoned: false,
             }),
             Err(e) => Err(self.fault(&store, e, PluginErrorKind::Unavailable)),
@@ -424,26 +425,37 @@ pub struct PluginSession {
     poisoned: bool,
 }
 
-/// An instance with its store, and how many attempts it has served.
+/// An instance with its store, how many attempts it has served, and since
+/// when it has been idle.
 struct Warm {
     store: Store<State>,
     instance: Provider,
     uses: u32,
+    idle_since: std::time::Instant,
 }
 
 /// Attempts one instance serves before it is retired.
 pub const MAX_USES: u32 = 10_000;
-/// Idle instances kept per plugin.
-const MAX_IDLE: usize = 128;
+/// Idle instances kept per plugin: about the attempts in flight at once
+/// under load (a new instance costs ~22 us more than a warm one). Each
+/// keeps up to [`RETIRE_MEMORY`] resident.
+const MAX_IDLE: usize = 32;
+
+/// An idle instance unused this long is let go (its memory with it): the
+/// pool shrinks back after a burst. The pool is used last in, first out, so
+/// the instances that age out are the ones a quieter load does not need.
+const IDLE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// An instance whose linear memory grew past this is retired after its
 /// attempt instead of going back to the pool: wasm memory never shrinks, so
 /// an idle instance that once translated a large body would keep that memory
 /// resident (27 idle instances kept 38 MiB each). Measured: an instance
-/// serving requests up to 64 KiB stays at 2 MiB; one past 8 MiB has
-/// translated a body of about 1 MiB, a call of 1.3 ms or more (release
-/// build), while replacing it costs the next attempt about 22 us of CPU.
-pub const RETIRE_MEMORY: usize = 8 << 20;
+/// serving requests up to 64 KiB stays at 2 MiB; one past 4 MiB has
+/// translated a body of a few hundred KiB, a call of 0.3 ms or more
+/// (release build), while replacing it costs the next attempt about 22 us
+/// of CPU. The soak benchmark showed the pool's memory is what a gateway's
+/// RSS is made of after a burst: at most [`MAX_IDLE`] × this per plugin.
+pub const RETIRE_MEMORY: usize = 4 << 20;
 
 /// Calls given at least this much input run in
 /// [`tokio::task::block_in_place`], so that the worker's other tasks (other
@@ -475,10 +487,18 @@ impl Drop for PluginSession {
                 return;
             }
             warm.uses += 1;
+            let now = std::time::Instant::now();
+            warm.idle_since = now;
             let mut idle = self.plugin.idle.lock().unwrap_or_else(|e| e.into_inner());
+            // The oldest idle instances are at the bottom.
+            let expired = idle.iter().take_while(|w| now.saturating_duration_since(w.idle_since) > IDLE_TTL).count();
+            let dropped: Vec<Warm> = idle.drain(..expired).collect();
             if warm.uses < MAX_USES && idle.len() < MAX_IDLE {
                 idle.push(warm);
             }
+            drop(idle);
+            // Instances are torn down outside the lock.
+            drop(dropped);
         }
     }
 }
