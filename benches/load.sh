@@ -3,49 +3,66 @@
 #
 #   benches/load.sh                                   # 10 s per run, concurrency 1 16 64
 #   DURATION=3 CONCURRENCY="1 16" benches/load.sh     # quicker
+#   FREEWAY_BEFORE=/path/to/an/older/freeway benches/load.sh --compare
 #
-# It builds freeway and the mock upstream (examples/mock_upstream.rs), starts
-# both on free loopback ports, and runs the HTTP load generator `oha` with the
-# same ~1 KB chat request (non-stream and stream) twice: straight to the mock
-# ("direct") and through freeway. The difference between the two is the cost
-# of the gateway: throughput ratio, added p50/p99 latency, and freeway's CPU
-# time per request (from /proc, so Linux only).
+# Default mode: it builds freeway and the mock upstream
+# (examples/mock_upstream.rs), starts both on free loopback ports, and runs
+# the HTTP load generator `oha` with the same ~1 KB chat request (non-stream
+# and stream) twice: straight to the mock ("direct") and through freeway.
+# The difference between the two is the cost of the gateway: throughput
+# ratio, added p50/p99 latency, and freeway's CPU time per request (from
+# /proc, so Linux only).
 #
-# Everything runs on this machine, so oha, freeway and the mock compete for
-# the same cores: absolute numbers depend on the machine and whatever else
-# runs on it; the comparison direct/freeway is what matters.
+# --compare: three servers side by side in front of the same mock, in
+# interleaved rounds (round 1: nginx, before, after for non-stream, then for
+# stream; round 2 the same...), so that a drift of the machine during the
+# run (other users, thermal) hits all three alike:
+#   - nginx: a plain keep-alive reverse proxy (Debian's nginx, run in the
+#     foreground from a temp config on a loopback port; `apt-get install
+#     nginx` if missing), 2 worker processes like freeway's 2 worker threads;
+#   - before: the freeway binary named by FREEWAY_BEFORE;
+#   - after: this tree's freeway (built here; FREEWAY_AFTER overrides it).
+# Both freeways run their built-in policies (the default) and get a
+# `mock/mock-model` request. Each run reports req/s and the CPU time per
+# request of the server's whole process tree (utime + stime of the process
+# and its descendants, from /proc/PID/stat), then a summary with the median
+# of the rounds. The load generator is wrk (Debian's package), not oha: it
+# installs in seconds where oha compiles for minutes, and being C with one
+# event-loop thread it takes less of the shared cores away from the servers
+# it measures; CPU per request is read from /proc either way.
+#
+# Everything runs on this machine, so the load generator, the servers and
+# the mock compete for the same cores: absolute numbers depend on the
+# machine and whatever else runs on it; the comparisons are what matter.
 #
 # Environment:
-#   DURATION      seconds per oha run (default 10)
-#   CONCURRENCY   space-separated connection counts (default "1 16 64")
+#   DURATION        seconds per run (default 10)
+#   CONCURRENCY     space-separated connection counts (default "1 16 64";
+#                   --compare: "16")
+#   ROUNDS          --compare: rounds (default 3)
+#   FREEWAY_BEFORE  --compare: the freeway binary to compare against (required)
+#   FREEWAY_AFTER   --compare: the freeway binary to compare (default: built here)
+#   KEEP_WORK=1     keep the temp dir (configs, logs, raw reports)
 set -euo pipefail
 
+# shellcheck source=benches/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+COMPARE=0
+if [[ "${1:-}" == --compare ]]; then
+    COMPARE=1
+elif [[ -n "${1:-}" ]]; then
+    die "unknown argument '$1' (see the header of $0)"
+fi
+
 DURATION=${DURATION:-10}
-CONCURRENCY=${CONCURRENCY:-"1 16 64"}
-
-REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$REPO_ROOT"
-
-WORK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/freeway-load.XXXXXX")
-MOCK_PID=""
-FREEWAY_PID=""
-
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'error: %s\n' "$*" >&2; exit 1; }
-
-# Stop both servers and remove the temp files, however the script ends.
-cleanup() {
-    local pid
-    for pid in "$FREEWAY_PID" "$MOCK_PID"; do
-        if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
-            kill "$pid" 2>/dev/null || true
-            wait "$pid" 2>/dev/null || true
-        fi
-    done
-    rm -rf "$WORK_DIR"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+if ((COMPARE)); then
+    CONCURRENCY=${CONCURRENCY:-16}
+else
+    CONCURRENCY=${CONCURRENCY:-"1 16 64"}
+fi
+ROUNDS=${ROUNDS:-3}
+CLK_TCK=$(getconf CLK_TCK)
 
 # --- tools -------------------------------------------------------------------
 
@@ -63,7 +80,7 @@ ensure_oha() {
         export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
         command -v oha >/dev/null 2>&1 || die "oha was installed but is not on PATH"
     fi
-    command -v python3 >/dev/null 2>&1 || die "python3 is needed to read oha's JSON output"
+    need python3
 
     # Flags changed across oha versions: JSON output is `--output-format json`
     # in recent ones and `-j/--json` in older ones; `-w` (wait for in-flight
@@ -85,38 +102,12 @@ ensure_oha() {
     OHA_VERSION=$(oha --version 2>&1 | head -n1)
 }
 
-# --- servers -----------------------------------------------------------------
-
-# Waits until FILE has a line matching PATTERN (a server's start-up line).
-wait_for_line() {
-    local file=$1 pattern=$2 pid=$3 i
-    for ((i = 0; i < 200; i++)); do
-        grep -q "$pattern" "$file" 2>/dev/null && return 0
-        kill -0 "$pid" 2>/dev/null || return 1
-        sleep 0.05
-    done
-    return 1
-}
-
-start_mock() {
-    target/release/examples/mock_upstream >"$WORK_DIR/mock.out" 2>"$WORK_DIR/mock.err" &
-    MOCK_PID=$!
-    wait_for_line "$WORK_DIR/mock.out" '^listening on ' "$MOCK_PID" ||
-        die "the mock upstream did not start: $(cat "$WORK_DIR/mock.err")"
-    MOCK_PORT=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$WORK_DIR/mock.out")
-    [[ -n "$MOCK_PORT" ]] || die "cannot read the mock's port from: $(cat "$WORK_DIR/mock.out")"
-    log "mock upstream on 127.0.0.1:$MOCK_PORT (pid $MOCK_PID)"
-}
-
-# freeway's config needs a concrete port: ask the kernel for a free one.
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-
-start_freeway() {
-    FREEWAY_PORT=$(free_port)
-    cat >"$WORK_DIR/freeway.yaml" <<EOF
-server: { listen: 127.0.0.1:$FREEWAY_PORT }
+# The freeway config: the mock as the only provider, everything else default
+# (so the built-in policies run).
+write_freeway_config() {
+    local port=$1 file=$2
+    cat >"$file" <<EOF
+server: { listen: 127.0.0.1:$port }
 providers:
   mock:
     plugin: openai-compat
@@ -124,98 +115,9 @@ providers:
     keys: [bench-key]
     models: [mock-model]
 EOF
-    # A clean environment (no provider keys, so the mock is the only provider)
-    # and the temp dir as working directory (so no .env from the repo is read).
-    # RUST_LOG=warn: per-request logging would be measured too.
-    (cd "$WORK_DIR" && exec env -i PATH="$PATH" HOME="$HOME" RUST_LOG=warn \
-        "$REPO_ROOT/target/release/freeway" serve --config "$WORK_DIR/freeway.yaml") \
-        >"$WORK_DIR/freeway.out" 2>"$WORK_DIR/freeway.err" &
-    FREEWAY_PID=$!
-    local i
-    for ((i = 0; i < 200; i++)); do
-        kill -0 "$FREEWAY_PID" 2>/dev/null || die "freeway exited at start-up: $(cat "$WORK_DIR/freeway.err")"
-        if python3 - "$FREEWAY_PORT" <<'PY' 2>/dev/null; then
-import sys, urllib.request
-urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/health", timeout=1).read()
-PY
-            log "freeway on 127.0.0.1:$FREEWAY_PORT (pid $FREEWAY_PID)"
-            return 0
-        fi
-        sleep 0.05
-    done
-    die "freeway did not answer /health: $(cat "$WORK_DIR/freeway.err")"
 }
 
-# CPU time freeway has used so far, in clock ticks: utime + stime, fields 14
-# and 15 of /proc/PID/stat. The command name (field 2) may hold spaces, so
-# count fields from the last ')'.
-freeway_cpu_ticks() {
-    local stat rest
-    stat=$(<"/proc/$FREEWAY_PID/stat")
-    rest=${stat##*) }
-    local -a fields
-    read -r -a fields <<<"$rest"
-    echo $((fields[11] + fields[12]))
-}
-
-# --- requests ----------------------------------------------------------------
-
-# A realistic ~1 KB chat request: a system prompt and a user message padded
-# with text. $1 is true or false for "stream".
-make_body() {
-    python3 - "$1" <<'PY'
-import json, sys
-stream = sys.argv[1] == "true"
-filler = ("The quarterly report covers revenue, costs, hiring and the product roadmap. "
-          "Summarise the main risks and the actions proposed for each of them. ")
-user = "Please read the following notes and answer briefly.\n"
-while len(user) < 820:
-    user += filler
-body = {
-    "model": "mock/mock-model",
-    "messages": [
-        {"role": "system", "content": "You are a concise assistant. Answer in plain English."},
-        {"role": "user", "content": user[:820]},
-    ],
-    "temperature": 0.2,
-    "max_tokens": 256,
-    "stream": stream,
-}
-if stream:
-    body["stream_options"] = {"include_usage": True}
-print(json.dumps(body, separators=(",", ":")))
-PY
-}
-
-# One request through freeway before measuring, so that a broken setup fails
-# early with a readable message instead of a table full of errors.
-smoke_test() {
-    local name=$1 body_file=$2 code
-    code=$(python3 - "http://127.0.0.1:$FREEWAY_PORT/v1/chat/completions" "$body_file" "$WORK_DIR/smoke.out" <<'PY'
-import sys, urllib.request, urllib.error
-url, body_file, out = sys.argv[1:4]
-req = urllib.request.Request(url, data=open(body_file, "rb").read(), headers={"Content-Type": "application/json"})
-try:
-    with urllib.request.urlopen(req, timeout=10) as r:
-        status, data = r.status, r.read()
-except urllib.error.HTTPError as e:
-    status, data = e.code, e.read()
-open(out, "wb").write(data)
-print(status)
-PY
-    ) || code="no answer"
-    # A 2xx is not enough: the answer must be the mock's, passed through.
-    local expect='"usage"'
-    if [[ "$name" == stream ]]; then expect='data: [DONE]'; fi
-    if [[ "$code" != 2* ]] || ! grep -qF "$expect" "$WORK_DIR/smoke.out"; then
-        printf 'error: %s request through freeway answered %s\n--- body:\n%s\n--- freeway stderr:\n%s\n' \
-            "$name" "$code" "$(head -c 2000 "$WORK_DIR/smoke.out" 2>/dev/null)" \
-            "$(tail -n 40 "$WORK_DIR/freeway.err")" >&2
-        exit 1
-    fi
-}
-
-# --- measuring ---------------------------------------------------------------
+# --- default mode: direct vs freeway, with oha ----------------------------------
 
 # run_oha URL BODY_FILE CONCURRENCY OUT_JSON
 run_oha() {
@@ -269,9 +171,9 @@ measure() {
     read -r d_rps d_p50 d_p99 _ d_err < <(summarize "$direct_json")
 
     log "$mode, concurrency $conc: through freeway (${DURATION}s)"
-    t0=$(freeway_cpu_ticks)
+    t0=$(proc_cpu_ticks "$FREEWAY_PID")
     run_oha "http://127.0.0.1:$FREEWAY_PORT/v1/chat/completions" "$body" "$conc" "$freeway_json"
-    t1=$(freeway_cpu_ticks)
+    t1=$(proc_cpu_ticks "$FREEWAY_PID")
     read -r f_rps f_p50 f_p99 f_ok f_err < <(summarize "$freeway_json")
 
     ((d_err == 0)) || FAILURES+=("direct $mode c=$conc: $d_err errors: $(describe_errors "$direct_json")")
@@ -297,10 +199,8 @@ PY
 }
 
 print_table() {
-    local cpu_model
-    cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
     echo
-    echo "machine: $(nproc) CPUs, ${cpu_model:-unknown CPU}; $OHA_VERSION; ${DURATION}s per run"
+    echo "$(machine_line); $OHA_VERSION; ${DURATION}s per run"
     echo "(oha, freeway and the mock share these CPUs; direct = oha -> mock, freeway = oha -> freeway -> mock)"
     echo
     printf '%-10s %4s %11s %11s %6s %9s %9s %9s %9s %9s %9s %9s\n' \
@@ -323,21 +223,23 @@ print_table() {
     fi
 }
 
-# --- main --------------------------------------------------------------------
-
-main() {
+main_default() {
     build
     ensure_oha
-    CLK_TCK=$(getconf CLK_TCK)
 
     make_body false >"$WORK_DIR/body-non-stream.json"
     make_body true >"$WORK_DIR/body-stream.json"
     log "request bodies: $(wc -c <"$WORK_DIR/body-non-stream.json") bytes (non-stream), $(wc -c <"$WORK_DIR/body-stream.json") bytes (stream)"
 
     start_mock
-    start_freeway
-    smoke_test non-stream "$WORK_DIR/body-non-stream.json"
-    smoke_test stream "$WORK_DIR/body-stream.json"
+    FREEWAY_PORT=$(free_port)
+    write_freeway_config "$FREEWAY_PORT" "$WORK_DIR/freeway.yaml"
+    # RUST_LOG=warn: per-request logging would be measured too.
+    start_freeway "$BIN_DIR/freeway" "$WORK_DIR/freeway.yaml" "$FREEWAY_PORT" warn freeway
+    FREEWAY_PID=$STARTED_PID
+    local url="http://127.0.0.1:$FREEWAY_PORT/v1/chat/completions"
+    smoke_test non-stream "$url" "$WORK_DIR/body-non-stream.json" "$WORK_DIR/freeway.err"
+    smoke_test stream "$url" "$WORK_DIR/body-stream.json" "$WORK_DIR/freeway.err"
 
     local mode conc
     for mode in non-stream stream; do
@@ -350,4 +252,197 @@ main() {
     ((${#FAILURES[@]} == 0))
 }
 
-main "$@"
+# --- --compare: nginx, freeway before, freeway after, with wrk --------------------
+
+start_nginx() {
+    need nginx
+    NGINX_PORT=$(free_port)
+    local dir="$WORK_DIR/nginx"
+    mkdir -p "$dir"
+    # Workers run as nobody when the master is root: let them into the temp dir.
+    chmod 755 "$WORK_DIR" "$dir"
+    cat >"$dir/nginx.conf" <<EOF
+daemon off;
+worker_processes 2;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $dir/body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    upstream mock {
+        server 127.0.0.1:$MOCK_PORT;
+        keepalive 64;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / {
+            proxy_pass http://mock;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+    # -e: the error log before the config is read (else /var/log/nginx).
+    nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" >"$dir/stdout" 2>"$dir/stderr" &
+    NGINX_PID=$!
+    track "$NGINX_PID"
+    wait_http "http://127.0.0.1:$NGINX_PORT/v1/models" "$NGINX_PID" ||
+        die "nginx did not start: $(cat "$dir/stderr" "$dir/error.log" 2>/dev/null)"
+    log "nginx on 127.0.0.1:$NGINX_PORT (pid $NGINX_PID, $(nginx -v 2>&1 | sed 's/.*: //'))"
+}
+
+# A wrk script: POST the body; at the end, print one line of figures.
+write_wrk_script() {
+    local body_file=$1 out=$2
+    {
+        echo 'wrk.method = "POST"'
+        echo 'wrk.headers["Content-Type"] = "application/json"'
+        echo 'wrk.headers["Authorization"] = "Bearer bench-key"'
+        printf 'wrk.body = [==[%s]==]\n' "$(cat "$body_file")"
+        cat <<'LUA'
+done = function(summary, latency, requests)
+    local e = summary.errors
+    io.write(string.format("WRK %d %d %d %d %d %d %d %d %d\n",
+        summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout,
+        latency:percentile(50), latency:percentile(99)))
+end
+LUA
+    } >"$out"
+}
+
+# compare_run SERVER MODE CONC ROUND: one wrk run against one server.
+# Appends "server mode conc round rps cpu_us p50_ms p99_ms errors" to RESULTS.
+compare_run() {
+    local server=$1 mode=$2 conc=$3 round=$4 port pid
+    case "$server" in
+        nginx) port=$NGINX_PORT pid=$NGINX_PID ;;
+        before) port=$BEFORE_PORT pid=$BEFORE_PID ;;
+        after) port=$AFTER_PORT pid=$AFTER_PID ;;
+    esac
+    local out="$WORK_DIR/wrk-$server-$mode-$conc-$round.txt" t0 t1
+    t0=$(tree_cpu_ticks "$pid")
+    wrk -t1 -c"$conc" -d"${DURATION}s" -s "$WORK_DIR/wrk-$mode.lua" "http://127.0.0.1:$port/v1/chat/completions" >"$out" 2>&1 ||
+        die "wrk failed against $server: $(cat "$out")"
+    t1=$(tree_cpu_ticks "$pid")
+    local line
+    line=$(grep '^WRK ' "$out") || die "no figures from wrk against $server: $(cat "$out")"
+    RESULTS+=("$(python3 - "$server" "$mode" "$conc" "$round" "$((t1 - t0))" "$CLK_TCK" $line <<'PY'
+import sys
+server, mode, conc, rnd, ticks, clk = sys.argv[1:7]
+_, requests, duration_us, e_status, e_conn, e_read, e_write, e_timeout, p50, p99 = sys.argv[7:17]
+requests, duration_us = int(requests), int(duration_us)
+errors = sum(map(int, (e_status, e_conn, e_read, e_write, e_timeout)))
+ok = requests - int(e_status)
+rps = requests / (duration_us / 1e6)
+cpu = int(ticks) / int(clk) * 1e6 / ok if ok else float("nan")
+print(f"{server} {mode} {conc} {rnd} {rps:.0f} {cpu:.1f} {int(p50)/1000:.3f} {int(p99)/1000:.3f} {errors}")
+PY
+    )")
+    log "  $server $mode c=$conc round $round: ${RESULTS[-1]#* * * * }"
+}
+
+print_compare() {
+    echo
+    echo "$(machine_line)"
+    echo "$(wrk --version 2>&1 | head -n1 | cut -d' ' -f1-2), 1 thread; nginx $(nginx -v 2>&1 | sed 's/.*\///'); ${DURATION}s per run, $ROUNDS interleaved rounds"
+    echo "before: $FREEWAY_BEFORE"
+    echo "after:  $FREEWAY_AFTER"
+    echo "(wrk, the server and the mock share these CPUs; cpu us/req = the server's process tree)"
+    echo
+    python3 - "${RESULTS[@]}" <<'PY'
+import sys, statistics
+rows = [r.split() for r in sys.argv[1:]]
+print(f"{'server':<8} {'mode':<10} {'conc':>4} {'round':>5} {'req/s':>8} {'cpu us/req':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+for s, m, c, r, rps, cpu, p50, p99, err in rows:
+    print(f"{s:<8} {m:<10} {c:>4} {r:>5} {rps:>8} {cpu:>10} {p50:>8} {p99:>8} {err:>6}")
+print()
+print("median of the rounds (min-max):")
+print(f"{'server':<8} {'mode':<10} {'conc':>4} {'req/s':>16} {'cpu us/req':>18}")
+seen = []
+for s, m, c, *_ in rows:
+    if (m, c, s) not in seen:
+        seen.append((m, c, s))
+order = {"nginx": 0, "before": 1, "after": 2}
+for m, c, s in sorted(seen, key=lambda k: (k[0], int(k[1]), order.get(k[2], 9))):
+    sel = [r for r in rows if (r[1], r[2], r[0]) == (m, c, s)]
+    rps = [float(r[4]) for r in sel]
+    cpu = [float(r[5]) for r in sel]
+    print(f"{s:<8} {m:<10} {c:>4} {statistics.median(rps):>8.0f} ({min(rps):.0f}-{max(rps):.0f})"
+          f" {statistics.median(cpu):>7.1f} ({min(cpu):.1f}-{max(cpu):.1f})")
+PY
+    local errors=0 row
+    for row in "${RESULTS[@]}"; do
+        [[ "${row##* }" == 0 ]] || errors=1
+    done
+    echo
+    if ((errors)); then
+        echo "errors: SOME RUNS HAD ERRORS (last column)"
+        return 1
+    fi
+    echo "errors: none (every answer 2xx, no connection errors)"
+}
+
+main_compare() {
+    [[ -n "${FREEWAY_BEFORE:-}" ]] || die "--compare needs FREEWAY_BEFORE=/path/to/the/older/freeway"
+    [[ -x "$FREEWAY_BEFORE" ]] || die "FREEWAY_BEFORE=$FREEWAY_BEFORE is not an executable"
+    need wrk nginx python3
+    build
+    FREEWAY_BEFORE=$(realpath "$FREEWAY_BEFORE")
+    FREEWAY_AFTER=$(realpath "${FREEWAY_AFTER:-$BIN_DIR/freeway}")
+
+    local mode
+    for mode in non-stream stream; do
+        make_body "$([[ $mode == stream ]] && echo true || echo false)" >"$WORK_DIR/body-$mode.json"
+        write_wrk_script "$WORK_DIR/body-$mode.json" "$WORK_DIR/wrk-$mode.lua"
+    done
+
+    start_mock
+    start_nginx
+    BEFORE_PORT=$(free_port)
+    write_freeway_config "$BEFORE_PORT" "$WORK_DIR/before.yaml"
+    start_freeway "$FREEWAY_BEFORE" "$WORK_DIR/before.yaml" "$BEFORE_PORT" warn before
+    BEFORE_PID=$STARTED_PID
+    AFTER_PORT=$(free_port)
+    write_freeway_config "$AFTER_PORT" "$WORK_DIR/after.yaml"
+    start_freeway "$FREEWAY_AFTER" "$WORK_DIR/after.yaml" "$AFTER_PORT" warn after
+    AFTER_PID=$STARTED_PID
+
+    local server port err
+    for server in nginx before after; do
+        case "$server" in
+            nginx) port=$NGINX_PORT err="$WORK_DIR/nginx/error.log" ;;
+            before) port=$BEFORE_PORT err="$WORK_DIR/before.err" ;;
+            after) port=$AFTER_PORT err="$WORK_DIR/after.err" ;;
+        esac
+        for mode in non-stream stream; do
+            smoke_test "$mode" "http://127.0.0.1:$port/v1/chat/completions" "$WORK_DIR/body-$mode.json" "$err"
+            # Warm up (plugin instances, connection pools), unmeasured.
+            wrk -t1 -c16 -d2s -s "$WORK_DIR/wrk-$mode.lua" "http://127.0.0.1:$port/v1/chat/completions" >/dev/null 2>&1
+        done
+    done
+
+    RESULTS=()
+    local round conc
+    for ((round = 1; round <= ROUNDS; round++)); do
+        for mode in non-stream stream; do
+            for conc in $CONCURRENCY; do
+                for server in nginx before after; do
+                    compare_run "$server" "$mode" "$conc" "$round"
+                done
+            done
+        done
+    done
+    print_compare
+}
+
+if ((COMPARE)); then
+    main_compare
+else
+    main_default
+fi
