@@ -319,6 +319,8 @@ pub struct Status {
     pub policies: Vec<String>,
     /// Why the last reload was refused.
     pub errors: Vec<CompileError>,
+    /// Reloads since start-up (installed or refused).
+    pub reloads: u64,
 }
 
 /// The pipeline in force and its status.
@@ -335,6 +337,7 @@ impl Policies {
             source: source_name(&pipeline.source),
             policies: pipeline.names().iter().map(|n| (*n).to_owned()).collect(),
             errors: Vec::new(),
+            reloads: 0,
         };
         Self { current: arc_swap::ArcSwap::from_pointee(pipeline), status: Mutex::new(status) }
     }
@@ -348,6 +351,7 @@ impl Policies {
     /// (the last good one stays). Returns whether it was installed.
     pub fn install(&self, compiled: Result<Pipeline, Vec<CompileError>>) -> bool {
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        let reloads = status.reloads.saturating_add(1);
         match compiled {
             Ok(pipeline) => {
                 *status = Status {
@@ -355,6 +359,7 @@ impl Policies {
                     source: source_name(&pipeline.source),
                     policies: pipeline.names().iter().map(|n| (*n).to_owned()).collect(),
                     errors: Vec::new(),
+                    reloads,
                 };
                 tracing::info!(policies = %status.policies.join(", "), "policies loaded");
                 self.current.store(Arc::new(pipeline));
@@ -366,6 +371,7 @@ impl Policies {
                 }
                 status.ok = false;
                 status.errors = errors;
+                status.reloads = reloads;
                 false
             }
         }

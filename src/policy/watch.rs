@@ -5,17 +5,19 @@
 //! The folder is watched, not the files: after an atomic save a watch on
 //! the file goes silent. Its parent is watched too, so replacing the whole
 //! folder is seen; the watch on the folder is re-armed after every change.
+//! Reading a file is not a change: inotify reports opens and reads too,
+//! and the reload reads every file, so counting those would make each
+//! reload set off the next one, for ever.
 //!
 //! The [`PolicyWatcher`] owns the file watch; dropping it (with its
 //! gateway) stops the watch and ends the thread that waits for events.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use notify::{RecommendedWatcher, RecursiveMode, Watcher};
-use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 
 /// Events within this window are one change (an editor writes, renames,
 /// touches).
@@ -23,7 +25,7 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// A running watch on a policies folder.
 pub struct PolicyWatcher {
-    _debouncer: Arc<Mutex<Debouncer<RecommendedWatcher>>>,
+    _watcher: Arc<Mutex<RecommendedWatcher>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -41,22 +43,30 @@ impl PolicyWatcher {
 
 impl Drop for PolicyWatcher {
     fn drop(&mut self) {
-        // The debouncer goes with the last strong handle (ours): its event
-        // sender closes and the thread's loop ends. Do not join: a reload
-        // may be running on it, and it ends by itself.
+        // The watcher goes with the last strong handle (ours): its event
+        // handler, and the sender in it, go too, and the thread's loop
+        // ends. Do not join: a reload may be running on it.
         self.thread.take();
     }
 }
 
-/// Watches `dir` and calls `on_change` on every change, on a thread of its
-/// own, until the returned watcher is dropped (or `on_change` returns
-/// `false`).
+/// Watches `dir` and calls `on_change` once per burst of changes, on a
+/// thread of its own, until the returned watcher is dropped (or
+/// `on_change` returns `false`).
 pub fn spawn(dir: PathBuf, on_change: impl Fn() -> bool + Send + 'static) -> Result<PolicyWatcher, String> {
-    let (tx, rx) = mpsc::channel::<DebounceEventResult>();
-    let mut debouncer = new_debouncer(DEBOUNCE, tx).map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
-    arm(debouncer.watcher(), &dir)?;
-    let debouncer = Arc::new(Mutex::new(debouncer));
-    let weak: Weak<Mutex<Debouncer<RecommendedWatcher>>> = Arc::downgrade(&debouncer);
+    let (tx, rx) = mpsc::channel::<()>();
+    let watched = dir.clone();
+    let mut watcher = notify::recommended_watcher(move |result: notify::Result<notify::Event>| match result {
+        Ok(event) if changes(&event, &watched) => {
+            let _ = tx.send(());
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "policy watcher error"),
+    })
+    .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+    arm(&mut watcher, &dir)?;
+    let watcher = Arc::new(Mutex::new(watcher));
+    let weak: Weak<Mutex<RecommendedWatcher>> = Arc::downgrade(&watcher);
     // A name of its own per watcher (at most 15 bytes, what Linux keeps),
     // so an operator, or a test, can tell which watcher a thread is.
     static WATCHERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -64,27 +74,29 @@ pub fn spawn(dir: PathBuf, on_change: impl Fn() -> bool + Send + 'static) -> Res
     let thread = std::thread::Builder::new()
         .name(format!("fw-policies-{n}"))
         .spawn(move || {
-            for result in rx {
-                match result {
-                    Ok(events) if events.iter().any(|e| concerns(&e.path, &dir)) => {
-                        if !on_change() {
-                            return;
-                        }
-                        // The folder may be a new one under the same name.
-                        let Some(debouncer) = weak.upgrade() else { return };
-                        let mut debouncer = debouncer.lock().unwrap_or_else(|e| e.into_inner());
-                        let _ = debouncer.watcher().unwatch(&dir);
-                        if let Err(e) = arm(debouncer.watcher(), &dir) {
-                            tracing::warn!("{e}");
-                        }
+            while rx.recv().is_ok() {
+                // The rest of the burst.
+                loop {
+                    match rx.recv_timeout(DEBOUNCE) {
+                        Ok(()) => {}
+                        Err(RecvTimeoutError::Timeout) => break,
+                        Err(RecvTimeoutError::Disconnected) => return,
                     }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "policy watcher error"),
+                }
+                if !on_change() {
+                    return;
+                }
+                // The folder may be a new one under the same name.
+                let Some(watcher) = weak.upgrade() else { return };
+                let mut watcher = watcher.lock().unwrap_or_else(|e| e.into_inner());
+                let _ = watcher.unwatch(&dir);
+                if let Err(e) = arm(&mut *watcher, &dir) {
+                    tracing::warn!("{e}");
                 }
             }
         })
         .map_err(|e| format!("cannot start the policy watcher: {e}"))?;
-    Ok(PolicyWatcher { _debouncer: debouncer, thread: Some(thread) })
+    Ok(PolicyWatcher { _watcher: watcher, thread: Some(thread) })
 }
 
 fn arm(watcher: &mut dyn Watcher, dir: &Path) -> Result<(), String> {
@@ -98,7 +110,13 @@ fn arm(watcher: &mut dyn Watcher, dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// A change inside the folder, or to the folder itself.
+/// A change inside the folder, or to the folder itself: anything but an
+/// access (an open, a read, a close after reading).
+fn changes(event: &notify::Event, dir: &Path) -> bool {
+    !matches!(event.kind, EventKind::Access(_)) && event.paths.iter().any(|p| concerns(p, dir))
+}
+
+/// A path inside the folder, or the folder itself.
 fn concerns(path: &Path, dir: &Path) -> bool {
     path == dir || path.parent() == Some(dir) || path.starts_with(dir)
 }

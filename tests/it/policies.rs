@@ -516,3 +516,24 @@ async fn a_pin_for_ever_is_held_to_the_longest_ttl_instead_of_overflowing() {
     let again = ask(&gw, &request, &[("x-session-id", "conv-forever")]).await;
     assert_eq!(again.routed_via(), first.routed_via(), "the session is pinned");
 }
+
+#[tokio::test]
+async fn reading_the_policies_is_not_a_change() {
+    // The reload reads every file; inotify reports opens and reads too:
+    // counting them made each reload set off the next, for ever.
+    let (_m, dir, gw) = with_policies(&[("10-route.rhai", &ROUTE_TO.replace("MODEL", "second"))]).await;
+    let reloads = || async { gw.get("/health", &[]).await.json()["policies"]["reloads"].as_u64().unwrap() };
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let before = reloads().await;
+    for _ in 0..5 {
+        let _ = std::fs::read_to_string(dir.path().join("10-route.rhai")).unwrap();
+        let _ = std::fs::read_dir(dir.path()).unwrap().count();
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(reloads().await, before, "reading the folder reloaded the policies");
+    // A real change still reloads, once.
+    std::fs::write(dir.path().join("10-route.rhai"), ROUTE_TO.replace("MODEL", "third")).unwrap();
+    until_routed(&gw, "p/third").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(reloads().await, before + 1, "one change, one reload");
+}
