@@ -48,9 +48,13 @@ impl ResponseBody {
         matches!(self.kind, Kind::Relay(_))
     }
 
-    /// Keeps `guard` alive until the body is dropped.
+    /// Keeps `guard` alive until the body ends: dropped, or, for a stream,
+    /// cut by the watchdog while its client still holds the connection.
     pub fn hold(&mut self, guard: impl Any + Send) {
-        self._guard = Some(Box::new(guard));
+        match &mut self.kind {
+            Kind::Relay(relay) => relay.hold(Box::new(guard)),
+            Kind::Full(_) => self._guard = Some(Box::new(guard)),
+        }
     }
 }
 

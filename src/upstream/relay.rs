@@ -70,6 +70,9 @@ type Parts = (Incoming, PluginStream);
 /// The part of a relay the watchdog shares.
 struct Live {
     parts: Mutex<Option<Parts>>,
+    /// What must be let go when the stream is cut (the request's place in
+    /// flight), not when its client gets round to closing.
+    held: Mutex<Option<Box<dyn std::any::Any + Send>>>,
     started: Instant,
     /// Milliseconds since `started` when the relay last handed a frame to
     /// the client and began waiting for it to ask for more;
@@ -113,6 +116,7 @@ impl Relay {
         let now = Instant::now();
         let live = Arc::new(Live {
             parts: Mutex::new(Some((upstream, decoder))),
+            held: Mutex::new(None),
             started: now,
             waiting_since: AtomicU64::new(NOT_WAITING),
             cut: AtomicU8::new(CUT_NONE),
@@ -144,6 +148,12 @@ impl Relay {
                 Ok(())
             }
         }
+    }
+
+    /// Keeps `guard` until the stream ends: its last byte is sent, its client
+    /// goes away, or the watchdog cuts it.
+    pub fn hold(&mut self, guard: Box<dyn std::any::Any + Send>) {
+        *self.live.held.lock().unwrap_or_else(|e| e.into_inner()) = Some(guard);
     }
 
     /// Calls `observer` once when the stream ends (at once if it has).
@@ -289,14 +299,13 @@ impl Relay {
     }
 }
 
-/// A usage-only chunk: `"choices":[]` with usage (what a provider sends
-/// last when asked to `include_usage`).
+/// A usage-only chunk: `"choices": []` with usage (what a provider sends
+/// last when asked to `include_usage`). Read off the bytes: a chunk is one
+/// JSON object, and its `choices` key is followed by an empty array or not.
 fn usage_only(json: &[u8]) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Choices {
-        choices: Option<Vec<serde::de::IgnoredAny>>,
-    }
-    serde_json::from_slice::<Choices>(json).is_ok_and(|c| c.choices.is_some_and(|c| c.is_empty()))
+    let Some(at) = memchr::memmem::find(json, b"\"choices\"") else { return false };
+    let mut rest = json[at + b"\"choices\"".len()..].iter().filter(|b| !b.is_ascii_whitespace());
+    rest.next() == Some(&b':') && rest.next() == Some(&b'[') && rest.next() == Some(&b']')
 }
 
 impl Drop for Relay {
@@ -387,9 +396,26 @@ impl WatchdogInner {
                 live.cut.store(why, Ordering::Relaxed);
                 let reason = if why == CUT_TOO_LONG { "max_duration" } else { "client_stalled" };
                 self.metrics.stream_cut(reason);
-                tracing::info!(reason, "closing a stream: its upstream connection and plugin instance are released");
+                tracing::info!(
+                    reason,
+                    "closing a stream: its upstream connection, plugin instance and place in flight are released"
+                );
                 drop(parts);
+                drop(live.held.lock().unwrap_or_else(|e| e.into_inner()).take());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::usage_only;
+
+    #[test]
+    fn usage_only_chunks_are_told_from_their_bytes() {
+        assert!(usage_only(br#"{"id":"c","choices":[],"usage":{"prompt_tokens":1}}"#));
+        assert!(usage_only(b"{\"id\": \"c\", \"choices\" : [ ]\n, \"usage\": {}}"));
+        assert!(!usage_only(br#"{"id":"c","choices":[{"index":0,"delta":{}}],"usage":{}}"#));
+        assert!(!usage_only(br#"{"id":"c","usage":{}}"#));
     }
 }

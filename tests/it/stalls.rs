@@ -125,3 +125,32 @@ async fn a_stream_that_runs_past_its_max_duration_ends_with_an_error_event() {
     assert!(eventually(Duration::from_secs(2), || m.open_streams() == 0).await);
     assert_eq!(metric(&gw, "freeway_streams_cut_total{reason=\"max_duration\"}").await, 1.0);
 }
+
+#[tokio::test]
+async fn a_cut_stream_gives_back_its_place_in_flight_while_its_client_holds_on() {
+    let m = Mock::start().await;
+    m.on_all(Behavior::Endless(16 * 1024));
+    let yaml = format!(
+        "server: {{ max_in_flight: 4 }}\ndispatch: {{ stream_idle_timeout: 400ms }}\nproviders:\n{}",
+        provider("p", &m.base_url(), &["k"], &["m"])
+    );
+    let gw = start(&yaml).await;
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .http2_initial_stream_window_size(1024)
+        .build_http::<Full<Bytes>>();
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let request = http::Request::post(gw.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(chat_body("p/m", true))))
+            .unwrap();
+        held.push(client.request(request).await.unwrap());
+    }
+    assert_eq!(gw.chat("p/m").await.status, 503, "four streams fill the four places");
+    assert!(eventually(Duration::from_secs(10), || m.open_streams() == 0).await, "the streams were not cut");
+    // The client still holds its four cut streams; their places are free.
+    m.on_all(Behavior::Ok);
+    assert_eq!(gw.chat("p/m").await.status, 200);
+    drop(held);
+}
