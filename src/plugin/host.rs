@@ -658,6 +658,9 @@ fn allowed_url(url: &str, target: &Target<'_>, purpose: Purpose) -> Result<(), S
 /// The query is the plugin's to choose. The error names what differs (not
 /// the base URL itself, which may hold credentials).
 fn within_base(url: &str, base: &str) -> Result<(), String> {
+    if plainly_below(url, base) {
+        return Ok(());
+    }
     let base = absolute(base).ok_or_else(|| "its base URL (which is not an absolute URL)".to_owned())?;
     let Some(uri) = absolute(url) else {
         return Err("its base URL (not an absolute URL)".to_owned());
@@ -683,6 +686,19 @@ fn within_base(url: &str, base: &str) -> Result<(), String> {
         return Err(format!("its base URL (a dot segment in {path})"));
     }
     Ok(())
+}
+
+/// The common case, decided without parsing either URL: `url` is `base`
+/// itself followed by a path of plain segments (no `%`, no `\\`, no `.` or
+/// `..`) and perhaps a query. Anything else goes through the full check.
+fn plainly_below(url: &str, base: &str) -> bool {
+    let base = base.trim_end_matches('/');
+    let Some(rest) = url.strip_prefix(base) else { return false };
+    let path = rest.split(['?', '#']).next().unwrap_or_default();
+    base.contains("://")
+        && (rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'))
+        && !path.contains(['%', '\\'])
+        && !path.split('/').any(|segment| segment == "." || segment == "..")
 }
 
 /// `text` as a URL with a scheme and a host.

@@ -6,6 +6,7 @@
 //! made-up model names cannot grow it past its bound.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
@@ -37,22 +38,39 @@ impl Expiry<Key, Instant> for UntilEnd {
 /// (key, model) → until when it cools.
 pub struct Cooldowns {
     map: Cache<Key, Instant>,
+    /// The latest end of any cooldown ever set, in nanoseconds after
+    /// `base`: once it has passed, nothing cools and lookups are skipped
+    /// (the common case, paid by every request).
+    latest: AtomicU64,
+    base: Instant,
 }
 
 impl Cooldowns {
     /// At most `capacity` cooling pairs.
     pub fn new(capacity: u64) -> Self {
-        Self { map: Cache::builder().max_capacity(capacity).expire_after(UntilEnd).build() }
+        Self {
+            map: Cache::builder().max_capacity(capacity).expire_after(UntilEnd).build(),
+            latest: AtomicU64::new(0),
+            base: Instant::now(),
+        }
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// When `model` stops cooling on `key`, if it cools at `now`.
     pub fn until(&self, key: &KeyId, model: &Arc<str>, now: Instant) -> Option<Instant> {
+        if self.nanos(now) >= self.latest.load(Ordering::Acquire) {
+            return None;
+        }
         let until = self.map.get(&(key.clone(), model.clone()))?;
         (until > now).then_some(until)
     }
 
     /// Cools `model` on `key` until `until`; a longer cooldown in force stays.
     pub fn cool(&self, key: &KeyId, model: &Arc<str>, until: Instant) {
+        self.latest.fetch_max(self.nanos(until), Ordering::AcqRel);
         self.map.entry((key.clone(), model.clone())).and_upsert_with(|current| match current {
             Some(entry) if *entry.value() > until => *entry.value(),
             _ => until,
@@ -61,6 +79,9 @@ impl Cooldowns {
 
     /// Pairs cooling at `now`.
     pub fn active(&self, now: Instant) -> usize {
+        if self.nanos(now) >= self.latest.load(Ordering::Acquire) {
+            return 0;
+        }
         self.map.iter().filter(|(_, until)| *until > now).count()
     }
 }
