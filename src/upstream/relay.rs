@@ -18,7 +18,7 @@
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -67,31 +67,28 @@ pub struct RelaySettings {
 /// decoder (with its plugin instance).
 type Parts = (Incoming, PluginStream);
 
-/// The part of a relay the watchdog shares.
+/// The part of a relay the watchdog shares. The relay only bumps counters
+/// on its hot path; the watchdog reads them a few times per idle period.
 struct Live {
     parts: Mutex<Option<Parts>>,
     /// What must be let go when the stream is cut (the request's place in
     /// flight), not when its client gets round to closing.
     held: Mutex<Option<Box<dyn std::any::Any + Send>>>,
     started: Instant,
-    /// Milliseconds since `started` when the relay last handed a frame to
-    /// the client and began waiting for it to ask for more;
-    /// [`NOT_WAITING`] while the relay waits on its upstream.
-    waiting_since: AtomicU64,
+    /// Frames the client has asked for so far.
+    progress: AtomicU64,
+    /// The relay has a frame out and waits for the client to ask again
+    /// (not for its upstream).
+    waiting: AtomicBool,
     /// Why the watchdog cut it ([`CUT_NONE`] while it runs).
     cut: AtomicU8,
 }
 
-const NOT_WAITING: u64 = u64::MAX;
 const CUT_NONE: u8 = 0;
 const CUT_STALLED: u8 = 1;
 const CUT_TOO_LONG: u8 = 2;
 
 impl Live {
-    fn millis(&self, now: Instant) -> u64 {
-        u64::try_from(now.saturating_duration_since(self.started).as_millis()).unwrap_or(u64::MAX - 1)
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Parts>> {
         self.parts.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -100,12 +97,19 @@ impl Live {
 /// A live upstream stream being relayed.
 pub struct Relay {
     live: Arc<Live>,
+    state: State,
+}
+
+/// Everything of a relay but what the watchdog shares.
+struct State {
     pending: VecDeque<Bytes>,
     scratch: Vec<StreamEvent>,
     settings: RelaySettings,
     timer: Pin<Box<Sleep>>,
     last_activity: Instant,
     ended: bool,
+    /// The upstream and decoder were let go (at the end, or by a cut).
+    released: bool,
     outcome: StreamOutcome,
     observer: Option<Observer>,
 }
@@ -118,21 +122,23 @@ impl Relay {
             parts: Mutex::new(Some((upstream, decoder))),
             held: Mutex::new(None),
             started: now,
-            waiting_since: AtomicU64::new(NOT_WAITING),
+            progress: AtomicU64::new(0),
+            waiting: AtomicBool::new(false),
             cut: AtomicU8::new(CUT_NONE),
         });
         watchdog.watch(&live);
-        Self {
-            live,
+        let state = State {
             pending: VecDeque::new(),
             scratch: Vec::new(),
             timer: Box::pin(tokio::time::sleep_until(now + settings.idle)),
             settings,
             last_activity: now,
             ended: false,
+            released: false,
             outcome: StreamOutcome { chunks: 0, usage: None, error: None, client_gone: false },
             observer: None,
-        }
+        };
+        Self { live, state }
     }
 
     /// Waits for the first event. `Err` when the stream failed or ended
@@ -140,11 +146,11 @@ impl Relay {
     /// dispatcher may try another candidate.
     pub async fn prime(&mut self) -> Result<(), String> {
         poll_fn(|cx| self.poll_fill(cx)).await;
-        match (&self.outcome.error, self.outcome.chunks) {
+        match (&self.state.outcome.error, self.state.outcome.chunks) {
             (Some(error), 0) => Err(error.clone()),
             _ => {
                 // From here on, the client is the one expected to read.
-                self.live.waiting_since.store(self.live.millis(Instant::now()), Ordering::Relaxed);
+                self.live.waiting.store(true, Ordering::Relaxed);
                 Ok(())
             }
         }
@@ -158,95 +164,108 @@ impl Relay {
 
     /// Calls `observer` once when the stream ends (at once if it has).
     pub fn on_end(&mut self, observer: impl FnOnce(&StreamOutcome) + Send + 'static) {
-        if self.ended {
-            observer(&self.outcome);
+        if self.state.ended {
+            observer(&self.state.outcome);
         } else {
-            self.observer = Some(Box::new(observer));
+            self.state.observer = Some(Box::new(observer));
         }
     }
 
     /// Everything has been handed to the client.
     pub fn is_finished(&self) -> bool {
-        self.ended && self.pending.is_empty()
+        self.state.ended && self.state.pending.is_empty()
     }
 
     /// The next SSE frame for the client.
     pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         // Being polled: the client took what it was given.
-        self.live.waiting_since.store(NOT_WAITING, Ordering::Relaxed);
+        self.live.progress.fetch_add(1, Ordering::Relaxed);
         match self.poll_fill(cx) {
             Poll::Ready(()) => {
-                let next = self.pending.pop_front();
-                if next.is_some() && !self.is_finished() {
-                    self.live.waiting_since.store(self.live.millis(Instant::now()), Ordering::Relaxed);
-                }
+                let next = self.state.pending.pop_front();
+                self.live.waiting.store(next.is_some() && !self.is_finished(), Ordering::Relaxed);
                 Poll::Ready(next)
             }
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                self.live.waiting.store(false, Ordering::Relaxed);
+                Poll::Pending
+            }
         }
     }
 
     /// Ready when there is a frame to send or the stream has ended.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
-            if !self.pending.is_empty() || self.ended {
+            let state = &mut self.state;
+            if state.ended && !state.released {
+                // Release the upstream connection and the plugin instance
+                // now, not when the client gets round to closing.
+                state.released = true;
+                drop(self.live.lock().take());
+            }
+            if !state.pending.is_empty() || state.ended {
                 return Poll::Ready(());
             }
-            let live = self.live.clone();
-            let mut parts = live.lock();
+            let mut parts = self.live.lock();
             let Some((upstream, decoder)) = parts.as_mut() else {
                 drop(parts);
-                let message = match self.live.cut.load(Ordering::Relaxed) {
+                let cut = self.live.cut.load(Ordering::Relaxed);
+                let message = match cut {
                     CUT_TOO_LONG => "the stream ran past dispatch.stream_max_duration and was closed",
                     _ => "the client stopped reading and the stream was closed",
                 };
-                self.outcome.client_gone = self.live.cut.load(Ordering::Relaxed) == CUT_STALLED;
-                self.fail(message.to_owned());
+                state.outcome.client_gone = cut == CUT_STALLED;
+                state.fail(message.to_owned());
                 continue;
             };
             match Pin::new(upstream).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    self.last_activity = Instant::now();
+                    state.last_activity = Instant::now();
                     if let Ok(data) = frame.into_data() {
-                        let decoded = decoder.push(&data, &mut self.scratch);
+                        let decoded = decoder.push(&data, &mut state.scratch);
                         drop(parts);
-                        self.absorb();
+                        state.absorb();
                         if let Err(e) = decoded {
-                            self.fail(e.to_string());
+                            state.fail(e.to_string());
                         }
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
                     drop(parts);
-                    self.fail(format!("the upstream stream broke off: {e}"));
+                    state.fail(format!("the upstream stream broke off: {e}"));
                 }
                 Poll::Ready(None) => {
-                    let decoded = decoder.finish(&mut self.scratch);
+                    let decoded = decoder.finish(&mut state.scratch);
                     drop(parts);
-                    self.absorb();
+                    state.absorb();
                     if let Err(e) = decoded {
-                        self.fail(e.to_string());
-                    } else if !self.ended {
-                        self.fail("the upstream ended the stream without [DONE]".to_owned());
+                        state.fail(e.to_string());
+                    } else if !state.ended {
+                        state.fail("the upstream ended the stream without [DONE]".to_owned());
                     }
                 }
                 Poll::Pending => {
                     drop(parts);
                     // The timer is re-armed lazily: resetting it on every
                     // chunk would cost a timer-wheel update per chunk.
-                    if self.timer.as_mut().poll(cx).is_pending() {
+                    if state.timer.as_mut().poll(cx).is_pending() {
                         return Poll::Pending;
                     }
-                    let deadline = self.last_activity.checked_add(self.settings.idle);
+                    let deadline = state.last_activity.checked_add(state.settings.idle);
                     match deadline {
-                        Some(deadline) if Instant::now() < deadline => self.timer.as_mut().reset(deadline),
-                        _ => self.fail(format!("the upstream sent nothing for {:?}", self.settings.idle)),
+                        Some(deadline) if Instant::now() < deadline => state.timer.as_mut().reset(deadline),
+                        _ => {
+                            let message = format!("the upstream sent nothing for {:?}", state.settings.idle);
+                            state.fail(message);
+                        }
                     }
                 }
             }
         }
     }
+}
 
+impl State {
     fn absorb(&mut self) {
         for event in std::mem::take(&mut self.scratch) {
             if self.ended {
@@ -290,9 +309,6 @@ impl Relay {
 
     fn end(&mut self) {
         self.ended = true;
-        // Release the upstream connection and the plugin instance now, not
-        // when the client gets round to closing.
-        self.live.lock().take();
         if let Some(observer) = self.observer.take() {
             observer(&self.outcome);
         }
@@ -310,10 +326,10 @@ fn usage_only(json: &[u8]) -> bool {
 
 impl Drop for Relay {
     fn drop(&mut self) {
-        if let Some(observer) = self.observer.take() {
-            self.outcome.error = Some("the client went away".to_owned());
-            self.outcome.client_gone = true;
-            observer(&self.outcome);
+        if let Some(observer) = self.state.observer.take() {
+            self.state.outcome.error = Some("the client went away".to_owned());
+            self.state.outcome.client_gone = true;
+            observer(&self.state.outcome);
         }
     }
 }
@@ -325,8 +341,16 @@ pub struct Watchdog {
     inner: Arc<WatchdogInner>,
 }
 
+/// A watched relay, and the progress the watchdog last saw it make and
+/// when.
+struct Watched {
+    live: Weak<Live>,
+    seen: u64,
+    since: Instant,
+}
+
 struct WatchdogInner {
-    relays: Mutex<Vec<Weak<Live>>>,
+    relays: Mutex<Vec<Watched>>,
     idle: Duration,
     max_duration: Duration,
     metrics: Arc<Metrics>,
@@ -352,11 +376,12 @@ impl Watchdog {
     /// not closed yet holds nothing).
     pub fn live(&self) -> usize {
         let relays = self.inner.relays.lock().unwrap_or_else(|e| e.into_inner());
-        relays.iter().filter_map(Weak::upgrade).filter(|live| live.lock().is_some()).count()
+        relays.iter().filter_map(|w| w.live.upgrade()).filter(|live| live.lock().is_some()).count()
     }
 
     fn watch(&self, live: &Arc<Live>) {
-        self.inner.relays.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::downgrade(live));
+        let watched = Watched { live: Arc::downgrade(live), seen: 0, since: live.started };
+        self.inner.relays.lock().unwrap_or_else(|e| e.into_inner()).push(watched);
         self.inner.started.call_once(|| {
             let weak = Arc::downgrade(&self.inner);
             let tick = (self.inner.idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
@@ -375,22 +400,27 @@ impl Watchdog {
 
 impl WatchdogInner {
     fn sweep(&self, now: Instant) {
-        let relays: Vec<Arc<Live>> = {
+        let mut cut = Vec::new();
+        {
             let mut list = self.relays.lock().unwrap_or_else(|e| e.into_inner());
-            list.retain(|w| w.strong_count() > 0);
-            list.iter().filter_map(Weak::upgrade).collect()
-        };
-        let idle = u64::try_from(self.idle.as_millis()).unwrap_or(u64::MAX);
-        for live in relays {
-            let elapsed = live.millis(now);
-            let since = live.waiting_since.load(Ordering::Relaxed);
-            let why = if now.saturating_duration_since(live.started) >= self.max_duration {
-                CUT_TOO_LONG
-            } else if since != NOT_WAITING && elapsed.saturating_sub(since) >= idle {
-                CUT_STALLED
-            } else {
-                continue;
-            };
+            list.retain(|w| w.live.strong_count() > 0);
+            for watched in list.iter_mut() {
+                let Some(live) = watched.live.upgrade() else { continue };
+                let progress = live.progress.load(Ordering::Relaxed);
+                if progress != watched.seen || !live.waiting.load(Ordering::Relaxed) {
+                    // The client read, or the relay waits on its upstream
+                    // (its own idle timer covers that).
+                    watched.seen = progress;
+                    watched.since = now;
+                }
+                if now.saturating_duration_since(live.started) >= self.max_duration {
+                    cut.push((live, CUT_TOO_LONG));
+                } else if now.saturating_duration_since(watched.since) >= self.idle {
+                    cut.push((live, CUT_STALLED));
+                }
+            }
+        }
+        for (live, why) in cut {
             let taken = live.lock().take();
             if let Some(parts) = taken {
                 live.cut.store(why, Ordering::Relaxed);
