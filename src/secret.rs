@@ -117,6 +117,11 @@ impl Redactor {
         self.secrets.iter().any(|n| n.head.find(bytes).is_some() || n.tail.find(bytes).is_some())
     }
 
+    /// Whether `bytes` hold the start of any secret.
+    fn finds_head(&self, bytes: &[u8]) -> bool {
+        self.secrets.iter().any(|n| n.head.find(bytes).is_some())
+    }
+
     /// The byte ranges of `haystack` that are (parts of) secrets, sorted and
     /// merged.
     fn ranges(&self, haystack: &[u8]) -> Vec<(usize, usize)> {
@@ -170,8 +175,20 @@ impl Redactor {
         std::borrow::Cow::Owned(out)
     }
 
-    /// A body (an answer, a stream chunk) with every secret replaced; the
-    /// same buffer when it holds none.
+    /// An answer or a stream chunk, as the upstream sent it, with every
+    /// secret replaced; the same buffer when it holds none. What an
+    /// upstream sends whole is not cut by anyone: a secret in it has its
+    /// start in it, so one search per secret tells whether there is
+    /// anything to do (this runs on every chunk of every stream).
+    pub fn redact_answer(&self, body: bytes::Bytes) -> bytes::Bytes {
+        if !self.finds_head(&body) {
+            return body;
+        }
+        self.redact_bytes(body)
+    }
+
+    /// Bytes with every secret, whole or cut short, replaced; the same
+    /// buffer when they hold none.
     pub fn redact_bytes(&self, body: bytes::Bytes) -> bytes::Bytes {
         if !self.finds(&body) {
             return body;

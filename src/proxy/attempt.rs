@@ -92,7 +92,7 @@ async fn whole(
         proxy.metrics.tokens(&candidate.provider.name, &candidate.metric_model(), usage);
         proxy.state.settle(admission, usage.total());
     }
-    let body = candidate.provider.redactor.redact_bytes(decoded.body);
+    let body = candidate.provider.redactor.redact_answer(decoded.body);
     let mut response = Response::new(ResponseBody::full(body));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Ok(response)

@@ -279,7 +279,7 @@ impl State {
                             continue;
                         }
                     }
-                    let json = self.settings.redactor.redact_bytes(json);
+                    let json = self.settings.redactor.redact_answer(json);
                     let mut frame = BytesMut::with_capacity(json.len() + 8);
                     frame.put_slice(b"data: ");
                     frame.put_slice(&json);

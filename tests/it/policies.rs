@@ -492,6 +492,8 @@ async fn route_rebuilds_never_install_tables_from_a_stale_pipeline() {
         std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
                 gateway.rebuild_routes();
+                // Let the reloads have the lock too (a lock is not fair).
+                std::thread::sleep(Duration::from_millis(1));
             }
         })
     };
