@@ -68,10 +68,10 @@ pub const PARTIAL_LEN: usize = 12;
 /// per secret.
 #[derive(Clone, Default)]
 pub struct Redactor {
-    secrets: Vec<Needle>,
+    /// Shared: every stream's relay holds the provider's redactor.
+    secrets: std::sync::Arc<[Needle]>,
 }
 
-#[derive(Clone)]
 struct Needle {
     secret: Vec<u8>,
     head: memchr::memmem::Finder<'static>,
@@ -126,7 +126,7 @@ impl Redactor {
     /// merged.
     fn ranges(&self, haystack: &[u8]) -> Vec<(usize, usize)> {
         let mut ranges = Vec::new();
-        for needle in &self.secrets {
+        for needle in self.secrets.iter() {
             let secret = &needle.secret[..];
             let n = secret.len().min(PARTIAL_LEN);
             for at in needle.head.find_iter(haystack) {

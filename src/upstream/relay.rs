@@ -98,6 +98,8 @@ impl Live {
 pub struct Relay {
     live: Arc<Live>,
     state: State,
+    /// Its place in the watchdog's list, given back when it is dropped.
+    watch: Watch,
 }
 
 /// Everything of a relay but what the watchdog shares.
@@ -126,7 +128,7 @@ impl Relay {
             waiting: AtomicBool::new(false),
             cut: AtomicU8::new(CUT_NONE),
         });
-        watchdog.watch(&live);
+        let watch = watchdog.watch(&live);
         let state = State {
             pending: VecDeque::new(),
             scratch: Vec::new(),
@@ -138,7 +140,7 @@ impl Relay {
             outcome: StreamOutcome { chunks: 0, usage: None, error: None, client_gone: false },
             observer: None,
         };
-        Self { live, state }
+        Self { live, state, watch }
     }
 
     /// Waits for the first event. `Err` when the stream failed or ended
@@ -326,6 +328,7 @@ fn usage_only(json: &[u8]) -> bool {
 
 impl Drop for Relay {
     fn drop(&mut self) {
+        self.watch.leave();
         if let Some(observer) = self.state.observer.take() {
             self.state.outcome.error = Some("the client went away".to_owned());
             self.state.outcome.client_gone = true;
@@ -344,13 +347,42 @@ pub struct Watchdog {
 /// A watched relay, and the progress the watchdog last saw it make and
 /// when.
 struct Watched {
-    live: Weak<Live>,
+    live: Arc<Live>,
     seen: u64,
     since: Instant,
 }
 
+/// The relays being watched: slots a relay takes when it starts and gives
+/// back when it is dropped (so a relay's shared part is freed by the
+/// thread that served it, not in a batch by the watchdog).
+#[derive(Default)]
+struct Slots {
+    slots: Vec<Option<Watched>>,
+    free: Vec<usize>,
+}
+
+/// A relay's place in its watchdog's list.
+struct Watch {
+    inner: Weak<WatchdogInner>,
+    slot: usize,
+}
+
+impl Watch {
+    fn leave(&mut self) {
+        if let Some(inner) = self.inner.upgrade() {
+            let mut list = inner.relays.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(slot) = list.slots.get_mut(self.slot)
+                && slot.take().is_some()
+            {
+                list.free.push(self.slot);
+            }
+        }
+        self.inner = Weak::new();
+    }
+}
+
 struct WatchdogInner {
-    relays: Mutex<Vec<Watched>>,
+    relays: Mutex<Slots>,
     idle: Duration,
     max_duration: Duration,
     metrics: Arc<Metrics>,
@@ -363,7 +395,7 @@ impl Watchdog {
     pub fn new(idle: Duration, max_duration: Duration, metrics: Arc<Metrics>) -> Self {
         Self {
             inner: Arc::new(WatchdogInner {
-                relays: Mutex::new(Vec::new()),
+                relays: Mutex::new(Slots::default()),
                 idle,
                 max_duration,
                 metrics,
@@ -376,12 +408,24 @@ impl Watchdog {
     /// not closed yet holds nothing).
     pub fn live(&self) -> usize {
         let relays = self.inner.relays.lock().unwrap_or_else(|e| e.into_inner());
-        relays.iter().filter_map(|w| w.live.upgrade()).filter(|live| live.lock().is_some()).count()
+        relays.slots.iter().flatten().filter(|w| w.live.lock().is_some()).count()
     }
 
-    fn watch(&self, live: &Arc<Live>) {
-        let watched = Watched { live: Arc::downgrade(live), seen: 0, since: live.started };
-        self.inner.relays.lock().unwrap_or_else(|e| e.into_inner()).push(watched);
+    fn watch(&self, live: &Arc<Live>) -> Watch {
+        let watched = Watched { live: live.clone(), seen: 0, since: live.started };
+        let slot = {
+            let mut list = self.inner.relays.lock().unwrap_or_else(|e| e.into_inner());
+            match list.free.pop() {
+                Some(slot) => {
+                    list.slots[slot] = Some(watched);
+                    slot
+                }
+                None => {
+                    list.slots.push(Some(watched));
+                    list.slots.len() - 1
+                }
+            }
+        };
         self.inner.started.call_once(|| {
             let weak = Arc::downgrade(&self.inner);
             let tick = (self.inner.idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
@@ -395,6 +439,7 @@ impl Watchdog {
                 }
             });
         });
+        Watch { inner: Arc::downgrade(&self.inner), slot }
     }
 }
 
@@ -403,9 +448,8 @@ impl WatchdogInner {
         let mut cut = Vec::new();
         {
             let mut list = self.relays.lock().unwrap_or_else(|e| e.into_inner());
-            list.retain(|w| w.live.strong_count() > 0);
-            for watched in list.iter_mut() {
-                let Some(live) = watched.live.upgrade() else { continue };
+            for watched in list.slots.iter_mut().flatten() {
+                let live = watched.live.clone();
                 let progress = live.progress.load(Ordering::Relaxed);
                 if progress != watched.seen || !live.waiting.load(Ordering::Relaxed) {
                     // The client read, or the relay waits on its upstream
