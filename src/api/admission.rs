@@ -78,6 +78,14 @@ impl Bytes {
         if n == 0 {
             return Ok(());
         }
+        // Nearly always there is room: no timer, no waiting.
+        if let Ok(permit) = self.bytes.clone().try_acquire_many_owned(n) {
+            match &mut self.permits {
+                Some(held) => held.merge(permit),
+                None => self.permits = Some(permit),
+            }
+            return Ok(());
+        }
         let acquired = tokio::time::timeout(within, self.bytes.clone().acquire_many_owned(n)).await;
         match acquired {
             Ok(Ok(permit)) => {

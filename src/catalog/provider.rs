@@ -90,7 +90,16 @@ impl Provider {
     /// model's own (or the provider's, for models it does not list) and
     /// the key's shared ones.
     pub fn budget_for(&self, model: &str) -> Budget {
-        Budget { model: self.models.load().get(model).map_or(self.limits, |m| m.limits), key: self.key_limits }
+        self.budget_and_window(model).0
+    }
+
+    /// [`Provider::budget_for`] and [`Provider::context_window`] in one
+    /// lookup (the dispatcher needs both for every candidate).
+    pub fn budget_and_window(&self, model: &str) -> (Budget, Option<u64>) {
+        let models = self.models.load();
+        let listed = models.get(model);
+        let budget = Budget { model: listed.map_or(self.limits, |m| m.limits), key: self.key_limits };
+        (budget, listed.and_then(|m| m.context))
     }
 
     /// The context window of `model`, when known.
