@@ -6,14 +6,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-use crate::support::gateway::{TestGateway, chat_body, provider, start};
+use crate::support::gateway::{TestGateway, chat_body, h2_client, provider, start, stream_request};
 use crate::support::mock::{Behavior, Mock};
 
 async fn one(extra: &str) -> (Mock, TestGateway) {
@@ -149,13 +145,10 @@ async fn http2_streams_per_connection_are_capped() {
     let (m, gw) = one("server: { max_streams_per_connection: 2 }").await;
     let gate = Arc::new(Semaphore::new(0));
     m.on_all(Behavior::Gated(gate.clone()));
-    let client = Client::builder(TokioExecutor::new()).http2_only(true).build_http::<Full<Bytes>>();
+    let client = h2_client(None);
     let mut pending = Vec::new();
     for _ in 0..3 {
-        let request = http::Request::post(gw.url("/v1/chat/completions"))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(chat_body("p/m", true))))
-            .unwrap();
+        let request = stream_request(&gw, "p/m");
         let client = client.clone();
         pending.push(tokio::spawn(async move { client.request(request).await }));
     }

@@ -5,14 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 
-use crate::support::gateway::{TestGateway, chat_body, provider, start};
+use crate::support::gateway::{TestGateway, chat_body, h2_client, provider, start, stream_request};
 use crate::support::mock::{Behavior, Mock};
 
 /// A gateway in front of a mock that streams for ever.
@@ -75,18 +72,10 @@ async fn http2_streams_with_a_closed_window_are_cut_and_the_gateway_keeps_servin
     let (m, gw) = endless("{ stream_idle_timeout: 400ms }").await;
     // One HTTP/2 connection whose stream windows are tiny and never
     // reopened: the client holds the bodies without reading them.
-    let client = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .http2_initial_stream_window_size(1024)
-        .http2_initial_connection_window_size(1024 * 1024)
-        .build_http::<Full<Bytes>>();
+    let client = h2_client(Some(1024));
     let mut held = Vec::new();
     for _ in 0..8 {
-        let request = http::Request::post(gw.url("/v1/chat/completions"))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(chat_body("p/m", true))))
-            .unwrap();
-        let response = client.request(request).await.unwrap();
+        let response = client.request(stream_request(&gw, "p/m")).await.unwrap();
         assert_eq!(response.status(), 200);
         held.push(response);
     }
@@ -135,17 +124,10 @@ async fn a_cut_stream_gives_back_its_place_in_flight_while_its_client_holds_on()
         provider("p", &m.base_url(), &["k"], &["m"])
     );
     let gw = start(&yaml).await;
-    let client = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .http2_initial_stream_window_size(1024)
-        .build_http::<Full<Bytes>>();
+    let client = h2_client(Some(1024));
     let mut held = Vec::new();
     for _ in 0..4 {
-        let request = http::Request::post(gw.url("/v1/chat/completions"))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(chat_body("p/m", true))))
-            .unwrap();
-        held.push(client.request(request).await.unwrap());
+        held.push(client.request(stream_request(&gw, "p/m")).await.unwrap());
     }
     assert_eq!(gw.chat("p/m").await.status, 503, "four streams fill the four places");
     assert!(eventually(Duration::from_secs(10), || m.open_streams() == 0).await, "the streams were not cut");

@@ -180,3 +180,22 @@ pub fn provider(name: &str, base_url: &str, keys: &[&str], models: &[&str]) -> S
         models.join(", ")
     )
 }
+
+/// A streamed chat request to the gateway, ready for any client.
+pub fn stream_request(gw: &TestGateway, model: &str) -> Request<Full<Bytes>> {
+    Request::post(gw.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(chat_body(model, true))))
+        .unwrap()
+}
+
+/// An HTTP/2 (prior knowledge) client; with `window`, streams get that
+/// small a window and never more unless their bodies are read.
+pub fn h2_client(window: Option<u32>) -> Client<HttpConnector, Full<Bytes>> {
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder.http2_only(true);
+    if let Some(window) = window {
+        builder.http2_initial_stream_window_size(window).http2_initial_connection_window_size(1024 * 1024);
+    }
+    builder.build_http()
+}
