@@ -180,8 +180,10 @@ impl Relay {
 
     /// The next SSE frame for the client.
     pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
-        // Being polled: the client took what it was given.
-        self.live.progress.fetch_add(1, Ordering::Relaxed);
+        // Being polled: the client took what it was given. Only the relay
+        // writes this counter (the watchdog reads it): no atomic add needed.
+        let progress = self.live.progress.load(Ordering::Relaxed);
+        self.live.progress.store(progress.wrapping_add(1), Ordering::Relaxed);
         match self.poll_fill(cx) {
             Poll::Ready(()) => {
                 let next = self.state.pending.pop_front();
