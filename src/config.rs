@@ -281,6 +281,12 @@ pub struct DispatchConfig {
     /// Streams: a stream is closed this long after it started, whatever
     /// happens. At least `stream_idle_timeout`, at most 1 day.
     pub stream_max_duration: ConfigDuration,
+    /// Consecutive failed attempts (5xx, timeouts, connect errors) after
+    /// which a provider's circuit opens: it is skipped for
+    /// `circuit_open`, then one request probes it. 0 turns it off.
+    pub circuit_failures: u32,
+    /// How long an open circuit skips its provider before a probe.
+    pub circuit_open: ConfigDuration,
     /// A PEM file of extra root certificates trusted for upstream TLS, on
     /// top of the public (webpki) roots: for self-hosted upstreams behind a
     /// private CA.
@@ -297,6 +303,8 @@ impl Default for DispatchConfig {
             first_byte_timeout: ConfigDuration::secs(30),
             stream_idle_timeout: ConfigDuration::secs(60),
             stream_max_duration: ConfigDuration::secs(3600),
+            circuit_failures: 5,
+            circuit_open: ConfigDuration::secs(30),
             ca_file: None,
         }
     }

@@ -70,6 +70,13 @@ pub struct PluginLabels {
     pub kind: &'static str,
 }
 
+/// A provider.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    /// Provider name.
+    pub provider: Arc<str>,
+}
+
 /// Why the watchdog closed a stream.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CutLabels {
@@ -86,6 +93,8 @@ pub struct Gauges {
     pub pins: u64,
     /// Streams being relayed.
     pub streams: usize,
+    /// Providers whose circuit is open or probing.
+    pub circuits_open: usize,
 }
 
 /// Endpoint label.
@@ -112,6 +121,8 @@ pub struct Metrics {
     stream_failures: Family<ModelLabels, Counter>,
     stream_client_gone: Family<ModelLabels, Counter>,
     streams_cut: Family<CutLabels, Counter>,
+    circuit_opens: Family<ProviderLabels, Counter>,
+    circuits_open: Gauge,
     plugin_failures: Family<PluginLabels, Counter>,
     limit_skips: Family<LimitLabels, Counter>,
     policy_duration: HistogramFamily<PolicyLabels>,
@@ -199,6 +210,8 @@ impl Metrics {
             stream_failures: Family::default(),
             stream_client_gone: Family::default(),
             streams_cut: Family::default(),
+            circuit_opens: Family::default(),
+            circuits_open: Gauge::default(),
             plugin_failures: Family::default(),
             limit_skips: Family::default(),
             policy_duration: Family::new_with_constructor(fast_histogram),
@@ -237,6 +250,16 @@ impl Metrics {
             "stream_client_disconnects",
             "Streams that ended because their client went away or stopped reading",
             m.stream_client_gone.clone(),
+        );
+        registry.register(
+            "circuit_opens",
+            "Times a provider's circuit opened because it failed its recent calls",
+            m.circuit_opens.clone(),
+        );
+        registry.register(
+            "circuits_open",
+            "Providers skipped or probed because they were failing",
+            m.circuits_open.clone(),
         );
         registry.register(
             "streams_cut",
@@ -301,6 +324,11 @@ impl Metrics {
         self.stream_client_gone.get_or_create(&labels).inc();
     }
 
+    /// A provider's circuit opened.
+    pub fn circuit_opened(&self, provider: &Arc<str>) {
+        self.circuit_opens.get_or_create(&ProviderLabels { provider: provider.clone() }).inc();
+    }
+
     /// The watchdog closed a stream.
     pub fn stream_cut(&self, reason: &'static str) {
         self.streams_cut.get_or_create(&CutLabels { reason }).inc();
@@ -356,6 +384,7 @@ impl Metrics {
         self.cooldowns.set(gauge(gauges.cooldowns as u64));
         self.pins.set(gauge(gauges.pins));
         self.streams.set(gauge(gauges.streams as u64));
+        self.circuits_open.set(gauge(gauges.circuits_open as u64));
         let mut out = String::with_capacity(4096);
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();

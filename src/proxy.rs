@@ -54,7 +54,7 @@ use crate::config::DispatchConfig;
 use crate::errors::ApiError;
 use crate::metrics::Metrics;
 use crate::policy::{Pipeline, Policies};
-use crate::state::StateStore;
+use crate::state::{CircuitPolicy, StateStore};
 use crate::upstream::Upstream;
 use crate::upstream::relay::Watchdog;
 
@@ -71,6 +71,7 @@ pub struct Proxy {
     settings: DispatchConfig,
     policies: Policies,
     watchdog: Watchdog,
+    circuit: CircuitPolicy,
 }
 
 /// One request on its way through the phases.
@@ -102,6 +103,13 @@ impl Proxy {
     ) -> Self {
         let watchdog =
             Watchdog::new(settings.stream_idle_timeout.get(), settings.stream_max_duration.get(), metrics.clone());
+        let circuit = CircuitPolicy {
+            failures: settings.circuit_failures,
+            open_for: settings.circuit_open.get(),
+            // A probe that has not reported back by the time its attempt
+            // must have ended lets another request probe.
+            probe_for: settings.timeout.get().max(settings.first_byte_timeout.get()),
+        };
         Self {
             routes: ArcSwap::from_pointee(routes),
             rebuilding: Mutex::new(()),
@@ -111,6 +119,7 @@ impl Proxy {
             settings,
             policies,
             watchdog,
+            circuit,
         }
     }
 

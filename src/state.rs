@@ -19,8 +19,10 @@
 //! | `usage.rs` | sliding-minute and rolling-day counters, limit checks |
 //! | `keys.rs` | keys the upstream rejected (401/403) |
 //! | `pins.rs` | conversation → the model that answered it |
+//! | `circuits.rs` | per provider: closed, open until when, or probing |
 //! | `memory.rs` | [`MemoryState`]: the four above, bounded |
 
+mod circuits;
 mod cooldowns;
 mod keys;
 mod memory;
@@ -33,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+pub use circuits::{Circuit, CircuitChange, CircuitPolicy};
 pub use memory::{MemoryState, StateBounds};
 pub use usage::{Admission, Limit, LimitHit, Refund};
 
@@ -135,6 +138,22 @@ pub trait StateStore: Send + Sync {
 
     /// Pins in force (approximately: expired pins leave in the background).
     fn pins(&self) -> u64;
+
+    /// Whether a request may go to `provider` now (its circuit breaker).
+    fn circuit(&self, provider: &Arc<str>, now: Instant, policy: &CircuitPolicy) -> Circuit;
+
+    /// Records an attempt's result for `provider`'s circuit: `up` when the
+    /// provider answered, `false` for a 5xx, a timeout or a connect error.
+    fn circuit_result(
+        &self,
+        provider: &Arc<str>,
+        up: bool,
+        now: Instant,
+        policy: &CircuitPolicy,
+    ) -> Option<CircuitChange>;
+
+    /// Providers whose circuit is not closed.
+    fn open_circuits(&self) -> Vec<Arc<str>>;
 }
 
 /// `now + d`, or `None` when that is past what an `Instant` can hold.

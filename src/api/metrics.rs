@@ -14,6 +14,7 @@ pub fn scrape(gateway: &Gateway) -> Response<ResponseBody> {
         cooldowns: proxy.state().active_cooldowns(Instant::now()),
         pins: proxy.state().pins(),
         streams: proxy.watchdog().live(),
+        circuits_open: proxy.state().open_circuits().len(),
     });
     let mut r = Response::new(ResponseBody::full(text));
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::metrics::CONTENT_TYPE));

@@ -441,6 +441,9 @@ fn dispatch(cfg: &Config, r: &mut Report<'_>) {
     } else {
         within(r, "dispatch.stream_max_duration", d.stream_max_duration, MS, DAY);
     }
+    // More consecutive failures than this is not a circuit breaker any more.
+    count_within(r, "dispatch.circuit_failures", u64::from(d.circuit_failures), 0, 1000);
+    within(r, "dispatch.circuit_open", d.circuit_open, Duration::from_secs(1), HOUR);
 }
 
 #[cfg(test)]

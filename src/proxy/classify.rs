@@ -67,6 +67,17 @@ impl Failure {
         Self::transient("timeout", None, format!("{what} timed out after {after:?}"))
     }
 
+    /// The provider itself failed (a 5xx, a timeout, a connect error, a
+    /// stream broken before its first chunk), as opposed to answering with
+    /// an error about this request or key: what its circuit breaker counts.
+    pub fn provider_down(&self) -> bool {
+        match self.outcome {
+            "timeout" | "connect_error" => true,
+            "upstream_error" => self.status.is_none_or(|s| s >= 500 || s == 200),
+            _ => false,
+        }
+    }
+
     /// The same failure with every secret of the provider removed from the
     /// text a client or a log line could see: the one place attempts are
     /// redacted, whatever produced the text (the upstream's body, a plugin's

@@ -20,9 +20,10 @@ use super::request::{ClientRequest, Operation};
 use crate::body::ResponseBody;
 use crate::catalog::provider::Key;
 use crate::catalog::routes::Candidate;
-use crate::errors::{ApiError, Attempt};
+use crate::errors::{ApiError, Attempt, ceil_secs};
 use crate::plugin::ErrorKind;
 use crate::state::usage::estimate_tokens;
+use crate::state::{Circuit, CircuitChange};
 
 /// What dispatching a request came to.
 pub struct Outcome {
@@ -85,9 +86,17 @@ pub async fn run(proxy: &Proxy, request: &ClientRequest, candidates: &[Candidate
             tally.skip(candidate, format!("skipped: plugin `{}` has no embeddings", provider.plugin.name()));
             continue;
         }
-        let budget = provider.budget_for(&candidate.model);
-        let estimate =
-            estimate_tokens(request.raw.len(), request.max_tokens, provider.context_window(&candidate.model));
+        // A provider failing every call is skipped while its circuit is open.
+        if let Circuit::Open { until } = proxy.state.circuit(&provider.name, Instant::now(), &proxy.circuit) {
+            let wait = ceil_secs(until.saturating_duration_since(Instant::now()));
+            tally.skip(
+                candidate,
+                format!("skipped: {} failed its recent calls; it is tried again in {wait}s", provider.name),
+            );
+            continue;
+        }
+        let (budget, window) = provider.budget_and_window(&candidate.model);
+        let estimate = estimate_tokens(request.raw.len(), request.max_tokens, window);
         let n = provider.keys.len();
         let start = provider.next_key_start();
         let mut usable = false;
@@ -122,6 +131,17 @@ pub async fn run(proxy: &Proxy, request: &ClientRequest, candidates: &[Candidate
                 tracing::debug_span!("attempt", provider = %provider.name, model = %candidate.model, key = key.index);
             let result = attempt::attempt(proxy, request, candidate, key, &admission).instrument(span).await;
             let elapsed = started.elapsed();
+            let up = result.as_ref().err().is_none_or(|f| !f.provider_down());
+            match proxy.state.circuit_result(&provider.name, up, Instant::now(), &proxy.circuit) {
+                Some(CircuitChange::Opened) => {
+                    proxy.metrics.circuit_opened(&provider.name);
+                    tracing::warn!(provider = %provider.name, for_ = ?proxy.circuit.open_for, "provider failing: its circuit opens");
+                }
+                Some(CircuitChange::Closed) => {
+                    tracing::info!(provider = %provider.name, "provider answers again: its circuit closes")
+                }
+                None => {}
+            }
             let failure = match result {
                 Ok(response) => {
                     proxy.metrics.attempt(&provider.name, &candidate.metric_model(), "ok", elapsed);

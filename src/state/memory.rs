@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use moka::sync::Cache;
 
+use super::circuits::{Circuit, CircuitChange, CircuitPolicy, Circuits};
 use super::cooldowns::Cooldowns;
 use super::keys::KeyHealth;
 use super::pins::Pins;
@@ -54,6 +55,7 @@ pub struct MemoryState {
     usage: Cache<CounterKey, Arc<Counter>>,
     keys: KeyHealth,
     pins: Pins,
+    circuits: Circuits,
 }
 
 impl Default for MemoryState {
@@ -75,6 +77,7 @@ impl MemoryState {
             usage,
             keys: KeyHealth::default(),
             pins: Pins::new(bounds.pin_bytes),
+            circuits: Circuits::default(),
         }
     }
 
@@ -196,6 +199,24 @@ impl StateStore for MemoryState {
 
     fn pins(&self) -> u64 {
         self.pins.len()
+    }
+
+    fn circuit(&self, provider: &Arc<str>, now: Instant, policy: &CircuitPolicy) -> Circuit {
+        self.circuits.check(provider, now, policy)
+    }
+
+    fn circuit_result(
+        &self,
+        provider: &Arc<str>,
+        up: bool,
+        now: Instant,
+        policy: &CircuitPolicy,
+    ) -> Option<CircuitChange> {
+        self.circuits.record(provider, up, now, policy)
+    }
+
+    fn open_circuits(&self) -> Vec<Arc<str>> {
+        self.circuits.open()
     }
 }
 

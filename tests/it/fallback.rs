@@ -327,3 +327,46 @@ async fn https_upstreams_get_http2_when_they_offer_it_and_a_private_ca_can_be_tr
     assert_eq!(answer.status, 502);
     assert!(answer.text().contains("certificate"), "{}", answer.text());
 }
+
+#[tokio::test]
+async fn a_provider_failing_every_call_is_skipped_then_probed_once_and_trusted_again() {
+    let (a, _b, gw) = two_providers("{ circuit_failures: 3, circuit_open: 1s }").await;
+    a.on_all(Behavior::status(503));
+    for _ in 0..3 {
+        assert_answered_by(&gw.chat("r").await, "b/m2", "m2", 1);
+    }
+    // The circuit is open: a is skipped without a call.
+    let skipped = gw.chat("r").await;
+    assert_answered_by(&skipped, "b/m2", "m2", 0);
+    assert_eq!(a.chats().len(), 3, "a was called while its circuit was open");
+    let metrics = gw.get("/metrics", &[]).await.text();
+    assert!(metrics.contains(r#"freeway_circuit_opens_total{provider="a"} 1"#), "{metrics}");
+    assert!(metrics.contains("freeway_circuits_open 1"), "{metrics}");
+    // Everything else failing too: the 502 says why a was not tried.
+    let only_a = gw.chat("a/m1").await;
+    assert_eq!(only_a.status, 502);
+    assert!(only_a.text().contains("failed its recent calls"), "{}", only_a.text());
+    // a recovers; after circuit_open one request probes it, then it is trusted.
+    a.on_all(Behavior::Ok);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_answered_by(&gw.chat("r").await, "a/m1", "m1", 0);
+    assert_answered_by(&gw.chat("r").await, "a/m1", "m1", 0);
+    assert!(gw.get("/metrics", &[]).await.text().contains("freeway_circuits_open 0"));
+}
+
+#[tokio::test]
+async fn rate_limits_and_client_errors_do_not_open_a_circuit() {
+    let (a, _b, gw) = two_providers("{ circuit_failures: 2, circuit_open: 60s }").await;
+    a.on_all(Behavior::rate_limited("1"));
+    for _ in 0..4 {
+        assert_eq!(gw.chat("a/m1").await.status, 429);
+        tokio::time::sleep(Duration::from_millis(1050)).await;
+    }
+    a.on_all(Behavior::status(400));
+    for _ in 0..3 {
+        assert_eq!(gw.chat("a/m1").await.status, 400);
+    }
+    a.on_all(Behavior::Ok);
+    assert_eq!(gw.chat("a/m1").await.status, 200, "a provider that answers is not cut off");
+    assert!(!gw.get("/metrics", &[]).await.text().contains("freeway_circuit_opens_total{"));
+}
