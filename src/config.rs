@@ -395,11 +395,41 @@ impl Config {
 }
 
 /// `state:`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct StateConfig {
-    /// A file path for the embedded database, or a `redis://` URL.
+    /// The embedded database file (default `$XDG_STATE_HOME/freeway/freeway.db`,
+    /// else `~/.local/state/freeway/freeway.db`); `""` keeps state in memory only.
     pub path: Option<String>,
+    /// A `redis://` URL: several instances share their state through it.
+    pub redis: Option<String>,
+    /// How long the request log is kept (1h to 400 days).
+    pub log_retention: ConfigDuration,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self { path: None, redis: None, log_retention: ConfigDuration::secs(30 * 24 * 3600) }
+    }
+}
+
+impl Config {
+    /// The state database's file, resolved against the config's folder;
+    /// the default lives under `$XDG_STATE_HOME` (or `~/.local/state`) of
+    /// `env`; `None` when state is kept in memory only.
+    pub fn state_path(&self, env: &Env) -> Option<PathBuf> {
+        match self.state.path.as_deref() {
+            Some("") => None,
+            Some(path) => Some(self.resolve_path(path)),
+            None => {
+                let base = match env.get_nonempty("XDG_STATE_HOME") {
+                    Some(dir) => PathBuf::from(dir),
+                    None => PathBuf::from(env.get_nonempty("HOME")?).join(".local/state"),
+                };
+                Some(base.join("freeway/freeway.db"))
+            }
+        }
+    }
 }
 
 /// A `T` written either as a plain string (its main field) or as a map.

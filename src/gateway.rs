@@ -24,7 +24,7 @@ use crate::policy::watch::PolicyWatcher;
 use crate::policy::{Pipeline, Policies, Source as PolicySource};
 use crate::proxy::Proxy;
 use crate::secret::Redactor;
-use crate::state::{MemoryState, StateStore};
+use crate::state::{Clock, MemoryState, PersistentState, StateBounds, StateStore};
 use crate::upstream::Upstream;
 
 /// Where the policies come from: `policies.dir` when it exists, else the
@@ -56,6 +56,19 @@ fn route_tables(
     }
     let overrides = pipeline.build_pools(&base, metrics);
     Router::new(providers, disabled, config, catalog, &overrides)
+}
+
+/// The state store `config` asks for: the database file (loaded), or
+/// memory only.
+fn open_state(config: &Config, env: &Env, clock: Clock) -> Result<Arc<dyn StateStore>, Vec<String>> {
+    let Some(path) = config.state_path(env) else {
+        return Ok(Arc::new(MemoryState::with_clock(StateBounds::default(), clock)));
+    };
+    let retention = config.state.log_retention.get();
+    match PersistentState::open(&path, retention, StateBounds::default(), clock) {
+        Ok(state) => Ok(Arc::new(state)),
+        Err(e) => Err(vec![format!("state.path: {e}")]),
+    }
 }
 
 /// A weak handle on a gateway.
@@ -95,6 +108,12 @@ impl Gateway {
     /// ones that answer). Fails, listing every problem, when a plugin cannot
     /// be loaded.
     pub async fn new(config: Config, catalog: Catalog, env: &Env) -> Result<Self, Vec<String>> {
+        Self::with_clock(config, catalog, env, Clock::system()).await
+    }
+
+    /// [`Gateway::new`] on `clock`: tests start it just before a
+    /// provider's quota reset instead of waiting for one.
+    pub async fn with_clock(config: Config, catalog: Catalog, env: &Env, clock: Clock) -> Result<Self, Vec<String>> {
         let metrics = Arc::new(Metrics::new());
         let plugin_dir = config.plugins_dir();
         let plugins = PluginHost::load(&config.plugin_settings(), plugin_dir.as_deref(), metrics.clone())?;
@@ -105,10 +124,14 @@ impl Gateway {
         let upstream = Upstream::new(config.dispatch.connect_timeout.get(), &extra_roots);
         let local = probe_local(&upstream, &plugins, &config, &catalog).await;
         let (enabled, disabled) = provider::build(&config, &catalog, env, &local, &plugins);
+        let state = open_state(&config, env, clock)?;
+        let restored = discovery::restore(&enabled, &state);
+        if restored > 0 {
+            tracing::info!(providers = restored, "model lists from the last run restored; discovery refreshes them");
+        }
         let pipeline = Pipeline::compile(&policy_source(&config), &config.policies.disabled, &config.policies.settings)
             .map_err(|errors| errors.iter().map(|e| format!("policy {e}")).collect::<Vec<_>>())?;
         let router = route_tables(enabled, disabled, &config, &catalog, &pipeline, &metrics);
-        let state: Arc<dyn StateStore> = Arc::new(MemoryState::default());
         let proxy =
             Proxy::new(router, state, upstream, metrics.clone(), config.dispatch.clone(), Policies::new(pipeline));
         let auth = Auth::new(&config.server.api_keys);

@@ -20,12 +20,22 @@
 //! | `keys.rs` | keys the upstream rejected (401/403) |
 //! | `pins.rs` | conversation → the model that answered it |
 //! | `circuits.rs` | per provider: closed, open until when, or probing |
-//! | `memory.rs` | [`MemoryState`]: the four above, bounded |
+//! | `memory.rs` | [`MemoryState`]: the five above, bounded |
+//! | `clock.rs` | the monotonic clock tied to wall-clock time |
+//! | `db.rs` | the SQLite file: schema, migrations, a corrupt file moved aside |
+//! | `journal.rs` | write-behind: changes queued, written once per 500 ms |
+//! | `log.rs` | the request log's records |
+//! | `persistent.rs` | [`PersistentState`]: memory, loaded from and written to the file |
 
 mod circuits;
+mod clock;
 mod cooldowns;
+pub mod db;
+mod journal;
 mod keys;
+pub mod log;
 mod memory;
+mod persistent;
 mod pins;
 pub mod usage;
 
@@ -36,8 +46,11 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 pub use circuits::{Circuit, CircuitChange, CircuitPolicy};
+pub use clock::Clock;
+pub use log::{AttemptRecord, RequestRecord};
 pub use memory::{MemoryState, StateBounds};
-pub use usage::{Admission, Limit, LimitHit, Refund};
+pub use persistent::PersistentState;
+pub use usage::{Admission, Limit, LimitHit, Period, Refund};
 
 use crate::config::Limits;
 
@@ -81,6 +94,56 @@ pub struct Budget {
     pub model: Limits,
     /// Limits the key shares across all its models.
     pub key: Limits,
+    /// The provider's current quota period, when its daily quota resets
+    /// on a calendar (else daily limits roll over 24 hours).
+    pub period: Option<Period>,
+}
+
+/// Why a model cools down on a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cooling {
+    /// A 429 (for its `Retry-After`, or `dispatch.cooldown`).
+    RateLimited,
+    /// A 429 about a daily (or monthly) quota: until the provider's reset.
+    DailyQuota,
+    /// The key's credit or quota is spent (402).
+    QuotaExhausted,
+    /// The upstream's rate-limit headers said nothing is left.
+    NoneLeft,
+}
+
+impl Cooling {
+    /// How it is written in the database, the status API and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::RateLimited => "rate_limited",
+            Self::DailyQuota => "daily_quota",
+            Self::QuotaExhausted => "quota_exhausted",
+            Self::NoneLeft => "none_left",
+        }
+    }
+
+    /// The reason written as `label`.
+    pub fn from_label(label: &str) -> Option<Self> {
+        [Self::RateLimited, Self::DailyQuota, Self::QuotaExhausted, Self::NoneLeft].into_iter().find(|c| c.label() == label)
+    }
+}
+
+/// How the state store is doing, for `/health`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct StateHealth {
+    /// `memory` or `sqlite`.
+    pub backend: &'static str,
+    /// The database file, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Where a corrupt database was moved at start-up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moved_aside: Option<String>,
+    /// The last write to the database failed (a full disk...).
+    pub failing: bool,
+    /// Changes dropped because the database could not keep up.
+    pub dropped_writes: u64,
 }
 
 /// Longest a session pin lasts, whatever a policy asks for.
@@ -94,8 +157,16 @@ pub trait StateStore: Send + Sync {
     /// When `model` stops cooling down on `key`, if it is cooling at `now`.
     fn cooling_until(&self, key: &KeyId, model: &Arc<str>, now: Instant) -> Option<Instant>;
 
-    /// Cools `model` on `key` until `until` (never shortens a cooldown).
-    fn cool(&self, key: &KeyId, model: &Arc<str>, until: Instant);
+    /// Cools `model` on `key` until `until`, for `why` (never shortens a
+    /// cooldown).
+    fn cool(&self, key: &KeyId, model: &Arc<str>, until: Instant, why: Cooling);
+
+    /// Every model/key pair cooling at `now`: until when, and why.
+    fn cooldowns(&self, now: Instant) -> Vec<(KeyId, Arc<str>, Instant, Cooling)>;
+
+    /// Ends the cooldowns (and daily exhaustion) of `provider`, or of one
+    /// of its models or keys; how many ended.
+    fn clear_cooldowns(&self, provider: &str, model: Option<&str>, fingerprint: Option<u64>) -> usize;
 
     /// Model/key pairs cooling down at `now`, across every provider.
     fn active_cooldowns(&self, now: Instant) -> usize;
@@ -106,6 +177,9 @@ pub trait StateStore: Send + Sync {
     /// The upstream rejected `key`: it is not used again until the config
     /// changes.
     fn mark_invalid(&self, key: &KeyId);
+
+    /// Every key the upstream rejected.
+    fn invalid_keys(&self) -> Vec<KeyId>;
 
     /// Admits one request of about `tokens` to `model` on `key` under
     /// `budget`, and charges it; or says which limit it would pass and when
@@ -154,6 +228,32 @@ pub trait StateStore: Send + Sync {
 
     /// Providers whose circuit is not closed.
     fn open_circuits(&self) -> Vec<Arc<str>>;
+
+    /// The clock that ties this store's instants to wall-clock time.
+    fn clock(&self) -> Clock;
+
+    /// Logs a served request (nothing, without a database).
+    fn log_request(&self, _record: RequestRecord) {}
+
+    /// The tokens a logged request used, once its answer ended.
+    fn log_tokens(&self, _id: i64, _tokens_in: u64, _tokens_out: u64) {}
+
+    /// Keeps `provider`'s model list (JSON) for the next start.
+    fn save_models(&self, _provider: &str, _json: String) {}
+
+    /// The model list kept for `provider` by an earlier run.
+    fn saved_models(&self, _provider: &str) -> Option<String> {
+        None
+    }
+
+    /// How the store is doing.
+    fn health(&self) -> StateHealth;
+
+    /// Writes whatever is waiting to be written, waiting at most `within`
+    /// (shutdown, tests); whether it all was.
+    fn flush(&self, _within: Duration) -> bool {
+        true
+    }
 }
 
 /// `now + d`, or `None` when that is past what an `Instant` can hold.

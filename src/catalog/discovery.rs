@@ -134,6 +134,9 @@ pub async fn refresh(
         let Ok((provider, result)) = joined else { continue };
         let outcome = match result {
             Ok(records) => {
+                if let Ok(json) = serde_json::to_string(&records) {
+                    state.save_models(&provider.name, json);
+                }
                 let table = merge(&provider, records);
                 let n = table.len();
                 provider.set_models(table);
@@ -153,6 +156,24 @@ pub async fn refresh(
     }
     outcomes.sort_by(|a, b| a.0.cmp(&b.0));
     outcomes
+}
+
+/// Gives each provider the model list an earlier run discovered and kept in
+/// the state database, so that a restart routes to discovered models before
+/// the first refresh has answered. Returns how many providers got one.
+pub fn restore(providers: &[Arc<Provider>], state: &Arc<dyn StateStore>) -> usize {
+    let mut restored = 0;
+    for provider in providers {
+        let Some(json) = state.saved_models(&provider.name) else { continue };
+        match serde_json::from_str::<Vec<ModelRecord>>(&json) {
+            Ok(records) => {
+                provider.set_models(merge(provider, records));
+                restored += 1;
+            }
+            Err(e) => tracing::warn!(provider = %provider.name, "the saved model list is unreadable ({e}); waiting for discovery"),
+        }
+    }
+    restored
 }
 
 /// The provider's static models (catalog and config, untouched) followed by

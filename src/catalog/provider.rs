@@ -98,7 +98,7 @@ impl Provider {
     pub fn budget_and_window(&self, model: &str) -> (Budget, Option<u64>) {
         let models = self.models.load();
         let listed = models.get(model);
-        let budget = Budget { model: listed.map_or(self.limits, |m| m.limits), key: self.key_limits };
+        let budget = Budget { model: listed.map_or(self.limits, |m| m.limits), key: self.key_limits, period: None };
         (budget, listed.and_then(|m| m.context))
     }
 

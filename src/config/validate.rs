@@ -58,7 +58,7 @@ pub(super) fn config(
     cfg: &Config,
     unset: &[(String, Vec<String>)],
     catalog: &Catalog,
-    map: &SourceMap,
+    _map: &SourceMap,
     problems: &mut Vec<Problem>,
     warnings: &mut Vec<Problem>,
 ) {
@@ -113,11 +113,27 @@ pub(super) fn config(
     // A plugin call is a translation with no I/O, done in microseconds to
     // milliseconds; 10s is a runaway holding a worker thread.
     within(&mut r, "plugins.call_timeout", cfg.plugins.call_timeout, MS, 10 * Duration::from_secs(1));
-    for (section, what) in [("state", "persistent state")] {
-        if map.line(section).is_some() {
-            r.warn(section, format!("{what} is accepted but not active in this version of freeway"));
-        }
+    state(cfg, &mut r);
+}
+
+/// `state:`: the database path is a file, not a URL; the log is kept at
+/// least an hour (shorter loses what the analytics read) and at most 400
+/// days.
+fn state(cfg: &Config, r: &mut Report<'_>) {
+    if let Some(path) = cfg.state.path.as_deref()
+        && path.contains("://")
+    {
+        r.error("state.path", format!("`{path}` is a URL; state.path is a file (put a Redis URL in state.redis)"));
     }
+    if let Some(url) = cfg.state.redis.as_deref()
+        && !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://"))
+    {
+        r.error("state.redis", format!("`{url}` is not a redis:// (or rediss://) URL"));
+    }
+    if cfg.state.redis.is_some() {
+        r.warn("state.redis", "sharing state through Redis is accepted but not active in this version of freeway".to_owned());
+    }
+    within(r, "state.log_retention", cfg.state.log_retention, 3600 * Duration::from_secs(1), 400 * DAY);
 }
 
 /// Checks a catalog file: the same provider and route rules as a config,

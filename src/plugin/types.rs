@@ -51,8 +51,9 @@ impl Usage {
     }
 }
 
-/// A model from a provider's listing.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A model from a provider's listing (kept in the state database as JSON,
+/// so a restart routes to it before discovery has run).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ModelRecord {
     /// The provider's id.
     pub id: String,

@@ -23,7 +23,7 @@ use crate::catalog::routes::Candidate;
 use crate::errors::{ApiError, Attempt, ceil_secs};
 use crate::plugin::ErrorKind;
 use crate::state::usage::estimate_tokens;
-use crate::state::{Circuit, CircuitChange};
+use crate::state::{Circuit, CircuitChange, Cooling};
 
 /// What dispatching a request came to.
 pub struct Outcome {
@@ -198,7 +198,7 @@ fn decide(proxy: &Proxy, candidate: &Candidate, key: &Key, failure: Failure, tal
         ErrorKind::RateLimited { retry_after } => {
             let wait = retry_after.unwrap_or(cooldown).clamp(Duration::from_secs(1), MAX_COOLDOWN);
             if let Some(until) = now.checked_add(wait) {
-                proxy.state.cool(&key.id, &candidate.model, until);
+                proxy.state.cool(&key.id, &candidate.model, until, Cooling::RateLimited);
                 tally.wait_until(until);
             }
             proxy.metrics.fallback(failure.outcome);
@@ -214,7 +214,7 @@ fn decide(proxy: &Proxy, candidate: &Candidate, key: &Key, failure: Failure, tal
         }
         ErrorKind::QuotaExhausted => {
             if let Some(until) = now.checked_add(cooldown) {
-                proxy.state.cool(&key.id, &candidate.model, until);
+                proxy.state.cool(&key.id, &candidate.model, until, Cooling::QuotaExhausted);
             }
             tally.only_rate_limits = false;
             proxy.metrics.fallback(failure.outcome);

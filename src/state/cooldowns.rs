@@ -12,32 +12,33 @@ use std::time::{Duration, Instant};
 use moka::Expiry;
 use moka::sync::Cache;
 
-use super::KeyId;
+use super::{Cooling, KeyId};
 
 type Key = (KeyId, Arc<str>);
+type Value = (Instant, Cooling);
 
 /// Each entry lives until its own end.
 struct UntilEnd;
 
-impl Expiry<Key, Instant> for UntilEnd {
-    fn expire_after_create(&self, _key: &Key, until: &Instant, created_at: Instant) -> Option<Duration> {
-        Some(until.saturating_duration_since(created_at))
+impl Expiry<Key, Value> for UntilEnd {
+    fn expire_after_create(&self, _key: &Key, value: &Value, created_at: Instant) -> Option<Duration> {
+        Some(value.0.saturating_duration_since(created_at))
     }
 
     fn expire_after_update(
         &self,
         _key: &Key,
-        until: &Instant,
+        value: &Value,
         updated_at: Instant,
         _current: Option<Duration>,
     ) -> Option<Duration> {
-        Some(until.saturating_duration_since(updated_at))
+        Some(value.0.saturating_duration_since(updated_at))
     }
 }
 
 /// (key, model) → until when it cools.
 pub struct Cooldowns {
-    map: Cache<Key, Instant>,
+    map: Cache<Key, Value>,
     /// The latest end of any cooldown ever set, in nanoseconds after
     /// `base`: once it has passed, nothing cools and lookups are skipped
     /// (the common case, paid by every request).
@@ -64,17 +65,49 @@ impl Cooldowns {
         if self.nanos(now) >= self.latest.load(Ordering::Acquire) {
             return None;
         }
-        let until = self.map.get(&(key.clone(), model.clone()))?;
+        let (until, _) = self.map.get(&(key.clone(), model.clone()))?;
         (until > now).then_some(until)
     }
 
-    /// Cools `model` on `key` until `until`; a longer cooldown in force stays.
-    pub fn cool(&self, key: &KeyId, model: &Arc<str>, until: Instant) {
+    /// Cools `model` on `key` until `until` for `why`; a longer cooldown in
+    /// force stays. Whether this one is now in force.
+    pub fn cool(&self, key: &KeyId, model: &Arc<str>, until: Instant, why: Cooling) -> bool {
         self.latest.fetch_max(self.nanos(until), Ordering::AcqRel);
-        self.map.entry((key.clone(), model.clone())).and_upsert_with(|current| match current {
-            Some(entry) if *entry.value() > until => *entry.value(),
-            _ => until,
+        let entry = self.map.entry((key.clone(), model.clone())).and_upsert_with(|current| match current {
+            Some(entry) if entry.value().0 > until => *entry.value(),
+            _ => (until, why),
         });
+        entry.value().0 == until
+    }
+
+    /// Ends the cooldowns of `provider` (only `model`'s, only `key`'s when
+    /// given); how many ended.
+    pub fn clear(&self, provider: &str, model: Option<&str>, fingerprint: Option<u64>) -> usize {
+        let ended: Vec<Key> = self
+            .map
+            .iter()
+            .filter(|(key, _)| {
+                let (k, m) = &**key;
+                &*k.provider == provider && model.is_none_or(|x| x == &**m) && fingerprint.is_none_or(|f| f == k.fingerprint)
+            })
+            .map(|(key, _)| (*key).clone())
+            .collect();
+        for key in &ended {
+            self.map.invalidate(key);
+        }
+        ended.len()
+    }
+
+    /// Every cooling pair at `now`, with its end and reason.
+    pub fn list(&self, now: Instant) -> Vec<(KeyId, Arc<str>, Instant, Cooling)> {
+        if self.nanos(now) >= self.latest.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        self.map
+            .iter()
+            .filter(|(_, (until, _))| *until > now)
+            .map(|(key, (until, why))| (key.0.clone(), key.1.clone(), until, why))
+            .collect()
     }
 
     /// Pairs cooling at `now`.
@@ -82,7 +115,7 @@ impl Cooldowns {
         if self.nanos(now) >= self.latest.load(Ordering::Acquire) {
             return 0;
         }
-        self.map.iter().filter(|(_, until)| *until > now).count()
+        self.map.iter().filter(|(_, (until, _))| *until > now).count()
     }
 }
 
@@ -97,8 +130,8 @@ mod tests {
         let model: Arc<str> = Arc::from("m");
         let now = Instant::now();
         assert_eq!(c.until(&key, &model, now), None);
-        c.cool(&key, &model, now + Duration::from_secs(60));
-        c.cool(&key, &model, now + Duration::from_secs(10));
+        assert!(c.cool(&key, &model, now + Duration::from_secs(60), Cooling::RateLimited));
+        assert!(!c.cool(&key, &model, now + Duration::from_secs(10), Cooling::RateLimited));
         assert_eq!(c.until(&key, &model, now), Some(now + Duration::from_secs(60)));
         assert_eq!(c.until(&key, &model, now + Duration::from_secs(61)), None);
         assert_eq!(c.until(&key, &Arc::from("other"), now), None);
@@ -111,7 +144,7 @@ mod tests {
         let key = KeyId { provider: Arc::from("p"), fingerprint: 1 };
         let until = Instant::now() + Duration::from_secs(600);
         for i in 0..20_000 {
-            c.cool(&key, &Arc::from(format!("made-up-{i}")), until);
+            c.cool(&key, &Arc::from(format!("made-up-{i}")), until, Cooling::RateLimited);
         }
         c.map.run_pending_tasks();
         assert!(c.map.entry_count() <= 1000, "{} entries", c.map.entry_count());

@@ -19,8 +19,13 @@ impl KeyHealth {
         !set.is_empty() && set.contains(key)
     }
 
-    /// Marks `key` rejected.
-    pub fn mark_invalid(&self, key: &KeyId) {
-        self.invalid.write().unwrap_or_else(|e| e.into_inner()).insert(key.clone());
+    /// Marks `key` rejected; whether it was not already.
+    pub fn mark_invalid(&self, key: &KeyId) -> bool {
+        self.invalid.write().unwrap_or_else(|e| e.into_inner()).insert(key.clone())
+    }
+
+    /// Every rejected key.
+    pub fn list(&self) -> Vec<KeyId> {
+        self.invalid.read().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
     }
 }

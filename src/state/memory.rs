@@ -11,7 +11,7 @@ use super::cooldowns::Cooldowns;
 use super::keys::KeyHealth;
 use super::pins::Pins;
 use super::usage::{self, Admission, Charge, LimitHit, Refund, Usage};
-use super::{Budget, KeyId, MAX_PIN_TTL, StateStore};
+use super::{Budget, Clock, Cooling, KeyId, MAX_PIN_TTL, StateHealth, StateStore};
 use crate::config::Limits;
 
 /// How much each part of the state may hold.
@@ -56,6 +56,7 @@ pub struct MemoryState {
     keys: KeyHealth,
     pins: Pins,
     circuits: Circuits,
+    clock: Clock,
 }
 
 impl Default for MemoryState {
@@ -65,8 +66,13 @@ impl Default for MemoryState {
 }
 
 impl MemoryState {
-    /// Empty state within `bounds`.
+    /// Empty state within `bounds`, on the system clock.
     pub fn new(bounds: StateBounds) -> Self {
+        Self::with_clock(bounds, Clock::system())
+    }
+
+    /// Empty state within `bounds`, on `clock`.
+    pub fn with_clock(bounds: StateBounds, clock: Clock) -> Self {
         let usage = Cache::builder()
             .max_capacity(bounds.usage_bytes)
             .weigher(|_: &CounterKey, c: &Arc<Counter>| Usage::weight(c.daily))
@@ -78,14 +84,28 @@ impl MemoryState {
             keys: KeyHealth::default(),
             pins: Pins::new(bounds.pin_bytes),
             circuits: Circuits::default(),
+            clock,
         }
+    }
+
+    /// Adds what an earlier run counted for `key` (and `model`) at
+    /// wall-clock `secs`.
+    pub fn restore_usage(&self, key: &KeyId, model: Option<&Arc<str>>, secs: i64, requests: u64, tokens: u64, now: Instant) {
+        let daily = Limits { rpd: Some(u64::MAX), ..Limits::default() };
+        self.counter(key, model, &daily, now).lock().restore(secs, requests, tokens, now);
+    }
+
+    /// Pins `session` to `target` until `until` (an earlier run's pin).
+    pub fn restore_pin(&self, session: &str, target: &str, until: Instant) {
+        self.pins.pin(session, target, until);
     }
 
     /// The counter for `key` (and `model`), created for `limits`.
     fn counter(&self, key: &KeyId, model: Option<&Arc<str>>, limits: &Limits, now: Instant) -> Arc<Counter> {
         let daily = usage::daily(limits);
         let id = (key.clone(), model.cloned());
-        let make = || Arc::new(Counter { daily, usage: Mutex::new(Usage::new(now, daily)) });
+        let secs = self.clock.wall_ms(now).div_euclid(1000);
+        let make = || Arc::new(Counter { daily, usage: Mutex::new(Usage::new(now, secs, daily)) });
         let found = self.usage.get_with(id.clone(), make);
         if daily && !found.daily {
             // The limits gained a daily window since the counter was made.
@@ -118,8 +138,16 @@ impl StateStore for MemoryState {
         self.cooldowns.until(key, model, now)
     }
 
-    fn cool(&self, key: &KeyId, model: &Arc<str>, until: Instant) {
-        self.cooldowns.cool(key, model, until);
+    fn cool(&self, key: &KeyId, model: &Arc<str>, until: Instant, why: Cooling) {
+        self.cooldowns.cool(key, model, until, why);
+    }
+
+    fn cooldowns(&self, now: Instant) -> Vec<(KeyId, Arc<str>, Instant, Cooling)> {
+        self.cooldowns.list(now)
+    }
+
+    fn clear_cooldowns(&self, provider: &str, model: Option<&str>, fingerprint: Option<u64>) -> usize {
+        self.cooldowns.clear(provider, model, fingerprint)
     }
 
     fn active_cooldowns(&self, now: Instant) -> usize {
@@ -132,6 +160,10 @@ impl StateStore for MemoryState {
 
     fn mark_invalid(&self, key: &KeyId) {
         self.keys.mark_invalid(key);
+    }
+
+    fn invalid_keys(&self) -> Vec<KeyId> {
+        self.keys.list()
     }
 
     fn admit(
@@ -152,10 +184,10 @@ impl StateStore for MemoryState {
         let mut key_usage = key_counter.as_deref().map(Counter::lock);
         let mut model_usage = model_counter.as_deref().map(Counter::lock);
         if let Some(u) = key_usage.as_mut() {
-            u.check(&budget.key, tokens, now)?;
+            u.check(&budget.key, tokens, now, budget.period.as_ref())?;
         }
         if let Some(u) = model_usage.as_mut() {
-            u.check(&budget.model, tokens, now)?;
+            u.check(&budget.model, tokens, now, budget.period.as_ref())?;
         }
         Ok(Admission {
             key: key.clone(),
@@ -179,12 +211,14 @@ impl StateStore for MemoryState {
         }
         if usage::any(&budget.key)
             && let Some(c) = self.existing(key, None)
-            && c.lock().check(&budget.key, 0, now).is_err()
+            && c.lock().check(&budget.key, 0, now, budget.period.as_ref()).is_err()
         {
             return false;
         }
         !(usage::any(&budget.model)
-            && self.existing(key, Some(model)).is_some_and(|c| c.lock().check(&budget.model, 0, now).is_err()))
+            && self
+                .existing(key, Some(model))
+                .is_some_and(|c| c.lock().check(&budget.model, 0, now, budget.period.as_ref()).is_err()))
     }
 
     fn pinned(&self, session: &str, now: Instant) -> Option<Arc<str>> {
@@ -218,6 +252,14 @@ impl StateStore for MemoryState {
     fn open_circuits(&self) -> Vec<Arc<str>> {
         self.circuits.open()
     }
+
+    fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    fn health(&self) -> StateHealth {
+        StateHealth { backend: "memory", ..StateHealth::default() }
+    }
 }
 
 #[cfg(test)]
@@ -232,7 +274,7 @@ mod tests {
     fn admitted_requests_settle_and_refund() {
         let s = MemoryState::default();
         let model: Arc<str> = Arc::from("m");
-        let budget = Budget { model: Limits { tpd: Some(1000), ..Limits::default() }, key: Limits::default() };
+        let budget = Budget { model: Limits { tpd: Some(1000), ..Limits::default() }, key: Limits::default(), period: None };
         let now = Instant::now();
         let a = s.admit(&key(), &model, &budget, 900, now).unwrap();
         assert!(s.admit(&key(), &model, &budget, 200, now).is_err());
@@ -255,7 +297,7 @@ mod tests {
     #[test]
     fn counters_for_made_up_models_stay_within_their_bound() {
         let s = MemoryState::new(StateBounds { usage_bytes: 1 << 20, ..StateBounds::default() });
-        let budget = Budget { model: Limits { rpd: Some(10), ..Limits::default() }, key: Limits::default() };
+        let budget = Budget { model: Limits { rpd: Some(10), ..Limits::default() }, key: Limits::default(), period: None };
         let now = Instant::now();
         for i in 0..5000 {
             let _ = s.admit(&key(), &Arc::from(format!("junk-{i}")), &budget, 1, now);

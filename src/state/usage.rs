@@ -17,8 +17,11 @@ use crate::config::Limits;
 const MINUTE: Duration = Duration::from_secs(60);
 const DAY: Duration = Duration::from_secs(24 * 3600);
 /// The day window is kept in buckets of this size (a rolling 24 h to within
-/// ten minutes, in 144 counters instead of one entry per request).
-const DAY_BUCKET: Duration = Duration::from_secs(600);
+/// five minutes, in 288 counters instead of one entry per request). Buckets
+/// are aligned to the wall clock, and five minutes divides every time
+/// zone's offset from UTC, so a calendar day starts on a bucket boundary
+/// whatever the provider's zone; persisted counters are kept per bucket.
+pub const DAY_BUCKET: Duration = Duration::from_secs(300);
 const DAY_BUCKETS: usize = (DAY.as_secs() / DAY_BUCKET.as_secs()) as usize;
 
 /// The completion a request is assumed to ask for when it names a
@@ -65,8 +68,8 @@ pub struct LimitHit {
 /// usage is known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Charge {
-    at: Instant,
-    tokens: u64,
+    pub(super) at: Instant,
+    pub(super) tokens: u64,
 }
 
 /// What one admitted request was charged against a key's limits: handed
@@ -113,6 +116,16 @@ struct Bucket {
 
 const EMPTY: Bucket = Bucket { number: u64::MAX, requests: 0, tokens: 0 };
 
+/// The quota period a provider's calendar says is running: daily limits
+/// count from `start` and free at `end` (instead of a rolling 24 hours).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Period {
+    /// When the period began, in wall-clock seconds since the Unix epoch.
+    pub start_secs: i64,
+    /// When it ends (the next reset).
+    pub end: Instant,
+}
+
 /// Requests and tokens in the last minute and (when a daily limit applies)
 /// the last day.
 #[derive(Debug)]
@@ -120,16 +133,20 @@ pub struct Usage {
     /// (time, tokens) of each request in the last minute.
     minute: VecDeque<(Instant, u64)>,
     /// Per bucket, indexed by bucket number modulo the ring; only kept for
-    /// counters with a daily limit.
+    /// counters with a daily limit. A bucket's number is its wall-clock
+    /// start divided by [`DAY_BUCKET`].
     day: Option<Box<[Bucket; DAY_BUCKETS]>>,
     origin: Instant,
+    /// Wall-clock seconds at `origin`.
+    origin_secs: i64,
 }
 
 impl Usage {
-    /// Empty counters; `origin` anchors the day buckets; `daily` keeps the
-    /// day window (2.3 KB) for counters that have a daily limit.
-    pub fn new(origin: Instant, daily: bool) -> Self {
-        Self { minute: VecDeque::new(), day: daily.then(|| Box::new([EMPTY; DAY_BUCKETS])), origin }
+    /// Empty counters; `origin` is wall-clock `origin_secs` and anchors the
+    /// day buckets; `daily` keeps the day window (7 KB) for counters that
+    /// have a daily limit.
+    pub fn new(origin: Instant, origin_secs: i64, daily: bool) -> Self {
+        Self { minute: VecDeque::new(), day: daily.then(|| Box::new([EMPTY; DAY_BUCKETS])), origin, origin_secs }
     }
 
     /// Roughly how many bytes this counter holds (for the cache's bound).
@@ -138,13 +155,54 @@ impl Usage {
         (std::mem::size_of::<Self>() + day + 256) as u32
     }
 
-    fn bucket(&self, at: Instant) -> u64 {
-        at.saturating_duration_since(self.origin).as_secs() / DAY_BUCKET.as_secs()
+    /// Wall-clock seconds at `at`.
+    fn wall_secs(&self, at: Instant) -> i64 {
+        let since = i64::try_from(at.saturating_duration_since(self.origin).as_secs()).unwrap_or(i64::MAX);
+        self.origin_secs.saturating_add(since)
     }
 
+    fn bucket(&self, at: Instant) -> u64 {
+        bucket_of(self.wall_secs(at))
+    }
+
+    /// When bucket `number` leaves the rolling day.
     fn bucket_end(&self, number: u64) -> Option<Instant> {
-        let secs = number.checked_add(DAY_BUCKETS as u64)?.checked_mul(DAY_BUCKET.as_secs())?;
-        self.origin.checked_add(Duration::from_secs(secs))
+        let end = number.checked_add(DAY_BUCKETS as u64)?.checked_mul(DAY_BUCKET.as_secs())?;
+        let after_origin = i64::try_from(end).ok()?.saturating_sub(self.origin_secs).max(0);
+        self.origin.checked_add(Duration::from_secs(after_origin.unsigned_abs()))
+    }
+
+    /// Adds what a persisted bucket (or minute) counted: `requests` and
+    /// `tokens` at wall-clock `secs`. Counts older than a day are dropped;
+    /// those of the last minute also fill the minute window (requests
+    /// spread evenly over the tokens).
+    pub fn restore(&mut self, secs: i64, requests: u64, tokens: u64, now: Instant) {
+        let now_secs = self.wall_secs(now);
+        let age = now_secs.saturating_sub(secs);
+        if !(0..DAY.as_secs() as i64).contains(&age) || requests == 0 && tokens == 0 {
+            return;
+        }
+        if let Some(day) = &mut self.day {
+            let number = bucket_of(secs);
+            let slot = &mut day[(number % DAY_BUCKETS as u64) as usize];
+            if slot.number != number {
+                *slot = Bucket { number, requests: 0, tokens: 0 };
+            }
+            slot.requests = slot.requests.saturating_add(requests);
+            slot.tokens = slot.tokens.saturating_add(tokens);
+        }
+        if age < MINUTE.as_secs() as i64
+            && let Some(at) = now.checked_sub(Duration::from_secs(age.unsigned_abs()))
+        {
+            // A minute's requests are bounded by any sane rpm; a corrupt row
+            // must not make the window huge.
+            let n = requests.clamp(1, 10_000);
+            for i in 0..n {
+                let share = tokens / n + u64::from(i < tokens % n);
+                self.minute.push_back((at, share));
+            }
+            self.minute.make_contiguous().sort_by_key(|(t, _)| *t);
+        }
     }
 
     fn prune(&mut self, now: Instant) {
@@ -153,12 +211,18 @@ impl Usage {
         }
     }
 
-    /// Requests and tokens in the rolling day, and when the oldest bucket
-    /// that holds any leaves the window.
-    fn day_totals(&self, now: Instant) -> (u64, u64, Option<Instant>) {
+    /// Requests and tokens in the rolling day (or the calendar `period`),
+    /// and when the oldest bucket that holds any leaves the window (or the
+    /// period ends).
+    fn day_totals(&self, now: Instant, period: Option<&Period>) -> (u64, u64, Option<Instant>) {
         let Some(day) = &self.day else { return (0, 0, None) };
         let current = self.bucket(now);
-        let first = current.saturating_sub(DAY_BUCKETS as u64 - 1);
+        let mut first = current.saturating_sub(DAY_BUCKETS as u64 - 1);
+        if let Some(p) = period {
+            // The bucket holding the reset counts whole: a few requests made
+            // just before it may be counted in the new period, never fewer.
+            first = first.max(bucket_of(p.start_secs));
+        }
         let (mut requests, mut tokens, mut oldest) = (0u64, 0u64, None);
         for b in day.iter() {
             if b.number != u64::MAX && b.number >= first && b.number <= current {
@@ -167,11 +231,16 @@ impl Usage {
                 oldest = Some(oldest.map_or(b.number, |o: u64| o.min(b.number)));
             }
         }
-        (requests, tokens, oldest.and_then(|b| self.bucket_end(b)))
+        let frees = match period {
+            Some(p) => Some(p.end),
+            None => oldest.and_then(|b| self.bucket_end(b)),
+        };
+        (requests, tokens, frees)
     }
 
-    /// Whether one more request of `tokens` fits in `limits` now.
-    pub fn check(&mut self, limits: &Limits, tokens: u64, now: Instant) -> Result<(), LimitHit> {
+    /// Whether one more request of `tokens` fits in `limits` now (daily
+    /// limits over the calendar `period` when the provider has one).
+    pub fn check(&mut self, limits: &Limits, tokens: u64, now: Instant, period: Option<&Period>) -> Result<(), LimitHit> {
         self.prune(now);
         let in_minute = self.minute.len() as u64;
         let minute_frees = self.minute.front().and_then(|(t, _)| t.checked_add(MINUTE)).unwrap_or(now);
@@ -189,7 +258,7 @@ impl Usage {
             }
         }
         if limits.rpd.is_some() || limits.tpd.is_some() {
-            let (requests, used, frees) = self.day_totals(now);
+            let (requests, used, frees) = self.day_totals(now, period);
             let until = frees.unwrap_or(now);
             if limits.rpd.is_some_and(|rpd| requests >= rpd) {
                 return Err(LimitHit { limit: Limit::Rpd, until });
@@ -254,6 +323,11 @@ impl Usage {
     }
 }
 
+/// The day bucket holding wall-clock second `secs`.
+pub fn bucket_of(secs: i64) -> u64 {
+    (secs.max(0) as u64) / DAY_BUCKET.as_secs()
+}
+
 /// Whether any limit is set.
 pub fn any(limits: &Limits) -> bool {
     limits.rpm.is_some() || limits.rpd.is_some() || limits.tpm.is_some() || limits.tpd.is_some()
@@ -294,68 +368,68 @@ mod tests {
     #[test]
     fn requests_per_minute_slide() {
         let t0 = Instant::now();
-        let mut u = Usage::new(t0, false);
+        let mut u = Usage::new(t0, 0, false);
         let l = limits(Some(2), None, None, None);
         u.record(10, t0);
         u.record(10, t0 + Duration::from_secs(10));
-        let hit = u.check(&l, 10, t0 + Duration::from_secs(20)).unwrap_err();
+        let hit = u.check(&l, 10, t0 + Duration::from_secs(20), None).unwrap_err();
         assert_eq!(hit, LimitHit { limit: Limit::Rpm, until: t0 + MINUTE });
-        assert!(u.check(&l, 10, t0 + MINUTE).is_ok(), "the first request left the window");
+        assert!(u.check(&l, 10, t0 + MINUTE, None).is_ok(), "the first request left the window");
     }
 
     #[test]
     fn tokens_per_minute_use_the_settled_usage() {
         let t0 = Instant::now();
-        let mut u = Usage::new(t0, false);
+        let mut u = Usage::new(t0, 0, false);
         let l = limits(None, None, Some(1000), None);
         let charge = u.record(900, t0);
-        assert_eq!(u.check(&l, 200, t0).unwrap_err().limit, Limit::Tpm);
+        assert_eq!(u.check(&l, 200, t0, None).unwrap_err().limit, Limit::Tpm);
         u.settle(charge, 300);
-        assert!(u.check(&l, 200, t0).is_ok(), "the answer used fewer tokens than estimated");
+        assert!(u.check(&l, 200, t0, None).is_ok(), "the answer used fewer tokens than estimated");
     }
 
     #[test]
     fn a_request_bigger_than_the_budget_goes_through_on_an_empty_window() {
-        let mut u = Usage::new(Instant::now(), true);
-        assert!(u.check(&limits(None, None, Some(100), Some(100)), 5000, Instant::now()).is_ok());
+        let mut u = Usage::new(Instant::now(), 0, true);
+        assert!(u.check(&limits(None, None, Some(100), Some(100)), 5000, Instant::now(), None).is_ok());
     }
 
     #[test]
     fn requests_per_day_roll_in_buckets() {
         let t0 = Instant::now();
-        let mut u = Usage::new(t0, true);
+        let mut u = Usage::new(t0, 0, true);
         let l = limits(None, Some(3), None, None);
         for i in 0..3 {
             u.record(1, t0 + Duration::from_secs(i * 3600));
         }
-        let hit = u.check(&l, 1, t0 + Duration::from_secs(5 * 3600)).unwrap_err();
+        let hit = u.check(&l, 1, t0 + Duration::from_secs(5 * 3600), None).unwrap_err();
         assert_eq!(hit.limit, Limit::Rpd);
         assert_eq!(hit.until, t0 + DAY, "room again when the first bucket leaves the day");
-        assert!(u.check(&l, 1, t0 + DAY + Duration::from_secs(1)).is_ok());
+        assert!(u.check(&l, 1, t0 + DAY + Duration::from_secs(1), None).is_ok());
     }
 
     #[test]
     fn refunds_give_back_tokens_or_the_whole_request() {
         let t0 = Instant::now();
-        let mut u = Usage::new(t0, true);
+        let mut u = Usage::new(t0, 0, true);
         let l = limits(Some(1), Some(1), None, Some(1000));
         let charge = u.record(5000, t0);
-        assert_eq!(u.check(&limits(None, None, None, Some(1000)), 10, t0).unwrap_err().limit, Limit::Tpd);
+        assert_eq!(u.check(&limits(None, None, None, Some(1000)), 10, t0, None).unwrap_err().limit, Limit::Tpd);
         u.refund(charge, Refund::Tokens);
-        assert!(u.check(&limits(None, None, None, Some(1000)), 10, t0).is_ok(), "tokens given back");
-        assert_eq!(u.check(&l, 10, t0).unwrap_err().limit, Limit::Rpm, "the request still counts");
+        assert!(u.check(&limits(None, None, None, Some(1000)), 10, t0, None).is_ok(), "tokens given back");
+        assert_eq!(u.check(&l, 10, t0, None).unwrap_err().limit, Limit::Rpm, "the request still counts");
         u.refund(charge.with_tokens(0), Refund::Everything);
-        assert!(u.check(&l, 10, t0).is_ok(), "nothing left of the request");
+        assert!(u.check(&l, 10, t0, None).is_ok(), "nothing left of the request");
     }
 
     #[test]
     fn counters_saturate_instead_of_wrapping() {
         let t0 = Instant::now();
-        let mut u = Usage::new(t0, true);
+        let mut u = Usage::new(t0, 0, true);
         let charge = u.record(u64::MAX, t0);
         u.record(u64::MAX, t0);
         u.settle(charge, u64::MAX);
-        let hit = u.check(&limits(None, None, Some(10), Some(10)), 1, t0).unwrap_err();
+        let hit = u.check(&limits(None, None, Some(10), Some(10)), 1, t0, None).unwrap_err();
         assert_eq!(hit.limit, Limit::Tpm);
     }
 
@@ -366,5 +440,38 @@ mod tests {
         assert_eq!(estimate_tokens(400, Some(1_000_000_000_000), Some(8192)), 100 + 8192);
         assert_eq!(estimate_tokens(400, Some(u64::MAX), None), 100 + MAX_COMPLETION_ESTIMATE);
         assert_eq!(estimate_tokens(usize::MAX, Some(u64::MAX), Some(u64::MAX)), u64::MAX);
+    }
+
+    #[test]
+    fn a_calendar_period_counts_from_its_start_and_frees_at_its_end() {
+        let t0 = Instant::now();
+        // The counter's origin is wall-clock 10:00:00 on some day.
+        let ten = 1_700_000_000 / 86_400 * 86_400 + 10 * 3600;
+        let mut u = Usage::new(t0, ten, true);
+        let l = limits(None, Some(2), None, None);
+        u.record(1, t0);
+        u.record(1, t0 + Duration::from_secs(60));
+        let period = Period { start_secs: ten + 3600, end: t0 + Duration::from_secs(5 * 3600) };
+        let at = t0 + Duration::from_secs(2 * 3600);
+        assert_eq!(u.check(&l, 1, at, None).unwrap_err().limit, Limit::Rpd, "a rolling day still holds both");
+        assert!(u.check(&l, 1, at, Some(&period)).is_ok(), "a period that began after them holds neither");
+        u.record(1, at);
+        u.record(1, at);
+        let hit = u.check(&l, 1, at, Some(&period)).unwrap_err();
+        assert_eq!(hit.until, period.end, "room again at the reset, not a rolling day later");
+    }
+
+    #[test]
+    fn restored_counts_fill_the_day_and_the_minute() {
+        let t0 = Instant::now();
+        let now_secs = 1_700_000_000;
+        let mut u = Usage::new(t0, now_secs, true);
+        u.restore(now_secs - 3600, 4, 400, t0);
+        u.restore(now_secs - 10, 2, 10, t0);
+        u.restore(now_secs - 2 * 86_400, 100, 100, t0);
+        assert_eq!(u.check(&limits(None, Some(7), None, None), 1, t0, None), Ok(()));
+        assert_eq!(u.check(&limits(None, Some(6), None, None), 1, t0, None).unwrap_err().limit, Limit::Rpd);
+        assert_eq!(u.check(&limits(Some(2), None, None, None), 1, t0, None).unwrap_err().limit, Limit::Rpm);
+        assert_eq!(u.check(&limits(None, None, None, Some(410)), 1, t0, None).unwrap_err().limit, Limit::Tpd);
     }
 }
