@@ -19,9 +19,11 @@
 //! | `usage.rs` | sliding-minute and rolling-day counters, limit checks |
 //! | `keys.rs` | keys the upstream rejected (401/403) |
 //! | `pins.rs` | conversation → the model that answered it |
+//! | `calendar.rs` | when each provider's daily or monthly quota resets |
 //! | `circuits.rs` | per provider: closed, open until when, or probing |
 //! | `memory.rs` | [`MemoryState`]: the four above, bounded |
 
+mod calendar;
 mod circuits;
 mod cooldowns;
 mod keys;
@@ -35,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+pub use calendar::{QuotaReset, ResetPeriod};
 pub use circuits::{Circuit, CircuitChange, CircuitPolicy};
 pub use memory::{MemoryState, StateBounds};
 pub use usage::{Admission, Limit, LimitHit, Refund};
