@@ -94,4 +94,29 @@ mod tests {
         assert!(catalog.routes.contains_key("chat-free"));
         assert!(catalog.routes["chat-free"].targets.len() >= 3);
     }
+
+    #[test]
+    fn every_catalog_quota_reset_parses_and_the_documented_ones_are_there() {
+        let catalog = Catalog::builtin(&Env::from_map([("CLOUDFLARE_ACCOUNT_ID", "acc")])).unwrap();
+        let mut resets: Vec<(String, String)> = Vec::new();
+        for (name, spec) in &catalog.providers {
+            if let Some(text) = &spec.quota_reset {
+                let reset = crate::state::QuotaReset::parse(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+                // Written canonically, so the file reads as freeway prints it.
+                assert_eq!(&reset.to_string(), text, "{name}");
+                resets.push((name.clone(), text.clone()));
+            }
+        }
+        let expected =
+            [("openrouter", "00:00 UTC"), ("gemini", "00:00 America/Los_Angeles"), ("cloudflare", "00:00 UTC")];
+        assert_eq!(resets, expected.map(|(n, r)| (n.to_owned(), r.to_owned())));
+    }
+
+    #[test]
+    fn a_catalog_with_a_bad_quota_reset_is_refused_with_its_path() {
+        let yaml = "providers:\n  p:\n    plugin: openai-compat\n    base_url: http://127.0.0.1:9/v1\n    quota_reset: midnight\n";
+        let err =
+            Catalog::from_yaml(yaml, "test", &Env::from_map(Vec::<(String, String)>::new())).unwrap_err().to_string();
+        assert!(err.contains("providers.p.quota_reset") && err.contains("`midnight` is not a reset time"), "{err}");
+    }
 }

@@ -178,6 +178,11 @@ pub struct ProviderSpec {
     pub limits: Option<Limits>,
     /// Limits per key shared by all its models (an account-wide free pool).
     pub key_limits: Option<Limits>,
+    /// When its daily (or monthly) quota resets, in its own time zone:
+    /// `"00:00 America/Los_Angeles"`, `"monthly 00:00 UTC"`
+    /// ([`crate::state::QuotaReset`]). Without one, daily counters roll
+    /// over 24 hours.
+    pub quota_reset: Option<String>,
     /// Known models. A config list replaces the catalog's.
     #[serde(deserialize_with = "opt_seq_of_string_or_map")]
     pub models: Option<Vec<ModelSpec>>,

@@ -19,6 +19,7 @@
 //! | `usage.rs` | sliding-minute and rolling-day counters, limit checks |
 //! | `keys.rs` | keys the upstream rejected (401/403) |
 //! | `pins.rs` | conversation → the model that answered it |
+//! | `calendar.rs` | when each provider's daily or monthly quota resets |
 //! | `circuits.rs` | per provider: closed, open until when, or probing |
 //! | `memory.rs` | [`MemoryState`]: the five above, bounded |
 //! | `clock.rs` | the monotonic clock tied to wall-clock time |
@@ -27,6 +28,7 @@
 //! | `log.rs` | the request log's records |
 //! | `persistent.rs` | [`PersistentState`]: memory, loaded from and written to the file |
 
+mod calendar;
 mod circuits;
 mod clock;
 mod cooldowns;
@@ -45,6 +47,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+pub use calendar::{QuotaReset, ResetPeriod};
 pub use circuits::{Circuit, CircuitChange, CircuitPolicy};
 pub use clock::Clock;
 pub use log::{AttemptRecord, RequestRecord};

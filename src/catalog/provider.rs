@@ -14,7 +14,7 @@ use crate::catalog::Catalog;
 use crate::config::{Config, Env, Limits, ProviderSpec};
 use crate::plugin::{Plugin, PluginHost};
 use crate::secret::{Redactor, Secret};
-use crate::state::{Budget, KeyId};
+use crate::state::{Budget, KeyId, QuotaReset};
 
 /// An enabled provider.
 pub struct Provider {
@@ -41,6 +41,9 @@ pub struct Provider {
     pub limits: Limits,
     /// Limits shared by all models of one key.
     pub key_limits: Limits,
+    /// When its daily quota resets (its calendar day), if it says; `None`
+    /// means daily counters roll over 24 hours.
+    pub quota_reset: Option<Arc<QuotaReset>>,
     /// Whether its models are free unless a listing says otherwise.
     pub free: bool,
     /// Removes this provider's keys and configured header values from any
@@ -162,6 +165,7 @@ pub fn merge(config: Option<&ProviderSpec>, catalog: Option<&ProviderSpec>) -> P
         enabled: c.enabled.or(base.enabled),
         limits: merge_limits(c.limits, base.limits),
         key_limits: merge_limits(c.key_limits, base.key_limits),
+        quota_reset: c.quota_reset.or(base.quota_reset),
         models: c.models.or(base.models),
         headers: c.headers.or(base.headers),
         options: match (c.options, base.options) {
@@ -300,7 +304,24 @@ fn enable(
         local: is_local,
         limits: provider_limits,
         key_limits: spec.key_limits.unwrap_or_default(),
+        // Checked at load (config::validate), so a bad one never gets here.
+        quota_reset: spec.quota_reset.as_deref().and_then(|text| QuotaReset::parse(text).ok()).map(Arc::new),
         free: provider_free,
         redactor,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_configured_quota_reset_overrides_the_catalogs() {
+        let catalog = ProviderSpec { quota_reset: Some("00:00 America/Los_Angeles".into()), ..Default::default() };
+        let config = ProviderSpec { quota_reset: Some("00:00 UTC".into()), ..Default::default() };
+        assert_eq!(merge(Some(&config), Some(&catalog)).quota_reset.as_deref(), Some("00:00 UTC"));
+        // A config entry that does not name one keeps the catalog's.
+        let config = ProviderSpec { display_name: Some("G".into()), ..Default::default() };
+        assert_eq!(merge(Some(&config), Some(&catalog)).quota_reset.as_deref(), Some("00:00 America/Los_Angeles"));
+    }
 }

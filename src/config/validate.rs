@@ -324,6 +324,11 @@ fn provider(
     if let Some(limits) = &spec.key_limits {
         check_limits(limits, &format!("{path}.key_limits"), r);
     }
+    if let Some(text) = &spec.quota_reset
+        && let Err(e) = crate::state::QuotaReset::parse(text)
+    {
+        r.error(format!("{path}.quota_reset"), e);
+    }
     let mut seen = std::collections::HashSet::new();
     for (i, model) in spec.models.iter().flatten().enumerate() {
         let model_path = format!("{path}.models.{i}");

@@ -126,6 +126,29 @@ fn check_refuses_durations_and_limits_that_would_overflow_at_run_time() {
 }
 
 #[test]
+fn check_refuses_a_quota_reset_that_is_not_a_calendar_naming_provider_and_line() {
+    let (ok, text) = check(
+        "providers:\n  gemini:\n    quota_reset: \"00:00 America/Los_Angeles\"\n\
+         \x20 openrouter:\n    quota_reset: \"midnight UTC\"\n\
+         \x20 custom:\n    plugin: openai-compat\n    base_url: http://127.0.0.1:9/v1\n    quota_reset: 00:00 Mars/Olympus\n",
+    );
+    assert!(!ok, "{text}");
+    for expected in [
+        "2 problems",
+        "line 5: providers.openrouter.quota_reset: `midnight UTC`: `midnight` is not a time of day",
+        "line 9: providers.custom.quota_reset: `00:00 Mars/Olympus`: `Mars/Olympus` is not an IANA time zone",
+        "e.g. \"00:00 America/Los_Angeles\"",
+    ] {
+        assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
+    }
+    // The good one passes alone, a monthly one too.
+    let (ok, text) = check(
+        "providers:\n  gemini:\n    quota_reset: \"00:00 America/Los_Angeles\"\n  cohere:\n    quota_reset: monthly 00:00 UTC\n",
+    );
+    assert!(ok, "{text}");
+}
+
+#[test]
 fn check_passes_a_good_config_and_reads_dot_env() {
     let dir = tempfile::tempdir().unwrap();
     write(&dir, ".env", "GROQ_API_KEY=from-dot-env\nMY_TIMEOUT=45s\n");
