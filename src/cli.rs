@@ -122,7 +122,12 @@ async fn run_serve(config: Option<&Path>, listen: Option<&str>) -> Result<ExitCo
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!("freeway listening on http://{bound}/v1");
+    let state = gateway.proxy().state().clone();
     serve(gateway, listener, shutdown_signal()).await.map_err(|e| e.to_string())?;
+    // What the last requests changed reaches the database before we go.
+    if !state.flush(Duration::from_secs(5)) {
+        tracing::warn!("the state database could not be written at shutdown");
+    }
     tracing::info!("freeway stopped");
     Ok(ExitCode::SUCCESS)
 }

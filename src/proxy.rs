@@ -36,6 +36,7 @@ mod policies;
 pub mod request;
 mod respond;
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -54,7 +55,7 @@ use crate::config::DispatchConfig;
 use crate::errors::ApiError;
 use crate::metrics::Metrics;
 use crate::policy::{Pipeline, Policies};
-use crate::state::{CircuitPolicy, StateStore};
+use crate::state::{CircuitPolicy, Clock, StateStore};
 use crate::upstream::Upstream;
 use crate::upstream::relay::Watchdog;
 
@@ -72,6 +73,12 @@ pub struct Proxy {
     policies: Policies,
     watchdog: Watchdog,
     circuit: CircuitPolicy,
+    /// The state store's clock (wall-clock times of cooldowns and resets).
+    clock: Clock,
+    /// Served requests go to the request log.
+    logging: bool,
+    /// Makes log ids unique within a millisecond.
+    log_sequence: AtomicI64,
 }
 
 /// One request on its way through the phases.
@@ -113,6 +120,9 @@ impl Proxy {
         Self {
             routes: ArcSwap::from_pointee(routes),
             rebuilding: Mutex::new(()),
+            clock: state.clock(),
+            logging: state.logs_requests(),
+            log_sequence: AtomicI64::new(0),
             state,
             upstream,
             metrics,
@@ -124,7 +134,13 @@ impl Proxy {
     }
 
     /// Serves one parsed-or-not request body through every phase.
-    pub async fn serve(&self, operation: Operation, body: Bytes, session: Option<String>) -> Response<ResponseBody> {
+    pub async fn serve(
+        &self,
+        operation: Operation,
+        body: Bytes,
+        session: Option<String>,
+        client: Option<String>,
+    ) -> Response<ResponseBody> {
         let started = Instant::now();
         let pipeline = self.policies.current();
         // parse
@@ -133,10 +149,14 @@ impl Proxy {
             Operation::Chat => ClientRequest::parse(body, keep_messages),
             Operation::Embeddings => ClientRequest::parse_embeddings(body),
         };
-        let request = match parsed {
+        let mut request = match parsed {
             Ok(request) => request,
             Err(e) => return e.into_response(),
         };
+        let asked = self.logging.then(|| {
+            request.log_id = self.log_id();
+            request.model.clone()
+        });
         let mut ctx = Context { request, session, pipeline, candidates: Vec::new(), policy: None, started };
         policies::before_routing(self, &mut ctx).await;
         if let Err(e) = self.resolve(&mut ctx) {
@@ -147,7 +167,41 @@ impl Proxy {
         }
         let outcome = dispatch::run(self, &ctx.request, &ctx.candidates).await;
         policies::record(self, &ctx, &outcome);
+        if let Some(asked) = asked {
+            self.log(&ctx, &outcome, asked, client);
+        }
         respond::respond(outcome)
+    }
+
+    /// A new request log id: wall-clock microseconds, unique in this process.
+    fn log_id(&self) -> i64 {
+        let n = self.log_sequence.fetch_add(1, Ordering::Relaxed).rem_euclid(1000);
+        self.clock.now_ms().saturating_mul(1000).saturating_add(n)
+    }
+
+    /// The record phase's log entry: who asked for what, every attempt,
+    /// who answered (tokens follow when the answer ends).
+    fn log(&self, ctx: &Context, outcome: &Outcome, asked: String, client: Option<String>) {
+        let status = match &outcome.result {
+            Ok(response) => response.status().as_u16(),
+            Err(e) => e.classify().0.as_u16(),
+        };
+        let route = (ctx.request.model != asked).then(|| ctx.request.model.clone());
+        self.state.log_request(crate::state::RequestRecord {
+            id: ctx.request.log_id,
+            at_ms: self.clock.wall_ms(ctx.started),
+            client,
+            model: asked,
+            route,
+            answered_by: outcome.via.as_ref().map(|c| format!("{}/{}", c.provider.name, c.model)),
+            status,
+            attempts: outcome.trail.clone(),
+            tokens_in: None,
+            tokens_out: None,
+            stream: ctx.request.stream,
+            tags: policies::tags(ctx),
+            latency_ms: u64::try_from(ctx.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        });
     }
 
     /// The resolve phase: the model name becomes the candidates to try, in

@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-pub use calendar::{QuotaReset, ResetPeriod};
+pub use calendar::{QuotaReset, ResetPeriod, Schedule};
 pub use circuits::{Circuit, CircuitChange, CircuitPolicy};
 pub use clock::Clock;
 pub use log::{AttemptRecord, RequestRecord};
@@ -128,7 +128,9 @@ impl Cooling {
 
     /// The reason written as `label`.
     pub fn from_label(label: &str) -> Option<Self> {
-        [Self::RateLimited, Self::DailyQuota, Self::QuotaExhausted, Self::NoneLeft].into_iter().find(|c| c.label() == label)
+        [Self::RateLimited, Self::DailyQuota, Self::QuotaExhausted, Self::NoneLeft]
+            .into_iter()
+            .find(|c| c.label() == label)
     }
 }
 
@@ -234,6 +236,11 @@ pub trait StateStore: Send + Sync {
 
     /// The clock that ties this store's instants to wall-clock time.
     fn clock(&self) -> Clock;
+
+    /// Whether served requests are logged (there is a database to log to).
+    fn logs_requests(&self) -> bool {
+        false
+    }
 
     /// Logs a served request (nothing, without a database).
     fn log_request(&self, _record: RequestRecord) {}

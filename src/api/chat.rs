@@ -38,6 +38,7 @@ where
         Ok(session) => session,
         Err(e) => return e.into_response(),
     };
+    let client = gateway.auth().client(request.headers());
     let in_flight = match gateway.admission().request() {
         Ok(in_flight) => in_flight,
         Err(e) => return e.into_response(),
@@ -48,7 +49,7 @@ where
         Ok(bytes) => bytes,
         Err(e) => return e.into_response(),
     };
-    let mut response = gateway.proxy().serve(operation, body, session).await;
+    let mut response = gateway.proxy().serve(operation, body, session, client).await;
     // The body's bytes are let go with `claim` now; the request's place in
     // flight goes with the response body (a stream's last byte).
     response.body_mut().hold(in_flight);

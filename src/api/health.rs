@@ -30,6 +30,7 @@ pub fn health_json(gateway: &Gateway) -> Bytes {
         "providers": {"enabled": enabled, "disabled": disabled},
         "discovery": gateway.discovery().status(),
         "policies": gateway.proxy().policies().status(),
+        "state": gateway.proxy().state().health(),
     });
     if enabled.is_empty() {
         body["hint"] = json!(router.no_provider_message());

@@ -170,7 +170,9 @@ pub fn restore(providers: &[Arc<Provider>], state: &Arc<dyn StateStore>) -> usiz
                 provider.set_models(merge(provider, records));
                 restored += 1;
             }
-            Err(e) => tracing::warn!(provider = %provider.name, "the saved model list is unreadable ({e}); waiting for discovery"),
+            Err(e) => {
+                tracing::warn!(provider = %provider.name, "the saved model list is unreadable ({e}); waiting for discovery")
+            }
         }
     }
     restored

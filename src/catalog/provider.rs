@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use http::{HeaderName, HeaderValue};
@@ -14,7 +15,7 @@ use crate::catalog::Catalog;
 use crate::config::{Config, Env, Limits, ProviderSpec};
 use crate::plugin::{Plugin, PluginHost};
 use crate::secret::{Redactor, Secret};
-use crate::state::{Budget, KeyId, QuotaReset};
+use crate::state::{Budget, Clock, KeyId, QuotaReset, Schedule, usage};
 
 /// An enabled provider.
 pub struct Provider {
@@ -43,7 +44,7 @@ pub struct Provider {
     pub key_limits: Limits,
     /// When its daily quota resets (its calendar day), if it says; `None`
     /// means daily counters roll over 24 hours.
-    pub quota_reset: Option<Arc<QuotaReset>>,
+    pub quota_reset: Option<Arc<Schedule>>,
     /// Whether its models are free unless a listing says otherwise.
     pub free: bool,
     /// Removes this provider's keys and configured header values from any
@@ -89,20 +90,32 @@ impl Provider {
         self.models.load().get(id).map(|m| m.id.clone())
     }
 
-    /// The limits a request to `model` is checked against on each key: the
-    /// model's own (or the provider's, for models it does not list) and
-    /// the key's shared ones.
-    pub fn budget_for(&self, model: &str) -> Budget {
-        self.budget_and_window(model).0
+    /// The limits a request to `model` is checked against on each key at
+    /// `now`: the model's own (or the provider's, for models it does not
+    /// list), the key's shared ones, and the quota period of the provider's
+    /// calendar (on `clock`) when a daily limit counts over it.
+    pub fn budget_for(&self, model: &str, clock: &Clock, now: Instant) -> Budget {
+        self.budget_and_window(model, clock, now).0
     }
 
     /// [`Provider::budget_for`] and [`Provider::context_window`] in one
     /// lookup (the dispatcher needs both for every candidate).
-    pub fn budget_and_window(&self, model: &str) -> (Budget, Option<u64>) {
+    pub fn budget_and_window(&self, model: &str, clock: &Clock, now: Instant) -> (Budget, Option<u64>) {
         let models = self.models.load();
         let listed = models.get(model);
-        let budget = Budget { model: listed.map_or(self.limits, |m| m.limits), key: self.key_limits, period: None };
+        let mut budget = Budget { model: listed.map_or(self.limits, |m| m.limits), key: self.key_limits, period: None };
+        if let Some(schedule) = &self.quota_reset
+            && (usage::daily(&budget.model) || usage::daily(&budget.key))
+        {
+            budget.period = schedule.period(clock, now);
+        }
         (budget, listed.and_then(|m| m.context))
+    }
+
+    /// When this provider's quota next resets after `now`, if it has a
+    /// calendar.
+    pub fn next_reset(&self, clock: &Clock, now: Instant) -> Option<Instant> {
+        self.quota_reset.as_ref()?.next_reset(clock, now)
     }
 
     /// The context window of `model`, when known.
@@ -305,7 +318,11 @@ fn enable(
         limits: provider_limits,
         key_limits: spec.key_limits.unwrap_or_default(),
         // Checked at load (config::validate), so a bad one never gets here.
-        quota_reset: spec.quota_reset.as_deref().and_then(|text| QuotaReset::parse(text).ok()).map(Arc::new),
+        quota_reset: spec
+            .quota_reset
+            .as_deref()
+            .and_then(|text| QuotaReset::parse(text).ok())
+            .map(|r| Arc::new(Schedule::new(r))),
         free: provider_free,
         redactor,
     })

@@ -269,7 +269,7 @@ impl Router {
         let Ok(candidates) = self.resolve(name) else { return false };
         let now = std::time::Instant::now();
         candidates.iter().any(|c| {
-            let budget = c.provider.budget_for(&c.model);
+            let budget = c.provider.budget_for(&c.model, &state.clock(), now);
             c.provider.keys.iter().any(|k| state.usable(&k.id, &c.model, &budget, now))
         })
     }

@@ -48,7 +48,7 @@ pub async fn attempt(
         if request.stream {
             stream(proxy, session, upstream_request, candidate, &target, request, admission).await
         } else {
-            whole(proxy, session, upstream_request, request.operation, candidate, &target, admission).await
+            whole(proxy, session, upstream_request, request, candidate, &target, admission).await
         }
     }
     .await;
@@ -60,7 +60,7 @@ async fn whole(
     proxy: &Proxy,
     mut session: PluginSession,
     upstream_request: UpstreamRequest,
-    operation: Operation,
+    request: &ClientRequest,
     candidate: &Candidate,
     target: &Target<'_>,
     admission: &Admission,
@@ -83,7 +83,7 @@ async fn whole(
         return Err(classify(&mut session, &provider.name, &provider.redactor, parts.status, &parts.headers, bytes));
     }
     // decode
-    let decoded = match operation {
+    let decoded = match request.operation {
         Operation::Chat => session.decode_chat(&bytes, target),
         Operation::Embeddings => session.decode_embeddings(&bytes, target),
     }
@@ -91,6 +91,9 @@ async fn whole(
     if let Some(usage) = decoded.usage {
         proxy.metrics.tokens(&candidate.provider.name, &candidate.metric_model(), usage);
         proxy.state.settle(admission, usage.total());
+        if request.log_id != 0 {
+            proxy.state.log_tokens(request.log_id, usage.prompt_tokens, usage.completion_tokens);
+        }
     }
     let body = candidate.provider.redactor.redact_answer(decoded.body);
     let mut response = Response::new(ResponseBody::full(body));
@@ -162,10 +165,14 @@ async fn stream(
     let state = Arc::clone(&proxy.state);
     let (name, model) = (provider.name.clone(), candidate.metric_model());
     let admission = admission.clone();
+    let log_id = request.log_id;
     relay.on_end(move |outcome| {
         if let Some(usage) = outcome.usage {
             metrics.tokens(&name, &model, usage);
             state.settle(&admission, usage.total());
+            if log_id != 0 {
+                state.log_tokens(log_id, usage.prompt_tokens, usage.completion_tokens);
+            }
         }
         match &outcome.error {
             Some(_) if outcome.client_gone => metrics.stream_client_gone(&name, &model),

@@ -23,7 +23,7 @@ use crate::catalog::routes::Candidate;
 use crate::errors::{ApiError, Attempt, ceil_secs};
 use crate::plugin::ErrorKind;
 use crate::state::usage::estimate_tokens;
-use crate::state::{Circuit, CircuitChange, Cooling};
+use crate::state::{AttemptRecord, Circuit, CircuitChange, Cooling};
 
 /// What dispatching a request came to.
 pub struct Outcome {
@@ -32,14 +32,18 @@ pub struct Outcome {
     /// The candidate that answered, when one did.
     pub via: Option<Candidate>,
     /// The upstream attempts that failed before the answer (all of them,
-    /// when nothing answered), in order: what the request log will record.
+    /// when nothing answered), in order.
     pub attempts: Vec<Attempt>,
+    /// Every attempt with its key and time, the answering one last: what
+    /// the request log records (empty when nothing is logged).
+    pub trail: Vec<AttemptRecord>,
 }
 
 /// What the loop knows so far about why nothing answered.
 #[derive(Default)]
 struct Tally {
     failed: Vec<Attempt>,
+    trail: Vec<AttemptRecord>,
     skipped: Vec<Attempt>,
     /// The soonest a cooling or limited candidate frees up.
     soonest: Option<Instant>,
@@ -95,7 +99,7 @@ pub async fn run(proxy: &Proxy, request: &ClientRequest, candidates: &[Candidate
             );
             continue;
         }
-        let (budget, window) = provider.budget_and_window(&candidate.model);
+        let (budget, window) = provider.budget_and_window(&candidate.model, &proxy.clock, Instant::now());
         let estimate = estimate_tokens(request.raw.len(), request.max_tokens, window);
         let n = provider.keys.len();
         let start = provider.next_key_start();
@@ -142,10 +146,29 @@ pub async fn run(proxy: &Proxy, request: &ClientRequest, candidates: &[Candidate
                 }
                 None => {}
             }
+            if request.log_id != 0 {
+                let (status, reason) = match &result {
+                    Ok(response) => (Some(response.status().as_u16()), "ok".to_owned()),
+                    Err(f) => (f.status, f.reason.clone()),
+                };
+                tally.trail.push(AttemptRecord {
+                    provider: provider.name.to_string(),
+                    model: candidate.model.to_string(),
+                    key: format!("{:016x}", key.id.fingerprint),
+                    status,
+                    reason,
+                    latency_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+                });
+            }
             let failure = match result {
                 Ok(response) => {
                     proxy.metrics.attempt(&provider.name, &candidate.metric_model(), "ok", elapsed);
-                    return Outcome { result: Ok(response), via: Some(candidate.clone()), attempts: tally.failed };
+                    return Outcome {
+                        result: Ok(response),
+                        via: Some(candidate.clone()),
+                        attempts: tally.failed,
+                        trail: tally.trail,
+                    };
                 }
                 Err(failure) => failure,
             };
@@ -173,7 +196,12 @@ pub async fn run(proxy: &Proxy, request: &ClientRequest, candidates: &[Candidate
                 Next::Answer(response) => {
                     // The upstream answered (its own 400): not a failure to fall back from.
                     tally.failed.pop();
-                    return Outcome { result: Ok(response), via: Some(candidate.clone()), attempts: tally.failed };
+                    return Outcome {
+                        result: Ok(response),
+                        via: Some(candidate.clone()),
+                        attempts: tally.failed,
+                        trail: tally.trail,
+                    };
                 }
             }
         }
@@ -231,7 +259,7 @@ fn decide(proxy: &Proxy, candidate: &Candidate, key: &Key, failure: Failure, tal
 /// Nothing answered: 429 when only rate limits stood in the way (with the
 /// soonest time one frees), else 502 listing every attempt.
 fn nothing_answered(proxy: &Proxy, request: &ClientRequest, tally: Tally) -> Outcome {
-    let Tally { failed, skipped, soonest, only_rate_limits, exhausted } = tally;
+    let Tally { failed, trail, skipped, soonest, only_rate_limits, exhausted } = tally;
     let made = failed.clone();
     let mut failed = failed;
     failed.extend(skipped);
@@ -251,5 +279,5 @@ fn nothing_answered(proxy: &Proxy, request: &ClientRequest, tally: Tally) -> Out
             ApiError::AllFailed { message, attempts: failed }
         }
     };
-    Outcome { result: Err(error), via: None, attempts: made }
+    Outcome { result: Err(error), via: None, attempts: made, trail }
 }

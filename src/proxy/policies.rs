@@ -138,6 +138,11 @@ pub fn record(proxy: &Proxy, ctx: &Context, outcome: &Outcome) {
     proxy.state().pin(&key, &target, Duration::from_secs(seconds), Instant::now());
 }
 
+/// The tags the policies set on this request.
+pub fn tags(ctx: &Context) -> Vec<(String, String)> {
+    ctx.policy.as_ref().map(|run| run.req.state().tags.clone()).unwrap_or_default()
+}
+
 /// Asks `model` one short question (for a classifier); `None` on any failure.
 async fn ask(proxy: &Proxy, model: &str, prompt: &str) -> Option<String> {
     let body = serde_json::json!({

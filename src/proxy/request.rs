@@ -52,6 +52,8 @@ pub struct ClientRequest {
     pub raw: Bytes,
     /// The conversation as values, when a policy reads it.
     pub messages: Option<Vec<Value>>,
+    /// Its id in the request log (0: not logged).
+    pub log_id: i64,
 }
 
 /// The fields the gateway reads. Everything else is skipped without
@@ -210,7 +212,17 @@ impl ClientRequest {
             nonempty(shapes.len())?;
             None
         };
-        Ok(Self { operation: Operation::Chat, model, stream, max_tokens, has_tools, wants_usage, raw: bytes, messages })
+        Ok(Self {
+            operation: Operation::Chat,
+            model,
+            stream,
+            max_tokens,
+            has_tools,
+            wants_usage,
+            raw: bytes,
+            messages,
+            log_id: 0,
+        })
     }
 
     /// Parses and checks an embeddings request body.
@@ -236,6 +248,7 @@ impl ClientRequest {
             wants_usage: false,
             raw: bytes,
             messages: None,
+            log_id: 0,
         })
     }
 

@@ -23,10 +23,14 @@
 //! transitions, as the provider's own counter sees it.
 
 use std::fmt;
+use std::sync::Mutex;
+use std::time::Instant;
 
 use jiff::civil::{Date, DateTime};
 use jiff::tz::{AmbiguousOffset, TimeZone};
 use jiff::{SignedDuration, Span, Timestamp};
+
+use super::{Clock, Period};
 
 /// What the accepted forms look like, shown in every parse error.
 const FORMS: &str = "expected \"HH:MM Zone\" (daily, e.g. \"00:00 America/Los_Angeles\" or \"00:00 UTC\") \
@@ -174,6 +178,56 @@ fn parse_clock(clock: &str) -> Option<(i8, i8)> {
     let hour: i8 = h.parse().ok()?;
     let minute: i8 = m.parse().ok()?;
     ((0..24).contains(&hour) && (0..60).contains(&minute)).then_some((hour, minute))
+}
+
+/// A provider's reset calendar with its current period remembered, so the
+/// request path pays the time-zone arithmetic once per period, not once per
+/// request.
+#[derive(Debug)]
+pub struct Schedule {
+    reset: QuotaReset,
+    /// (start, end) of the period last asked about, in wall-clock ms.
+    current: Mutex<(i64, i64)>,
+}
+
+impl Schedule {
+    /// The schedule of `reset`.
+    pub fn new(reset: QuotaReset) -> Self {
+        Self { reset, current: Mutex::new((0, 0)) }
+    }
+
+    /// The calendar.
+    pub fn reset(&self) -> &QuotaReset {
+        &self.reset
+    }
+
+    /// (start, end) in wall-clock ms of the period holding `now_ms`.
+    pub fn period_ms(&self, now_ms: i64) -> (i64, i64) {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if !(current.0..current.1).contains(&now_ms) {
+            let now = Timestamp::from_millisecond(now_ms).unwrap_or(Timestamp::UNIX_EPOCH);
+            let start = self.reset.period_start(now).as_millisecond();
+            let end = self.reset.next_after(now).as_millisecond();
+            *current = (start, end);
+        }
+        *current
+    }
+
+    /// The quota period running at `now`, on `clock`: what daily limits
+    /// count over (only for a daily calendar: a monthly reset leaves daily
+    /// limits rolling over 24 hours).
+    pub fn period(&self, clock: &Clock, now: Instant) -> Option<Period> {
+        if self.reset.period() != ResetPeriod::Daily {
+            return None;
+        }
+        let (start, end) = self.period_ms(clock.wall_ms(now));
+        Some(Period { start_secs: start.div_euclid(1000), end: clock.instant(end)? })
+    }
+
+    /// The next reset after `now`, on `clock`.
+    pub fn next_reset(&self, clock: &Clock, now: Instant) -> Option<Instant> {
+        clock.instant(self.period_ms(clock.wall_ms(now)).1)
+    }
 }
 
 #[cfg(test)]
@@ -340,5 +394,25 @@ mod tests {
             QuotaReset::parse("00:00 Mars/Olympus").unwrap_err().contains("`Mars/Olympus` is not an IANA time zone")
         );
         assert!(QuotaReset::parse("25:00 UTC").unwrap_err().contains("`25:00` is not a time of day"));
+    }
+
+    #[test]
+    fn a_schedule_follows_the_clock_across_a_reset() {
+        let la = Schedule::new(QuotaReset::parse("00:00 America/Los_Angeles").unwrap());
+        // 2026-01-15 23:59:58 in Los Angeles (PST, UTC-8) = 07:59:58 UTC on the 16th.
+        let before: Timestamp = "2026-01-16T07:59:58Z".parse().unwrap();
+        let clock = Clock::starting_at(before.as_millisecond());
+        let now = Instant::now();
+        let period = la.period(&clock, now).unwrap();
+        assert_eq!(period.start_secs, "2026-01-15T08:00:00Z".parse::<Timestamp>().unwrap().as_second());
+        let left = period.end.saturating_duration_since(now);
+        assert!(left <= std::time::Duration::from_secs(2) && left > std::time::Duration::from_millis(1900), "{left:?}");
+        let after = now + std::time::Duration::from_secs(3);
+        let next = la.period(&clock, after).unwrap();
+        assert_eq!(next.start_secs, "2026-01-16T08:00:00Z".parse::<Timestamp>().unwrap().as_second());
+        assert_eq!(la.next_reset(&clock, after), Some(next.end));
+        let monthly = Schedule::new(QuotaReset::parse("monthly 00:00 UTC").unwrap());
+        assert_eq!(monthly.period(&clock, now), None, "daily limits roll over 24 h under a monthly reset");
+        assert!(monthly.next_reset(&clock, now).is_some());
     }
 }

@@ -88,7 +88,9 @@ impl Cooldowns {
             .iter()
             .filter(|(key, _)| {
                 let (k, m) = &**key;
-                &*k.provider == provider && model.is_none_or(|x| x == &**m) && fingerprint.is_none_or(|f| f == k.fingerprint)
+                &*k.provider == provider
+                    && model.is_none_or(|x| x == &**m)
+                    && fingerprint.is_none_or(|f| f == k.fingerprint)
             })
             .map(|(key, _)| (*key).clone())
             .collect();

@@ -94,7 +94,8 @@ impl Db {
             Err(Broken::Io(message)) => Err(other(message)),
             Err(Broken::Corrupt(why)) => {
                 let aside = aside_name(path);
-                std::fs::rename(path, &aside).map_err(|e| other(format!("is corrupt ({why}) and cannot be moved aside: {e}")))?;
+                std::fs::rename(path, &aside)
+                    .map_err(|e| other(format!("is corrupt ({why}) and cannot be moved aside: {e}")))?;
                 for suffix in ["-wal", "-shm"] {
                     let mut side = path.as_os_str().to_owned();
                     side.push(suffix);
@@ -152,9 +153,7 @@ impl Db {
 
     /// The newest model list saved for `provider`.
     pub fn models_of(&self, provider: &str) -> rusqlite::Result<Option<String>> {
-        self.conn
-            .query_row("SELECT models FROM models WHERE provider = ?1", params![provider], |r| r.get(0))
-            .optional()
+        self.conn.query_row("SELECT models FROM models WHERE provider = ?1", params![provider], |r| r.get(0)).optional()
     }
 }
 

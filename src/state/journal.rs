@@ -193,13 +193,15 @@ impl Drop for Journal {
 
 type CounterRow = (Arc<str>, u64, Option<Arc<str>>, i64);
 type CooldownRow = (Arc<str>, u64, Arc<str>);
+/// Cooldowns an operator cleared: provider, only this model, only this key.
+type Cleared = (Arc<str>, Option<Arc<str>>, Option<u64>);
 
 /// Changes gathered since the last write.
 #[derive(Default)]
 struct Batch {
     usage: HashMap<CounterRow, (i64, i64)>,
     /// Cleared before the new cooldowns of the same batch are written.
-    uncool: Vec<(Arc<str>, Option<Arc<str>>, Option<u64>)>,
+    uncool: Vec<Cleared>,
     cooldowns: HashMap<CooldownRow, (i64, &'static str)>,
     invalid: Vec<(Arc<str>, u64, i64)>,
     pins: HashMap<Arc<str>, (Arc<str>, i64)>,

@@ -90,7 +90,15 @@ impl MemoryState {
 
     /// Adds what an earlier run counted for `key` (and `model`) at
     /// wall-clock `secs`.
-    pub fn restore_usage(&self, key: &KeyId, model: Option<&Arc<str>>, secs: i64, requests: u64, tokens: u64, now: Instant) {
+    pub fn restore_usage(
+        &self,
+        key: &KeyId,
+        model: Option<&Arc<str>>,
+        secs: i64,
+        requests: u64,
+        tokens: u64,
+        now: Instant,
+    ) {
         let daily = Limits { rpd: Some(u64::MAX), ..Limits::default() };
         self.counter(key, model, &daily, now).lock().restore(secs, requests, tokens, now);
     }
@@ -274,7 +282,8 @@ mod tests {
     fn admitted_requests_settle_and_refund() {
         let s = MemoryState::default();
         let model: Arc<str> = Arc::from("m");
-        let budget = Budget { model: Limits { tpd: Some(1000), ..Limits::default() }, key: Limits::default(), period: None };
+        let budget =
+            Budget { model: Limits { tpd: Some(1000), ..Limits::default() }, key: Limits::default(), period: None };
         let now = Instant::now();
         let a = s.admit(&key(), &model, &budget, 900, now).unwrap();
         assert!(s.admit(&key(), &model, &budget, 200, now).is_err());
@@ -297,7 +306,8 @@ mod tests {
     #[test]
     fn counters_for_made_up_models_stay_within_their_bound() {
         let s = MemoryState::new(StateBounds { usage_bytes: 1 << 20, ..StateBounds::default() });
-        let budget = Budget { model: Limits { rpd: Some(10), ..Limits::default() }, key: Limits::default(), period: None };
+        let budget =
+            Budget { model: Limits { rpd: Some(10), ..Limits::default() }, key: Limits::default(), period: None };
         let now = Instant::now();
         for i in 0..5000 {
             let _ = s.admit(&key(), &Arc::from(format!("junk-{i}")), &budget, 1, now);

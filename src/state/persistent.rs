@@ -46,12 +46,7 @@ struct Loaded {
 
 impl PersistentState {
     /// Opens the database at `path` and loads what it holds.
-    pub fn open(
-        path: &Path,
-        log_retention: Duration,
-        bounds: StateBounds,
-        clock: Clock,
-    ) -> Result<Self, OpenError> {
+    pub fn open(path: &Path, log_retention: Duration, bounds: StateBounds, clock: Clock) -> Result<Self, OpenError> {
         let db = Db::open(path)?;
         let memory = MemoryState::with_clock(bounds, clock);
         let other = |e: rusqlite::Error| OpenError::Other { path: path.display().to_string(), message: e.to_string() };
@@ -107,11 +102,18 @@ fn load(db: &Db, memory: &MemoryState, clock: Clock) -> rusqlite::Result<(Loaded
     let key = |provider: String, fp: i64| KeyId { provider: Arc::from(provider), fingerprint: fp as u64 };
 
     let since_minute = now_ms.saturating_sub(24 * 3600 * 1000) / 60_000;
-    let mut stmt = db.conn.prepare(
-        "SELECT provider, fingerprint, model, minute, requests, tokens FROM usage WHERE minute >= ?1",
-    )?;
+    let mut stmt = db
+        .conn
+        .prepare("SELECT provider, fingerprint, model, minute, requests, tokens FROM usage WHERE minute >= ?1")?;
     let rows = stmt.query_map(params![since_minute], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?, r.get::<_, i64>(4)?, r.get::<_, i64>(5)?))
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, i64>(3)?,
+            r.get::<_, i64>(4)?,
+            r.get::<_, i64>(5)?,
+        ))
     })?;
     let mut counters = std::collections::HashSet::new();
     for row in rows {
@@ -133,7 +135,13 @@ fn load(db: &Db, memory: &MemoryState, clock: Clock) -> rusqlite::Result<(Loaded
     let mut stmt =
         db.conn.prepare("SELECT provider, fingerprint, model, until_ms, reason FROM cooldowns WHERE until_ms > ?1")?;
     let rows = stmt.query_map(params![now_ms], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?, r.get::<_, String>(4)?))
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, i64>(3)?,
+            r.get::<_, String>(4)?,
+        ))
     })?;
     for row in rows {
         let (provider, fp, model, until_ms, reason) = row?;
@@ -290,6 +298,10 @@ impl StateStore for PersistentState {
         self.memory.clock()
     }
 
+    fn logs_requests(&self) -> bool {
+        true
+    }
+
     fn log_request(&self, record: RequestRecord) {
         self.journal.send(Write::Request(Box::new(record)));
     }
@@ -337,7 +349,8 @@ mod tests {
         let path = dir.path().join("state.db");
         let key = KeyId { provider: Arc::from("p"), fingerprint: u64::MAX - 3 };
         let model: Arc<str> = Arc::from("m");
-        let budget = Budget { model: Limits { rpd: Some(3), tpd: Some(1000), ..Limits::default() }, ..Budget::default() };
+        let budget =
+            Budget { model: Limits { rpd: Some(3), tpd: Some(1000), ..Limits::default() }, ..Budget::default() };
         let now = Instant::now();
         {
             let s = open(&path);

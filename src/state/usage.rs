@@ -240,7 +240,13 @@ impl Usage {
 
     /// Whether one more request of `tokens` fits in `limits` now (daily
     /// limits over the calendar `period` when the provider has one).
-    pub fn check(&mut self, limits: &Limits, tokens: u64, now: Instant, period: Option<&Period>) -> Result<(), LimitHit> {
+    pub fn check(
+        &mut self,
+        limits: &Limits,
+        tokens: u64,
+        now: Instant,
+        period: Option<&Period>,
+    ) -> Result<(), LimitHit> {
         self.prune(now);
         let in_minute = self.minute.len() as u64;
         let minute_frees = self.minute.front().and_then(|(t, _)| t.checked_add(MINUTE)).unwrap_or(now);

@@ -2,10 +2,12 @@
 //! config, SIGTERM.
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::support::gateway::{Answer, chat_body, send};
+use crate::support::gateway::{Answer, chat_body, provider, send};
+use crate::support::mock::Mock;
 
 fn freeway() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_freeway"));
@@ -348,4 +350,42 @@ fn check_reports_a_policy_that_does_not_compile() {
     assert!(!out.status.success());
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("10-broken.rhai:2"), "{text}");
+}
+
+/// Serves `config` with the binary and sends `n` chat requests for `model`;
+/// returns the process (still running) and the statuses.
+async fn serve_and_chat(config: &Path, model: &str, n: usize) -> (Served, Vec<u16>) {
+    let served = spawn_serve(freeway(), &["--config", config.to_str().unwrap()]);
+    let mut statuses = Vec::new();
+    for _ in 0..n {
+        let url = format!("http://{}/v1/chat/completions", served.addr);
+        statuses.push(Answer::read(send(&url, "POST", &chat_body(model, false), &[]).await).await.status.as_u16());
+    }
+    (served, statuses)
+}
+
+#[tokio::test]
+async fn kill_9_loses_at_most_the_last_second_of_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start().await;
+    let config = dir.path().join("freeway.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "providers:\n{}    limits: {{ rpd: 3 }}\nstate:\n  path: state/freeway.db\n",
+            provider("a", &mock.base_url(), &["ka"], &["m"])
+        ),
+    )
+    .unwrap();
+    let (mut served, statuses) = serve_and_chat(&config, "a/m", 3).await;
+    assert_eq!(statuses, [200, 200, 200]);
+    // More than the write-behind interval, then no chance to flush.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let status = Command::new("kill").args(["-KILL", &served.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    served.child.wait().unwrap();
+    assert!(dir.path().join("state/freeway.db").exists(), "state.path is relative to the config's folder");
+    let (_served, statuses) = serve_and_chat(&config, "a/m", 1).await;
+    assert_eq!(statuses, [429], "the day's 3 requests were forgotten by kill -9");
+    assert_eq!(mock.chats().len(), 3);
 }

@@ -28,4 +28,5 @@ mod props;
 mod redaction;
 mod sdk;
 mod stalls;
+mod state;
 mod streaming;

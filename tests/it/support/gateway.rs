@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use freeway::state::Clock;
 use freeway::{Catalog, Config, Env, Gateway};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -36,9 +37,14 @@ const NO_POLICIES: &str =
     "\npolicies:\n  disabled: [auto-tier, free-alias, favorites, context-prune, sticky-session]\n";
 
 pub async fn start_with(yaml: &str, catalog: Catalog, env: Env) -> TestGateway {
+    start_at(yaml, catalog, env, Clock::system()).await
+}
+
+/// [`start_with`] on `clock` (a wall clock started just before a reset).
+pub async fn start_at(yaml: &str, catalog: Catalog, env: Env, clock: Clock) -> TestGateway {
     let yaml = if yaml.contains("policies:") { yaml.to_owned() } else { format!("{yaml}{NO_POLICIES}") };
     let loaded = Config::from_yaml(&yaml, "test config", &env, &catalog).unwrap_or_else(|e| panic!("{e}"));
-    let gateway = Gateway::new(loaded.config, catalog, &env).await.unwrap_or_else(|e| panic!("{e:?}"));
+    let gateway = Gateway::with_clock(loaded.config, catalog, &env, clock).await.unwrap_or_else(|e| panic!("{e:?}"));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
