@@ -1371,7 +1371,7 @@ fn decode_everything(
     if let Some(decoded) = no_fault("decode_chat", session.decode_chat(body, &t))? {
         prop_assert!(serde_json::from_slice::<Value>(&decoded.body).is_ok(), "decode_chat answered invalid JSON");
     }
-    if let Some(decoded) = no_fault("decode_embeddings", session.decode_embeddings(body, &t))? {
+    if let Some(decoded) = no_fault("decode_embeddings", session.decode_embeddings(body, body, &t))? {
         prop_assert!(serde_json::from_slice::<Value>(&decoded.body).is_ok(), "decode_embeddings answered invalid JSON");
     }
     no_fault("decode_models", session.decode_models(body, &t))?;
