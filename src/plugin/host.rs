@@ -707,14 +707,11 @@ impl PluginSession {
         })
     }
 
-    /// What the upstream said about its limits, as [`Plugin::read_limits`]
-    /// reads it, in this attempt's instance.
+    /// What the upstream said about its limits: [`Plugin::read_limits`],
+    /// in an instance of its own (from the idle pool), so that a fault there
+    /// costs this attempt's instance nothing.
     pub fn read_limits(&mut self, status: StatusCode, headers: &HeaderMap) -> Vec<RateReport> {
-        let Some(headers) = self.plugin.limit_headers(headers) else { return Vec::new() };
-        match self.call(0, |s, p| p.read_limits(s, status.as_u16(), &headers)) {
-            Ok(reports) => rate_reports(reports, std::time::SystemTime::now()),
-            Err(_) => Vec::new(),
-        }
+        self.plugin.read_limits(status.as_u16(), headers)
     }
 
     /// Turns the session into a decoder for one streamed answer.

@@ -458,8 +458,9 @@ fn stream_errors_and_early_ends_are_errors() {
 fn upstream_errors_are_classified() {
     let per_minute = r#"{"message":"You are using a Trial key, which is limited to 20 API calls / minute."}"#;
     let monthly = r#"{"message":"You are using a Trial key, which is limited to 1000 API calls / month."}"#;
-    assert_eq!(classify(429, per_minute), ErrorKind::RateLimited { retry_after: None, window: QuotaWindow::Unknown });
-    assert_eq!(classify(429, monthly), ErrorKind::QuotaExhausted);
+    assert_eq!(classify(429, per_minute), ErrorKind::RateLimited { retry_after: None, window: QuotaWindow::Minute });
+    // The trial key's monthly allowance lasts until the month's reset.
+    assert_eq!(classify(429, monthly), ErrorKind::RateLimited { retry_after: None, window: QuotaWindow::Month });
     assert_eq!(classify(402, r#"{"message":"billing limit reached"}"#), ErrorKind::QuotaExhausted);
     assert_eq!(classify(401, r#"{"message":"invalid api token"}"#), ErrorKind::InvalidKey);
     assert_eq!(classify(403, "{}"), ErrorKind::InvalidKey);

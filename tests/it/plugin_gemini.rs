@@ -563,11 +563,11 @@ fn rate_limited(delay: &str) -> Value {
 fn gemini_errors_are_classified() {
     assert_eq!(
         classify(429, &rate_limited("30s")),
-        ErrorKind::RateLimited { retry_after: Some(Duration::from_secs(30)), window: QuotaWindow::Unknown }
+        ErrorKind::RateLimited { retry_after: Some(Duration::from_secs(30)), window: QuotaWindow::Minute }
     );
     assert_eq!(
         classify(429, &rate_limited("1.5s")),
-        ErrorKind::RateLimited { retry_after: Some(Duration::from_millis(1500)), window: QuotaWindow::Unknown }
+        ErrorKind::RateLimited { retry_after: Some(Duration::from_millis(1500)), window: QuotaWindow::Minute }
     );
     assert_eq!(
         classify(429, &json!({"error": {"code": 429, "message": "slow down", "status": "RESOURCE_EXHAUSTED"}})),

@@ -1190,7 +1190,8 @@ fn any_target() -> BoxedStrategy<AnyTarget> {
 fn no_fault<T>(what: &str, result: Result<T, PluginError>) -> Result<Option<T>, TestCaseError> {
     match result {
         Ok(v) => Ok(Some(v)),
-        Err(e) if e.kind == PluginErrorKind::Refused => Ok(None),
+        // A refusal, or (0.2) a request the provider cannot express.
+        Err(e) if matches!(e.kind, PluginErrorKind::Refused | PluginErrorKind::ClientRequest) => Ok(None),
         Err(e) => Err(TestCaseError::fail(format!("{what}: the plugin faulted ({:?}): {e}", e.kind))),
     }
 }
