@@ -1,11 +1,27 @@
-//! Host bindings generated from `providers/wit/0.1.0/provider.wit`, the
-//! interface version this build implements ([`super::INTERFACE_VERSION`]).
+//! Host bindings generated from the interface versions this build loads:
+//! `providers/wit/0.2.0/provider.wit` ([`super::INTERFACE_VERSION`]) and the
+//! previous one, `providers/wit/0.1.0`, whose plugins still load (their
+//! calls are adapted to 0.2's shapes in `host.rs`).
 
 #![allow(missing_docs)]
 
-wasmtime::component::bindgen!({
-    path: "providers/wit/0.1.0",
-    world: "provider",
-});
+/// Interface 0.2.0, the current one.
+pub mod v02 {
+    wasmtime::component::bindgen!({
+        path: "providers/wit/0.2.0",
+        world: "provider",
+    });
 
-pub use exports::freeway::provider::translator as api;
+    pub use exports::freeway::provider::translator as api;
+}
+
+/// Interface 0.1.0: no `read-limits`, no window on a 429, a plain string
+/// for a build error, and `decode-embeddings` without the request.
+pub mod v01 {
+    wasmtime::component::bindgen!({
+        path: "providers/wit/0.1.0",
+        world: "provider",
+    });
+
+    pub use exports::freeway::provider::translator as api;
+}

@@ -13,9 +13,13 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use wasmtime::component::{Component, Linker, ResourceAny};
 use wasmtime::{ResourceLimiter, Store, Trap};
 
-use super::bindings::{Provider, ProviderPre, api};
-use super::types::{Capabilities, Decoded, ErrorKind, ModelRecord, StreamEvent, Target, UpstreamRequest, Usage};
-use super::{BUILTIN, INTERFACE_VERSION, TRANSLATOR_EXPORT, cache, engine};
+use super::bindings::v02::api;
+use super::types::{
+    Capabilities, Decoded, ErrorKind, ModelRecord, QuotaWindow, RateReport, RateUnit, StreamEvent, Target,
+    UpstreamRequest, Usage,
+};
+use super::versions::{Instance, Pre, Version};
+use super::{BUILTIN, INTERFACE_VERSION, LOADED_VERSIONS, TRANSLATOR_EXPORT, cache, engine};
 use crate::metrics::Metrics;
 
 /// Limits every plugin call runs under.
@@ -56,6 +60,9 @@ pub enum PluginErrorKind {
     Memory,
     /// It could not be instantiated (the instance pool is full).
     Unavailable,
+    /// It cannot express the client's request for its provider (a 0.2
+    /// `build-error.client-error`): the client gets a 400 with its message.
+    ClientRequest,
 }
 
 impl PluginErrorKind {
@@ -67,6 +74,7 @@ impl PluginErrorKind {
             Self::Deadline => "deadline",
             Self::Memory => "memory",
             Self::Unavailable => "unavailable",
+            Self::ClientRequest => "client_request",
         }
     }
 }
@@ -85,7 +93,7 @@ pub struct PluginError {
 
 /// Per-store state: the memory limit, whether it was hit, how much linear
 /// memory the instance has, and the current call's deadline.
-struct State {
+pub(super) struct State {
     memory_limit: usize,
     memory_exceeded: bool,
     /// Bytes of linear memory, all memories of the instance together (wasm
@@ -126,7 +134,8 @@ pub struct Plugin {
     name: String,
     source: String,
     capabilities: Capabilities,
-    pre: ProviderPre<State>,
+    pre: Pre,
+    version: Version,
     settings: PluginSettings,
     metrics: Arc<Metrics>,
 }
@@ -217,19 +226,21 @@ fn plugin_files(dir: Option<&Path>) -> Result<Vec<(String, PathBuf)>, String> {
     Ok(files)
 }
 
-/// Checks that a component exports this build's translator interface, and
-/// says which version it has when it does not.
-fn check_interface(engine: &wasmtime::Engine, component: &Component, source: &str) -> Result<(), String> {
-    let exports: Vec<String> = component.component_type().exports(engine).map(|(name, _)| name.to_owned()).collect();
-    if exports.iter().any(|n| n == TRANSLATOR_EXPORT) {
-        return Ok(());
-    }
-    if let Some(other) = exports.iter().find_map(|n| n.strip_prefix("freeway:provider/translator@")) {
+/// The interface version a component exports the translator for, when this
+/// build loads it; otherwise says which version it has.
+fn check_interface(engine: &wasmtime::Engine, component: &Component, source: &str) -> Result<Version, String> {
+    let other = match Version::of(engine, component) {
+        Ok(version) => return Ok(version),
+        Err(other) => other,
+    };
+    if let Some(other) = other {
         return Err(format!(
-            "{source}: built against plugin interface {other}; this freeway expects {INTERFACE_VERSION}. \
-             Rebuild the plugin with providers/wit from this version"
+            "{source}: built against plugin interface {other}; this freeway expects {INTERFACE_VERSION} \
+             (and still loads {}). Rebuild the plugin with providers/wit from this version",
+            LOADED_VERSIONS[1..].join(", ")
         ));
     }
+    let exports: Vec<String> = component.component_type().exports(engine).map(|(name, _)| name.to_owned()).collect();
     Err(format!(
         "{source}: not a freeway provider plugin (it exports {}; expected {TRANSLATOR_EXPORT})",
         if exports.is_empty() { "nothing".to_owned() } else { exports.join(", ") }
@@ -243,15 +254,13 @@ impl Plugin {
         let engine = engine::engine()?;
         let component =
             cache::load(engine, wasm, settings.cache_dir.as_deref()).map_err(|e| format!("{source}: {e}"))?;
-        check_interface(engine, &component, source)?;
+        let version = check_interface(engine, &component, source)?;
         let mut linker = Linker::<State>::new(engine);
         // A wasm32-wasip2 guest imports WASI even when it does no I/O; any
         // such call traps, so a plugin cannot reach files, clocks or sockets.
         linker.define_unknown_imports_as_traps(&component).map_err(|e| format!("{source}: {e:#}"))?;
-        let pre = linker
-            .instantiate_pre(&component)
-            .and_then(ProviderPre::new)
-            .map_err(|e| format!("{source}: cannot be instantiated: {e:#}"))?;
+        let pre =
+            Pre::new(&linker, &component, version).map_err(|e| format!("{source}: cannot be instantiated: {e:#}"))?;
         let mut plugin = Self {
             idle: std::sync::Mutex::new(Vec::new()),
             engine,
@@ -259,16 +268,18 @@ impl Plugin {
             source: source.to_owned(),
             capabilities: Capabilities::default(),
             pre,
+            version,
             settings: settings.clone(),
             metrics,
         };
         let descriptor = plugin
-            .call(|store, p| p.freeway_provider_translator().call_describe(store))
+            .call(|store, p| p.describe(store))
             .map_err(|e| format!("{source}: describe() failed: {}", e.message))?;
-        if descriptor.interface_version != INTERFACE_VERSION {
+        if descriptor.interface_version != version.as_str() {
             return Err(format!(
-                "{source}: says it implements plugin interface {}; this freeway expects {INTERFACE_VERSION}",
-                descriptor.interface_version
+                "{source}: says it implements plugin interface {} but exports interface {}",
+                descriptor.interface_version,
+                version.as_str()
             ));
         }
         let c = descriptor.capabilities;
@@ -278,6 +289,7 @@ impl Plugin {
             tools: c.contains(api::Capabilities::TOOLS),
             embeddings: c.contains(api::Capabilities::EMBEDDINGS),
             models: c.contains(api::Capabilities::MODELS),
+            limits: c.contains(api::Capabilities::LIMITS),
         };
         plugin.name = descriptor.name;
         Ok(plugin)
@@ -286,7 +298,7 @@ impl Plugin {
     /// A fresh instance and one trivial call: the fixed cost of every call.
     #[doc(hidden)]
     pub fn describe_for_bench(&self) -> bool {
-        self.call(|s, p| p.freeway_provider_translator().call_describe(s)).is_ok()
+        self.call(|s, p| p.describe(s)).is_ok()
     }
 
     /// The request that lists the provider's models (one-off session).
@@ -307,6 +319,92 @@ impl Plugin {
     /// What it can do.
     pub fn capabilities(&self) -> Capabilities {
         self.capabilities
+    }
+
+    /// The interface version it was built against (`0.2.0`, or `0.1.0` for
+    /// a plugin that predates [`Plugin::read_limits`]).
+    pub fn interface_version(&self) -> &'static str {
+        self.version.as_str()
+    }
+
+    /// What the upstream said about its limits in a response's headers
+    /// (an answer's or an error's), as the plugin reads them. Empty, without
+    /// entering the plugin, when it lacks the `limits` capability or no
+    /// header name contains `ratelimit`; the plugin gets only those headers
+    /// and `retry-after`. Runs in an idle instance (or a new one) and gives
+    /// it back; a plugin fault reads as nothing (and is counted).
+    pub fn read_limits(&self, status: u16, headers: &HeaderMap) -> Vec<RateReport> {
+        let Some(headers) = self.limit_headers(headers) else { return Vec::new() };
+        let warm = if self.settings.fresh_instances {
+            None
+        } else {
+            self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+        };
+        let mut warm = match warm {
+            Some(warm) => warm,
+            None => {
+                let mut store = self.store();
+                match self.pre.instantiate(&mut store) {
+                    Ok(instance) => Warm { store, instance, uses: 0, idle_since: std::time::Instant::now() },
+                    Err(e) => {
+                        self.fault(&store, e, PluginErrorKind::Unavailable);
+                        return Vec::new();
+                    }
+                }
+            }
+        };
+        State::start_call(&mut warm.store);
+        match warm.instance.read_limits(&mut warm.store, status, &headers) {
+            Ok(reports) => {
+                self.put_back(warm);
+                rate_reports(reports, std::time::SystemTime::now())
+            }
+            Err(e) => {
+                self.fault(&warm.store, e, PluginErrorKind::Trap);
+                Vec::new()
+            }
+        }
+    }
+
+    /// The headers [`Plugin::read_limits`] passes in, or `None` when there
+    /// is nothing to read.
+    fn limit_headers(&self, headers: &HeaderMap) -> Option<Vec<(String, String)>> {
+        if !self.capabilities.limits {
+            return None;
+        }
+        // Header names are lower case in a `HeaderMap`.
+        let limit = |name: &HeaderName| name.as_str().contains("ratelimit");
+        if !headers.keys().any(limit) {
+            return None;
+        }
+        Some(
+            headers
+                .iter()
+                .filter(|(name, _)| limit(name) || *name == http::header::RETRY_AFTER)
+                .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+                .collect(),
+        )
+    }
+
+    /// Gives a clean instance back to the idle pool (or lets it go: see
+    /// [`PluginSession`]).
+    fn put_back(&self, mut warm: Warm) {
+        if self.settings.fresh_instances || warm.store.data().memory_size > RETIRE_MEMORY {
+            return;
+        }
+        warm.uses += 1;
+        let now = std::time::Instant::now();
+        warm.idle_since = now;
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        // The oldest idle instances are at the bottom.
+        let expired = idle.iter().take_while(|w| now.saturating_duration_since(w.idle_since) > IDLE_TTL).count();
+        let dropped: Vec<Warm> = idle.drain(..expired).collect();
+        if warm.uses < MAX_USES && idle.len() < MAX_IDLE {
+            idle.push(warm);
+        }
+        drop(idle);
+        // Instances are torn down outside the lock.
+        drop(dropped);
     }
 
     fn store(&self) -> Store<State> {
@@ -345,7 +443,7 @@ impl Plugin {
     }
 
     /// Runs `f` on a fresh instance (for one-off calls).
-    fn call<T>(&self, f: impl FnOnce(&mut Store<State>, &Provider) -> wasmtime::Result<T>) -> Result<T, PluginError> {
+    fn call<T>(&self, f: impl FnOnce(&mut Store<State>, &Instance) -> wasmtime::Result<T>) -> Result<T, PluginError> {
         let mut store = self.store();
         let instance = match self.pre.instantiate(&mut store) {
             Ok(instance) => instance,
@@ -383,6 +481,15 @@ impl Plugin {
 
     fn refused(&self, message: String) -> PluginError {
         PluginError { plugin: self.name.clone(), kind: PluginErrorKind::Refused, message }
+    }
+
+    fn build_error(&self, error: api::BuildError) -> PluginError {
+        match error {
+            api::BuildError::ClientError(message) => {
+                PluginError { plugin: self.name.clone(), kind: PluginErrorKind::ClientRequest, message }
+            }
+            api::BuildError::Failed(message) => self.refused(message),
+        }
     }
 
     fn upstream_request(
@@ -429,7 +536,7 @@ pub struct PluginSession {
 /// when it has been idle.
 struct Warm {
     store: Store<State>,
-    instance: Provider,
+    instance: Instance,
     uses: u32,
     idle_since: std::time::Instant,
 }
@@ -479,26 +586,11 @@ fn off_the_workers<R>(input: usize, call: impl FnOnce() -> R) -> R {
 
 impl Drop for PluginSession {
     fn drop(&mut self) {
-        if self.poisoned || self.plugin.settings.fresh_instances {
+        if self.poisoned {
             return;
         }
-        if let Some(mut warm) = self.warm.take() {
-            if warm.store.data().memory_size > RETIRE_MEMORY {
-                return;
-            }
-            warm.uses += 1;
-            let now = std::time::Instant::now();
-            warm.idle_since = now;
-            let mut idle = self.plugin.idle.lock().unwrap_or_else(|e| e.into_inner());
-            // The oldest idle instances are at the bottom.
-            let expired = idle.iter().take_while(|w| now.saturating_duration_since(w.idle_since) > IDLE_TTL).count();
-            let dropped: Vec<Warm> = idle.drain(..expired).collect();
-            if warm.uses < MAX_USES && idle.len() < MAX_IDLE {
-                idle.push(warm);
-            }
-            drop(idle);
-            // Instances are torn down outside the lock.
-            drop(dropped);
+        if let Some(warm) = self.warm.take() {
+            self.plugin.put_back(warm);
         }
     }
 }
@@ -509,7 +601,7 @@ impl PluginSession {
     fn call<T>(
         &mut self,
         input: usize,
-        f: impl FnOnce(&mut Store<State>, &Provider) -> wasmtime::Result<T>,
+        f: impl FnOnce(&mut Store<State>, &Instance) -> wasmtime::Result<T>,
     ) -> Result<T, PluginError> {
         let Some(Warm { store, instance, .. }) = self.warm.as_mut() else {
             return Err(self.plugin.refused("the instance is gone".to_owned()));
@@ -527,41 +619,46 @@ impl PluginSession {
     /// An OpenAI chat request body → the upstream request.
     pub fn build_chat(&mut self, request: &[u8], target: &Target<'_>) -> Result<UpstreamRequest, PluginError> {
         let t = wit_target(target);
-        let built = self.call(request.len(), |s, p| p.freeway_provider_translator().call_build_chat(s, request, &t))?;
+        let built = self.call(request.len(), |s, p| p.build_chat(s, request, &t))?;
         built
-            .map_err(|e| self.plugin.refused(e))
+            .map_err(|e| self.plugin.build_error(e))
             .and_then(|r| self.plugin.upstream_request(r, target, Purpose::Request))
     }
 
     /// An upstream answer → an OpenAI chat completion.
     pub fn decode_chat(&mut self, body: &[u8], target: &Target<'_>) -> Result<Decoded, PluginError> {
         let t = wit_target(target);
-        let answer = self.call(body.len(), |s, p| p.freeway_provider_translator().call_decode_chat(s, body, &t))?;
+        let answer = self.call(body.len(), |s, p| p.decode_chat(s, body, &t))?;
         answer.map(decoded).map_err(|e| self.plugin.refused(e))
     }
 
     /// An OpenAI embeddings request body → the upstream request.
     pub fn build_embeddings(&mut self, request: &[u8], target: &Target<'_>) -> Result<UpstreamRequest, PluginError> {
         let t = wit_target(target);
-        let built =
-            self.call(request.len(), |s, p| p.freeway_provider_translator().call_build_embeddings(s, request, &t))?;
+        let built = self.call(request.len(), |s, p| p.build_embeddings(s, request, &t))?;
         built
-            .map_err(|e| self.plugin.refused(e))
+            .map_err(|e| self.plugin.build_error(e))
             .and_then(|r| self.plugin.upstream_request(r, target, Purpose::Request))
     }
 
-    /// An upstream embeddings answer → an OpenAI embeddings list.
-    pub fn decode_embeddings(&mut self, body: &[u8], target: &Target<'_>) -> Result<Decoded, PluginError> {
+    /// An upstream embeddings answer → an OpenAI embeddings list; `request`
+    /// is the client's request body (a 0.1 plugin is not given it).
+    pub fn decode_embeddings(
+        &mut self,
+        request: &[u8],
+        body: &[u8],
+        target: &Target<'_>,
+    ) -> Result<Decoded, PluginError> {
         let t = wit_target(target);
-        let answer =
-            self.call(body.len(), |s, p| p.freeway_provider_translator().call_decode_embeddings(s, body, &t))?;
+        let input = request.len().saturating_add(body.len());
+        let answer = self.call(input, |s, p| p.decode_embeddings(s, request, body, &t))?;
         answer.map(decoded).map_err(|e| self.plugin.refused(e))
     }
 
     /// The request that lists the provider's models.
     pub fn build_models(&mut self, target: &Target<'_>) -> Result<UpstreamRequest, PluginError> {
         let t = wit_target(target);
-        let built = self.call(0, |s, p| p.freeway_provider_translator().call_build_models(s, &t))?;
+        let built = self.call(0, |s, p| p.build_models(s, &t))?;
         built
             .map_err(|e| self.plugin.refused(e))
             .and_then(|r| self.plugin.upstream_request(r, target, Purpose::Listing))
@@ -570,7 +667,7 @@ impl PluginSession {
     /// A model listing → records.
     pub fn decode_models(&mut self, body: &[u8], target: &Target<'_>) -> Result<Vec<ModelRecord>, PluginError> {
         let t = wit_target(target);
-        let records = self.call(body.len(), |s, p| p.freeway_provider_translator().call_decode_models(s, body, &t))?;
+        let records = self.call(body.len(), |s, p| p.decode_models(s, body, &t))?;
         let records = records.map_err(|e| self.plugin.refused(e))?;
         Ok(records
             .into_iter()
@@ -597,11 +694,12 @@ impl PluginSession {
             .filter(|(name, _)| *name != http::header::AUTHORIZATION && *name != http::header::SET_COOKIE)
             .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
             .collect();
-        let kind = self.call(body.len(), |s, p| {
-            p.freeway_provider_translator().call_classify_error(s, status.as_u16(), &headers, body)
-        })?;
+        let kind = self.call(body.len(), |s, p| p.classify_error(s, status.as_u16(), &headers, body))?;
         Ok(match kind {
-            api::ErrorKind::RateLimited(ms) => ErrorKind::RateLimited { retry_after: ms.map(Duration::from_millis) },
+            api::ErrorKind::RateLimited(limit) => ErrorKind::RateLimited {
+                retry_after: limit.retry_after_ms.map(Duration::from_millis),
+                window: window(limit.window),
+            },
             api::ErrorKind::QuotaExhausted => ErrorKind::QuotaExhausted,
             api::ErrorKind::InvalidKey => ErrorKind::InvalidKey,
             api::ErrorKind::ClientError => ErrorKind::ClientError,
@@ -609,10 +707,17 @@ impl PluginSession {
         })
     }
 
+    /// What the upstream said about its limits: [`Plugin::read_limits`],
+    /// in an instance of its own (from the idle pool), so that a fault there
+    /// costs this attempt's instance nothing.
+    pub fn read_limits(&mut self, status: StatusCode, headers: &HeaderMap) -> Vec<RateReport> {
+        self.plugin.read_limits(status.as_u16(), headers)
+    }
+
     /// Turns the session into a decoder for one streamed answer.
     pub fn into_stream(mut self, target: &Target<'_>) -> Result<PluginStream, PluginError> {
         let t = wit_target(target);
-        let resource = self.call(0, |s, p| p.freeway_provider_translator().stream_decoder().call_constructor(s, &t))?;
+        let resource = self.call(0, |s, p| p.stream_new(s, &t))?;
         Ok(PluginStream { session: self, resource })
     }
 }
@@ -736,6 +841,53 @@ fn wit_target(t: &Target<'_>) -> api::Target {
     }
 }
 
+/// Most reports kept from one response: a plugin cannot flood the host.
+pub const MAX_RATE_REPORTS: usize = 16;
+
+/// Longest reset kept: a monthly window is at most 31 days, so anything
+/// beyond a year is a plugin's or an upstream's mistake.
+pub const MAX_RESET: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// A plugin's reports in the host's shape: at most [`MAX_RATE_REPORTS`],
+/// resets as a duration from `now` (a reset at a time already past is
+/// zero), at most [`MAX_RESET`].
+fn rate_reports(reports: Vec<api::RateReport>, now: std::time::SystemTime) -> Vec<RateReport> {
+    reports
+        .into_iter()
+        .take(MAX_RATE_REPORTS)
+        .map(|r| RateReport {
+            unit: match r.unit {
+                api::RateUnit::Requests => RateUnit::Requests,
+                api::RateUnit::Tokens => RateUnit::Tokens,
+            },
+            window: window(r.window),
+            limit: r.limit,
+            remaining: r.remaining,
+            reset_after: r.reset.map(|reset| reset_after(reset, now).min(MAX_RESET)),
+        })
+        .collect()
+}
+
+/// How long after `now` a reset is.
+fn reset_after(reset: api::ResetTime, now: std::time::SystemTime) -> Duration {
+    match reset {
+        api::ResetTime::AfterMs(ms) => Duration::from_millis(ms),
+        api::ResetTime::AtUnixMs(ms) => {
+            let since_epoch = now.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            Duration::from_millis(ms).saturating_sub(since_epoch)
+        }
+    }
+}
+
+fn window(w: api::QuotaWindow) -> QuotaWindow {
+    match w {
+        api::QuotaWindow::Unknown => QuotaWindow::Unknown,
+        api::QuotaWindow::Minute => QuotaWindow::Minute,
+        api::QuotaWindow::Day => QuotaWindow::Day,
+        api::QuotaWindow::Month => QuotaWindow::Month,
+    }
+}
+
 fn usage(u: api::Usage) -> Usage {
     Usage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens }
 }
@@ -769,9 +921,7 @@ impl PluginStream {
     /// Feeds upstream bytes; decoded events are appended to `out`.
     pub fn push(&mut self, bytes: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), PluginError> {
         let resource = self.resource;
-        let events = self
-            .session
-            .call(bytes.len(), |s, p| p.freeway_provider_translator().stream_decoder().call_push(s, resource, bytes))?;
+        let events = self.session.call(bytes.len(), |s, p| p.stream_push(s, resource, bytes))?;
         out.extend(events.into_iter().map(event));
         Ok(())
     }
@@ -779,8 +929,7 @@ impl PluginStream {
     /// The upstream body ended.
     pub fn finish(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), PluginError> {
         let resource = self.resource;
-        let events =
-            self.session.call(0, |s, p| p.freeway_provider_translator().stream_decoder().call_finish(s, resource))?;
+        let events = self.session.call(0, |s, p| p.stream_finish(s, resource))?;
         out.extend(events.into_iter().map(event));
         Ok(())
     }
@@ -860,6 +1009,48 @@ mod tests {
         for url in ["https://evil.example/v1/models", "https://api.cohere.com/v1/../admin", "http://proxy/admin"] {
             assert!(allowed_url(url, &target, Purpose::Listing).is_err(), "{url}");
         }
+    }
+
+    #[test]
+    fn rate_reports_are_bounded_and_resets_become_durations() {
+        use super::{MAX_RATE_REPORTS, MAX_RESET, api, rate_reports};
+        use crate::plugin::{QuotaWindow, RateUnit};
+        use std::time::{Duration, SystemTime, UNIX_EPOCH};
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let report = |reset| api::RateReport {
+            unit: api::RateUnit::Tokens,
+            window: api::QuotaWindow::Day,
+            limit: Some(u64::MAX),
+            remaining: Some(0),
+            reset,
+        };
+        let reports = rate_reports(
+            vec![
+                report(Some(api::ResetTime::AfterMs(1500))),
+                report(Some(api::ResetTime::AtUnixMs(1_700_000_090_000))),
+                report(Some(api::ResetTime::AtUnixMs(1_000))),
+                report(Some(api::ResetTime::AtUnixMs(u64::MAX))),
+                report(Some(api::ResetTime::AfterMs(u64::MAX))),
+                report(None),
+            ],
+            now,
+        );
+        let resets: Vec<_> = reports.iter().map(|r| r.reset_after).collect();
+        assert_eq!(
+            resets,
+            [
+                Some(Duration::from_millis(1500)),
+                Some(Duration::from_secs(90)),
+                Some(Duration::ZERO),
+                Some(MAX_RESET),
+                Some(MAX_RESET),
+                None
+            ]
+        );
+        assert_eq!((reports[0].unit, reports[0].window), (RateUnit::Tokens, QuotaWindow::Day));
+        assert_eq!((reports[0].limit, reports[0].remaining), (Some(u64::MAX), Some(0)));
+        let flood = rate_reports((0..1000).map(|_| report(None)).collect(), SystemTime::now());
+        assert_eq!(flood.len(), MAX_RATE_REPORTS);
     }
 
     #[test]

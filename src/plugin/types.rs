@@ -82,6 +82,9 @@ pub struct Capabilities {
     pub embeddings: bool,
     /// Model listing.
     pub models: bool,
+    /// Reads the upstream's rate-limit headers ([`super::Plugin::read_limits`];
+    /// interface 0.2 on).
+    pub limits: bool,
 }
 
 /// A decoded non-stream answer.
@@ -113,6 +116,59 @@ pub enum StreamEvent {
     },
 }
 
+/// The period a quota or a rate limit counts over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum QuotaWindow {
+    /// The upstream did not say (a 0.1 plugin never does): a short limit.
+    #[default]
+    Unknown,
+    /// Per minute.
+    Minute,
+    /// Until the provider's next daily reset.
+    Day,
+    /// Until the provider's next monthly reset.
+    Month,
+}
+
+impl QuotaWindow {
+    /// Label for logs and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Minute => "minute",
+            Self::Day => "day",
+            Self::Month => "month",
+        }
+    }
+}
+
+/// What a rate limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RateUnit {
+    /// Requests.
+    Requests,
+    /// Tokens (prompt and completion together, as the upstreams count them).
+    Tokens,
+}
+
+/// What an upstream said about one of its limits in a response's headers
+/// (read by the plugin; see [`super::Plugin::read_limits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateReport {
+    /// What it counts.
+    pub unit: RateUnit,
+    /// Over which period.
+    pub window: QuotaWindow,
+    /// The limit for the window.
+    pub limit: Option<u64>,
+    /// What is left of it.
+    pub remaining: Option<u64>,
+    /// How long after the response the count starts again (a reset the
+    /// upstream gave as a point in time is turned into this with the system
+    /// clock; one already past is [`Duration::ZERO`]).
+    pub reset_after: Option<Duration>,
+}
+
 /// What an upstream error means for the dispatcher.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -120,6 +176,9 @@ pub enum ErrorKind {
     RateLimited {
         /// How long the upstream asked us to wait, if it said.
         retry_after: Option<Duration>,
+        /// Which limit was hit: a daily or monthly one lasts until the
+        /// provider's reset, whatever `retry_after` says.
+        window: QuotaWindow,
     },
     /// The key's quota or credit is spent (402): next candidate.
     QuotaExhausted,

@@ -1,7 +1,10 @@
 //! One attempt on one key: build (the plugin makes the upstream request),
 //! send (the pooled client, under the attempt's timeouts), then decode the
 //! answer or classify the error. Every failure leaves through [`attempt`],
-//! the one place its text is redacted.
+//! the one place its text is redacted. Whatever the upstream's response
+//! headers say about its limits (as the plugin reads them) travels back
+//! with the answer ([`Success::limits`]) or the failure
+//! ([`Failure::limits`]).
 
 use std::sync::Arc;
 
@@ -15,14 +18,25 @@ use super::request::{ClientRequest, Operation};
 use crate::body::ResponseBody;
 use crate::catalog::provider::Key;
 use crate::catalog::routes::Candidate;
-use crate::plugin::{PluginError, PluginSession, Target, UpstreamRequest};
-use crate::state::Admission;
+use crate::plugin::{ErrorKind, PluginError, PluginErrorKind, PluginSession, RateReport, Target, UpstreamRequest};
+use crate::state::{Admission, Refund};
 use crate::upstream::relay::{Relay, RelaySettings};
 use crate::upstream::{MAX_ANSWER_BYTES, UpstreamError, read_body};
 
 /// Error bodies of streamed requests are read up to this size for
 /// classification and messages.
 const MAX_ERROR_BODY: usize = 256 * 1024;
+
+/// An attempt that answered.
+pub struct Success {
+    /// The response for the client.
+    pub response: Response<ResponseBody>,
+    /// What the upstream's headers said about its limits (empty when the
+    /// plugin reads none, or there were none).
+    // Carried for the dispatcher's quota state (issue 8), which acts on it.
+    #[allow(dead_code)]
+    pub limits: Vec<RateReport>,
+}
 
 /// Tries `candidate` on `key`: the response for the client, or why not
 /// (redacted of the provider's secrets).
@@ -32,7 +46,7 @@ pub async fn attempt(
     candidate: &Candidate,
     key: &Key,
     admission: &Admission,
-) -> Result<Response<ResponseBody>, Failure> {
+) -> Result<Success, Failure> {
     let provider = &candidate.provider;
     let target =
         Target { base_url: &provider.base_url, model: &candidate.model, key: key.secret(), options: &provider.options };
@@ -43,7 +57,10 @@ pub async fn attempt(
             Operation::Chat => session.build_chat(&request.raw, &target),
             Operation::Embeddings => session.build_embeddings(&request.raw, &target),
         };
-        let mut upstream_request = built.map_err(Failure::plugin)?;
+        let mut upstream_request = built.map_err(|e| match e.kind {
+            PluginErrorKind::ClientRequest => unexpressible(&provider.name, e),
+            _ => Failure::plugin(e),
+        })?;
         upstream_request.headers.extend(provider.headers.iter().cloned());
         if request.stream {
             stream(proxy, session, upstream_request, candidate, &target, request, admission).await
@@ -55,6 +72,27 @@ pub async fn attempt(
     result.map_err(|failure| failure.redacted(&provider.redactor))
 }
 
+/// The plugin cannot express the client's request for its provider (a
+/// `build-error.client-error`): the client's own mistake, answered 400
+/// with the plugin's message, and nothing else is tried (nothing was sent,
+/// so the whole charge comes back).
+fn unexpressible(provider: &str, e: PluginError) -> Failure {
+    let message = format!("`{provider}` cannot serve this request: {}", e.message);
+    let body = serde_json::json!({
+        "error": {
+            "message": message,
+            "type": "invalid_request_error",
+            "code": "unsupported_request",
+            "param": null,
+        }
+    });
+    let mut failure = Failure::transient("client_error", None, format!("{e}"));
+    failure.kind = ErrorKind::ClientError;
+    failure.body = Some(Bytes::from(body.to_string()));
+    failure.refund = Refund::Everything;
+    failure
+}
+
 /// A non-stream attempt: send, read the whole answer, decode it.
 async fn whole(
     proxy: &Proxy,
@@ -64,7 +102,7 @@ async fn whole(
     candidate: &Candidate,
     target: &Target<'_>,
     admission: &Admission,
-) -> Result<Response<ResponseBody>, Failure> {
+) -> Result<Success, Failure> {
     // send
     let limit = proxy.settings.timeout.get();
     let exchange = async {
@@ -78,16 +116,24 @@ async fn whole(
         Ok(Err(e)) => return Err(Failure::from_upstream(e)),
         Ok(Ok(answer)) => answer,
     };
+    let limits = session.read_limits(parts.status, &parts.headers);
     if !parts.status.is_success() {
         let provider = &candidate.provider;
-        return Err(classify(&mut session, &provider.name, &provider.redactor, parts.status, &parts.headers, bytes));
+        let mut failure =
+            classify(&mut session, &provider.name, &provider.redactor, parts.status, &parts.headers, bytes);
+        failure.limits = limits;
+        return Err(failure);
     }
     // decode
     let decoded = match request.operation {
         Operation::Chat => session.decode_chat(&bytes, target),
-        Operation::Embeddings => session.decode_embeddings(&bytes, target),
+        Operation::Embeddings => session.decode_embeddings(&request.raw, &bytes, target),
     }
-    .map_err(|e| Failure::undecodable(e, parts.status))?;
+    .map_err(|e| {
+        let mut failure = Failure::undecodable(e, parts.status);
+        failure.limits = limits.clone();
+        failure
+    })?;
     if let Some(usage) = decoded.usage {
         proxy.metrics.tokens(&candidate.provider.name, &candidate.metric_model(), usage);
         proxy.state.settle(admission, usage.total());
@@ -98,25 +144,25 @@ async fn whole(
     let body = candidate.provider.redactor.redact_answer(decoded.body);
     let mut response = Response::new(ResponseBody::full(body));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    Ok(response)
+    Ok(Success { response, limits })
 }
 
 /// A streamed attempt: send, then wait for the first event before
 /// committing to this candidate (until then, a failure can fall back).
 async fn stream(
     proxy: &Proxy,
-    session: PluginSession,
+    mut session: PluginSession,
     upstream_request: UpstreamRequest,
     candidate: &Candidate,
     target: &Target<'_>,
     request: &ClientRequest,
     admission: &Admission,
-) -> Result<Response<ResponseBody>, Failure> {
+) -> Result<Success, Failure> {
     enum Start {
-        Relay(Box<Relay>),
+        Relay(Box<Relay>, Vec<RateReport>),
         Status(http::response::Parts, Bytes, Box<PluginSession>),
-        Broken(String),
-        Plugin(PluginError),
+        Broken(String, Vec<RateReport>),
+        Plugin(PluginError, Vec<RateReport>),
     }
     let provider = &candidate.provider;
     let limit = proxy.settings.first_byte_timeout.get();
@@ -133,32 +179,39 @@ async fn stream(
             let bytes = read_body(body, MAX_ERROR_BODY).await.unwrap_or_default();
             return Ok(Start::Status(parts, bytes, Box::new(session)));
         }
+        // Read before the session becomes the stream's decoder.
+        let limits = session.read_limits(response.status(), response.headers());
         let decoder = match session.into_stream(target) {
             Ok(decoder) => decoder,
-            Err(e) => return Ok(Start::Plugin(e)),
+            Err(e) => return Ok(Start::Plugin(e, limits)),
         };
         let mut relay = Box::new(Relay::new(response.into_body(), decoder, settings, &proxy.watchdog));
         Ok::<_, UpstreamError>(match relay.prime().await {
-            Ok(()) => Start::Relay(relay),
-            Err(e) => Start::Broken(e),
+            Ok(()) => Start::Relay(relay, limits),
+            Err(e) => Start::Broken(e, limits),
         })
     };
-    let mut relay = match timeout(limit, start).await {
+    let (mut relay, limits) = match timeout(limit, start).await {
         Err(_) => return Err(Failure::timeout("waiting for the first event", limit)),
         Ok(Err(e)) => return Err(Failure::from_upstream(e)),
         Ok(Ok(Start::Status(parts, bytes, mut session))) => {
-            return Err(classify(
-                &mut session,
-                &provider.name,
-                &provider.redactor,
-                parts.status,
-                &parts.headers,
-                bytes,
-            ));
+            let limits = session.read_limits(parts.status, &parts.headers);
+            let mut failure =
+                classify(&mut session, &provider.name, &provider.redactor, parts.status, &parts.headers, bytes);
+            failure.limits = limits;
+            return Err(failure);
         }
-        Ok(Ok(Start::Plugin(e))) => return Err(Failure::plugin(e)),
-        Ok(Ok(Start::Broken(reason))) => return Err(Failure::transient("upstream_error", Some(200), reason)),
-        Ok(Ok(Start::Relay(relay))) => relay,
+        Ok(Ok(Start::Plugin(e, limits))) => {
+            let mut failure = Failure::plugin(e);
+            failure.limits = limits;
+            return Err(failure);
+        }
+        Ok(Ok(Start::Broken(reason, limits))) => {
+            let mut failure = Failure::transient("upstream_error", Some(200), reason);
+            failure.limits = limits;
+            return Err(failure);
+        }
+        Ok(Ok(Start::Relay(relay, limits))) => (relay, limits),
     };
     // record, when the stream ends: tokens, settled budgets, failures
     let metrics = proxy.metrics.clone();
@@ -188,5 +241,5 @@ async fn stream(
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+    Ok(Success { response, limits })
 }

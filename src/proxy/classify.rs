@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode, header};
 
-use crate::plugin::{ErrorKind, PluginError, PluginSession};
+use crate::plugin::{ErrorKind, PluginError, PluginSession, QuotaWindow, RateReport};
 use crate::secret::Redactor;
 use crate::state::Refund;
 use crate::upstream::UpstreamError;
@@ -31,12 +31,23 @@ pub struct Failure {
     pub body: Option<Bytes>,
     /// What the attempt's charge against the limits gets back.
     pub refund: Refund,
+    /// What the upstream's headers said about its limits (the plugin read
+    /// them; empty when there was no response, or nothing to read).
+    pub limits: Vec<RateReport>,
 }
 
 impl Failure {
     /// A failure worth trying the next candidate for.
     pub fn transient(outcome: &'static str, status: Option<u16>, reason: String) -> Self {
-        Self { kind: ErrorKind::Transient, outcome, status, reason, body: None, refund: Refund::Tokens }
+        Self {
+            kind: ErrorKind::Transient,
+            outcome,
+            status,
+            reason,
+            body: None,
+            refund: Refund::Tokens,
+            limits: Vec::new(),
+        }
     }
 
     /// The exchange failed below HTTP.
@@ -108,13 +119,13 @@ pub fn classify(
     let mut kind = session.classify_error(status, headers, &body).unwrap_or_else(|_| {
         // The plugin failed (and was counted); the status still tells a lot.
         match status.as_u16() {
-            429 => ErrorKind::RateLimited { retry_after: None },
+            429 => ErrorKind::RateLimited { retry_after: None, window: QuotaWindow::Unknown },
             401 | 403 => ErrorKind::InvalidKey,
             _ => ErrorKind::Transient,
         }
     });
-    if let ErrorKind::RateLimited { retry_after: None } = kind {
-        kind = ErrorKind::RateLimited { retry_after: retry_after(headers, SystemTime::now()) };
+    if let ErrorKind::RateLimited { retry_after: None, window } = kind {
+        kind = ErrorKind::RateLimited { retry_after: retry_after(headers, SystemTime::now()), window };
     }
     let lossy = String::from_utf8_lossy(&body);
     let text = redactor.redact(&lossy);
@@ -127,14 +138,14 @@ pub fn classify(
         ErrorKind::Transient => "upstream_error",
     };
     let reason = match kind {
-        ErrorKind::RateLimited { retry_after: Some(d) } => {
+        ErrorKind::RateLimited { retry_after: Some(d), .. } => {
             format!("HTTP {}: rate limited, retry after {}s: {summary}", status.as_u16(), d.as_secs())
         }
         ErrorKind::InvalidKey => format!("HTTP {}: the key was rejected", status.as_u16()),
         _ => format!("HTTP {}: {summary}", status.as_u16()),
     };
     let body = (kind == ErrorKind::ClientError).then(|| client_error_body(&text, provider));
-    Failure { kind, outcome, status: Some(status.as_u16()), reason, body, refund: Refund::Tokens }
+    Failure { kind, outcome, status: Some(status.as_u16()), reason, body, refund: Refund::Tokens, limits: Vec::new() }
 }
 
 /// The standard `Retry-After` header: delay-seconds or an HTTP-date,

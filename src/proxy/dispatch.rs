@@ -148,7 +148,7 @@ pub async fn run(proxy: &Proxy, request: &ClientRequest, candidates: &[Candidate
             }
             if request.log_id != 0 {
                 let (status, reason) = match &result {
-                    Ok(response) => (Some(response.status().as_u16()), "ok".to_owned()),
+                    Ok(success) => (Some(success.response.status().as_u16()), "ok".to_owned()),
                     Err(f) => (f.status, f.reason.clone()),
                 };
                 tally.trail.push(AttemptRecord {
@@ -161,10 +161,10 @@ pub async fn run(proxy: &Proxy, request: &ClientRequest, candidates: &[Candidate
                 });
             }
             let failure = match result {
-                Ok(response) => {
+                Ok(success) => {
                     proxy.metrics.attempt(&provider.name, &candidate.metric_model(), "ok", elapsed);
                     return Outcome {
-                        result: Ok(response),
+                        result: Ok(success.response),
                         via: Some(candidate.clone()),
                         attempts: tally.failed,
                         trail: tally.trail,
@@ -223,7 +223,7 @@ fn decide(proxy: &Proxy, candidate: &Candidate, key: &Key, failure: Failure, tal
             let status = failure.status.and_then(|s| StatusCode::from_u16(s).ok()).unwrap_or(StatusCode::BAD_REQUEST);
             Next::Answer(ApiError::UpstreamRejected { status, body }.into_response())
         }
-        ErrorKind::RateLimited { retry_after } => {
+        ErrorKind::RateLimited { retry_after, .. } => {
             let wait = retry_after.unwrap_or(cooldown).clamp(Duration::from_secs(1), MAX_COOLDOWN);
             if let Some(until) = now.checked_add(wait) {
                 proxy.state.cool(&key.id, &candidate.model, until, Cooling::RateLimited);

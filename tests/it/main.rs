@@ -22,6 +22,7 @@ mod plugin_faults;
 mod plugin_gemini;
 #[cfg(unix)]
 mod plugin_host;
+mod plugin_limits;
 mod plugin_openai;
 mod policies;
 mod props;

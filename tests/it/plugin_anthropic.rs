@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use freeway::plugin::{ErrorKind, Plugin, StreamEvent, Target, Usage};
+use freeway::plugin::{ErrorKind, Plugin, QuotaWindow, StreamEvent, Target, Usage};
 use http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
@@ -485,7 +485,7 @@ fn upstream_errors_are_classified() {
             429,
             &anthropic_error("rate_limit_error", "Number of request tokens has exceeded your per-minute rate limit")
         ),
-        ErrorKind::RateLimited { retry_after: None }
+        ErrorKind::RateLimited { retry_after: None, window: QuotaWindow::Minute }
     );
     assert_eq!(classify(529, &anthropic_error("overloaded_error", "Overloaded")), ErrorKind::Transient);
     assert_eq!(classify(500, &anthropic_error("api_error", "Internal server error")), ErrorKind::Transient);

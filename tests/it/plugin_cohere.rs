@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use freeway::plugin::{ErrorKind, Plugin, StreamEvent, Target, UpstreamRequest};
+use freeway::plugin::{ErrorKind, Plugin, QuotaWindow, StreamEvent, Target, UpstreamRequest};
 use http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
@@ -458,8 +458,9 @@ fn stream_errors_and_early_ends_are_errors() {
 fn upstream_errors_are_classified() {
     let per_minute = r#"{"message":"You are using a Trial key, which is limited to 20 API calls / minute."}"#;
     let monthly = r#"{"message":"You are using a Trial key, which is limited to 1000 API calls / month."}"#;
-    assert_eq!(classify(429, per_minute), ErrorKind::RateLimited { retry_after: None });
-    assert_eq!(classify(429, monthly), ErrorKind::QuotaExhausted);
+    assert_eq!(classify(429, per_minute), ErrorKind::RateLimited { retry_after: None, window: QuotaWindow::Minute });
+    // The trial key's monthly allowance lasts until the month's reset.
+    assert_eq!(classify(429, monthly), ErrorKind::RateLimited { retry_after: None, window: QuotaWindow::Month });
     assert_eq!(classify(402, r#"{"message":"billing limit reached"}"#), ErrorKind::QuotaExhausted);
     assert_eq!(classify(401, r#"{"message":"invalid api token"}"#), ErrorKind::InvalidKey);
     assert_eq!(classify(403, "{}"), ErrorKind::InvalidKey);
@@ -521,7 +522,8 @@ fn embeddings_map_to_cohere_embed_and_back() {
     let answer = json!({"id": "e1", "embeddings": {"float": [[0.25, -0.5], [1.0, 2.0]]}, "texts": ["first", "second"],
         "meta": {"api_version": {"version": "2"}, "billed_units": {"input_tokens": 4}},
         "response_type": "embeddings_by_type"});
-    let decoded = session.decode_embeddings(answer.to_string().as_bytes(), &target).unwrap();
+    let decoded =
+        session.decode_embeddings(request.to_string().as_bytes(), answer.to_string().as_bytes(), &target).unwrap();
     assert_eq!(decoded.usage.map(|u| u.prompt_tokens), Some(4));
     assert_eq!(
         serde_json::from_slice::<Value>(&decoded.body).unwrap(),
@@ -538,7 +540,8 @@ fn embeddings_map_to_cohere_embed_and_back() {
     assert_eq!(serde_json::from_slice::<Value>(&req.body).unwrap()["texts"], json!(["just one"]));
     let answer =
         json!({"id": "e2", "embeddings": {"float": [[1.0, -2.0]]}, "meta": {"billed_units": {"input_tokens": 2}}});
-    let decoded = session.decode_embeddings(answer.to_string().as_bytes(), &target).unwrap();
+    let decoded =
+        session.decode_embeddings(request.to_string().as_bytes(), answer.to_string().as_bytes(), &target).unwrap();
     let body: Value = serde_json::from_slice(&decoded.body).unwrap();
     assert_eq!(body["data"][0]["embedding"], "AACAPwAAAMA=");
 

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use freeway::plugin::{ErrorKind, Plugin, StreamEvent, Target, UpstreamRequest};
+use freeway::plugin::{ErrorKind, Plugin, QuotaWindow, StreamEvent, Target, UpstreamRequest};
 use http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
@@ -563,15 +563,15 @@ fn rate_limited(delay: &str) -> Value {
 fn gemini_errors_are_classified() {
     assert_eq!(
         classify(429, &rate_limited("30s")),
-        ErrorKind::RateLimited { retry_after: Some(Duration::from_secs(30)) }
+        ErrorKind::RateLimited { retry_after: Some(Duration::from_secs(30)), window: QuotaWindow::Minute }
     );
     assert_eq!(
         classify(429, &rate_limited("1.5s")),
-        ErrorKind::RateLimited { retry_after: Some(Duration::from_millis(1500)) }
+        ErrorKind::RateLimited { retry_after: Some(Duration::from_millis(1500)), window: QuotaWindow::Minute }
     );
     assert_eq!(
         classify(429, &json!({"error": {"code": 429, "message": "slow down", "status": "RESOURCE_EXHAUSTED"}})),
-        ErrorKind::RateLimited { retry_after: None }
+        ErrorKind::RateLimited { retry_after: None, window: QuotaWindow::Unknown }
     );
     let invalid_key = json!({"error": {
         "code": 400,
@@ -646,7 +646,8 @@ fn gemini_embeddings_are_mapped() {
     assert!(s.build_embeddings(br#"{"input": [[1, 2, 3]]}"#, &t).is_err(), "token arrays are refused");
 
     let answer = json!({"embeddings": [{"values": [0.1, 0.2, 0.3]}, {"values": [0.4, 0.5, 0.6]}]});
-    let decoded = s.decode_embeddings(answer.to_string().as_bytes(), &t).unwrap();
+    let request = br#"{"input": ["first", "second"]}"#;
+    let decoded = s.decode_embeddings(request, answer.to_string().as_bytes(), &t).unwrap();
     let out: Value = serde_json::from_slice(&decoded.body).unwrap();
     assert_eq!(
         out,

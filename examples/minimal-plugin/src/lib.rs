@@ -9,11 +9,11 @@
 //! send; then it gets the answer's bytes and returns OpenAI's shape.
 //!
 //! The types come from freeway's plugin SDK (`providers/sdk`), generated
-//! from the interface freeway loads, `providers/wit/0.1.0/provider.wit`.
+//! from the interface freeway loads, `providers/wit/0.2.0/provider.wit`.
 
 use freeway_plugin_sdk::{
-    self as sdk, Answer, Capabilities, Descriptor, ErrorKind, Guest, Headers, HttpRequest, INTERFACE_VERSION,
-    ModelRecord, PassThrough, Target,
+    self as sdk, Answer, BuildError, Capabilities, Descriptor, ErrorKind, Guest, Headers, HttpRequest,
+    INTERFACE_VERSION, ModelRecord, PassThrough, RateReport, Target,
 };
 use serde_json::Value;
 
@@ -39,8 +39,10 @@ impl Guest for Minimal {
     }
 
     /// OpenAI request in, provider request out: here the same body with the
-    /// provider's model id, sent to `{base_url}/chat/completions`.
-    fn build_chat(request: Vec<u8>, target: Target) -> Result<HttpRequest, String> {
+    /// provider's model id, sent to `{base_url}/chat/completions`. An error
+    /// given as a `String` (`?` converts it) makes freeway try the next
+    /// candidate; `BuildError::ClientError` answers the client 400 instead.
+    fn build_chat(request: Vec<u8>, target: Target) -> Result<HttpRequest, BuildError> {
         let mut body = sdk::request_object(&request)?;
         body.insert("model".to_owned(), Value::String(target.model.clone()));
         let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
@@ -60,11 +62,11 @@ impl Guest for Minimal {
         Ok(Answer { body, usage })
     }
 
-    fn build_embeddings(_request: Vec<u8>, _target: Target) -> Result<HttpRequest, String> {
-        Err("minimal has no embeddings".to_owned())
+    fn build_embeddings(_request: Vec<u8>, _target: Target) -> Result<HttpRequest, BuildError> {
+        Err(BuildError::Failed("minimal has no embeddings".to_owned()))
     }
 
-    fn decode_embeddings(_body: Vec<u8>, _target: Target) -> Result<Answer, String> {
+    fn decode_embeddings(_request: Vec<u8>, _body: Vec<u8>, _target: Target) -> Result<Answer, String> {
         Err("minimal has no embeddings".to_owned())
     }
 
@@ -82,6 +84,14 @@ impl Guest for Minimal {
     /// (429 rate limited, 401/403 bad key, 402 quota, 400/422 the request).
     fn classify_error(status: u16, _headers: Headers, _body: Vec<u8>) -> ErrorKind {
         sdk::classify_status(status)
+    }
+
+    /// What the upstream's rate-limit headers say; only called with the
+    /// `limits` capability, which this plugin does not claim. A provider
+    /// sending `x-ratelimit-*` headers would return
+    /// `sdk::suffixed_reports(&headers, ...)` and claim `Capabilities::LIMITS`.
+    fn read_limits(_status: u16, _headers: Headers) -> Vec<RateReport> {
+        Vec::new()
     }
 }
 

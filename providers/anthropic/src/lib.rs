@@ -28,8 +28,8 @@
 use std::cell::RefCell;
 
 use freeway_plugin_sdk::{
-    self as sdk, Answer, Capabilities, Descriptor, ErrorKind, Guest, GuestStreamDecoder, Headers, HttpRequest,
-    INTERFACE_VERSION, ModelRecord, StreamEvent, Target, Usage,
+    self as sdk, Answer, BuildError, Capabilities, Descriptor, ErrorKind, Guest, GuestStreamDecoder, Headers,
+    HttpRequest, INTERFACE_VERSION, ModelRecord, RateReport, StreamEvent, Target, Usage,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -624,6 +624,8 @@ fn classify(status: u16, body: &[u8]) -> ErrorKind {
                 || message.contains("spend limit");
             if spent { ErrorKind::QuotaExhausted } else { ErrorKind::ClientError }
         }
+        // Anthropic's limits are per minute; its message says which.
+        429 => ErrorKind::rate_limited(None, sdk::window_in_message(&error_details(body).1)),
         // 404 (a model this key cannot see), 413 (another provider may take
         // a larger request), 529 overloaded, 5xx, and everything else are
         // transient, as the SDK's table says.
@@ -642,11 +644,15 @@ impl Guest for Plugin {
         Descriptor {
             name: "anthropic".to_owned(),
             interface_version: INTERFACE_VERSION.to_owned(),
-            capabilities: Capabilities::CHAT | Capabilities::STREAM | Capabilities::TOOLS | Capabilities::MODELS,
+            capabilities: Capabilities::CHAT
+                | Capabilities::STREAM
+                | Capabilities::TOOLS
+                | Capabilities::MODELS
+                | Capabilities::LIMITS,
         }
     }
 
-    fn build_chat(request: Vec<u8>, target: Target) -> Result<HttpRequest, String> {
+    fn build_chat(request: Vec<u8>, target: Target) -> Result<HttpRequest, BuildError> {
         let (body, stream) = build_body(&request, &target)?;
         let url = target.url(target.option("chat_path").unwrap_or("/messages"));
         Ok(with_headers(HttpRequest::post_json(url, body, stream), &target))
@@ -656,11 +662,11 @@ impl Guest for Plugin {
         decode_message(&body, &target)
     }
 
-    fn build_embeddings(_request: Vec<u8>, _target: Target) -> Result<HttpRequest, String> {
-        Err(NO_EMBEDDINGS.to_owned())
+    fn build_embeddings(_request: Vec<u8>, _target: Target) -> Result<HttpRequest, BuildError> {
+        Err(BuildError::Failed(NO_EMBEDDINGS.to_owned()))
     }
 
-    fn decode_embeddings(_body: Vec<u8>, _target: Target) -> Result<Answer, String> {
+    fn decode_embeddings(_request: Vec<u8>, _body: Vec<u8>, _target: Target) -> Result<Answer, String> {
         Err(NO_EMBEDDINGS.to_owned())
     }
 
@@ -675,6 +681,12 @@ impl Guest for Plugin {
 
     fn classify_error(status: u16, _headers: Headers, body: Vec<u8>) -> ErrorKind {
         classify(status, &body)
+    }
+
+    /// `anthropic-ratelimit-*`: requests and tokens per minute, resets in
+    /// RFC 3339.
+    fn read_limits(_status: u16, headers: Headers) -> Vec<RateReport> {
+        sdk::anthropic_reports(&headers)
     }
 }
 

@@ -21,17 +21,25 @@ mod stream;
 use std::cell::RefCell;
 
 use freeway_plugin_sdk::{
-    self as sdk, Answer, Capabilities, Descriptor, ErrorKind, Guest, GuestStreamDecoder, Headers, HttpRequest,
-    INTERFACE_VERSION, ModelRecord, StreamEvent, Target,
+    self as sdk, Answer, BuildError, Capabilities, Descriptor, ErrorKind, Guest, GuestStreamDecoder, Headers,
+    HttpRequest, INTERFACE_VERSION, ModelRecord, QuotaWindow, RateReport, StreamEvent, Target,
 };
 
 struct Plugin;
 
-/// Whether a 429 body says the key's monthly allowance (trial keys: 1,000
-/// calls a month) is spent, rather than a per-minute limit.
-fn monthly_limit(body: &[u8]) -> bool {
+/// The window of a 429: a trial key's monthly allowance ("limited to 1000
+/// API calls / month") lasts until the month's reset, its per-minute limit
+/// ("20 API calls / minute") a minute
+/// (<https://docs.cohere.com/docs/rate-limits>).
+fn window(body: &[u8]) -> QuotaWindow {
     let text = String::from_utf8_lossy(body).to_ascii_lowercase();
-    text.contains("month")
+    if text.contains("month") {
+        QuotaWindow::Month
+    } else if text.contains("minute") {
+        QuotaWindow::Minute
+    } else {
+        QuotaWindow::Unknown
+    }
 }
 
 impl Guest for Plugin {
@@ -49,7 +57,7 @@ impl Guest for Plugin {
         }
     }
 
-    fn build_chat(request: Vec<u8>, target: Target) -> Result<HttpRequest, String> {
+    fn build_chat(request: Vec<u8>, target: Target) -> Result<HttpRequest, BuildError> {
         let (body, stream) = chat::build(&request, &target.model)?;
         Ok(sdk::post(&target, target.option("chat_path").unwrap_or("/chat"), body, stream))
     }
@@ -59,12 +67,12 @@ impl Guest for Plugin {
         Ok(Answer { body, usage })
     }
 
-    fn build_embeddings(request: Vec<u8>, target: Target) -> Result<HttpRequest, String> {
+    fn build_embeddings(request: Vec<u8>, target: Target) -> Result<HttpRequest, BuildError> {
         let body = embed::build(&request, &target)?;
         Ok(sdk::post(&target, target.option("embed_path").unwrap_or("/embed"), body, false))
     }
 
-    fn decode_embeddings(body: Vec<u8>, target: Target) -> Result<Answer, String> {
+    fn decode_embeddings(_request: Vec<u8>, body: Vec<u8>, target: Target) -> Result<Answer, String> {
         let (body, usage) = embed::decode(&body, &target.model)?;
         Ok(Answer { body, usage })
     }
@@ -85,7 +93,12 @@ impl Guest for Plugin {
     }
 
     fn classify_error(status: u16, _headers: Headers, body: Vec<u8>) -> ErrorKind {
-        if status == 429 && monthly_limit(&body) { ErrorKind::QuotaExhausted } else { sdk::classify_status(status) }
+        if status == 429 { ErrorKind::rate_limited(None, window(&body)) } else { sdk::classify_status(status) }
+    }
+
+    /// Cohere documents no rate-limit headers.
+    fn read_limits(_status: u16, _headers: Headers) -> Vec<RateReport> {
+        Vec::new()
     }
 }
 

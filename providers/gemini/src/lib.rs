@@ -17,8 +17,8 @@ mod schema;
 use std::cell::RefCell;
 
 use freeway_plugin_sdk::{
-    self as sdk, Answer, Capabilities, Descriptor, ErrorKind, Guest, GuestStreamDecoder, Headers, HttpRequest,
-    INTERFACE_VERSION, ModelRecord, StreamEvent, Target, Usage,
+    self as sdk, Answer, BuildError, Capabilities, Descriptor, ErrorKind, Guest, GuestStreamDecoder, Headers,
+    HttpRequest, INTERFACE_VERSION, ModelRecord, QuotaWindow, RateReport, StreamEvent, Target, Usage,
 };
 use serde_json::{Value, json};
 
@@ -63,10 +63,10 @@ impl Guest for Plugin {
         }
     }
 
-    fn build_chat(request: Vec<u8>, target: Target) -> Result<HttpRequest, String> {
+    fn build_chat(request: Vec<u8>, target: Target) -> Result<HttpRequest, BuildError> {
         let built = request::build(&request, &target.model)?;
         let method = if built.stream { "streamGenerateContent?alt=sse" } else { "generateContent" };
-        post(&target, method, built.body, built.stream)
+        Ok(post(&target, method, built.body, built.stream)?)
     }
 
     fn decode_chat(body: Vec<u8>, target: Target) -> Result<Answer, String> {
@@ -74,18 +74,20 @@ impl Guest for Plugin {
         Ok(Answer { body, usage })
     }
 
-    fn build_embeddings(request: Vec<u8>, target: Target) -> Result<HttpRequest, String> {
+    fn build_embeddings(request: Vec<u8>, target: Target) -> Result<HttpRequest, BuildError> {
         let req = sdk::request_object(&request)?;
         let inputs: Vec<&str> = match req.get("input") {
             Some(Value::String(s)) => vec![s.as_str()],
+            // Token arrays another provider may embed: not a client error.
             Some(Value::Array(items)) => items
                 .iter()
-                .map(|i| i.as_str().ok_or("gemini embeds text only (token arrays are not supported)"))
+                .map(|i| i.as_str().ok_or("gemini embeds text only (token arrays are not supported)".to_owned()))
                 .collect::<Result<_, _>>()?,
-            _ => return Err("the request has no `input`".to_owned()),
+            // No provider embeds nothing: the client's mistake.
+            _ => return Err(BuildError::ClientError("the request has no `input`".to_owned())),
         };
         if inputs.is_empty() {
-            return Err("the request's `input` is empty".to_owned());
+            return Err(BuildError::ClientError("the request's `input` is empty".to_owned()));
         }
         let (model, _) = model_resource(&target)?;
         let dimensions = req.get("dimensions").filter(|d| !d.is_null());
@@ -104,15 +106,24 @@ impl Guest for Plugin {
             })
             .collect();
         let body = json!({ "requests": requests }).to_string().into_bytes();
-        post(&target, "batchEmbedContents", body, false)
+        Ok(post(&target, "batchEmbedContents", body, false)?)
     }
 
-    fn decode_embeddings(body: Vec<u8>, target: Target) -> Result<Answer, String> {
+    fn decode_embeddings(request: Vec<u8>, body: Vec<u8>, target: Target) -> Result<Answer, String> {
         let answer: Value = serde_json::from_slice(&body).map_err(|e| format!("the answer is not JSON: {e}"))?;
         if let Some(error) = answer.get("error") {
             return Err(format!("the answer is an error: {}", sdk::error_message(error)));
         }
         let embeddings = answer.get("embeddings").and_then(Value::as_array).ok_or("the answer has no embeddings")?;
+        // batchEmbedContents answers in the order of its requests, one per
+        // input: an answer of another length cannot be matched to them.
+        let inputs = match sdk::request_object(&request)?.get("input") {
+            Some(Value::Array(items)) => items.len(),
+            _ => 1,
+        };
+        if embeddings.len() != inputs {
+            return Err(format!("the answer has {} embeddings for {inputs} inputs", embeddings.len()));
+        }
         let data: Vec<Value> = embeddings
             .iter()
             .enumerate()
@@ -174,6 +185,11 @@ impl Guest for Plugin {
     fn classify_error(status: u16, _headers: Headers, body: Vec<u8>) -> ErrorKind {
         classify(status, &body)
     }
+
+    /// Gemini sends no rate-limit headers (its 429 body says it all).
+    fn read_limits(_status: u16, _headers: Headers) -> Vec<RateReport> {
+        Vec::new()
+    }
 }
 
 /// Gemini errors: `{"error": {"code", "message", "status", "details": [...]}}`
@@ -186,7 +202,7 @@ fn classify(status: u16, body: &[u8]) -> ErrorKind {
     let details = error.get("details").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
     if status == 429 || rpc_status == "RESOURCE_EXHAUSTED" {
         let delay = details.iter().find_map(|d| d.get("retryDelay").and_then(Value::as_str)).and_then(duration_ms);
-        return ErrorKind::RateLimited(delay);
+        return ErrorKind::rate_limited(delay, quota_window(details));
     }
     let key_rejected = details.iter().any(|d| {
         matches!(
@@ -204,6 +220,31 @@ fn classify(status: u16, body: &[u8]) -> ErrorKind {
         400 | 413 => ErrorKind::ClientError,
         _ => ErrorKind::Transient,
     }
+}
+
+/// The window of the quota a 429 is about: `google.rpc.QuotaFailure`
+/// violations name it in their `quotaId`
+/// (`GenerateRequestsPerDayPerProjectPerModel-FreeTier`,
+/// `GenerateContentInputTokensPerModelPerMinute-FreeTier`; see
+/// <https://ai.google.dev/gemini-api/docs/troubleshooting#error-codes>). A
+/// daily one wins over a per-minute one: it lasts longer.
+fn quota_window(details: &[Value]) -> QuotaWindow {
+    let ids = details
+        .iter()
+        .filter(|d| d.get("@type").and_then(Value::as_str).is_some_and(|t| t.ends_with("google.rpc.QuotaFailure")))
+        .filter_map(|d| d.get("violations").and_then(Value::as_array))
+        .flatten()
+        .filter_map(|v| v.get("quotaId").and_then(Value::as_str));
+    let mut window = QuotaWindow::Unknown;
+    for id in ids {
+        if id.contains("PerDay") {
+            return QuotaWindow::Day;
+        }
+        if id.contains("PerMinute") {
+            window = QuotaWindow::Minute;
+        }
+    }
+    window
 }
 
 /// A protobuf JSON duration (`"30s"`, `"1.5s"`) in milliseconds.

@@ -17,10 +17,22 @@
 //!   client's own `stream_options`) so that token budgets settle; the client
 //!   gets that chunk too (it has no choices). `"false"` leaves the request
 //!   as the client sent it, as does listing `stream_options` in `drop_params`.
+//!
+//! Rate limits (`read-limits`): the `x-ratelimit-*` header families its
+//! providers send, read with the SDK's parsers: Groq's unsuffixed
+//! `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` (requests per
+//! day, tokens per minute, as Groq documents), Cerebras' and Mistral's
+//! suffixed `-requests-day` / `-tokens-minute` / `-tokens-month`, and
+//! OpenRouter's `X-RateLimit-{Limit,Remaining,Reset}`. A 429's window comes
+//! from its message: OpenRouter's `free-models-per-day`
+//! (<https://openrouter.ai/docs/api-reference/limits>), Groq's
+//! `rate_limit_exceeded` "... per day (RPD)" / "tokens per day (TPD)" or
+//! "per minute" with its "Please try again in 20m6.432s"
+//! (<https://console.groq.com/docs/rate-limits>).
 
 use freeway_plugin_sdk::{
-    self as sdk, Answer, Capabilities, Descriptor, ErrorKind, Guest, Headers, HttpRequest, INTERFACE_VERSION,
-    ModelRecord, PassThrough, Target, Usage,
+    self as sdk, Answer, BuildError, Capabilities, Descriptor, ErrorKind, Guest, Headers, HttpRequest,
+    INTERFACE_VERSION, ModelRecord, PassThrough, QuotaWindow, RateReport, Target, Usage,
 };
 use serde::Deserialize;
 use serde::de::IgnoredAny;
@@ -90,11 +102,12 @@ impl Guest for Plugin {
                 | Capabilities::STREAM
                 | Capabilities::TOOLS
                 | Capabilities::EMBEDDINGS
-                | Capabilities::MODELS,
+                | Capabilities::MODELS
+                | Capabilities::LIMITS,
         }
     }
 
-    fn build_chat(request: Vec<u8>, target: Target) -> Result<HttpRequest, String> {
+    fn build_chat(request: Vec<u8>, target: Target) -> Result<HttpRequest, BuildError> {
         let (body, stream) = rewrite(&request, &target, true)?;
         Ok(sdk::post(&target, target.option("chat_path").unwrap_or("/chat/completions"), body, stream))
     }
@@ -103,12 +116,12 @@ impl Guest for Plugin {
         check_answer(body, "chat completion")
     }
 
-    fn build_embeddings(request: Vec<u8>, target: Target) -> Result<HttpRequest, String> {
+    fn build_embeddings(request: Vec<u8>, target: Target) -> Result<HttpRequest, BuildError> {
         let (body, _) = rewrite(&request, &target, false)?;
         Ok(sdk::post(&target, target.option("embeddings_path").unwrap_or("/embeddings"), body, false))
     }
 
-    fn decode_embeddings(body: Vec<u8>, _target: Target) -> Result<Answer, String> {
+    fn decode_embeddings(_request: Vec<u8>, body: Vec<u8>, _target: Target) -> Result<Answer, String> {
         check_answer(body, "embeddings list")
     }
 
@@ -120,9 +133,48 @@ impl Guest for Plugin {
         decode_models(&body, &target)
     }
 
-    fn classify_error(status: u16, _headers: Headers, _body: Vec<u8>) -> ErrorKind {
+    fn classify_error(status: u16, _headers: Headers, body: Vec<u8>) -> ErrorKind {
+        if status == 429 {
+            return rate_limited(&body);
+        }
         sdk::classify_status(status)
     }
+
+    fn read_limits(_status: u16, headers: Headers) -> Vec<RateReport> {
+        // Groq's unsuffixed headers are requests per day and tokens per
+        // minute; the suffixed ones (Cerebras, Mistral) say their window.
+        let mut reports = sdk::suffixed_reports(&headers, QuotaWindow::Day, QuotaWindow::Minute);
+        reports.extend(sdk::plain_report(&headers, QuotaWindow::Unknown));
+        reports
+    }
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: Option<ErrorDetail>,
+}
+
+#[derive(Deserialize)]
+struct ErrorDetail {
+    message: Option<String>,
+}
+
+/// A 429 with the window its message names (OpenRouter's
+/// `free-models-per-day`, Groq's "tokens per day (TPD)" or "requests per
+/// minute (RPM)") and the wait Groq writes in it ("Please try again in
+/// 20m6.432s"); freeway reads a `Retry-After` header itself.
+fn rate_limited(body: &[u8]) -> ErrorKind {
+    let message = serde_json::from_slice::<ErrorBody>(body)
+        .ok()
+        .and_then(|b| b.error)
+        .and_then(|e| e.message)
+        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+    let retry_after_ms = message
+        .split_once("try again in ")
+        .and_then(|(_, rest)| rest.split(|c: char| c.is_whitespace() || c == ',').next())
+        .map(|wait| wait.trim_end_matches('.'))
+        .and_then(sdk::parse_duration_ms);
+    ErrorKind::rate_limited(retry_after_ms, sdk::window_in_message(&message))
 }
 
 #[derive(Deserialize)]

@@ -3,7 +3,7 @@
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
-use crate::{ErrorKind, HttpRequest, Target};
+use crate::{ErrorKind, HttpRequest, QuotaWindow, Target};
 
 /// The header that carries the key unless the `auth_header` option says
 /// otherwise (sent as `Bearer <key>`).
@@ -102,11 +102,11 @@ pub fn get(target: &Target, path: &str) -> HttpRequest {
 }
 
 /// What an error status means, for the many APIs that say it with the
-/// status alone: 429 rate limited, 402 quota spent, 401 and 403 a bad key,
+/// status alone: 429 rate limited (window unknown), 402 quota spent, 401 and 403 a bad key,
 /// 400 and 422 the request itself; anything else may work elsewhere.
 pub fn classify_status(status: u16) -> ErrorKind {
     match status {
-        429 => ErrorKind::RateLimited(None),
+        429 => ErrorKind::rate_limited(None, QuotaWindow::Unknown),
         402 => ErrorKind::QuotaExhausted,
         401 | 403 => ErrorKind::InvalidKey,
         400 | 422 => ErrorKind::ClientError,

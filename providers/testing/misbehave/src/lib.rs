@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 static CALLS: AtomicU32 = AtomicU32::new(0);
 
 use freeway_plugin_sdk::{
-    Answer, Capabilities, Chunk, Descriptor, ErrorKind, Guest, GuestStreamDecoder, Headers, HttpRequest,
-    INTERFACE_VERSION, ModelRecord, StreamEvent, Target,
+    self as sdk, Answer, BuildError, Capabilities, Chunk, Descriptor, ErrorKind, Guest, GuestStreamDecoder, Headers,
+    HttpRequest, INTERFACE_VERSION, ModelRecord, QuotaWindow, RateReport, StreamEvent, Target,
 };
 
 struct Plugin;
@@ -46,12 +46,15 @@ impl Guest for Plugin {
         Descriptor {
             name: "misbehave".to_owned(),
             interface_version: INTERFACE_VERSION.to_owned(),
-            capabilities: Capabilities::CHAT | Capabilities::STREAM,
+            capabilities: Capabilities::CHAT | Capabilities::STREAM | Capabilities::LIMITS,
         }
     }
 
-    fn build_chat(request: Vec<u8>, target: Target) -> Result<HttpRequest, String> {
+    fn build_chat(request: Vec<u8>, target: Target) -> Result<HttpRequest, BuildError> {
         misbehave(&target.model);
+        if target.model == "unexpressible" {
+            return Err(BuildError::ClientError("this provider cannot take that request".to_owned()));
+        }
         // Pass the request on with the model swapped, textually: enough for tests.
         let body = String::from_utf8(request).map_err(|e| e.to_string())?;
         let body = match body.find("\"model\"") {
@@ -61,7 +64,7 @@ impl Guest for Plugin {
                 let close = rest[open..].find('"').ok_or("no model end")? + open;
                 format!("{}\"model\"{}{}{}", &body[..at], &rest[..open], target.model, &rest[close..])
             }
-            None => return Err("no model".to_owned()),
+            None => return Err(BuildError::Failed("no model".to_owned())),
         };
         let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
         if let Some(key) = target.key {
@@ -86,11 +89,11 @@ impl Guest for Plugin {
         Ok(Answer { body, usage: None })
     }
 
-    fn build_embeddings(_request: Vec<u8>, _target: Target) -> Result<HttpRequest, String> {
-        Err("no embeddings".to_owned())
+    fn build_embeddings(_request: Vec<u8>, _target: Target) -> Result<HttpRequest, BuildError> {
+        Err(BuildError::Failed("no embeddings".to_owned()))
     }
 
-    fn decode_embeddings(_body: Vec<u8>, _target: Target) -> Result<Answer, String> {
+    fn decode_embeddings(_request: Vec<u8>, _body: Vec<u8>, _target: Target) -> Result<Answer, String> {
         Err("no embeddings".to_owned())
     }
 
@@ -103,7 +106,16 @@ impl Guest for Plugin {
     }
 
     fn classify_error(status: u16, _headers: Headers, _body: Vec<u8>) -> ErrorKind {
-        if status == 429 { ErrorKind::RateLimited(None) } else { ErrorKind::Transient }
+        if status == 429 { ErrorKind::rate_limited(None, QuotaWindow::Unknown) } else { ErrorKind::Transient }
+    }
+
+    /// Traps when the upstream sends `x-ratelimit-trap` (a fault there must
+    /// cost the attempt nothing); otherwise the SDK's usual reading.
+    fn read_limits(_status: u16, headers: Headers) -> Vec<RateReport> {
+        if sdk::header(&headers, "x-ratelimit-trap").is_some() {
+            panic!("misbehave: trapping in read-limits");
+        }
+        sdk::suffixed_reports(&headers, QuotaWindow::Day, QuotaWindow::Minute)
     }
 }
 

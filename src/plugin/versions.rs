@@ -1,0 +1,308 @@
+//! The interface versions this build loads, behind one face: a component
+//! built against 0.2.0 is called as it is; one built against 0.1.0 is
+//! called through its own bindings and its answers are put into 0.2's
+//! shapes (a 429 about an unknown window, a build error that is a plain
+//! failure, no limits read, `decode-embeddings` without the request). The
+//! rest of the host only ever sees 0.2's types.
+
+use wasmtime::Store;
+use wasmtime::component::{Component, Linker, ResourceAny};
+
+use super::bindings::v01::api as old;
+use super::bindings::v02::api;
+use super::bindings::{v01, v02};
+use super::host::State;
+use super::{INTERFACE_VERSION, TRANSLATOR_EXPORT, TRANSLATOR_EXPORT_0_1};
+
+/// The interface version a component was built against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// 0.2.0, the current one.
+    V02,
+    /// 0.1.0, still loaded.
+    V01,
+}
+
+impl Version {
+    /// Its version string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::V02 => INTERFACE_VERSION,
+            Self::V01 => "0.1.0",
+        }
+    }
+
+    /// The version a component exports the translator for, if it is one
+    /// this build loads; otherwise the other version it names, if any.
+    pub fn of(engine: &wasmtime::Engine, component: &Component) -> Result<Self, Option<String>> {
+        let ty = component.component_type();
+        let mut other = None;
+        for (name, _) in ty.exports(engine) {
+            if name == TRANSLATOR_EXPORT {
+                return Ok(Self::V02);
+            }
+            if name == TRANSLATOR_EXPORT_0_1 {
+                return Ok(Self::V01);
+            }
+            if let Some(version) = name.strip_prefix("freeway:provider/translator@") {
+                other = Some(version.to_owned());
+            }
+        }
+        Err(other)
+    }
+}
+
+/// A pre-instantiated component of either version.
+pub enum Pre {
+    /// Interface 0.2.0.
+    V02(v02::ProviderPre<State>),
+    /// Interface 0.1.0.
+    V01(v01::ProviderPre<State>),
+}
+
+impl Pre {
+    /// Pre-instantiates `component`, built against `version`.
+    pub fn new(linker: &Linker<State>, component: &Component, version: Version) -> wasmtime::Result<Self> {
+        let pre = linker.instantiate_pre(component)?;
+        Ok(match version {
+            Version::V02 => Self::V02(v02::ProviderPre::new(pre)?),
+            Version::V01 => Self::V01(v01::ProviderPre::new(pre)?),
+        })
+    }
+
+    /// A new instance in `store`.
+    pub fn instantiate(&self, store: &mut Store<State>) -> wasmtime::Result<Instance> {
+        Ok(match self {
+            Self::V02(pre) => Instance::V02(pre.instantiate(store)?),
+            Self::V01(pre) => Instance::V01(pre.instantiate(store)?),
+        })
+    }
+}
+
+/// An instance of either version, called with 0.2's types.
+pub enum Instance {
+    /// Interface 0.2.0.
+    V02(v02::Provider),
+    /// Interface 0.1.0.
+    V01(v01::Provider),
+}
+
+type Call<T> = wasmtime::Result<T>;
+
+// The generated calls take the headers as `&Vec`.
+#[allow(clippy::ptr_arg)]
+impl Instance {
+    /// `describe`.
+    pub fn describe(&self, s: &mut Store<State>) -> Call<api::Descriptor> {
+        match self {
+            Self::V02(p) => p.freeway_provider_translator().call_describe(s),
+            Self::V01(p) => p.freeway_provider_translator().call_describe(s).map(|d| api::Descriptor {
+                name: d.name,
+                interface_version: d.interface_version,
+                capabilities: capabilities(d.capabilities),
+            }),
+        }
+    }
+
+    /// `build-chat`.
+    pub fn build_chat(
+        &self,
+        s: &mut Store<State>,
+        request: &[u8],
+        t: &api::Target,
+    ) -> Call<Result<api::HttpRequest, api::BuildError>> {
+        match self {
+            Self::V02(p) => p.freeway_provider_translator().call_build_chat(s, request, t),
+            Self::V01(p) => p.freeway_provider_translator().call_build_chat(s, request, &target(t)).map(built),
+        }
+    }
+
+    /// `decode-chat`.
+    pub fn decode_chat(&self, s: &mut Store<State>, body: &[u8], t: &api::Target) -> Call<Result<api::Answer, String>> {
+        match self {
+            Self::V02(p) => p.freeway_provider_translator().call_decode_chat(s, body, t),
+            Self::V01(p) => {
+                p.freeway_provider_translator().call_decode_chat(s, body, &target(t)).map(|r| r.map(answer))
+            }
+        }
+    }
+
+    /// `build-embeddings`.
+    pub fn build_embeddings(
+        &self,
+        s: &mut Store<State>,
+        request: &[u8],
+        t: &api::Target,
+    ) -> Call<Result<api::HttpRequest, api::BuildError>> {
+        match self {
+            Self::V02(p) => p.freeway_provider_translator().call_build_embeddings(s, request, t),
+            Self::V01(p) => p.freeway_provider_translator().call_build_embeddings(s, request, &target(t)).map(built),
+        }
+    }
+
+    /// `decode-embeddings`; a 0.1 plugin is not given the request.
+    pub fn decode_embeddings(
+        &self,
+        s: &mut Store<State>,
+        request: &[u8],
+        body: &[u8],
+        t: &api::Target,
+    ) -> Call<Result<api::Answer, String>> {
+        match self {
+            Self::V02(p) => p.freeway_provider_translator().call_decode_embeddings(s, request, body, t),
+            Self::V01(p) => {
+                p.freeway_provider_translator().call_decode_embeddings(s, body, &target(t)).map(|r| r.map(answer))
+            }
+        }
+    }
+
+    /// `build-models` (a listing is built from configuration alone: a 0.2
+    /// plugin's client error there is a failure like any other).
+    pub fn build_models(&self, s: &mut Store<State>, t: &api::Target) -> Call<Result<api::HttpRequest, String>> {
+        match self {
+            Self::V02(p) => p.freeway_provider_translator().call_build_models(s, t),
+            Self::V01(p) => p.freeway_provider_translator().call_build_models(s, &target(t)).map(|r| r.map(request)),
+        }
+    }
+
+    /// `decode-models`.
+    pub fn decode_models(
+        &self,
+        s: &mut Store<State>,
+        body: &[u8],
+        t: &api::Target,
+    ) -> Call<Result<Vec<api::ModelRecord>, String>> {
+        match self {
+            Self::V02(p) => p.freeway_provider_translator().call_decode_models(s, body, t),
+            Self::V01(p) => p
+                .freeway_provider_translator()
+                .call_decode_models(s, body, &target(t))
+                .map(|r| r.map(|records| records.into_iter().map(model).collect())),
+        }
+    }
+
+    /// `classify-error`; a 0.1 plugin's 429 is about an unknown window.
+    pub fn classify_error(
+        &self,
+        s: &mut Store<State>,
+        status: u16,
+        headers: &api::Headers,
+        body: &[u8],
+    ) -> Call<api::ErrorKind> {
+        match self {
+            Self::V02(p) => p.freeway_provider_translator().call_classify_error(s, status, headers, body),
+            Self::V01(p) => {
+                p.freeway_provider_translator().call_classify_error(s, status, headers, body).map(|k| match k {
+                    old::ErrorKind::RateLimited(ms) => api::ErrorKind::RateLimited(api::RateLimit {
+                        retry_after_ms: ms,
+                        window: api::QuotaWindow::Unknown,
+                    }),
+                    old::ErrorKind::QuotaExhausted => api::ErrorKind::QuotaExhausted,
+                    old::ErrorKind::InvalidKey => api::ErrorKind::InvalidKey,
+                    old::ErrorKind::ClientError => api::ErrorKind::ClientError,
+                    old::ErrorKind::Transient => api::ErrorKind::Transient,
+                })
+            }
+        }
+    }
+
+    /// `read-limits`; a 0.1 plugin reads none (the host never asks it: it
+    /// lacks the `limits` capability).
+    pub fn read_limits(&self, s: &mut Store<State>, status: u16, headers: &api::Headers) -> Call<Vec<api::RateReport>> {
+        match self {
+            Self::V02(p) => p.freeway_provider_translator().call_read_limits(s, status, headers),
+            Self::V01(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// A new stream decoder.
+    pub fn stream_new(&self, s: &mut Store<State>, t: &api::Target) -> Call<ResourceAny> {
+        match self {
+            Self::V02(p) => p.freeway_provider_translator().stream_decoder().call_constructor(s, t),
+            Self::V01(p) => p.freeway_provider_translator().stream_decoder().call_constructor(s, &target(t)),
+        }
+    }
+
+    /// The stream decoder's `push`.
+    pub fn stream_push(&self, s: &mut Store<State>, decoder: ResourceAny, bytes: &[u8]) -> Call<Vec<api::StreamEvent>> {
+        match self {
+            Self::V02(p) => p.freeway_provider_translator().stream_decoder().call_push(s, decoder, bytes),
+            Self::V01(p) => p
+                .freeway_provider_translator()
+                .stream_decoder()
+                .call_push(s, decoder, bytes)
+                .map(|events| events.into_iter().map(event).collect()),
+        }
+    }
+
+    /// The stream decoder's `finish`.
+    pub fn stream_finish(&self, s: &mut Store<State>, decoder: ResourceAny) -> Call<Vec<api::StreamEvent>> {
+        match self {
+            Self::V02(p) => p.freeway_provider_translator().stream_decoder().call_finish(s, decoder),
+            Self::V01(p) => p
+                .freeway_provider_translator()
+                .stream_decoder()
+                .call_finish(s, decoder)
+                .map(|events| events.into_iter().map(event).collect()),
+        }
+    }
+}
+
+// 0.1's types into 0.2's (and a target the other way): the same records,
+// generated twice.
+
+fn target(t: &api::Target) -> old::Target {
+    old::Target { base_url: t.base_url.clone(), model: t.model.clone(), key: t.key.clone(), options: t.options.clone() }
+}
+
+fn capabilities(c: old::Capabilities) -> api::Capabilities {
+    let mut out = api::Capabilities::empty();
+    for (from, to) in [
+        (old::Capabilities::CHAT, api::Capabilities::CHAT),
+        (old::Capabilities::STREAM, api::Capabilities::STREAM),
+        (old::Capabilities::TOOLS, api::Capabilities::TOOLS),
+        (old::Capabilities::EMBEDDINGS, api::Capabilities::EMBEDDINGS),
+        (old::Capabilities::MODELS, api::Capabilities::MODELS),
+    ] {
+        if c.contains(from) {
+            out |= to;
+        }
+    }
+    out
+}
+
+fn request(r: old::HttpRequest) -> api::HttpRequest {
+    api::HttpRequest { method: r.method, url: r.url, headers: r.headers, body: r.body }
+}
+
+/// A 0.1 build error is a plain failure: 0.1 has no way to say "client error".
+fn built(r: Result<old::HttpRequest, String>) -> Result<api::HttpRequest, api::BuildError> {
+    r.map(request).map_err(api::BuildError::Failed)
+}
+
+fn usage(u: old::Usage) -> api::Usage {
+    api::Usage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens }
+}
+
+fn answer(a: old::Answer) -> api::Answer {
+    api::Answer { body: a.body, usage: a.usage.map(usage) }
+}
+
+fn model(r: old::ModelRecord) -> api::ModelRecord {
+    api::ModelRecord {
+        id: r.id,
+        context_length: r.context_length,
+        free: r.free,
+        parameters: r.parameters,
+        active_parameters: r.active_parameters,
+        capabilities: r.capabilities,
+    }
+}
+
+fn event(e: old::StreamEvent) -> api::StreamEvent {
+    match e {
+        old::StreamEvent::Chunk(c) => api::StreamEvent::Chunk(api::Chunk { json: c.json, usage: c.usage.map(usage) }),
+        old::StreamEvent::Done => api::StreamEvent::Done,
+        old::StreamEvent::Error(message) => api::StreamEvent::Error(message),
+    }
+}
