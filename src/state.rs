@@ -53,7 +53,7 @@ pub use clock::Clock;
 pub use log::{AttemptRecord, RequestRecord};
 pub use memory::{MemoryState, StateBounds};
 pub use persistent::PersistentState;
-pub use usage::{Admission, Limit, LimitHit, Period, Refund};
+pub use usage::{Admission, Limit, LimitHit, Period, Refund, Used};
 
 use crate::config::Limits;
 
@@ -204,6 +204,19 @@ pub trait StateStore: Send + Sync {
 
     /// Gives back what a failed attempt was charged.
     fn refund(&self, admission: &Admission, refund: Refund);
+
+    /// Limits the upstream's rate-limit headers stated for `model` on
+    /// `key` (each `None` the headers did not state): they replace the
+    /// configured guess for that key.
+    fn learned(&self, key: &KeyId, model: &Arc<str>) -> Option<Limits>;
+
+    /// Keeps what the upstream's headers stated (fields that are `None`
+    /// keep what was learned before).
+    fn learn(&self, key: &KeyId, model: &Arc<str>, limits: Limits);
+
+    /// What `key` has used at `now`: for `model`, or (`None`) against the
+    /// key's shared limits; `None` when nothing was counted.
+    fn used(&self, key: &KeyId, model: Option<&Arc<str>>, period: Option<&Period>, now: Instant) -> Option<Used>;
 
     /// Whether a request to `model` could go on `key` now: not invalid, not
     /// cooling, not at a limit (nothing is charged).

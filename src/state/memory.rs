@@ -1,6 +1,7 @@
 //! [`MemoryState`]: the gateway's state in process memory, every part of it
 //! bounded and expiring.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,7 @@ use super::circuits::{Circuit, CircuitChange, CircuitPolicy, Circuits};
 use super::cooldowns::Cooldowns;
 use super::keys::KeyHealth;
 use super::pins::Pins;
-use super::usage::{self, Admission, Charge, LimitHit, Refund, Usage};
+use super::usage::{self, Admission, Charge, LimitHit, Period, Refund, Usage, Used};
 use super::{Budget, Clock, Cooling, KeyId, MAX_PIN_TTL, StateHealth, StateStore};
 use crate::config::Limits;
 
@@ -57,6 +58,10 @@ pub struct MemoryState {
     pins: Pins,
     circuits: Circuits,
     clock: Clock,
+    /// Limits the upstreams' headers stated, per (key, model); `any_learned`
+    /// spares the lookup while nothing was learned.
+    learned: Cache<(KeyId, Arc<str>), Limits>,
+    any_learned: AtomicBool,
 }
 
 impl Default for MemoryState {
@@ -85,6 +90,10 @@ impl MemoryState {
             pins: Pins::new(bounds.pin_bytes),
             circuits: Circuits::default(),
             clock,
+            // One entry per (key, model) an upstream answered: bounded by what
+            // the providers serve, capped against made-up names anyway.
+            learned: Cache::builder().max_capacity(bounds.cooldowns).time_to_idle(COUNTER_IDLE).build(),
+            any_learned: AtomicBool::new(false),
         }
     }
 
@@ -211,6 +220,33 @@ impl StateStore for MemoryState {
 
     fn refund(&self, admission: &Admission, refund: Refund) {
         self.correct(admission, |usage, charge| usage.refund(charge, refund));
+    }
+
+    fn learned(&self, key: &KeyId, model: &Arc<str>) -> Option<Limits> {
+        if !self.any_learned.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.learned.get(&(key.clone(), model.clone()))
+    }
+
+    fn learn(&self, key: &KeyId, model: &Arc<str>, limits: Limits) {
+        if !usage::any(&limits) {
+            return;
+        }
+        self.any_learned.store(true, Ordering::Relaxed);
+        self.learned.entry((key.clone(), model.clone())).and_upsert_with(|known| {
+            let known = known.map(|e| *e.value()).unwrap_or_default();
+            Limits {
+                rpm: limits.rpm.or(known.rpm),
+                rpd: limits.rpd.or(known.rpd),
+                tpm: limits.tpm.or(known.tpm),
+                tpd: limits.tpd.or(known.tpd),
+            }
+        });
+    }
+
+    fn used(&self, key: &KeyId, model: Option<&Arc<str>>, period: Option<&Period>, now: Instant) -> Option<Used> {
+        Some(self.existing(key, model)?.lock().used(now, period))
     }
 
     fn usable(&self, key: &KeyId, model: &Arc<str>, budget: &Budget, now: Instant) -> bool {

@@ -20,10 +20,11 @@ use rusqlite::params;
 use super::circuits::{Circuit, CircuitChange, CircuitPolicy};
 use super::db::{Db, OpenError};
 use super::journal::{Journal, Write};
-use super::usage::{Admission, Charge, LimitHit, Refund};
+use super::usage::{Admission, Charge, LimitHit, Period, Refund, Used};
 use super::{
     Budget, Clock, Cooling, KeyId, MAX_PIN_TTL, MemoryState, RequestRecord, StateBounds, StateHealth, StateStore,
 };
+use crate::config::Limits;
 
 /// State in memory, persisted to an SQLite file.
 pub struct PersistentState {
@@ -252,6 +253,18 @@ impl StateStore for PersistentState {
             let requests = if refund == Refund::Everything { -1 } else { 0 };
             (requests, -signed(charge.tokens))
         });
+    }
+
+    fn learned(&self, key: &KeyId, model: &Arc<str>) -> Option<Limits> {
+        self.memory.learned(key, model)
+    }
+
+    fn learn(&self, key: &KeyId, model: &Arc<str>, limits: Limits) {
+        self.memory.learn(key, model, limits);
+    }
+
+    fn used(&self, key: &KeyId, model: Option<&Arc<str>>, period: Option<&Period>, now: Instant) -> Option<Used> {
+        self.memory.used(key, model, period, now)
     }
 
     fn usable(&self, key: &KeyId, model: &Arc<str>, budget: &Budget, now: Instant) -> bool {

@@ -64,6 +64,20 @@ pub struct LimitHit {
     pub until: Instant,
 }
 
+/// What a counter holds: requests and tokens in the last minute and in
+/// the day (rolling, or the provider's calendar day).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Used {
+    /// Requests in the last minute.
+    pub requests_minute: u64,
+    /// Tokens in the last minute.
+    pub tokens_minute: u64,
+    /// Requests in the day.
+    pub requests_day: u64,
+    /// Tokens in the day.
+    pub tokens_day: u64,
+}
+
 /// What one request was charged in one counter, to be corrected once its
 /// usage is known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,6 +250,15 @@ impl Usage {
             None => oldest.and_then(|b| self.bucket_end(b)),
         };
         (requests, tokens, frees)
+    }
+
+    /// What this counter holds at `now`: the last minute and the day (or
+    /// the calendar `period`).
+    pub fn used(&mut self, now: Instant, period: Option<&Period>) -> Used {
+        self.prune(now);
+        let tokens_minute = self.minute.iter().fold(0u64, |sum, (_, t)| sum.saturating_add(*t));
+        let (requests_day, tokens_day, _) = self.day_totals(now, period);
+        Used { requests_minute: self.minute.len() as u64, tokens_minute, requests_day, tokens_day }
     }
 
     /// Whether one more request of `tokens` fits in `limits` now (daily
