@@ -33,6 +33,7 @@ mod attempt;
 mod classify;
 mod dispatch;
 mod policies;
+mod quota;
 pub mod request;
 mod respond;
 

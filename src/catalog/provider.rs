@@ -15,7 +15,7 @@ use crate::catalog::Catalog;
 use crate::config::{Config, Env, Limits, ProviderSpec};
 use crate::plugin::{Plugin, PluginHost};
 use crate::secret::{Redactor, Secret};
-use crate::state::{Budget, Clock, KeyId, QuotaReset, Schedule, usage};
+use crate::state::{Budget, Clock, KeyId, QuotaReset, Schedule};
 
 /// An enabled provider.
 pub struct Provider {
@@ -104,9 +104,9 @@ impl Provider {
         let models = self.models.load();
         let listed = models.get(model);
         let mut budget = Budget { model: listed.map_or(self.limits, |m| m.limits), key: self.key_limits, period: None };
-        if let Some(schedule) = &self.quota_reset
-            && (usage::daily(&budget.model) || usage::daily(&budget.key))
-        {
+        // Always, not only with a daily limit configured: a daily limit
+        // learned from the upstream's headers counts over the same period.
+        if let Some(schedule) = &self.quota_reset {
             budget.period = schedule.period(clock, now);
         }
         (budget, listed.and_then(|m| m.context))

@@ -33,8 +33,6 @@ pub struct Success {
     pub response: Response<ResponseBody>,
     /// What the upstream's headers said about its limits (empty when the
     /// plugin reads none, or there were none).
-    // Carried for the dispatcher's quota state (issue 8), which acts on it.
-    #[allow(dead_code)]
     pub limits: Vec<RateReport>,
 }
 

@@ -8,14 +8,15 @@
 //! returned to the client at once. Streams fall back only until their first
 //! chunk has been relayed.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::{Response, StatusCode};
 use tracing::Instrument;
 
 use super::Proxy;
 use super::attempt;
-use super::classify::{Failure, MAX_COOLDOWN};
+use super::classify::Failure;
+use super::quota;
 use super::request::{ClientRequest, Operation};
 use crate::body::ResponseBody;
 use crate::catalog::provider::Key;
@@ -121,6 +122,7 @@ pub async fn run(proxy: &Proxy, request: &ClientRequest, candidates: &[Candidate
                 tally.exhausted = true;
                 break 'candidates;
             }
+            let budget = quota::with_learned(budget, proxy.state.learned(&key.id, &candidate.model));
             let admission = match proxy.state.admit(&key.id, &candidate.model, &budget, estimate, now) {
                 Ok(admission) => admission,
                 Err(hit) => {
@@ -135,6 +137,13 @@ pub async fn run(proxy: &Proxy, request: &ClientRequest, candidates: &[Candidate
                 tracing::debug_span!("attempt", provider = %provider.name, model = %candidate.model, key = key.index);
             let result = attempt::attempt(proxy, request, candidate, key, &admission).instrument(span).await;
             let elapsed = started.elapsed();
+            let reports = match &result {
+                Ok(success) => &success.limits,
+                Err(failure) => &failure.limits,
+            };
+            if let Some(until) = quota::learn(proxy, candidate, key, reports, Instant::now()) {
+                tally.wait_until(until);
+            }
             let up = result.as_ref().err().is_none_or(|f| !f.provider_down());
             match proxy.state.circuit_result(&provider.name, up, Instant::now(), &proxy.circuit) {
                 Some(CircuitChange::Opened) => {
@@ -223,10 +232,11 @@ fn decide(proxy: &Proxy, candidate: &Candidate, key: &Key, failure: Failure, tal
             let status = failure.status.and_then(|s| StatusCode::from_u16(s).ok()).unwrap_or(StatusCode::BAD_REQUEST);
             Next::Answer(ApiError::UpstreamRejected { status, body }.into_response())
         }
-        ErrorKind::RateLimited { retry_after, .. } => {
-            let wait = retry_after.unwrap_or(cooldown).clamp(Duration::from_secs(1), MAX_COOLDOWN);
-            if let Some(until) = now.checked_add(wait) {
-                proxy.state.cool(&key.id, &candidate.model, until, Cooling::RateLimited);
+        ErrorKind::RateLimited { retry_after, window } => {
+            let (until, why) =
+                quota::rate_limit_cooldown(proxy, &candidate.provider, window, retry_after, cooldown, now);
+            if let Some(until) = until {
+                proxy.state.cool(&key.id, &candidate.model, until, why);
                 tally.wait_until(until);
             }
             proxy.metrics.fallback(failure.outcome);

@@ -26,6 +26,7 @@ mod plugin_limits;
 mod plugin_openai;
 mod policies;
 mod props;
+mod quota;
 mod redaction;
 mod sdk;
 mod stalls;

@@ -1,0 +1,124 @@
+//! Quotas the upstream announces: a daily-quota 429 cools a model on a key
+//! until the provider's reset (on an injected clock, so the test does not
+//! wait for midnight), a per-minute one for its wait; the rate-limit
+//! headers teach the gateway a key's limits and when nothing is left.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use freeway::state::Clock;
+use freeway::{Catalog, Env};
+use serde_json::json;
+
+use crate::support::gateway::{provider, start, start_at};
+use crate::support::mock::{Behavior, Mock, Reply, completion};
+
+/// OpenRouter's answer when a free model's daily allowance is spent.
+fn daily_429() -> Behavior {
+    Behavior::Status {
+        status: 429,
+        retry_after: None,
+        body: json!({"error": {"message": "Rate limit exceeded: free-models-per-day. Add 10 credits to unlock 1000 free model requests per day", "code": 429}}).to_string(),
+    }
+}
+
+/// 2026-01-16 07:59:57 UTC: three seconds before midnight in Los Angeles
+/// (PST, UTC-8).
+const BEFORE_LA_MIDNIGHT_MS: i64 = 1_768_550_397_000;
+
+#[tokio::test]
+async fn a_daily_quota_429_cools_until_the_providers_midnight_not_for_the_cooldown() {
+    let mock = Mock::start().await;
+    mock.once_model("m", daily_429());
+    let yaml = format!(
+        "providers:\n{}    quota_reset: \"00:00 America/Los_Angeles\"\ndispatch:\n  cooldown: 60s\n",
+        provider("a", &mock.base_url(), &["ka"], &["m"])
+    );
+    let env = Env::from_map(Vec::<(String, String)>::new());
+    let gw = start_at(&yaml, Catalog::empty(), env, Clock::starting_at(BEFORE_LA_MIDNIGHT_MS)).await;
+    let first = gw.chat("a/m").await;
+    assert_eq!(first.status, 429, "{}", first.text());
+    let retry: u64 = first.header("retry-after").parse().unwrap();
+    assert!(retry <= 3, "the pool has capacity again at midnight Pacific, in {retry}s, not dispatch.cooldown");
+    let cooling = gw.chat("a/m").await;
+    assert_eq!(cooling.status, 429);
+    assert_eq!(mock.chats().len(), 1, "an exhausted model was called again before its reset");
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    assert_eq!(gw.chat("a/m").await.status, 200, "the new day did not free the model");
+}
+
+#[tokio::test]
+async fn a_daily_quota_429_without_a_calendar_is_retried_hourly_not_every_cooldown() {
+    let mock = Mock::start().await;
+    mock.on_model("m", daily_429());
+    let yaml = format!("providers:\n{}dispatch:\n  cooldown: 60s\n", provider("a", &mock.base_url(), &["ka"], &["m"]));
+    let gw = start(&yaml).await;
+    let answer = gw.chat("a/m").await;
+    assert_eq!(answer.status, 429);
+    let retry: u64 = answer.header("retry-after").parse().unwrap();
+    assert!((3590..=3600).contains(&retry), "retry-after {retry}");
+}
+
+#[tokio::test]
+async fn a_per_minute_429_keeps_its_retry_after() {
+    let mock = Mock::start().await;
+    mock.on_model("m", Behavior::rate_limited("7"));
+    let gw = start(&format!("providers:\n{}", provider("a", &mock.base_url(), &["ka"], &["m"]))).await;
+    let answer = gw.chat("a/m").await;
+    assert_eq!(answer.status, 429);
+    let retry: u64 = answer.header("retry-after").parse().unwrap();
+    assert!((6..=7).contains(&retry), "retry-after {retry}");
+}
+
+/// Answers every chat with a completion and Groq's rate-limit headers:
+/// `remaining` requests left of `limit` today, reset in `reset`.
+fn groq_headers(limit: &'static str, remaining: &'static str, reset: &'static str) -> Behavior {
+    Behavior::Custom(Arc::new(move |seen| Reply {
+        status: 200,
+        headers: vec![
+            ("content-type".into(), "application/json".into()),
+            ("x-ratelimit-limit-requests".into(), limit.into()),
+            ("x-ratelimit-remaining-requests".into(), remaining.into()),
+            ("x-ratelimit-reset-requests".into(), reset.into()),
+        ],
+        pieces: vec![completion(&seen.model)],
+    }))
+}
+
+#[tokio::test]
+async fn headers_saying_nothing_is_left_skip_the_candidate_without_a_call() {
+    let a = Mock::start().await;
+    let b = Mock::start().await;
+    a.on_all(groq_headers("1000", "0", "2h0m0s"));
+    let yaml = format!(
+        "providers:\n{}{}routes:\n  r:\n    targets: [a/m, b/n]\n",
+        provider("a", &a.base_url(), &["ka"], &["m"]),
+        provider("b", &b.base_url(), &["kb"], &["n"]),
+    );
+    let gw = start(&yaml).await;
+    assert_eq!(gw.chat("r").await.routed_via(), "a/m", "the answer that says 0 left is still the answer");
+    for _ in 0..3 {
+        let answer = gw.chat("r").await;
+        assert_eq!(answer.routed_via(), "b/n");
+        assert_eq!(answer.fallback_attempts(), 0, "a spent candidate is skipped, not attempted");
+    }
+    assert_eq!(a.chats().len(), 1, "the upstream said 0 left and was called anyway");
+    let only_a = gw.chat("a/m").await;
+    assert_eq!(only_a.status, 429);
+    let retry: u64 = only_a.header("retry-after").parse().unwrap();
+    assert!((7190..=7200).contains(&retry), "retry-after {retry}: the reset the headers named");
+}
+
+#[tokio::test]
+async fn a_limit_the_headers_state_replaces_the_configured_guess_for_that_key() {
+    let a = Mock::start().await;
+    // The config guesses 100 a day; the upstream says this key has 2.
+    a.on_all(groq_headers("2", "1", "10h"));
+    let yaml = format!("providers:\n{}    limits: {{ rpd: 100 }}\n", provider("a", &a.base_url(), &["ka"], &["m"]));
+    let gw = start(&yaml).await;
+    assert_eq!(gw.chat("a/m").await.status, 200);
+    assert_eq!(gw.chat("a/m").await.status, 200);
+    let third = gw.chat("a/m").await;
+    assert_eq!(third.status, 429, "{}", third.text());
+    assert_eq!(a.chats().len(), 2, "the learned daily limit of 2 was passed");
+}
