@@ -42,6 +42,11 @@
 #   ROUNDS          --compare: rounds (default 3)
 #   FREEWAY_BEFORE  --compare: the freeway binary to compare against (required)
 #   FREEWAY_AFTER   --compare: the freeway binary to compare (default: built here)
+#   BEFORE_STATE, AFTER_STATE  --compare: the `state:` line of each freeway's
+#                   config (default: a database in the work folder). The cost
+#                   of persistence, in one run:
+#                     FREEWAY_BEFORE=target/release/freeway \
+#                     BEFORE_STATE='state: { path: "" }' benches/load.sh --compare
 #   KEEP_WORK=1     keep the temp dir (configs, logs, raw reports)
 set -euo pipefail
 
@@ -104,8 +109,11 @@ ensure_oha() {
 
 # The freeway config: the mock as the only provider, everything else default
 # (so the built-in policies run).
+# A third argument replaces the `state:` line: by default each server keeps
+# its state in its own database in the work folder (persistence is on by
+# default); `state: { path: "" }` measures memory-only.
 write_freeway_config() {
-    local port=$1 file=$2
+    local port=$1 file=$2 state=${3:-"state: { path: ${2%.yaml}.db }"}
     cat >"$file" <<EOF
 server: { listen: 127.0.0.1:$port }
 providers:
@@ -114,6 +122,7 @@ providers:
     base_url: http://127.0.0.1:$MOCK_PORT/v1
     keys: [bench-key]
     models: [mock-model]
+$state
 EOF
 }
 
@@ -405,11 +414,11 @@ main_compare() {
     start_mock
     start_nginx
     BEFORE_PORT=$(free_port)
-    write_freeway_config "$BEFORE_PORT" "$WORK_DIR/before.yaml"
+    write_freeway_config "$BEFORE_PORT" "$WORK_DIR/before.yaml" "${BEFORE_STATE:-}"
     start_freeway "$FREEWAY_BEFORE" "$WORK_DIR/before.yaml" "$BEFORE_PORT" warn before
     BEFORE_PID=$STARTED_PID
     AFTER_PORT=$(free_port)
-    write_freeway_config "$AFTER_PORT" "$WORK_DIR/after.yaml"
+    write_freeway_config "$AFTER_PORT" "$WORK_DIR/after.yaml" "${AFTER_STATE:-}"
     start_freeway "$FREEWAY_AFTER" "$WORK_DIR/after.yaml" "$AFTER_PORT" warn after
     AFTER_PID=$STARTED_PID
 
