@@ -32,6 +32,9 @@ pub struct Provider {
     /// Its keys, used in turn; one keyless slot for providers without keys.
     pub keys: Vec<Key>,
     next_key: AtomicUsize,
+    /// Models it said are gone (410, or `model_not_found` twice in a row),
+    /// with their strikes: out of routing until the next discovery.
+    retired: Retired,
     /// Models it is known to serve (replaced whole by discovery).
     models: ArcSwap<ModelTable>,
     /// Extra headers for every request.
@@ -83,6 +86,26 @@ impl Provider {
     /// Replaces its model list (discovery).
     pub fn set_models(&self, table: ModelTable) {
         self.models.store(Arc::new(table));
+        // A fresh listing is the provider's word on what it serves now.
+        self.retired.clear();
+    }
+
+    /// Whether `model` was dropped from routing (it answered 410, or
+    /// `model_not_found` twice in a row) since the last discovery.
+    pub fn is_retired(&self, model: &str) -> bool {
+        self.retired.is_retired(model)
+    }
+
+    /// Counts a sign that `model` is gone: `gone` (a 410) retires it at
+    /// once, a `model_not_found` at the second in a row. Whether it is
+    /// retired now (and was not before).
+    pub fn strike(&self, model: &Arc<str>, gone: bool) -> bool {
+        self.retired.strike(model, if gone { RETIRE_AT } else { 1 })
+    }
+
+    /// `model` answered: its `model_not_found` strikes are forgiven.
+    pub fn answered(&self, model: &str) {
+        self.retired.forgive(model);
     }
 
     /// The listed id for `id` (shared, so candidates do not allocate).
@@ -121,6 +144,55 @@ impl Provider {
     /// The context window of `model`, when known.
     pub fn context_window(&self, model: &str) -> Option<u64> {
         self.models.load().get(model).and_then(|m| m.context)
+    }
+}
+
+/// Strikes at which a model is retired.
+const RETIRE_AT: u8 = 2;
+/// Models with strikes kept per provider, at most: names come from
+/// requests (`provider/anything`), so the map is capped.
+const MAX_STRUCK: usize = 1024;
+
+/// Strikes per model, and a flag that spares the lookup while there are none.
+#[derive(Default)]
+struct Retired {
+    any: std::sync::atomic::AtomicBool,
+    strikes: std::sync::Mutex<HashMap<Arc<str>, u8>>,
+}
+
+impl Retired {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, u8>> {
+        self.strikes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn is_retired(&self, model: &str) -> bool {
+        self.any.load(Ordering::Relaxed) && self.lock().get(model).is_some_and(|s| *s >= RETIRE_AT)
+    }
+
+    fn strike(&self, model: &Arc<str>, by: u8) -> bool {
+        let mut strikes = self.lock();
+        if strikes.len() >= MAX_STRUCK && !strikes.contains_key(model) {
+            return false;
+        }
+        self.any.store(true, Ordering::Relaxed);
+        let s = strikes.entry(model.clone()).or_insert(0);
+        let before = *s;
+        *s = s.saturating_add(by);
+        before < RETIRE_AT && *s >= RETIRE_AT
+    }
+
+    fn forgive(&self, model: &str) {
+        if self.any.load(Ordering::Relaxed) {
+            let mut strikes = self.lock();
+            if strikes.get(model).is_some_and(|s| *s < RETIRE_AT) {
+                strikes.remove(model);
+            }
+        }
+    }
+
+    fn clear(&self) {
+        self.lock().clear();
+        self.any.store(false, Ordering::Relaxed);
     }
 }
 
@@ -312,6 +384,7 @@ fn enable(
         options: spec.options.iter().flatten().map(|(k, v)| (k.clone(), v.clone())).collect(),
         keys: slots,
         next_key: AtomicUsize::new(0),
+        retired: Retired::default(),
         models: ArcSwap::from_pointee(ModelTable::new(models)),
         headers,
         local: is_local,

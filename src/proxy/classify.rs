@@ -34,6 +34,18 @@ pub struct Failure {
     /// What the upstream's headers said about its limits (the plugin read
     /// them; empty when there was no response, or nothing to read).
     pub limits: Vec<RateReport>,
+    /// The upstream says the model is gone: 410, or a 404 whose body has
+    /// the `model_not_found` code (OpenAI's and its imitators').
+    pub model_gone: Option<Gone>,
+}
+
+/// How sure an upstream is that a model is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gone {
+    /// 410: retired for good.
+    Retired,
+    /// 404 `model_not_found`: maybe a hiccup; twice in a row is believed.
+    NotFound,
 }
 
 impl Failure {
@@ -47,6 +59,7 @@ impl Failure {
             body: None,
             refund: Refund::Tokens,
             limits: Vec::new(),
+            model_gone: None,
         }
     }
 
@@ -127,6 +140,11 @@ pub fn classify(
     if let ErrorKind::RateLimited { retry_after: None, window } = kind {
         kind = ErrorKind::RateLimited { retry_after: retry_after(headers, SystemTime::now()), window };
     }
+    let model_gone = match status.as_u16() {
+        410 => Some(Gone::Retired),
+        404 if memchr::memmem::find(&body, b"model_not_found").is_some() => Some(Gone::NotFound),
+        _ => None,
+    };
     let lossy = String::from_utf8_lossy(&body);
     let text = redactor.redact(&lossy);
     let summary = summarize(&text);
@@ -145,7 +163,16 @@ pub fn classify(
         _ => format!("HTTP {}: {summary}", status.as_u16()),
     };
     let body = (kind == ErrorKind::ClientError).then(|| client_error_body(&text, provider));
-    Failure { kind, outcome, status: Some(status.as_u16()), reason, body, refund: Refund::Tokens, limits: Vec::new() }
+    Failure {
+        kind,
+        outcome,
+        status: Some(status.as_u16()),
+        reason,
+        body,
+        refund: Refund::Tokens,
+        limits: Vec::new(),
+        model_gone,
+    }
 }
 
 /// The standard `Retry-After` header: delay-seconds or an HTTP-date,

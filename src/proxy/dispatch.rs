@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use super::Proxy;
 use super::attempt;
-use super::classify::Failure;
+use super::classify::{Failure, Gone};
 use super::quota;
 use super::request::{ClientRequest, Operation};
 use crate::body::ResponseBody;
@@ -89,6 +89,17 @@ pub async fn run(proxy: &Proxy, request: &ClientRequest, candidates: &[Candidate
         let provider = &candidate.provider;
         if request.operation == Operation::Embeddings && !provider.plugin.capabilities().embeddings {
             tally.skip(candidate, format!("skipped: plugin `{}` has no embeddings", provider.plugin.name()));
+            continue;
+        }
+        // A model the provider said is gone waits for the next discovery.
+        if provider.is_retired(&candidate.model) {
+            tally.skip(
+                candidate,
+                format!(
+                    "skipped: {} said this model is gone (410); it returns with the next model discovery",
+                    provider.name
+                ),
+            );
             continue;
         }
         // A provider failing every call is skipped while its circuit is open.
@@ -171,6 +182,7 @@ pub async fn run(proxy: &Proxy, request: &ClientRequest, candidates: &[Candidate
             }
             let failure = match result {
                 Ok(success) => {
+                    provider.answered(&candidate.model);
                     proxy.metrics.attempt(&provider.name, &candidate.metric_model(), "ok", elapsed);
                     return Outcome {
                         result: Ok(success.response),
@@ -182,6 +194,11 @@ pub async fn run(proxy: &Proxy, request: &ClientRequest, candidates: &[Candidate
                 Err(failure) => failure,
             };
             proxy.state.refund(&admission, failure.refund);
+            if let Some(gone) = failure.model_gone
+                && provider.strike(&candidate.model, gone == Gone::Retired)
+            {
+                tracing::warn!(provider = %provider.name, model = %candidate.model, status = failure.status, "the provider says this model is gone; dropped from routing until the next discovery");
+            }
             proxy.metrics.attempt(&provider.name, &candidate.metric_model(), failure.outcome, elapsed);
             tracing::info!(
                 provider = %provider.name,

@@ -370,3 +370,53 @@ async fn rate_limits_and_client_errors_do_not_open_a_circuit() {
     assert_eq!(gw.chat("a/m1").await.status, 200, "a provider that answers is not cut off");
     assert!(!gw.get("/metrics", &[]).await.text().contains("freeway_circuit_opens_total{"));
 }
+
+#[tokio::test]
+async fn a_model_answering_410_is_dropped_from_routing_until_the_next_discovery() {
+    let a = Mock::start().await;
+    let b = Mock::start().await;
+    a.on_model("m", Behavior::status(410));
+    let yaml = format!(
+        "providers:\n{}{}routes:\n  r:\n    targets: [a/m, b/n]\n",
+        provider("a", &a.base_url(), &["ka"], &["m"]),
+        provider("b", &b.base_url(), &["kb"], &["n"]),
+    );
+    let gw = start(&yaml).await;
+    assert_eq!(gw.chat("r").await.fallback_attempts(), 1);
+    for _ in 0..3 {
+        let answer = gw.chat("r").await;
+        assert_eq!(answer.routed_via(), "b/n");
+        assert_eq!(answer.fallback_attempts(), 0, "a retired model is skipped, not attempted");
+    }
+    assert_eq!(a.calls_to("m"), 1, "the gone model was called again");
+    gw.gateway.refresh_models().await;
+    gw.chat("r").await;
+    assert_eq!(a.calls_to("m"), 2, "discovery did not bring the model back");
+}
+
+#[tokio::test]
+async fn model_not_found_twice_in_a_row_drops_the_model_once_is_forgiven() {
+    let a = Mock::start().await;
+    let b = Mock::start().await;
+    let not_found = || Behavior::Status {
+        status: 404,
+        retry_after: None,
+        body: serde_json::json!({"error": {"message": "The model `m` does not exist", "code": "model_not_found"}})
+            .to_string(),
+    };
+    a.once_model("m", not_found());
+    let yaml = format!(
+        "providers:\n{}{}routes:\n  r:\n    targets: [a/m, b/n]\n",
+        provider("a", &a.base_url(), &["ka"], &["m"]),
+        provider("b", &b.base_url(), &["kb"], &["n"]),
+    );
+    let gw = start(&yaml).await;
+    assert_eq!(gw.chat("r").await.routed_via(), "b/n");
+    assert_eq!(gw.chat("r").await.routed_via(), "a/m", "one model_not_found is forgiven by an answer");
+    a.on_model("m", not_found());
+    assert_eq!(gw.chat("r").await.routed_via(), "b/n");
+    assert_eq!(gw.chat("r").await.routed_via(), "b/n");
+    let calls = a.calls_to("m");
+    assert_eq!(gw.chat("r").await.fallback_attempts(), 0);
+    assert_eq!(a.calls_to("m"), calls, "a model not found twice in a row was called again");
+}
