@@ -260,6 +260,9 @@ pub enum Strategy {
     Random,
     /// Random order drawn by weight (higher weight, earlier more often).
     Weighted,
+    /// Most daily requests left first (known limits only; the others after
+    /// them, as written): spreads load across the free tiers.
+    Headroom,
 }
 
 /// `dispatch:`.

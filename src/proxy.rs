@@ -52,7 +52,7 @@ pub use respond::{FALLBACK_ATTEMPTS, ROUTED_VIA};
 
 use crate::body::ResponseBody;
 use crate::catalog::routes::{Candidate, Router};
-use crate::config::DispatchConfig;
+use crate::config::{DispatchConfig, Strategy};
 use crate::errors::ApiError;
 use crate::metrics::Metrics;
 use crate::policy::{Pipeline, Policies};
@@ -171,7 +171,11 @@ impl Proxy {
         if let Some(asked) = asked {
             self.log(&ctx, &outcome, asked, client);
         }
-        respond::respond(outcome)
+        let capacity = match ctx.request.operation {
+            Operation::Chat => quota::capacity(self, &ctx.candidates, Instant::now()),
+            Operation::Embeddings => None,
+        };
+        respond::respond(outcome, capacity)
     }
 
     /// A new request log id: wall-clock microseconds, unique in this process.
@@ -210,7 +214,11 @@ impl Proxy {
     /// `max_tokens` exceeds the context window of every candidate can never
     /// be answered: 400, before any upstream is asked.
     fn resolve(&self, ctx: &mut Context) -> Result<(), ApiError> {
-        ctx.candidates = self.routes().resolve(&ctx.request.model)?;
+        let routes = self.routes();
+        ctx.candidates = routes.resolve(&ctx.request.model)?;
+        if routes.strategy(&ctx.request.model) == Some(Strategy::Headroom) {
+            quota::by_headroom(self, &mut ctx.candidates);
+        }
         if let Some(asked) = ctx.request.max_tokens {
             let windows: Option<Vec<u64>> =
                 ctx.candidates.iter().map(|c| c.provider.context_window(&c.model)).collect();

@@ -191,6 +191,11 @@ impl Router {
         &self.no_provider_message
     }
 
+    /// The strategy of route `name`, when it is a route.
+    pub fn strategy(&self, name: &str) -> Option<Strategy> {
+        self.routes.get(name).map(|r| r.strategy)
+    }
+
     /// The candidates for a requested model name, in the order to try them.
     pub fn resolve(&self, model: &str) -> Result<Vec<Candidate>, ApiError> {
         if let Some(route) = self.routes.get(model) {
@@ -280,7 +285,8 @@ impl Route {
         let n = self.targets.len();
         let pick = |i: usize| self.targets[i].0.clone();
         match self.strategy {
-            Strategy::Ordered => (0..n).map(pick).collect(),
+            // Headroom is ordered by the dispatcher, which knows the state.
+            Strategy::Ordered | Strategy::Headroom => (0..n).map(pick).collect(),
             Strategy::RoundRobin => {
                 let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
                 (0..n).map(|k| pick((start + k) % n)).collect()

@@ -5,6 +5,7 @@
 //! window the headers say is spent (the candidate is skipped until the
 //! reset they name, without a call).
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::Proxy;
@@ -12,7 +13,7 @@ use crate::catalog::provider::{Key, Provider};
 use crate::catalog::routes::Candidate;
 use crate::config::Limits;
 use crate::plugin::{QuotaWindow, RateReport, RateUnit};
-use crate::state::{Budget, Cooling, ResetPeriod};
+use crate::state::{Budget, Cooling, KeyId, ResetPeriod};
 
 /// A daily quota's 429 from a provider without a daily calendar is retried
 /// this often: its day rolls, and nothing says when it frees.
@@ -110,4 +111,108 @@ pub fn with_learned(mut budget: Budget, learned: Option<Limits>) -> Budget {
         m.tpd = l.tpd.or(m.tpd);
     }
     budget
+}
+
+/// Daily requests left across a request's candidates whose daily limit is
+/// known, and the soonest time one of their counts drops (DESIGN.md's
+/// `x-freeway-remaining-requests-day` and `x-freeway-remaining-reset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    /// Requests left today.
+    pub remaining: u64,
+    /// When the soonest of their days frees requests (a calendar reset, or
+    /// the oldest counted request leaving a rolling day).
+    pub reset: Option<Instant>,
+}
+
+/// What is left of one key's daily requests on one model, when its limit
+/// is known: (left, when it next frees).
+fn left_on(proxy: &Proxy, candidate: &Candidate, key: &Key, now: Instant) -> Option<(u64, Option<Instant>)> {
+    let provider = &candidate.provider;
+    let budget = with_learned(
+        provider.budget_for(&candidate.model, &proxy.clock, now),
+        proxy.state.learned(&key.id, &candidate.model),
+    );
+    let rpd = budget.model.rpd?;
+    let period = budget.period.as_ref();
+    let used = proxy.state.used(&key.id, Some(&candidate.model), period, now).unwrap_or_default();
+    let frees = period.map(|p| p.end).or(used.day_frees);
+    Some((rpd.saturating_sub(used.requests_day), frees))
+}
+
+/// The capacity of `candidates` at `now`: per key, the model limits' room
+/// summed over the candidates, capped by the key's own daily limit (shared
+/// by its models, so counted once); rejected keys have none, and a model
+/// cooling on a key for a daily quota (or headers that said nothing is
+/// left) none until it ends. `None` when no candidate's daily limit is known.
+pub fn capacity(proxy: &Proxy, candidates: &[Candidate], now: Instant) -> Option<Capacity> {
+    // Per key: (sum of its models' room, its own room, soonest reset).
+    let mut per_key: HashMap<&KeyId, (u64, Option<u64>)> = HashMap::new();
+    let mut reset: Option<Instant> = None;
+    let mut known = false;
+    let mut sooner = |at: Option<Instant>| {
+        if let Some(at) = at.filter(|a| *a > now) {
+            reset = Some(reset.map_or(at, |r| r.min(at)));
+        }
+    };
+    let cooling = proxy.state.cooldowns(now);
+    for candidate in candidates {
+        let budget = candidate.provider.budget_for(&candidate.model, &proxy.clock, now);
+        let key_limit = budget.key.rpd;
+        for key in &candidate.provider.keys {
+            let Some((mut left, frees)) =
+                left_on(proxy, candidate, key, now).or_else(|| key_limit.map(|_| (u64::MAX, None)))
+            else {
+                continue;
+            };
+            known = true;
+            sooner(frees);
+            if proxy.state.is_invalid(&key.id) {
+                left = 0;
+            } else if let Some((.., until, _)) = cooling.iter().find(|(k, m, _, why)| {
+                k == &key.id && m == &candidate.model && matches!(why, Cooling::DailyQuota | Cooling::NoneLeft)
+            }) {
+                left = 0;
+                sooner(Some(*until));
+            }
+            let entry = per_key.entry(&key.id).or_insert((0, None));
+            entry.0 = entry.0.saturating_add(left);
+            if let Some(limit) = key_limit {
+                let used = proxy.state.used(&key.id, None, budget.period.as_ref(), now).unwrap_or_default();
+                sooner(used.day_frees);
+                entry.1 = Some(limit.saturating_sub(used.requests_day));
+            }
+        }
+    }
+    known.then(|| Capacity {
+        remaining: per_key
+            .values()
+            .fold(0u64, |sum, (models, own)| sum.saturating_add(own.map_or(*models, |o| o.min(*models)))),
+        reset,
+    })
+}
+
+/// Orders `candidates` by the daily requests each has left (most first),
+/// for routes with the `headroom` strategy; candidates whose limit is not
+/// known keep their written order after those whose limit is.
+pub fn by_headroom(proxy: &Proxy, candidates: &mut [Candidate]) {
+    let now = Instant::now();
+    let mut keyed: Vec<(Option<u64>, Candidate)> = candidates
+        .iter()
+        .map(|c| {
+            let left =
+                c.provider.keys.iter().filter(|k| !proxy.state.is_invalid(&k.id)).fold(None, |sum: Option<u64>, k| {
+                    match left_on(proxy, c, k, now) {
+                        Some((left, _)) => Some(sum.unwrap_or(0).saturating_add(left)),
+                        None => sum,
+                    }
+                });
+            (left, c.clone())
+        })
+        .collect();
+    // Stable: equal room keeps the written order.
+    keyed.sort_by_key(|(left, _)| std::cmp::Reverse(left.map_or(0, |l| l.saturating_add(1))));
+    for (slot, (_, c)) in candidates.iter_mut().zip(keyed) {
+        *slot = c;
+    }
 }

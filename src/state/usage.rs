@@ -76,6 +76,10 @@ pub struct Used {
     pub requests_day: u64,
     /// Tokens in the day.
     pub tokens_day: u64,
+    /// When the day's count next drops: the oldest counted request leaves
+    /// the rolling day, or the calendar period ends.
+    #[serde(skip)]
+    pub day_frees: Option<Instant>,
 }
 
 /// What one request was charged in one counter, to be corrected once its
@@ -257,8 +261,8 @@ impl Usage {
     pub fn used(&mut self, now: Instant, period: Option<&Period>) -> Used {
         self.prune(now);
         let tokens_minute = self.minute.iter().fold(0u64, |sum, (_, t)| sum.saturating_add(*t));
-        let (requests_day, tokens_day, _) = self.day_totals(now, period);
-        Used { requests_minute: self.minute.len() as u64, tokens_minute, requests_day, tokens_day }
+        let (requests_day, tokens_day, day_frees) = self.day_totals(now, period);
+        Used { requests_minute: self.minute.len() as u64, tokens_minute, requests_day, tokens_day, day_frees }
     }
 
     /// Whether one more request of `tokens` fits in `limits` now (daily

@@ -122,3 +122,55 @@ async fn a_limit_the_headers_state_replaces_the_configured_guess_for_that_key() 
     assert_eq!(third.status, 429, "{}", third.text());
     assert_eq!(a.chats().len(), 2, "the learned daily limit of 2 was passed");
 }
+
+#[tokio::test]
+async fn capacity_headers_add_up_across_candidates_and_keys() {
+    let a = Mock::start().await;
+    let b = Mock::start().await;
+    let c = Mock::start().await;
+    let yaml = format!(
+        "providers:\n{}    limits: {{ rpd: 5 }}\n{}    limits: {{ rpd: 3 }}\n{}routes:\n  r:\n    targets: [a/m, b/n, c/x]\n",
+        provider("a", &a.base_url(), &["k1", "k2"], &["m"]),
+        provider("b", &b.base_url(), &["kb"], &["n"]),
+        provider("c", &c.base_url(), &["kc"], &["x"]),
+    );
+    let gw = start(&yaml).await;
+    let first = gw.chat("r").await;
+    assert_eq!(first.routed_via(), "a/m");
+    // a: two keys of 5 with one spent, b: 3, c: no known limit.
+    assert_eq!(first.header("x-freeway-remaining-requests-day"), "12");
+    let reset: u64 = first.header("x-freeway-remaining-reset").parse().unwrap();
+    assert!((86_000..=86_400).contains(&reset), "a rolling day frees the first request in ~24 h, not {reset}");
+    assert_eq!(gw.chat("r").await.header("x-freeway-remaining-requests-day"), "11");
+    // A candidate with no known limit says nothing.
+    assert!(gw.chat("c/x").await.headers.get("x-freeway-remaining-requests-day").is_none());
+}
+
+#[tokio::test]
+async fn a_keys_shared_daily_limit_is_counted_once_across_its_models() {
+    let a = Mock::start().await;
+    let yaml = format!(
+        "providers:\n{}    limits: {{ rpd: 10 }}\n    key_limits: {{ rpd: 4 }}\nroutes:\n  r:\n    targets: [a/m1, a/m2]\n",
+        provider("a", &a.base_url(), &["k"], &["m1", "m2"]),
+    );
+    let gw = start(&yaml).await;
+    assert_eq!(gw.chat("r").await.header("x-freeway-remaining-requests-day"), "3", "min(4 - 1, 9 + 10)");
+}
+
+#[tokio::test]
+async fn the_headroom_strategy_sends_each_request_where_most_is_left() {
+    let a = Mock::start().await;
+    let b = Mock::start().await;
+    let yaml = format!(
+        "providers:\n{}    limits: {{ rpd: 2 }}\n{}    limits: {{ rpd: 5 }}\nroutes:\n  h:\n    targets: [a/m, b/n]\n    strategy: headroom\n",
+        provider("a", &a.base_url(), &["ka"], &["m"]),
+        provider("b", &b.base_url(), &["kb"], &["n"]),
+    );
+    let gw = start(&yaml).await;
+    let mut via = Vec::new();
+    for _ in 0..7 {
+        via.push(gw.chat("h").await.routed_via().to_owned());
+    }
+    // b (5 left) until it has no more than a (2), then the written order on ties.
+    assert_eq!(via, ["b/n", "b/n", "b/n", "a/m", "b/n", "a/m", "b/n"]);
+}
