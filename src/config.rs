@@ -63,7 +63,7 @@ pub struct Config {
 pub struct ServerConfig {
     /// Address and port to listen on.
     pub listen: String,
-    /// Bearer tokens clients must send on `/v1/` and `/admin/` (and on
+    /// Bearer tokens clients must send on `/v1/` (and on
     /// `/health` and `/metrics` when protected). Empty: no
     /// authentication (allowed on loopback only, unless
     /// `allow_unauthenticated` says otherwise).

@@ -2,9 +2,13 @@
 //! `freeway status`: who may call them, what they show after real traffic
 //! through mock upstreams, and that no provider key ever appears in them.
 
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
 use serde_json::Value;
 
-use crate::support::gateway::{Answer, TestGateway, chat_body, provider, start};
+use crate::support::gateway::{Answer, TestGateway, chat_body, provider, send, start};
 use crate::support::mock::{Behavior, Mock};
 
 const CLIENT: &str = "client-token-0123456789abcdef";
@@ -163,4 +167,118 @@ async fn cooldown_reset_sends_the_next_request_upstream_again() {
     assert_eq!(a.calls_to("m2"), 2);
     let status = admin_get(&gw, "/admin/api/status").await.json();
     assert_eq!(model(&status, "a", "m2")["cooling"], Value::Null);
+}
+
+fn freeway() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_freeway"));
+    // No provider key or admin token from the machine running the tests.
+    cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).env("RUST_LOG", "info");
+    cmd
+}
+
+/// A `freeway serve` child, killed when dropped.
+struct Served(Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `freeway serve --config config` on a free loopback port; its
+/// address once it listens.
+fn serve(config: &std::path::Path) -> (Served, String) {
+    let mut child = freeway()
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(config)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let _ = tx.send(rest.trim_end_matches("/v1").trim().to_owned());
+            }
+        }
+    });
+    let served = Served(child);
+    let addr = rx.recv_timeout(Duration::from_secs(30)).expect("serve did not start");
+    (served, addr)
+}
+
+async fn status_command(args: &[&str]) -> Output {
+    let mut cmd = freeway();
+    cmd.arg("status").args(args);
+    tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap()
+}
+
+#[tokio::test]
+async fn freeway_status_prints_the_table_and_the_json_of_a_running_gateway() {
+    let (a, b) = (Mock::start().await, Mock::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("freeway.yaml");
+    let models: Vec<String> = (0..40).map(|i| format!("idle{i}")).collect();
+    let mut yaml = config(&a, &b).replace("[m1, m2]", &format!("[m1, m2, {}]", models.join(", ")));
+    yaml.push_str("state:\n  path: \"\"\ndiscovery:\n  enabled: false\n");
+    std::fs::write(&path, yaml).unwrap();
+    let (_served, addr) = serve(&path);
+    let url = format!("http://{addr}");
+    let chat = |model: &'static str| {
+        let url = url.clone();
+        async move {
+            let body = chat_body(model, false);
+            let auth = bearer(CLIENT);
+            let r = send(&format!("{url}/v1/chat/completions"), "POST", &body, &[("authorization", &auth)]).await;
+            Answer::read(r).await.status
+        }
+    };
+    assert_eq!(chat("a/m1").await, 200);
+    assert_eq!(chat("a/m1").await, 200);
+    a.on_model("m2", Behavior::rate_limited("300"));
+    assert_eq!(chat("a/m2").await, 429);
+    b.on_all(Behavior::status(401));
+    assert_ne!(chat("b/x").await, 200);
+
+    let out = status_command(&["--url", &url, "--admin-key", ADMIN]).await;
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}{}", String::from_utf8_lossy(&out.stderr));
+    for key in [KEY_A, KEY_B] {
+        assert!(!table.contains(key), "{table}");
+    }
+    let line = |what: &str| {
+        table.lines().find(|l| l.contains(what)).unwrap_or_else(|| panic!("no `{what}` in\n{table}")).to_owned()
+    };
+    assert!(table.starts_with("PROVIDER"), "{table}");
+    let m1 = line(" m1 ");
+    assert!(m1.contains("2/10 req") && m1.contains("8 req/day"), "{m1}");
+    assert!(m1.contains("(in ") && m1.contains("00:00 UTC"), "{m1}");
+    let m2 = line(" m2 ");
+    assert!(m2.contains("rate_limited"), "{m2}");
+    assert!(line("… 40 more models idle").starts_with("a "), "{table}");
+    assert!(line("… 1 more model idle").contains("INVALID"), "{table}");
+    assert!(!table.contains("idle7"), "idle models are folded:\n{table}");
+
+    let all = status_command(&["--url", &url, "--all"]).await;
+    assert!(!all.status.success(), "no token, yet: {}", String::from_utf8_lossy(&all.stdout));
+    let refused = String::from_utf8_lossy(&all.stderr);
+    assert!(refused.contains("refused the admin token") && refused.contains("FREEWAY_ADMIN_KEY"), "{refused}");
+    let mut cmd = freeway();
+    cmd.env("FREEWAY_ADMIN_KEY", ADMIN).args(["status", "--all", "--url", &url]);
+    let all = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+    assert!(all.status.success());
+    assert!(String::from_utf8_lossy(&all.stdout).contains("idle7"));
+
+    let json = status_command(&["--url", &url, "--admin-key", ADMIN, "--json"]).await;
+    assert!(json.status.success());
+    let status: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(model(&status, "a", "m1")["used"]["requests_day"], 2);
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let down = status_command(&["--url", &format!("http://{closed}"), "--admin-key", ADMIN]).await;
+    assert!(!down.status.success());
+    assert!(String::from_utf8_lossy(&down.stderr).contains("cannot reach the gateway"), "{down:?}");
 }
