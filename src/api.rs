@@ -1,6 +1,7 @@
 //! The HTTP API: which endpoint a request is for, authentication, reading
 //! the body under its limits; one file per endpoint under `api/`.
 
+pub mod admin;
 pub mod admission;
 mod chat;
 mod health;
@@ -33,6 +34,10 @@ pub enum Endpoint {
     Health,
     /// `GET /metrics`
     Metrics,
+    /// `GET /admin/api/status`
+    AdminStatus,
+    /// `POST /admin/api/cooldowns/reset`
+    AdminCooldownsReset,
     /// Anything else.
     Other,
 }
@@ -45,6 +50,8 @@ impl Endpoint {
             "/v1/models" => Self::Models,
             "/health" | "/healthz" => Self::Health,
             "/metrics" => Self::Metrics,
+            "/admin/api/status" => Self::AdminStatus,
+            "/admin/api/cooldowns/reset" => Self::AdminCooldownsReset,
             _ => Self::Other,
         }
     }
@@ -57,13 +64,15 @@ impl Endpoint {
             Self::Models => "/v1/models",
             Self::Health => "/health",
             Self::Metrics => "/metrics",
+            Self::AdminStatus => "/admin/api/status",
+            Self::AdminCooldownsReset => "/admin/api/cooldowns/reset",
             Self::Other => "other",
         }
     }
 
     fn method(self) -> Method {
         match self {
-            Self::ChatCompletions | Self::Embeddings => Method::POST,
+            Self::ChatCompletions | Self::Embeddings | Self::AdminCooldownsReset => Method::POST,
             _ => Method::GET,
         }
     }
@@ -80,10 +89,18 @@ where
     let endpoint = Endpoint::of(path);
     let server = &gateway.config().server;
     let protected = path.starts_with("/v1/")
-        || path.starts_with("/admin/")
         || (endpoint == Endpoint::Health && server.protect_health)
         || (endpoint == Endpoint::Metrics && server.protect_metrics);
-    let response = if protected && !gateway.auth().allows(request.headers()) {
+    // `/admin/` answers to admin tokens only (client tokens do not open
+    // it), checked before anything else so its paths cannot be probed.
+    let admin = if path.starts_with("/admin/") || path == "/admin" {
+        admin::authorize(server, request.headers()).err()
+    } else {
+        None
+    };
+    let response = if let Some(refused) = admin {
+        refused.into_response()
+    } else if protected && !gateway.auth().allows(request.headers()) {
         ApiError::Unauthorized.into_response()
     } else if endpoint == Endpoint::Other {
         ApiError::UnknownEndpoint(path.to_owned()).into_response()
@@ -102,6 +119,8 @@ where
             Endpoint::Models => models::list(gateway),
             Endpoint::Health => health::health(gateway),
             Endpoint::Metrics => metrics::scrape(gateway),
+            Endpoint::AdminStatus => admin::status(gateway),
+            Endpoint::AdminCooldownsReset => admin::reset_cooldowns(gateway, request).await,
             Endpoint::Other => ApiError::UnknownEndpoint(path.to_owned()).into_response(),
         }
     };

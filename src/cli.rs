@@ -1,4 +1,4 @@
-//! The `freeway` command line: `serve`, `check`, `models`.
+//! The `freeway` command line: `serve`, `check`, `models`, `status`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,6 +12,8 @@ use crate::config::{Config, Env, Loaded, check_exposure, parse_listen};
 use crate::gateway::Gateway;
 use crate::plugin::Target;
 use crate::server::{serve, shutdown_signal};
+
+mod status;
 
 /// How long `check --probe` waits for one key's model listing.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -50,6 +52,21 @@ enum Command {
         #[arg(long, short, env = "FREEWAY_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Show a running gateway's quota state: use, limits, resets, cooldowns, rejected keys.
+    Status {
+        /// The gateway's address.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// An admin token (server.admin_keys).
+        #[arg(long, env = "FREEWAY_ADMIN_KEY", hide_env_values = true)]
+        admin_key: Option<String>,
+        /// Show every model, including those with nothing used and nothing cooling.
+        #[arg(long)]
+        all: bool,
+        /// Print the gateway's JSON answer as it is.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs the command line; the binary's `main` is only this.
@@ -67,6 +84,9 @@ pub fn main() -> ExitCode {
         Command::Serve { config, listen } => runtime.block_on(run_serve(config.as_deref(), listen.as_deref())),
         Command::Check { config, probe } => runtime.block_on(run_check(config.as_deref(), probe)),
         Command::Models { config } => runtime.block_on(run_models(config.as_deref())),
+        Command::Status { url, admin_key, all, json } => {
+            runtime.block_on(status::run(&url, admin_key.as_deref(), all, json))
+        }
     };
     match result {
         Ok(code) => code,

@@ -63,11 +63,17 @@ pub struct Config {
 pub struct ServerConfig {
     /// Address and port to listen on.
     pub listen: String,
-    /// Bearer tokens clients must send on `/v1/` and `/admin/` (and on
+    /// Bearer tokens clients must send on `/v1/` (and on
     /// `/health` and `/metrics` when protected). Empty: no
     /// authentication (allowed on loopback only, unless
     /// `allow_unauthenticated` says otherwise).
     pub api_keys: Vec<Secret>,
+    /// Bearer tokens for `/admin/` (the status API), distinct from
+    /// `api_keys`: a client token does not open `/admin/` and an admin
+    /// token does not open `/v1/`. Empty: `/admin/` is served only on a
+    /// loopback address with no `api_keys` either (anyone there can already
+    /// spend the quota), and refused with a hint otherwise.
+    pub admin_keys: Vec<Secret>,
     /// Listen on a non-loopback address without `api_keys`: anyone who
     /// can reach the port spends your provider quota.
     pub allow_unauthenticated: bool,
@@ -107,6 +113,7 @@ impl Default for ServerConfig {
         Self {
             listen: "127.0.0.1:8080".to_owned(),
             api_keys: Vec::new(),
+            admin_keys: Vec::new(),
             allow_unauthenticated: false,
             max_body_bytes: 16 * 1024 * 1024,
             max_in_flight: MAX_IN_FLIGHT,

@@ -37,6 +37,13 @@ pub enum ApiError {
     /// 401: missing or wrong bearer token.
     #[error("missing or invalid API key")]
     Unauthorized,
+    /// 403: the endpoint is closed to this request whatever token it
+    /// sends (the message says what to configure).
+    #[error("{message}")]
+    Forbidden {
+        /// Why, and what to set.
+        message: String,
+    },
     /// 404: no such model or route.
     #[error("{message}")]
     UnknownModel {
@@ -142,6 +149,7 @@ impl ApiError {
         match self {
             Self::BadRequest { .. } => (StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_request"),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "authentication_error", "invalid_api_key"),
+            Self::Forbidden { .. } => (StatusCode::FORBIDDEN, "permission_error", "forbidden"),
             Self::UnknownModel { .. } => (StatusCode::NOT_FOUND, "invalid_request_error", "model_not_found"),
             Self::UnknownEndpoint(_) => (StatusCode::NOT_FOUND, "invalid_request_error", "unknown_endpoint"),
             Self::MethodNotAllowed { .. } => {

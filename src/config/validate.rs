@@ -175,16 +175,27 @@ fn server(cfg: &Config, r: &mut Report<'_>) {
             None
         }
     };
-    for (i, key) in s.api_keys.iter().enumerate() {
-        let path = format!("server.api_keys.{i}");
-        if key.is_empty() {
-            let why = match r.unset_vars(&path) {
-                Some(vars) => format!("is empty because {vars} is not set"),
-                None => "is empty".to_owned(),
-            };
-            r.error(path, format!("{why}; an empty token would let any client in"));
-        } else if key.expose().len() < 16 {
-            r.warn(path, "is shorter than 16 characters; a guessable token protects little");
+    for (list, keys) in [("api_keys", &s.api_keys), ("admin_keys", &s.admin_keys)] {
+        for (i, key) in keys.iter().enumerate() {
+            let path = format!("server.{list}.{i}");
+            if key.is_empty() {
+                let why = match r.unset_vars(&path) {
+                    Some(vars) => format!("is empty because {vars} is not set"),
+                    None => "is empty".to_owned(),
+                };
+                r.error(path, format!("{why}; an empty token would let any client in"));
+            } else if key.expose().len() < 16 {
+                r.warn(path, "is shorter than 16 characters; a guessable token protects little");
+            }
+        }
+    }
+    // One token in both lists would make every client an administrator.
+    for (i, key) in s.admin_keys.iter().enumerate() {
+        if !key.is_empty() && s.api_keys.iter().any(|k| k.expose() == key.expose()) {
+            r.error(
+                format!("server.admin_keys.{i}"),
+                "is also in server.api_keys: an admin token must differ from every client token",
+            );
         }
     }
     if let Some(addr) = addr
@@ -614,5 +625,14 @@ mod tests {
         let p = problems("dispatch:\n  stream_idle_timeout: 2h\n  stream_max_duration: long\n");
         assert_eq!(p.len(), 1, "{p:#?}");
         assert!(p[0].starts_with("line 3: dispatch.stream_max_duration: `long` is not a duration"), "{p:?}");
+    }
+
+    #[test]
+    fn admin_keys_must_be_set_and_differ_from_client_tokens() {
+        let p = problems("server:\n  admin_keys: [\"${UNSET_ADMIN}\"]\n");
+        assert!(has(&p, "line 2: server.admin_keys.0: is empty because UNSET_ADMIN is not set"), "{p:?}");
+        let p = problems("server:\n  api_keys: [\"${K}\"]\n  admin_keys: [\"${K}\"]\n");
+        assert!(has(&p, "server.admin_keys.0: is also in server.api_keys"), "{p:?}");
+        assert!(problems("server:\n  api_keys: [\"${K}\"]\n  admin_keys: [an-admin-token-0123456789]\n").is_empty());
     }
 }

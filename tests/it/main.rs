@@ -9,6 +9,7 @@ mod support {
     pub mod plugins;
 }
 
+mod admin;
 mod api;
 mod bounds;
 mod cli;
