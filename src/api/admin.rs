@@ -444,7 +444,7 @@ mod tests {
     fn learned_limits_replace_configured_ones_field_by_field() {
         let configured = Limits { rpm: Some(30), rpd: Some(1000), tpm: None, tpd: Some(500_000) };
         let learned = Limits { rpm: None, rpd: Some(14_400), tpm: Some(6000), tpd: None };
-        let used = Used { requests_minute: 2, tokens_minute: 100, requests_day: 40, tokens_day: 9000 };
+        let used = Used { requests_minute: 2, tokens_minute: 100, requests_day: 40, tokens_day: 9000, day_frees: None };
         let q = quota(Some(used), configured, Some(learned));
         assert_eq!(q.limit.in_force, Figures { rpm: Some(30), rpd: Some(14_400), tpm: Some(6000), tpd: Some(500_000) });
         assert_eq!(q.remaining, Figures { rpm: Some(28), rpd: Some(14_360), tpm: Some(5900), tpd: Some(491_000) });
