@@ -260,14 +260,16 @@ fn save(dir: &std::path::Path, name: &str, text: &str) {
     std::fs::rename(&tmp, dir.join(name)).unwrap();
 }
 
-/// Waits until requests to `r` are answered by `via` (or fails after 5 s).
+/// Waits until requests to `r` are answered by `via` (or fails after 20 s:
+/// a reload takes milliseconds, but the test suite shares two cores with
+/// everything else, and how fast it is belongs to benchmarks, not here).
 async fn until_routed(gw: &TestGateway, via: &str) -> Duration {
     let started = Instant::now();
     loop {
         if gw.chat("r").await.routed_via() == via {
             return started.elapsed();
         }
-        assert!(started.elapsed() < Duration::from_secs(5), "still not routed via {via}");
+        assert!(started.elapsed() < Duration::from_secs(20), "still not routed via {via}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
