@@ -174,3 +174,65 @@ async fn the_headroom_strategy_sends_each_request_where_most_is_left() {
     // b (5 left) until it has no more than a (2), then the written order on ties.
     assert_eq!(via, ["b/n", "b/n", "b/n", "a/m", "b/n", "a/m", "b/n"]);
 }
+
+/// Gemini's 429 for a spent daily quota: a `QuotaFailure` whose quota id
+/// names `PerDay`, with a `retryDelay` that is not when the day ends.
+fn gemini_per_day() -> Behavior {
+    Behavior::Status {
+        status: 429,
+        retry_after: None,
+        body: json!({"error": {
+            "code": 429,
+            "message": "You exceeded your current quota, please check your plan and billing details.",
+            "status": "RESOURCE_EXHAUSTED",
+            "details": [
+                {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [
+                    {"quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                     "quotaId": "GenerateRequestsPerDayPerProjectPerModel-FreeTier"}]},
+                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "45s"}
+            ]
+        }})
+        .to_string(),
+    }
+}
+
+#[tokio::test]
+async fn a_gemini_per_day_429_cools_until_midnight_pacific_through_the_gemini_plugin() {
+    let mock = Mock::start().await;
+    mock.on_model("gemini-x", gemini_per_day());
+    let yaml = format!(
+        "providers:\n  g:\n    plugin: gemini\n    base_url: {}\n    keys: [gk]\n    models: [gemini-x]\n    quota_reset: \"00:00 America/Los_Angeles\"\ndispatch:\n  cooldown: 60s\n",
+        mock.base_url().replace("/v1", "/v1beta"),
+    );
+    let env = Env::from_map(Vec::<(String, String)>::new());
+    let gw = start_at(&yaml, Catalog::empty(), env, Clock::starting_at(BEFORE_LA_MIDNIGHT_MS)).await;
+    let first = gw.chat("g/gemini-x").await;
+    assert_eq!(first.status, 429, "{}", first.text());
+    let retry: u64 = first.header("retry-after").parse().unwrap();
+    assert!(
+        retry <= 3,
+        "cooled for {retry}s: the day ends at midnight Pacific, not in retryDelay or dispatch.cooldown"
+    );
+    assert_eq!(gw.chat("g/gemini-x").await.status, 429);
+    assert_eq!(mock.calls_to("gemini-x"), 1, "called again before the reset");
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    gw.chat("g/gemini-x").await;
+    assert_eq!(mock.calls_to("gemini-x"), 2, "not tried again once the new day began");
+}
+
+#[tokio::test]
+async fn the_day_daylight_saving_begins_is_23_hours_long() {
+    // 2026-03-08 00:00:01 in Los Angeles (still PST, UTC-8); clocks jump
+    // from 02:00 to 03:00 that night, so the next midnight is 23 h away.
+    let mock = Mock::start().await;
+    let yaml = format!(
+        "providers:\n{}    quota_reset: \"00:00 America/Los_Angeles\"\n    limits: {{ rpd: 10 }}\n",
+        provider("a", &mock.base_url(), &["ka"], &["m"])
+    );
+    let env = Env::from_map(Vec::<(String, String)>::new());
+    let gw = start_at(&yaml, Catalog::empty(), env, Clock::starting_at(1_772_956_801_000)).await;
+    let answer = gw.chat("a/m").await;
+    assert_eq!(answer.header("x-freeway-remaining-requests-day"), "9");
+    let reset: i64 = answer.header("x-freeway-remaining-reset").parse().unwrap();
+    assert!((23 * 3600 - 5..=23 * 3600).contains(&reset), "{reset}s to the reset, not 24 h less a second");
+}
