@@ -166,6 +166,9 @@ pub trait StateStore: Send + Sync {
     /// cooldown).
     fn cool(&self, key: &KeyId, model: &Arc<str>, until: Instant, why: Cooling);
 
+    /// Until when `model` cools on `key` at `now`, and why.
+    fn cooling(&self, key: &KeyId, model: &Arc<str>, now: Instant) -> Option<(Instant, Cooling)>;
+
     /// Every model/key pair cooling at `now`: until when, and why.
     fn cooldowns(&self, now: Instant) -> Vec<(KeyId, Arc<str>, Instant, Cooling)>;
 

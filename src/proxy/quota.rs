@@ -155,7 +155,6 @@ pub fn capacity(proxy: &Proxy, candidates: &[Candidate], now: Instant) -> Option
             reset = Some(reset.map_or(at, |r| r.min(at)));
         }
     };
-    let cooling = proxy.state.cooldowns(now);
     for candidate in candidates {
         let budget = candidate.provider.budget_for(&candidate.model, &proxy.clock, now);
         let key_limit = budget.key.rpd;
@@ -169,11 +168,11 @@ pub fn capacity(proxy: &Proxy, candidates: &[Candidate], now: Instant) -> Option
             sooner(frees);
             if proxy.state.is_invalid(&key.id) {
                 left = 0;
-            } else if let Some((.., until, _)) = cooling.iter().find(|(k, m, _, why)| {
-                k == &key.id && m == &candidate.model && matches!(why, Cooling::DailyQuota | Cooling::NoneLeft)
-            }) {
+            } else if let Some((until, Cooling::DailyQuota | Cooling::NoneLeft)) =
+                proxy.state.cooling(&key.id, &candidate.model, now)
+            {
                 left = 0;
-                sooner(Some(*until));
+                sooner(Some(until));
             }
             let entry = per_key.entry(&key.id).or_insert((0, None));
             entry.0 = entry.0.saturating_add(left);

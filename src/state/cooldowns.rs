@@ -62,11 +62,16 @@ impl Cooldowns {
 
     /// When `model` stops cooling on `key`, if it cools at `now`.
     pub fn until(&self, key: &KeyId, model: &Arc<str>, now: Instant) -> Option<Instant> {
+        self.get(key, model, now).map(|(until, _)| until)
+    }
+
+    /// Until when `model` cools on `key` and why, if it cools at `now`.
+    pub fn get(&self, key: &KeyId, model: &Arc<str>, now: Instant) -> Option<(Instant, Cooling)> {
         if self.nanos(now) >= self.latest.load(Ordering::Acquire) {
             return None;
         }
-        let (until, _) = self.map.get(&(key.clone(), model.clone()))?;
-        (until > now).then_some(until)
+        let (until, why) = self.map.get(&(key.clone(), model.clone()))?;
+        (until > now).then_some((until, why))
     }
 
     /// Cools `model` on `key` until `until` for `why`; a longer cooldown in

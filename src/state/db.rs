@@ -37,13 +37,14 @@ const MIGRATIONS: &[&str] = &[
          session TEXT PRIMARY KEY, target TEXT NOT NULL, until_ms INTEGER NOT NULL) WITHOUT ROWID;
      CREATE TABLE models (
          provider TEXT PRIMARY KEY, listed_ms INTEGER NOT NULL, models TEXT NOT NULL) WITHOUT ROWID;
+     -- id: wall-clock ms x 1000 + a sequence, so the rows are in time order
+     -- and a time range is an id range (no second index to keep per row).
      CREATE TABLE requests (
          id INTEGER PRIMARY KEY,
          at_ms INTEGER NOT NULL, client TEXT, model TEXT NOT NULL, route TEXT,
          answered_by TEXT, status INTEGER NOT NULL, attempts TEXT NOT NULL,
          tokens_in INTEGER, tokens_out INTEGER, stream INTEGER NOT NULL,
-         tags TEXT NOT NULL, latency_ms INTEGER NOT NULL);
-     CREATE INDEX requests_at ON requests (at_ms);",
+         tags TEXT NOT NULL, latency_ms INTEGER NOT NULL);",
 ];
 
 /// The schema version this freeway writes.
@@ -142,7 +143,8 @@ impl Db {
         self.conn.execute("DELETE FROM usage WHERE minute < ?1", params![minute])?;
         self.conn.execute("DELETE FROM cooldowns WHERE until_ms <= ?1", params![now_ms])?;
         self.conn.execute("DELETE FROM pins WHERE until_ms <= ?1", params![now_ms])?;
-        self.conn.execute("DELETE FROM requests WHERE at_ms < ?1", params![now_ms.saturating_sub(log_ms)])?;
+        let oldest_id = now_ms.saturating_sub(log_ms).saturating_mul(1000);
+        self.conn.execute("DELETE FROM requests WHERE id < ?1", params![oldest_id])?;
         Ok(())
     }
 

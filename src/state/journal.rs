@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -24,7 +24,12 @@ use super::log::RequestRecord;
 /// How often gathered changes are written.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(500);
 
-/// Changes waiting in the queue, at most.
+/// How often the writer looks at the queue (a flush asked for waits at
+/// most this long).
+const TICK: Duration = Duration::from_millis(100);
+
+/// Changes waiting in the queue, at most: 0.1 s of changes at 650k a
+/// second.
 const QUEUE: usize = 65_536;
 
 /// How often ended cooldowns and pins, old usage and old log rows are
@@ -207,7 +212,11 @@ struct Batch {
     pins: HashMap<Arc<str>, (Arc<str>, i64)>,
     models: HashMap<String, (i64, String)>,
     requests: Vec<RequestRecord>,
-    tokens: Vec<(i64, u64, u64)>,
+    /// Position in `requests` by log id.
+    pending: HashMap<i64, usize>,
+    /// Tokens of requests not in `requests`: written as updates, unless
+    /// their record arrives in this batch.
+    early_tokens: HashMap<i64, (u64, u64)>,
 }
 
 impl Batch {
@@ -219,7 +228,7 @@ impl Batch {
             && self.pins.is_empty()
             && self.models.is_empty()
             && self.requests.is_empty()
-            && self.tokens.is_empty()
+            && self.early_tokens.is_empty()
     }
 
     fn add(&mut self, write: Write) {
@@ -248,8 +257,27 @@ impl Batch {
             Write::Models { provider, listed_ms, json } => {
                 self.models.insert(provider, (listed_ms, json));
             }
-            Write::Request(record) => self.requests.push(*record),
-            Write::Tokens { id, tokens_in, tokens_out } => self.tokens.push((id, tokens_in, tokens_out)),
+            Write::Request(mut record) => {
+                // A non-stream answer's tokens are known before its record
+                // is queued: they go in with the row, not as an update.
+                if let Some((tokens_in, tokens_out)) = self.early_tokens.remove(&record.id) {
+                    record.tokens_in = Some(tokens_in);
+                    record.tokens_out = Some(tokens_out);
+                }
+                self.pending.insert(record.id, self.requests.len());
+                self.requests.push(*record);
+            }
+            Write::Tokens { id, tokens_in, tokens_out } => match self.pending.get(&id) {
+                Some(&i) => {
+                    self.requests[i].tokens_in = Some(tokens_in);
+                    self.requests[i].tokens_out = Some(tokens_out);
+                }
+                // Its row is in an earlier batch (a stream that ended later),
+                // or its record has not been queued yet (a non-stream answer).
+                None => {
+                    self.early_tokens.insert(id, (tokens_in, tokens_out));
+                }
+            },
             Write::Flush(_) => {}
         }
     }
@@ -266,31 +294,33 @@ struct Writer {
 }
 
 impl Writer {
+    /// Wakes every [`TICK`] and takes whatever the queue holds, rather
+    /// than waiting on the queue: a writer blocked on it would have to be
+    /// woken (a system call on the request path) for every change.
     fn run(mut self, rx: Receiver<Write>) {
         let mut next_flush = Instant::now() + FLUSH_EVERY;
         let mut next_prune = Instant::now();
         loop {
-            let wait = next_flush.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(wait) {
-                Ok(Write::Flush(done)) => {
-                    // Everything queued before the flush request is written.
-                    while let Ok(w) = rx.try_recv() {
-                        self.batch.add(w);
-                    }
-                    self.write();
-                    let _ = done.send(());
+            std::thread::sleep(TICK);
+            let mut flushes = Vec::new();
+            let closed = loop {
+                match rx.try_recv() {
+                    Ok(Write::Flush(done)) => flushes.push(done),
+                    Ok(write) => self.batch.add(write),
+                    Err(TryRecvError::Empty) => break false,
+                    Err(TryRecvError::Disconnected) => break true,
                 }
-                Ok(write) => self.batch.add(write),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    self.write();
-                    return;
-                }
-            }
+            };
             let now = Instant::now();
-            if now >= next_flush {
+            if closed || !flushes.is_empty() || now >= next_flush {
                 self.write();
                 next_flush = now + FLUSH_EVERY;
+            }
+            for done in flushes {
+                let _ = done.send(());
+            }
+            if closed {
+                return;
             }
             if now >= next_prune {
                 let now_ms = self.clock.now_ms();
@@ -403,7 +433,7 @@ fn write_batch(db: &mut Db, batch: Batch) -> rusqlite::Result<()> {
             ])?;
         }
         let mut stmt = tx.prepare_cached("UPDATE requests SET tokens_in = ?2, tokens_out = ?3 WHERE id = ?1")?;
-        for (id, tokens_in, tokens_out) in &batch.tokens {
+        for (id, (tokens_in, tokens_out)) in &batch.early_tokens {
             stmt.execute(params![id, saturate(*tokens_in), saturate(*tokens_out)])?;
         }
     }

@@ -159,6 +159,10 @@ impl StateStore for MemoryState {
         self.cooldowns.cool(key, model, until, why);
     }
 
+    fn cooling(&self, key: &KeyId, model: &Arc<str>, now: Instant) -> Option<(Instant, Cooling)> {
+        self.cooldowns.get(key, model, now)
+    }
+
     fn cooldowns(&self, now: Instant) -> Vec<(KeyId, Arc<str>, Instant, Cooling)> {
         self.cooldowns.list(now)
     }

@@ -198,6 +198,10 @@ impl StateStore for PersistentState {
         });
     }
 
+    fn cooling(&self, key: &KeyId, model: &Arc<str>, now: Instant) -> Option<(Instant, Cooling)> {
+        self.memory.cooling(key, model, now)
+    }
+
     fn cooldowns(&self, now: Instant) -> Vec<(KeyId, Arc<str>, Instant, Cooling)> {
         self.memory.cooldowns(now)
     }
