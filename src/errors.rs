@@ -70,8 +70,12 @@ pub enum ApiError {
         /// The configured limit.
         limit: u64,
     },
-    /// 429: every candidate is rate-limited or cooling down.
-    #[error("every candidate for `{model}` is rate-limited or cooling down; retry in {}s", ceil_secs(*retry_after))]
+    /// 429: no candidate has capacity now (rate-limited, cooling down, at a
+    /// limit or out of quota), whatever else failed.
+    #[error(
+        "no candidate for `{model}` has capacity now (rate-limited, cooling down or out of quota); retry in {}s",
+        ceil_secs(*retry_after)
+    )]
     RateLimited {
         /// The model asked for.
         model: String,

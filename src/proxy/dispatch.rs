@@ -48,8 +48,6 @@ struct Tally {
     skipped: Vec<Attempt>,
     /// The soonest a cooling or limited candidate frees up.
     soonest: Option<Instant>,
-    /// Everything that stopped us was a rate limit (→ 429, not 502).
-    only_rate_limits: bool,
     /// `dispatch.max_attempts` was reached.
     exhausted: bool,
 }
@@ -60,7 +58,6 @@ impl Tally {
     }
 
     fn skip(&mut self, candidate: &Candidate, reason: String) {
-        self.only_rate_limits = false;
         self.skipped.push(Attempt {
             provider: candidate.provider.name.to_string(),
             model: candidate.model.to_string(),
@@ -83,7 +80,7 @@ enum Next {
 /// Runs a request (chat or embeddings) against its candidates.
 pub async fn run(proxy: &Proxy, request: &ClientRequest, candidates: &[Candidate]) -> Outcome {
     let max = proxy.settings.max_attempts.max(1) as usize;
-    let mut tally = Tally { only_rate_limits: true, ..Tally::default() };
+    let mut tally = Tally::default();
 
     'candidates: for candidate in candidates {
         let provider = &candidate.provider;
@@ -263,35 +260,36 @@ fn decide(proxy: &Proxy, candidate: &Candidate, key: &Key, failure: Failure, tal
         ErrorKind::InvalidKey => {
             tracing::warn!(provider = %candidate.provider.name, key = key.index, "upstream rejected the key; it is not used again until the config changes");
             proxy.state.mark_invalid(&key.id);
-            tally.only_rate_limits = false;
             proxy.metrics.fallback(failure.outcome);
             Next::Key
         }
         ErrorKind::QuotaExhausted => {
             if let Some(until) = now.checked_add(cooldown) {
                 proxy.state.cool(&key.id, &candidate.model, until, Cooling::QuotaExhausted);
+                tally.wait_until(until);
             }
-            tally.only_rate_limits = false;
             proxy.metrics.fallback(failure.outcome);
             Next::Candidate
         }
         ErrorKind::Transient => {
-            tally.only_rate_limits = false;
             proxy.metrics.fallback(failure.outcome);
             Next::Candidate
         }
     }
 }
 
-/// Nothing answered: 429 when only rate limits stood in the way (with the
-/// soonest time one frees), else 502 listing every attempt.
+/// Nothing answered. When capacity is why (a candidate rate-limited,
+/// cooling, at a limit or out of quota for now), 429 with the soonest time
+/// one frees, even if other candidates failed another way: the client's
+/// right move is to wait, not to give up. 502, listing every attempt, only
+/// when every candidate actually failed.
 fn nothing_answered(proxy: &Proxy, request: &ClientRequest, tally: Tally) -> Outcome {
-    let Tally { failed, trail, skipped, soonest, only_rate_limits, exhausted } = tally;
+    let Tally { failed, trail, skipped, soonest, exhausted } = tally;
     let made = failed.clone();
     let mut failed = failed;
     failed.extend(skipped);
     let error = match soonest {
-        Some(until) if only_rate_limits => ApiError::RateLimited {
+        Some(until) => ApiError::RateLimited {
             model: request.model.clone(),
             retry_after: until.saturating_duration_since(Instant::now()),
             attempts: failed,

@@ -420,3 +420,27 @@ async fn model_not_found_twice_in_a_row_drops_the_model_once_is_forgiven() {
     assert_eq!(gw.chat("r").await.fallback_attempts(), 0);
     assert_eq!(a.calls_to("m"), calls, "a model not found twice in a row was called again");
 }
+
+#[tokio::test]
+async fn a_failure_beside_a_rate_limit_is_a_429_saying_when_to_come_back_not_a_502() {
+    let a = Mock::start().await;
+    let b = Mock::start().await;
+    a.on_model("m", Behavior::status(503));
+    b.on_model("n", Behavior::rate_limited("30"));
+    let yaml = format!(
+        "providers:\n{}{}routes:\n  r:\n    targets: [a/m, b/n]\n",
+        provider("a", &a.base_url(), &["ka"], &["m"]),
+        provider("b", &b.base_url(), &["kb"], &["n"]),
+    );
+    let gw = start(&yaml).await;
+    let answer = gw.chat("r").await;
+    assert_eq!(answer.status, 429, "{}", answer.text());
+    let retry: u64 = answer.header("retry-after").parse().unwrap();
+    assert!((29..=30).contains(&retry), "retry-after {retry}");
+    let attempts = answer.json()["error"]["attempts"].as_array().unwrap().len();
+    assert_eq!(attempts, 2, "both attempts are still listed");
+    // Both failing for real is still a 502.
+    b.on_model("n", Behavior::status(500));
+    let c = start(&yaml).await;
+    assert_eq!(c.chat("r").await.status, 502);
+}
