@@ -302,6 +302,11 @@ pub struct DispatchConfig {
     pub circuit_failures: u32,
     /// How long an open circuit skips its provider before a probe.
     pub circuit_open: ConfigDuration,
+    /// How long a request may wait in line for capacity that frees within
+    /// that time, instead of a 429 at once. 0 turns the queue off.
+    pub queue_timeout: ConfigDuration,
+    /// Requests waiting in line, at most (beyond: 429 at once).
+    pub queue_max: u32,
     /// A PEM file of extra root certificates trusted for upstream TLS, on
     /// top of the public (webpki) roots: for self-hosted upstreams behind a
     /// private CA.
@@ -320,6 +325,8 @@ impl Default for DispatchConfig {
             stream_max_duration: ConfigDuration::secs(3600),
             circuit_failures: 5,
             circuit_open: ConfigDuration::secs(30),
+            queue_timeout: ConfigDuration::secs(5),
+            queue_max: 1000,
             ca_file: None,
         }
     }

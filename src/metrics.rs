@@ -84,6 +84,14 @@ pub struct CutLabels {
     pub reason: &'static str,
 }
 
+/// How a wait in the admission queue ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    /// `served` (capacity came), `timeout`, `full` (no room in line),
+    /// `gone` (the client left).
+    pub outcome: &'static str,
+}
+
 /// Values read at scrape time.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Gauges {
@@ -123,6 +131,8 @@ pub struct Metrics {
     streams_cut: Family<CutLabels, Counter>,
     circuit_opens: Family<ProviderLabels, Counter>,
     circuits_open: Gauge,
+    queue_waiting: Gauge,
+    queue_outcomes: Family<QueueLabels, Counter>,
     plugin_failures: Family<PluginLabels, Counter>,
     limit_skips: Family<LimitLabels, Counter>,
     policy_duration: HistogramFamily<PolicyLabels>,
@@ -212,6 +222,8 @@ impl Metrics {
             streams_cut: Family::default(),
             circuit_opens: Family::default(),
             circuits_open: Gauge::default(),
+            queue_waiting: Gauge::default(),
+            queue_outcomes: Family::default(),
             plugin_failures: Family::default(),
             limit_skips: Family::default(),
             policy_duration: Family::new_with_constructor(fast_histogram),
@@ -260,6 +272,12 @@ impl Metrics {
             "circuits_open",
             "Providers skipped or probed because they were failing",
             m.circuits_open.clone(),
+        );
+        registry.register("queue_waiting", "Requests waiting in line for capacity now", m.queue_waiting.clone());
+        registry.register(
+            "queue_outcomes",
+            "Requests that waited in line for capacity, by how it ended (served, timeout, full, gone)",
+            m.queue_outcomes.clone(),
         );
         registry.register(
             "streams_cut",
@@ -322,6 +340,16 @@ impl Metrics {
     pub fn stream_client_gone(&self, provider: &Arc<str>, model: &Arc<str>) {
         let labels = ModelLabels { provider: provider.clone(), model: model.clone() };
         self.stream_client_gone.get_or_create(&labels).inc();
+    }
+
+    /// A request joined (`+1`) or left (`-1`) the line for capacity.
+    pub fn queue_waiting(&self, delta: i64) {
+        self.queue_waiting.inc_by(delta);
+    }
+
+    /// How a wait in line ended.
+    pub fn queue_outcome(&self, outcome: &'static str) {
+        self.queue_outcomes.get_or_create(&QueueLabels { outcome }).inc();
     }
 
     /// A provider's circuit opened.

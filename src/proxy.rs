@@ -12,7 +12,8 @@
 //!    │                           request that fits no candidate is a 400
 //!  after_routing    policies.rs  preferred and pinned models first; `prepare`
 //!    │                           hooks against the first candidate (pruning)
-//!  dispatch         dispatch.rs  for each candidate, each of its keys in turn:
+//!  dispatch         queue.rs     no capacity now, some soon: wait in line for it
+//!    │              dispatch.rs  for each candidate, each of its keys in turn:
 //!    │                 attempt.rs   admit   — skip invalid / cooling / at a limit
 //!    │                              build   — the plugin builds the request
 //!    │                              send    — the pooled client, under timeouts
@@ -33,6 +34,7 @@ mod attempt;
 mod classify;
 mod dispatch;
 mod policies;
+mod queue;
 mod quota;
 pub mod request;
 mod respond;
@@ -80,6 +82,8 @@ pub struct Proxy {
     logging: bool,
     /// Makes log ids unique within a millisecond.
     log_sequence: AtomicI64,
+    /// Requests waiting for capacity.
+    queue: queue::Queue,
 }
 
 /// One request on its way through the phases.
@@ -124,6 +128,7 @@ impl Proxy {
             clock: state.clock(),
             logging: state.logs_requests(),
             log_sequence: AtomicI64::new(0),
+            queue: queue::Queue::new(settings.queue_timeout.get(), settings.queue_max),
             state,
             upstream,
             metrics,
@@ -166,7 +171,7 @@ impl Proxy {
         if let Err(e) = policies::after_routing(self, &mut ctx) {
             return e.into_response();
         }
-        let outcome = dispatch::run(self, &ctx.request, &ctx.candidates).await;
+        let outcome = queue::dispatch(self, &ctx).await;
         policies::record(self, &ctx, &outcome);
         if let Some(asked) = asked {
             self.log(&ctx, &outcome, asked, client);

@@ -479,6 +479,10 @@ fn dispatch(cfg: &Config, r: &mut Report<'_>) {
     // More consecutive failures than this is not a circuit breaker any more.
     count_within(r, "dispatch.circuit_failures", u64::from(d.circuit_failures), 0, 1000);
     within(r, "dispatch.circuit_open", d.circuit_open, Duration::from_secs(1), HOUR);
+    // Longer than a few minutes is a client's own retry loop, better done
+    // by the client with the Retry-After it gets.
+    within(r, "dispatch.queue_timeout", d.queue_timeout, Duration::ZERO, 5 * MINUTE);
+    count_within(r, "dispatch.queue_max", u64::from(d.queue_max), 1, 1_000_000);
 }
 
 #[cfg(test)]

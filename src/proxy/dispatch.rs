@@ -11,6 +11,7 @@
 use std::time::Instant;
 
 use http::{Response, StatusCode};
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
 use super::Proxy;
@@ -77,8 +78,15 @@ enum Next {
     Answer(Response<ResponseBody>),
 }
 
-/// Runs a request (chat or embeddings) against its candidates.
-pub async fn run(proxy: &Proxy, request: &ClientRequest, candidates: &[Candidate]) -> Outcome {
+/// Runs a request (chat or embeddings) against its candidates. `gate` (a
+/// place at the head of the admission queue's line) is let go as soon as an
+/// attempt is admitted.
+pub async fn run(
+    proxy: &Proxy,
+    request: &ClientRequest,
+    candidates: &[Candidate],
+    gate: &mut Option<OwnedSemaphorePermit>,
+) -> Outcome {
     let max = proxy.settings.max_attempts.max(1) as usize;
     let mut tally = Tally::default();
 
@@ -139,6 +147,8 @@ pub async fn run(proxy: &Proxy, request: &ClientRequest, candidates: &[Candidate
                     continue;
                 }
             };
+            // The next in line need not wait for this attempt's answer.
+            drop(gate.take());
             // build, send, decode
             let started = Instant::now();
             let span =

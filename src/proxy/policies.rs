@@ -155,7 +155,7 @@ async fn ask(proxy: &Proxy, model: &str, prompt: &str) -> Option<String> {
     let request = ClientRequest::parse(raw, false).ok()?;
     let candidates = proxy.routes().resolve(model).ok()?;
     let call = async {
-        let outcome = dispatch::run(proxy, &request, &candidates).await;
+        let outcome = dispatch::run(proxy, &request, &candidates, &mut None).await;
         let response = outcome.result.ok().filter(|r| r.status().is_success())?;
         let bytes = response.into_body().collect().await.ok()?.to_bytes();
         let answer: Value = serde_json::from_slice(&bytes).ok()?;

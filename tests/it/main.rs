@@ -27,6 +27,7 @@ mod plugin_limits;
 mod plugin_openai;
 mod policies;
 mod props;
+mod queue;
 mod quota;
 mod redaction;
 mod sdk;

@@ -31,7 +31,7 @@ async fn a_daily_quota_429_cools_until_the_providers_midnight_not_for_the_cooldo
     let mock = Mock::start().await;
     mock.once_model("m", daily_429());
     let yaml = format!(
-        "providers:\n{}    quota_reset: \"00:00 America/Los_Angeles\"\ndispatch:\n  cooldown: 60s\n",
+        "providers:\n{}    quota_reset: \"00:00 America/Los_Angeles\"\ndispatch:\n  cooldown: 60s\n  queue_timeout: 0s\n",
         provider("a", &mock.base_url(), &["ka"], &["m"])
     );
     let env = Env::from_map(Vec::<(String, String)>::new());
@@ -201,7 +201,7 @@ async fn a_gemini_per_day_429_cools_until_midnight_pacific_through_the_gemini_pl
     let mock = Mock::start().await;
     mock.on_model("gemini-x", gemini_per_day());
     let yaml = format!(
-        "providers:\n  g:\n    plugin: gemini\n    base_url: {}\n    keys: [gk]\n    models: [gemini-x]\n    quota_reset: \"00:00 America/Los_Angeles\"\ndispatch:\n  cooldown: 60s\n",
+        "providers:\n  g:\n    plugin: gemini\n    base_url: {}\n    keys: [gk]\n    models: [gemini-x]\n    quota_reset: \"00:00 America/Los_Angeles\"\ndispatch:\n  cooldown: 60s\n  queue_timeout: 0s\n",
         mock.base_url().replace("/v1", "/v1beta"),
     );
     let env = Env::from_map(Vec::<(String, String)>::new());
