@@ -130,12 +130,6 @@ fn state(cfg: &Config, r: &mut Report<'_>) {
     {
         r.error("state.redis", format!("`{url}` is not a redis:// (or rediss://) URL"));
     }
-    if cfg.state.redis.is_some() {
-        r.warn(
-            "state.redis",
-            "sharing state through Redis is accepted but not active in this version of freeway".to_owned(),
-        );
-    }
     within(r, "state.log_retention", cfg.state.log_retention, 3600 * Duration::from_secs(1), 400 * DAY);
 }
 

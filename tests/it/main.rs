@@ -28,6 +28,7 @@ mod policies;
 mod props;
 mod quota;
 mod redaction;
+mod redis;
 mod sdk;
 mod stalls;
 mod state;
