@@ -200,11 +200,15 @@ async fn redis_going_away_loses_no_request_and_its_return_reconciles_the_counts(
     assert_eq!(health["connected"], false, "{health}");
     assert!(health["last_error"].is_string(), "{health}");
     assert!(health["pending"].as_u64().unwrap() > 0, "the charges made meanwhile wait: {health}");
+    let metrics = a.get("/metrics", &[]).await.text();
+    assert!(metrics.contains("freeway_redis_up 0"), "{metrics}");
+    assert!(!metrics.contains("freeway_redis_errors_total 0"), "errors were counted: {metrics}");
 
     // Redis returns empty (no persistence): what A counted meanwhile reaches it.
     redis.restart();
     wait_health(&a, "Redis back, nothing pending", |h| h["connected"] == true && h["pending"] == 0).await;
     wait_connected(&b).await;
+    assert!(a.get("/metrics", &[]).await.text().contains("freeway_redis_up 1"));
     // Redis holds A's 3 requests made while it was away; B has counted none
     // itself, so the shared day has exactly 7 left.
     for i in 0..7 {
@@ -214,4 +218,23 @@ async fn redis_going_away_loses_no_request_and_its_return_reconciles_the_counts(
     let refused = b.chat("a/m").await;
     assert_eq!(refused.status, 429, "the counts made while Redis was away were not reconciled: {}", refused.text());
     assert_eq!(mock.chats().len(), 12);
+}
+
+#[tokio::test]
+async fn a_session_pin_made_on_one_gateway_holds_on_the_other() {
+    let redis = RedisServer::start();
+    let mock = Mock::start().await;
+    let yaml = config(&mock, &redis, "{ rpm: 1000 }");
+    let (a, b) = (start(&yaml).await, start(&yaml).await);
+    wait_connected(&a).await;
+    wait_connected(&b).await;
+    a.gateway.proxy().state().pin("conversation-1", "a/m", Duration::from_secs(600), Instant::now());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while b.gateway.proxy().state().pinned("conversation-1", Instant::now()).is_none() {
+        assert!(Instant::now() < deadline, "gateway B never heard of A's pin");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let later = Instant::now() + Duration::from_secs(590);
+    assert_eq!(b.gateway.proxy().state().pinned("conversation-1", later).as_deref(), Some("a/m"));
+    assert_eq!(b.gateway.proxy().state().pinned("conversation-1", later + Duration::from_secs(20)), None);
 }
