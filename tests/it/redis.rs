@@ -238,3 +238,49 @@ async fn a_session_pin_made_on_one_gateway_holds_on_the_other() {
     assert_eq!(b.gateway.proxy().state().pinned("conversation-1", later).as_deref(), Some("a/m"));
     assert_eq!(b.gateway.proxy().state().pinned("conversation-1", later + Duration::from_secs(20)), None);
 }
+
+/// Not a check but a measurement: the p50 latency Redis mode adds to a
+/// request whose model has limits (so every request makes its round trip),
+/// against the same gateway config without `state.redis`, in interleaved
+/// rounds over one mock. Run it with
+/// `cargo test --release --test it redis::latency -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn latency_added_by_redis_mode() {
+    let redis = RedisServer::start();
+    let mock = Mock::start().await;
+    let limits = "{ rpm: 100000000, rpd: 100000000 }";
+    let local =
+        start(&format!("providers:\n{}    limits: {limits}\n", provider("a", &mock.base_url(), &["ka"], &["m"]))).await;
+    let shared = start(&config(&mock, &redis, limits)).await;
+    wait_connected(&shared).await;
+    let (rounds, per_round) = (5, 400);
+    let mut times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    for gw in [&local, &shared] {
+        for _ in 0..100 {
+            assert_eq!(gw.chat("a/m").await.status, 200);
+        }
+    }
+    for _ in 0..rounds {
+        for (i, gw) in [&local, &shared].into_iter().enumerate() {
+            for _ in 0..per_round {
+                let started = Instant::now();
+                assert_eq!(gw.chat("a/m").await.status, 200);
+                times[i].push(started.elapsed());
+            }
+        }
+    }
+    let quantile = |t: &mut Vec<Duration>, q: f64| {
+        t.sort();
+        t[((t.len() - 1) as f64 * q) as usize]
+    };
+    let [mut local_times, mut shared_times] = times;
+    let (l50, s50) = (quantile(&mut local_times, 0.5), quantile(&mut shared_times, 0.5));
+    let (l90, s90) = (quantile(&mut local_times, 0.9), quantile(&mut shared_times, 0.9));
+    println!(
+        "{} sequential requests each: p50 memory {l50:?}, redis {s50:?} (+{:?}); p90 memory {l90:?}, redis {s90:?}",
+        rounds * per_round,
+        s50.saturating_sub(l50)
+    );
+    assert_eq!(redis_health(&shared).await["errors"], 0);
+}
