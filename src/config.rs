@@ -46,8 +46,7 @@ pub struct Config {
     /// before and after routing, hot-reloaded from `policies.dir` (the
     /// built-in ones run without it).
     pub policies: PoliciesConfig,
-    /// Persistent state: accepted and validated, not active yet (`check`
-    /// warns when it is set).
+    /// Persistent state (the database file) and state shared through Redis.
     pub state: StateConfig,
     /// Provider plugins: an extra folder, and the limits every call runs under.
     pub plugins: PluginsConfig,

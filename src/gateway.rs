@@ -24,7 +24,7 @@ use crate::policy::watch::PolicyWatcher;
 use crate::policy::{Pipeline, Policies, Source as PolicySource};
 use crate::proxy::Proxy;
 use crate::secret::Redactor;
-use crate::state::{Clock, MemoryState, PersistentState, StateBounds, StateStore};
+use crate::state::{Clock, MemoryState, PersistentState, SharedState, StateBounds, StateStore};
 use crate::upstream::Upstream;
 
 /// Where the policies come from: `policies.dir` when it exists, else the
@@ -59,15 +59,25 @@ fn route_tables(
 }
 
 /// The state store `config` asks for: the database file (loaded), or
-/// memory only.
+/// memory only; shared with other instances through Redis when
+/// `state.redis` is set.
 fn open_state(config: &Config, env: &Env, clock: Clock) -> Result<Arc<dyn StateStore>, Vec<String>> {
-    let Some(path) = config.state_path(env) else {
-        return Ok(Arc::new(MemoryState::with_clock(StateBounds::default(), clock)));
+    let local: Arc<dyn StateStore> = match config.state_path(env) {
+        None => Arc::new(MemoryState::with_clock(StateBounds::default(), clock)),
+        Some(path) => {
+            let retention = config.state.log_retention.get();
+            match PersistentState::open(&path, retention, StateBounds::default(), clock) {
+                Ok(state) => Arc::new(state),
+                Err(e) => return Err(vec![format!("state.path: {e}")]),
+            }
+        }
     };
-    let retention = config.state.log_retention.get();
-    match PersistentState::open(&path, retention, StateBounds::default(), clock) {
-        Ok(state) => Ok(Arc::new(state)),
-        Err(e) => Err(vec![format!("state.path: {e}")]),
+    match config.state.redis.as_deref() {
+        None => Ok(local),
+        Some(url) => match SharedState::start(url, local) {
+            Ok(shared) => Ok(Arc::new(shared)),
+            Err(e) => Err(vec![format!("state.redis: {e}")]),
+        },
     }
 }
 

@@ -103,6 +103,10 @@ pub struct Gauges {
     pub streams: usize,
     /// Providers whose circuit is open or probing.
     pub circuits_open: usize,
+    /// Redis answers (`state.redis`); `false` also without Redis.
+    pub redis_up: bool,
+    /// Redis commands that failed since start.
+    pub redis_errors: u64,
 }
 
 /// Endpoint label.
@@ -133,6 +137,8 @@ pub struct Metrics {
     circuits_open: Gauge,
     queue_waiting: Gauge,
     queue_outcomes: Family<QueueLabels, Counter>,
+    redis_up: Gauge,
+    redis_errors: Counter,
     plugin_failures: Family<PluginLabels, Counter>,
     limit_skips: Family<LimitLabels, Counter>,
     policy_duration: HistogramFamily<PolicyLabels>,
@@ -224,6 +230,8 @@ impl Metrics {
             circuits_open: Gauge::default(),
             queue_waiting: Gauge::default(),
             queue_outcomes: Family::default(),
+            redis_up: Gauge::default(),
+            redis_errors: Counter::default(),
             plugin_failures: Family::default(),
             limit_skips: Family::default(),
             policy_duration: Family::new_with_constructor(fast_histogram),
@@ -252,6 +260,8 @@ impl Metrics {
         registry.register("cooldowns_active", "Model/key pairs cooling down now", m.cooldowns.clone());
         registry.register("tokens", "Tokens reported by upstreams", m.tokens.clone());
         registry.register("session_pins", "Sticky-session pins held", m.pins.clone());
+        registry.register("redis_up", "1 while Redis (state.redis) answers, else 0", m.redis_up.clone());
+        registry.register("redis_errors", "Redis commands that failed (state.redis)", m.redis_errors.clone());
         registry.register("streams_active", "Streams being relayed now", m.streams.clone());
         registry.register(
             "stream_failures",
@@ -413,6 +423,9 @@ impl Metrics {
         self.pins.set(gauge(gauges.pins));
         self.streams.set(gauge(gauges.streams as u64));
         self.circuits_open.set(gauge(gauges.circuits_open as u64));
+        self.redis_up.set(i64::from(gauges.redis_up));
+        // The count lives with the Redis link; the counter catches up to it.
+        self.redis_errors.inc_by(gauges.redis_errors.saturating_sub(self.redis_errors.get()));
         let mut out = String::with_capacity(4096);
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();

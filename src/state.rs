@@ -27,6 +27,7 @@
 //! | `journal.rs` | write-behind: changes queued, written once per 500 ms |
 //! | `log.rs` | the request log's records |
 //! | `persistent.rs` | [`PersistentState`]: memory, loaded from and written to the file |
+//! | `shared.rs` | [`SharedState`]: any of the above, shared with other instances through Redis |
 
 mod calendar;
 mod circuits;
@@ -39,6 +40,7 @@ pub mod log;
 mod memory;
 mod persistent;
 mod pins;
+mod shared;
 pub mod usage;
 
 use std::fmt;
@@ -53,6 +55,7 @@ pub use clock::Clock;
 pub use log::{AttemptRecord, RequestRecord};
 pub use memory::{MemoryState, StateBounds};
 pub use persistent::PersistentState;
+pub use shared::{ADMIT_WAIT, RedisHealth, SharedBudget, SharedState};
 pub use usage::{Admission, Limit, LimitHit, Period, Refund, Used};
 
 use crate::config::Limits;
@@ -149,6 +152,9 @@ pub struct StateHealth {
     pub failing: bool,
     /// Changes dropped because the database could not keep up.
     pub dropped_writes: u64,
+    /// What the link to Redis is doing, when state is shared (`state.redis`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisHealth>,
 }
 
 /// Longest a session pin lasts, whatever a policy asks for.
@@ -274,6 +280,12 @@ pub trait StateStore: Send + Sync {
 
     /// How the store is doing.
     fn health(&self) -> StateHealth;
+
+    /// The budget this store shares with other instances, when it does:
+    /// the dispatcher asks it after each local admission.
+    fn shared(&self) -> Option<&dyn SharedBudget> {
+        None
+    }
 
     /// Writes whatever is waiting to be written, waiting at most `within`
     /// (shutdown, tests); whether it all was.

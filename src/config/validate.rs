@@ -125,16 +125,19 @@ fn state(cfg: &Config, r: &mut Report<'_>) {
     {
         r.error("state.path", format!("`{path}` is a URL; state.path is a file (put a Redis URL in state.redis)"));
     }
-    if let Some(url) = cfg.state.redis.as_deref()
-        && !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://"))
-    {
-        r.error("state.redis", format!("`{url}` is not a redis:// (or rediss://) URL"));
-    }
-    if cfg.state.redis.is_some() {
-        r.warn(
-            "state.redis",
-            "sharing state through Redis is accepted but not active in this version of freeway".to_owned(),
-        );
+    if let Some(url) = cfg.state.redis.as_deref() {
+        if url.starts_with("rediss://") {
+            // The redis client is built without TLS (it would bring a second
+            // certificate stack): say so now rather than at start-up.
+            r.error(
+                "state.redis",
+                "rediss:// (TLS) is not built into freeway; use redis:// on a private network or through a TLS tunnel"
+                    .to_owned(),
+            );
+        } else if !(url.starts_with("redis://") || url.starts_with("redis+unix://")) {
+            // Not repeated in the message: a Redis URL may hold a password.
+            r.error("state.redis", "not a redis:// (or redis+unix://) URL".to_owned());
+        }
     }
     within(r, "state.log_retention", cfg.state.log_retention, 3600 * Duration::from_secs(1), 400 * DAY);
 }

@@ -147,6 +147,15 @@ pub async fn run(
                     continue;
                 }
             };
+            // Shared with other instances (Redis): their counts have the last
+            // word; a refusal has given the local admission back.
+            if let Some(shared) = proxy.state.shared()
+                && let Err(hit) = shared.admit(&admission, &budget, now).await
+            {
+                proxy.metrics.limit_skip(&provider.name, &candidate.metric_model(), hit.limit.label());
+                tally.wait_until(hit.until);
+                continue;
+            }
             // The next in line need not wait for this attempt's answer.
             drop(gate.take());
             // build, send, decode

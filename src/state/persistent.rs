@@ -343,6 +343,7 @@ impl StateStore for PersistentState {
             moved_aside: self.moved_aside.as_ref().map(|p| p.display().to_string()),
             failing: self.journal.failing(),
             dropped_writes: self.journal.dropped(),
+            redis: None,
         }
     }
 

@@ -30,6 +30,7 @@ mod props;
 mod queue;
 mod quota;
 mod redaction;
+mod redis;
 mod sdk;
 mod stalls;
 mod state;
