@@ -34,8 +34,8 @@
 # first (first contact), hdr0 (a header had said 0 remaining), race
 # (concurrent requests filled the window), early (before the announced
 # Retry-After / retryDelay / reset), blind (a key that had refused without
-# saying until when, asked again in the same window), rest (within 10 s of
-# a restart).
+# saying until when, asked again in the same window), rest (one of hdr0,
+# early, blind within 10 s after a restart: told before it, forgotten).
 #
 # DAY: freeway counts RPD over a rolling 24 hours of real time (or a
 # provider's calendar day): it cannot be told that a day is shorter. So by
@@ -141,11 +141,13 @@ run_one() {
     local name=$1 mode=$2 load=$3 restart=$4
     local dir="$WORK_DIR/$name-$mode"
     mkdir -p "$dir"
-    local -a pids=()
+    # Global in this subshell (not local): the EXIT trap runs after
+    # run_one has returned.
+    RUN_PIDS=()
     # shellcheck disable=SC2317  # called by the trap
     stop_all() {
         local pid
-        for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+        for pid in "${RUN_PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
     }
     trap stop_all EXIT
     trap 'exit 130' INT TERM
@@ -153,7 +155,7 @@ run_one() {
     "$BIN_DIR/examples/pool_sim" --day "$DAY" --seed "$SEED" --restart-window "$RESTART_WINDOW" \
         >"$dir/sim.out" 2>"$dir/sim.err" &
     local sim_pid=$!
-    pids+=("$sim_pid")
+    RUN_PIDS+=("$sim_pid")
     wait_for_line "$dir/sim.out" '^listening on ' "$sim_pid" || die "the sim did not start: $(cat "$dir/sim.err")"
     local sim_port
     sim_port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$dir/sim.out")
@@ -164,7 +166,7 @@ run_one() {
     port=$(free_port)
     write_config "$dir/pool.json" "$sim_port" "$port" "$mode" "$dir"
     start_gateway "$dir" "$port" freeway
-    pids+=("$GW_PID")
+    RUN_PIDS+=("$GW_PID")
 
     local cap rate
     cap=$(capacity "$dir/pool.json")
@@ -176,7 +178,7 @@ run_one() {
         --max-in-flight "$MAX_IN_FLIGHT" --seed "$SEED" --log "$dir/requests.txt" \
         >"$dir/client.json" 2>"$dir/client.err" &
     local client_pid=$!
-    pids+=("$client_pid")
+    RUN_PIDS+=("$client_pid")
 
     if [[ "$restart" != none ]]; then
         sleep "$(python3 -c "import sys; print(float(sys.argv[1]) / 2)" "$DURATION")"
@@ -190,7 +192,7 @@ run_one() {
         wait "$old" 2>/dev/null || true
         curl -sf -X POST "$sim/restarted" >/dev/null
         start_gateway "$dir" "$port" freeway-2
-        pids+=("$GW_PID")
+        RUN_PIDS+=("$GW_PID")
         log "$name/$mode: restarted (${restart}) in $((SECONDS - t0)) s"
     fi
 

@@ -27,9 +27,7 @@
 //! (`--slow`); others take `--latency` (a range in ms).
 //!
 //! Every refusal is counted with the reason the gateway could have avoided
-//! it, as the sim sees it (first match wins):
-//! - `after_restart`: within `--restart-window` seconds after the gateway
-//!   restarted (`POST /restarted` marks it);
+//! it, as the sim sees it (first match wins, then `after_restart`):
 //! - `early_reprobe`: the request arrived after this key had announced when
 //!   its exhausted window frees (`Retry-After`, `retryDelay`, a 429's
 //!   reset header) and before that time;
@@ -41,7 +39,12 @@
 //!   requests still in flight on the same key filled it: the gateway sent
 //!   more at once than the window had room for;
 //! - `first_contact`: none of the above: nothing told the gateway (unless
-//!   it counts against declared limits).
+//!   it counts against declared limits);
+//! - `after_restart`: within `--restart-window` seconds after the gateway
+//!   restarted (`POST /restarted` marks it), an `early_reprobe`,
+//!   `header_zero` or `blind_reprobe`, or a refusal by a window that was
+//!   already full before the restart: the gateway had been told, or could
+//!   have counted, before the restart, and asked anyway.
 //!
 //! Endpoints besides the chat ones:
 //! - `GET /pool`: the providers as JSON (name, style, plugin, model, keys,
@@ -166,6 +169,8 @@ struct Key {
     /// A refusal without a time was sent in the current exhausted window
     /// (the window's end).
     blind_until: Option<Instant>,
+    /// Today's requests were all spent when the gateway last restarted.
+    day_full_at_restart: bool,
 }
 
 /// Per provider counts, for `/stats`.
@@ -325,9 +330,7 @@ impl Sim {
         };
         if let Some((window, wait, raced)) = refusal {
             let live = |w: Option<(Instant, Instant)>| w.is_some_and(|(until, said)| said <= now && now < until);
-            let cause = if restarted.is_some_and(|r| now.duration_since(r) < self.restart_window) {
-                Cause::AfterRestart
-            } else if live(k.retry_until) {
+            let cause = if live(k.retry_until) {
                 Cause::EarlyReprobe
             } else if live(k.zero_until) {
                 Cause::HeaderZero
@@ -338,6 +341,18 @@ impl Sim {
             } else {
                 Cause::FirstContact
             };
+            // What the key had told the gateway before a restart, and the
+            // restarted gateway asked again anyway: it forgot.
+            // Or the window was already full before the restart: a gateway
+            // counting against declared limits knew, and forgot.
+            let told = matches!(cause, Cause::EarlyReprobe | Cause::HeaderZero | Cause::BlindReprobe);
+            let full_before = |r: Instant| match window {
+                Window::Day => k.day_full_at_restart,
+                Window::Minute => k.minute.iter().filter(|(t, _)| *t < r).count() as u64 >= rpm,
+            };
+            let forgot = restarted
+                .is_some_and(|r| now.saturating_duration_since(r) < self.restart_window && (told || full_before(r)));
+            let cause = if forgot { Cause::AfterRestart } else { cause };
             *p.counts.refused.entry(cause.name()).or_default() += 1;
             let until = now + Duration::from_secs(ceil_secs(wait));
             if style == Style::Bare {
@@ -528,8 +543,18 @@ async fn handle(sim: Arc<Sim>, request: Request<Incoming>) -> Result<Response<Fu
         return Ok(respond(StatusCode::OK, json!({"ok": true})));
     }
     if method == Method::POST && path == "/restarted" {
+        let now = Instant::now();
+        let today = sim.day_index(now);
+        if let Ok(mut providers) = sim.providers.lock() {
+            for p in providers.iter_mut() {
+                let rpd = p.rpd;
+                for k in &mut p.state {
+                    k.day_full_at_restart = k.day == today && k.day_served >= rpd;
+                }
+            }
+        }
         if let Ok(mut r) = sim.restarted.lock() {
-            *r = Some(Instant::now());
+            *r = Some(now);
         }
         return Ok(respond(StatusCode::OK, json!({"ok": true})));
     }
