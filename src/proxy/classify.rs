@@ -163,16 +163,10 @@ pub fn classify(
         _ => format!("HTTP {}: {summary}", status.as_u16()),
     };
     let body = (kind == ErrorKind::ClientError).then(|| client_error_body(&text, provider));
-    Failure {
-        kind,
-        outcome,
-        status: Some(status.as_u16()),
-        reason,
-        body,
-        refund: Refund::Tokens,
-        limits: Vec::new(),
-        model_gone,
-    }
+    // A request the upstream refused for its limits was not let into its
+    // window: counting it would idle a key that still has room.
+    let refund = if matches!(kind, ErrorKind::RateLimited { .. }) { Refund::Everything } else { Refund::Tokens };
+    Failure { kind, outcome, status: Some(status.as_u16()), reason, body, refund, limits: Vec::new(), model_gone }
 }
 
 /// The standard `Retry-After` header: delay-seconds or an HTTP-date,

@@ -121,14 +121,10 @@ fn load(db: &Db, memory: &MemoryState, clock: Clock) -> rusqlite::Result<(Loaded
         let (provider, fp, model, minute, requests, tokens) = row?;
         let id = key(provider, fp);
         let model: Option<Arc<str>> = (!model.is_empty()).then(|| Arc::from(model));
-        memory.restore_usage(
-            &id,
-            model.as_ref(),
-            minute.saturating_mul(60),
-            requests.max(0) as u64,
-            tokens.max(0) as u64,
-            now,
-        );
+        // Rows are per minute: their requests count as made at the minute's
+        // end, so they leave the sliding minute no earlier than they should.
+        let at = minute.saturating_mul(60).saturating_add(59).min(now_ms.div_euclid(1000));
+        memory.restore_usage(&id, model.as_ref(), at, requests.max(0) as u64, tokens.max(0) as u64, now);
         counters.insert((id, model));
     }
     loaded.counters = counters.len();
@@ -419,5 +415,25 @@ mod tests {
         let s = open(&path);
         let left: Vec<String> = s.cooldowns(Instant::now()).into_iter().map(|c| c.1.to_string()).collect();
         assert_eq!(left, vec!["b".to_owned()]);
+    }
+
+    #[test]
+    fn a_restored_minute_holds_its_requests_a_whole_minute() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let key = KeyId { provider: Arc::from("p"), fingerprint: 1 };
+        let model: Arc<str> = Arc::from("m");
+        let budget = Budget { model: Limits { rpm: Some(1), ..Limits::default() }, ..Budget::default() };
+        {
+            let s = open(&path);
+            s.admit(&key, &model, &budget, 1, Instant::now()).unwrap();
+            assert!(s.flush(Duration::from_secs(5)));
+        }
+        let s = open(&path);
+        let now = Instant::now();
+        let hit = s.admit(&key, &model, &budget, 1, now).unwrap_err();
+        // Rows are per minute: the request counts as made at its minute's
+        // end (here: now), not its start, which would free it too early.
+        assert!(hit.until >= now + Duration::from_secs(58), "frees in {:?}", hit.until - now);
     }
 }

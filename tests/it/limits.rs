@@ -192,3 +192,16 @@ async fn absurd_usage_and_retry_after_values_saturate_instead_of_panicking() {
     let wait: u64 = limited.header("retry-after").parse().unwrap();
     assert!(wait <= 24 * 3600, "{wait}");
 }
+
+#[tokio::test]
+async fn a_request_the_upstream_refused_with_429_does_not_count_against_the_day() {
+    let a = Mock::start().await;
+    a.once_model("m", crate::support::mock::Behavior::rate_limited("1"));
+    let yaml = format!("providers:\n{}", limited("a", &a, &["k"], &["m"], "    limits: { rpd: 2 }\n"));
+    let gw = start(&yaml).await;
+    // Refused once, then served after the cooldown (the queue waits for it).
+    assert_eq!(gw.chat("a/m").await.status, 200);
+    assert_eq!(gw.chat("a/m").await.status, 200, "the refused call was counted as one of the day's 2");
+    assert_eq!(gw.chat("a/m").await.status, 429);
+    assert_eq!(a.chats().len(), 3);
+}
