@@ -171,10 +171,10 @@ impl Proxy {
         if let Err(e) = policies::after_routing(self, &mut ctx) {
             return e.into_response();
         }
-        let outcome = queue::dispatch(self, &ctx).await;
+        let mut outcome = queue::dispatch(self, &ctx).await;
         policies::record(self, &ctx, &outcome);
         if let Some(asked) = asked {
-            self.log(&ctx, &outcome, asked, client);
+            self.log(&ctx, &mut outcome, asked, client);
         }
         let capacity = match ctx.request.operation {
             Operation::Chat => quota::capacity(self, &ctx.candidates, Instant::now()),
@@ -191,7 +191,7 @@ impl Proxy {
 
     /// The record phase's log entry: who asked for what, every attempt,
     /// who answered (tokens follow when the answer ends).
-    fn log(&self, ctx: &Context, outcome: &Outcome, asked: String, client: Option<String>) {
+    fn log(&self, ctx: &Context, outcome: &mut Outcome, asked: String, client: Option<String>) {
         let status = match &outcome.result {
             Ok(response) => response.status().as_u16(),
             Err(e) => e.classify().0.as_u16(),
@@ -205,7 +205,7 @@ impl Proxy {
             route,
             answered_by: outcome.via.as_ref().map(|c| format!("{}/{}", c.provider.name, c.model)),
             status,
-            attempts: outcome.trail.clone(),
+            attempts: std::mem::take(&mut outcome.trail),
             tokens_in: None,
             tokens_out: None,
             stream: ctx.request.stream,

@@ -188,9 +188,9 @@ pub async fn run(
                     Err(f) => (f.status, f.reason.clone()),
                 };
                 tally.trail.push(AttemptRecord {
-                    provider: provider.name.to_string(),
-                    model: candidate.model.to_string(),
-                    key: format!("{:016x}", key.id.fingerprint),
+                    provider: provider.name.clone(),
+                    model: candidate.model.clone(),
+                    key: key.id.fingerprint,
                     status,
                     reason,
                     latency_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),

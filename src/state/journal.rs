@@ -415,7 +415,11 @@ fn write_batch(db: &mut Db, batch: Batch) -> rusqlite::Result<()> {
         )?;
         for r in &batch.requests {
             let attempts = serde_json::to_string(&r.attempts).unwrap_or_else(|_| "[]".to_owned());
-            let tags = serde_json::to_string(&r.tags).unwrap_or_else(|_| "[]".to_owned());
+            let tags = if r.tags.is_empty() {
+                "[]".to_owned()
+            } else {
+                serde_json::to_string(&r.tags).unwrap_or_else(|_| "[]".to_owned())
+            };
             stmt.execute(params![
                 r.id,
                 r.at_ms,
