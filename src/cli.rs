@@ -163,7 +163,12 @@ async fn run_check(config: Option<&Path>, probe: bool) -> Result<ExitCode, Strin
     for w in &loaded.warnings {
         println!("warning: {w}");
     }
-    let gateway = match Gateway::new(loaded.config, catalog, &env).await {
+    // The check builds the plugins and policies, not the state: the state
+    // file may belong to a gateway that runs, and a check writes nothing.
+    let mut config = loaded.config;
+    config.state.path = Some(String::new());
+    config.state.redis = None;
+    let gateway = match Gateway::new(config, catalog, &env).await {
         Ok(gateway) => gateway,
         Err(problems) => {
             eprintln!("plugins and policies: {} problem(s)", problems.len());
@@ -217,7 +222,11 @@ async fn run_check(config: Option<&Path>, probe: bool) -> Result<ExitCode, Strin
 
 async fn run_models(config: Option<&Path>) -> Result<ExitCode, String> {
     let (env, catalog, loaded) = load(config)?;
-    let gateway = Gateway::new(loaded.config, catalog, &env).await.map_err(|problems| problems.join("\n"))?;
+    // Like `check`: a listing leaves the state file to the gateway.
+    let mut config = loaded.config;
+    config.state.path = Some(String::new());
+    config.state.redis = None;
+    let gateway = Gateway::new(config, catalog, &env).await.map_err(|problems| problems.join("\n"))?;
     if gateway.config().discovery.enabled {
         for (provider, outcome) in gateway.refresh_models().await {
             if let Err(e) = outcome {

@@ -25,6 +25,12 @@ use super::{Context, Proxy};
 use crate::errors::ApiError;
 use crate::metrics::Metrics;
 
+/// The head of a line tries again this long after the soonest capacity
+/// the last try named: `Retry-After` is whole seconds, so a window may free
+/// up to a second after it says, and a try that comes early is a refused
+/// call that costs quota (the pool benchmark counted them).
+const WAKE_MARGIN: Duration = Duration::from_secs(1);
+
 /// Distinct model names with a line of their own, at most (names are
 /// resolved routes and models, so this is a backstop).
 const LINES: u64 = 10_000;
@@ -133,7 +139,7 @@ pub async fn dispatch(proxy: &Proxy, ctx: &Context) -> Outcome {
     } else {
         let first = dispatch::run(proxy, &ctx.request, &ctx.candidates, &mut None).await;
         let Some(wait) = capacity_wait(&first) else { return first };
-        if queue.timeout.is_zero() || Instant::now() + wait > ctx.started + queue.timeout {
+        if queue.timeout.is_zero() || Instant::now() + wait + WAKE_MARGIN > ctx.started + queue.timeout {
             return first;
         }
         Some(first)
@@ -180,7 +186,7 @@ pub async fn dispatch(proxy: &Proxy, ctx: &Context) -> Outcome {
             place.outcome = "served";
             return outcome;
         };
-        let at = outcome_at + wait;
+        let at = outcome_at + wait + WAKE_MARGIN;
         if at > deadline {
             place.outcome = "timeout";
             return aged(outcome, outcome_at);

@@ -1,5 +1,5 @@
 //! The embedded database (SQLite) that keeps state across restarts: usage
-//! counters per minute, cooldowns with their wall-clock end, rejected keys
+//! counters per second, cooldowns with their wall-clock end, rejected keys
 //! by fingerprint, session pins, the last model list of each provider, and
 //! the request log.
 //!
@@ -23,9 +23,9 @@ const MIGRATIONS: &[&str] = &[
     "CREATE TABLE usage (
          provider TEXT NOT NULL, fingerprint INTEGER NOT NULL,
          model TEXT NOT NULL,          -- '' for a key's limits shared by all its models
-         minute INTEGER NOT NULL,      -- wall-clock minute since the Unix epoch
+         second INTEGER NOT NULL,      -- wall-clock second since the Unix epoch
          requests INTEGER NOT NULL, tokens INTEGER NOT NULL,
-         PRIMARY KEY (provider, fingerprint, model, minute)) WITHOUT ROWID;
+         PRIMARY KEY (provider, fingerprint, model, second)) WITHOUT ROWID;
      CREATE TABLE cooldowns (
          provider TEXT NOT NULL, fingerprint INTEGER NOT NULL, model TEXT NOT NULL,
          until_ms INTEGER NOT NULL, reason TEXT NOT NULL,
@@ -139,8 +139,8 @@ impl Db {
     /// Deletes what no window needs any more: usage older than `usage_ms`,
     /// cooldowns and pins that ended, requests older than `log_ms`.
     pub fn prune(&self, now_ms: i64, usage_ms: i64, log_ms: i64) -> rusqlite::Result<()> {
-        let minute = now_ms.saturating_sub(usage_ms) / 60_000;
-        self.conn.execute("DELETE FROM usage WHERE minute < ?1", params![minute])?;
+        let second = now_ms.saturating_sub(usage_ms) / 1000;
+        self.conn.execute("DELETE FROM usage WHERE second < ?1", params![second])?;
         self.conn.execute("DELETE FROM cooldowns WHERE until_ms <= ?1", params![now_ms])?;
         self.conn.execute("DELETE FROM pins WHERE until_ms <= ?1", params![now_ms])?;
         let oldest_id = now_ms.saturating_sub(log_ms).saturating_mul(1000);

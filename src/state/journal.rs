@@ -234,7 +234,7 @@ impl Batch {
     fn add(&mut self, write: Write) {
         match write {
             Write::Usage { provider, fingerprint, model, at_ms, requests, tokens } => {
-                let sum = self.usage.entry((provider, fingerprint, model, at_ms.div_euclid(60_000))).or_default();
+                let sum = self.usage.entry((provider, fingerprint, model, at_ms.div_euclid(1000))).or_default();
                 sum.0 = sum.0.saturating_add(requests);
                 sum.1 = sum.1.saturating_add(tokens);
             }
@@ -366,13 +366,13 @@ fn write_batch(db: &mut Db, batch: Batch) -> rusqlite::Result<()> {
         // A refund may arrive without its charge in the same batch: a
         // negative change never takes a counter below zero.
         let mut stmt = tx.prepare_cached(
-            "INSERT INTO usage (provider, fingerprint, model, minute, requests, tokens)
+            "INSERT INTO usage (provider, fingerprint, model, second, requests, tokens)
              VALUES (?1, ?2, ?3, ?4, max(0, ?5), max(0, ?6))
              ON CONFLICT DO UPDATE SET requests = max(0, requests + ?5), tokens = max(0, tokens + ?6)",
         )?;
-        for ((provider, fp, model, minute), (requests, tokens)) in &batch.usage {
+        for ((provider, fp, model, second), (requests, tokens)) in &batch.usage {
             let model = model.as_deref().unwrap_or("");
-            stmt.execute(params![&**provider, signed(*fp), model, minute, requests, tokens])?;
+            stmt.execute(params![&**provider, signed(*fp), model, second, requests, tokens])?;
         }
         for (provider, model, fp) in &batch.uncool {
             tx.execute(

@@ -4,8 +4,8 @@
 //!
 //! Every read is a memory read, exactly as without a database; every
 //! change is applied in memory and queued for the file. What is written:
-//! counters per minute (as deltas, so a refund or a settled token count
-//! corrects the right minute), cooldowns with their wall-clock end and
+//! counters per second (as deltas, so a refund or a settled token count
+//! corrects the right second), cooldowns with their wall-clock end and
 //! reason, rejected keys by fingerprint, pins with their end, model lists,
 //! and the request log. Circuits are not kept: a restarted gateway probes
 //! a provider afresh.
@@ -102,11 +102,11 @@ fn load(db: &Db, memory: &MemoryState, clock: Clock) -> rusqlite::Result<(Loaded
     let mut loaded = Loaded::default();
     let key = |provider: String, fp: i64| KeyId { provider: Arc::from(provider), fingerprint: fp as u64 };
 
-    let since_minute = now_ms.saturating_sub(24 * 3600 * 1000) / 60_000;
+    let since = now_ms.saturating_sub(24 * 3600 * 1000) / 1000;
     let mut stmt = db
         .conn
-        .prepare("SELECT provider, fingerprint, model, minute, requests, tokens FROM usage WHERE minute >= ?1")?;
-    let rows = stmt.query_map(params![since_minute], |r| {
+        .prepare("SELECT provider, fingerprint, model, second, requests, tokens FROM usage WHERE second >= ?1")?;
+    let rows = stmt.query_map(params![since], |r| {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, i64>(1)?,
@@ -118,13 +118,10 @@ fn load(db: &Db, memory: &MemoryState, clock: Clock) -> rusqlite::Result<(Loaded
     })?;
     let mut counters = std::collections::HashSet::new();
     for row in rows {
-        let (provider, fp, model, minute, requests, tokens) = row?;
+        let (provider, fp, model, second, requests, tokens) = row?;
         let id = key(provider, fp);
         let model: Option<Arc<str>> = (!model.is_empty()).then(|| Arc::from(model));
-        // Rows are per minute: their requests count as made at the minute's
-        // end, so they leave the sliding minute no earlier than they should.
-        let at = minute.saturating_mul(60).saturating_add(59).min(now_ms.div_euclid(1000));
-        memory.restore_usage(&id, model.as_ref(), at, requests.max(0) as u64, tokens.max(0) as u64, now);
+        memory.restore_usage(&id, model.as_ref(), second, requests.max(0) as u64, tokens.max(0) as u64, now);
         counters.insert((id, model));
     }
     loaded.counters = counters.len();
@@ -418,7 +415,7 @@ mod tests {
     }
 
     #[test]
-    fn a_restored_minute_holds_its_requests_a_whole_minute() {
+    fn a_restored_request_stays_in_the_sliding_minute_until_it_really_leaves() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
         let key = KeyId { provider: Arc::from("p"), fingerprint: 1 };
@@ -432,8 +429,9 @@ mod tests {
         let s = open(&path);
         let now = Instant::now();
         let hit = s.admit(&key, &model, &budget, 1, now).unwrap_err();
-        // Rows are per minute: the request counts as made at its minute's
-        // end (here: now), not its start, which would free it too early.
-        assert!(hit.until >= now + Duration::from_secs(58), "frees in {:?}", hit.until - now);
+        // Rows are per second: the request leaves the window a minute after
+        // it was made (here: about now), not at its minute's end or start.
+        let frees = hit.until - now;
+        assert!(frees >= Duration::from_secs(58) && frees <= Duration::from_secs(61), "frees in {frees:?}");
     }
 }
