@@ -88,7 +88,7 @@ pub struct CutLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueLabels {
     /// `served` (capacity came), `timeout`, `full` (no room in line),
-    /// `gone` (the client left).
+    /// `gone` (the client left), `shutdown` (the gateway is stopping).
     pub outcome: &'static str,
 }
 
@@ -286,7 +286,7 @@ impl Metrics {
         registry.register("queue_waiting", "Requests waiting in line for capacity now", m.queue_waiting.clone());
         registry.register(
             "queue_outcomes",
-            "Requests that waited in line for capacity, by how it ended (served, timeout, full, gone)",
+            "Requests that waited in line for capacity, by how it ended (served, timeout, full, gone, shutdown)",
             m.queue_outcomes.clone(),
         );
         registry.register(

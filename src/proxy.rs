@@ -257,6 +257,12 @@ impl Proxy {
         self.routes.store(Arc::new(next));
     }
 
+    /// The gateway is stopping: requests waiting for capacity are answered
+    /// with their 429 now, and none waits from here on.
+    pub fn close_queue(&self) {
+        self.queue.close();
+    }
+
     /// The gateway's state (cooldowns, limits, keys, pins).
     pub fn state(&self) -> &Arc<dyn StateStore> {
         &self.state

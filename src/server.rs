@@ -82,6 +82,9 @@ pub async fn serve(gateway: Gateway, listener: TcpListener, shutdown: impl Futur
     }
 
     drop(listener);
+    // Requests waiting in line for capacity get their 429 now rather than
+    // hold the shutdown for up to `dispatch.queue_timeout`.
+    gateway.proxy().close_queue();
     tracing::info!(
         in_flight = connections.len(),
         "shutting down: no new connections; letting in-flight requests finish"

@@ -41,6 +41,8 @@ pub struct Queue {
     max: usize,
     waiting: AtomicUsize,
     lines: Cache<String, Arc<Line>>,
+    /// Set when the gateway stops: waiters leave with their 429.
+    closed: tokio::sync::watch::Sender<bool>,
 }
 
 /// One model name's line: its gate (held by the head), and how many wait.
@@ -90,6 +92,36 @@ impl Queue {
             max: max as usize,
             waiting: AtomicUsize::new(0),
             lines: Cache::builder().max_capacity(LINES).time_to_idle(Duration::from_secs(600)).build(),
+            closed: tokio::sync::watch::Sender::new(false),
+        }
+    }
+
+    /// Ends every wait, and every wait to come.
+    pub fn close(&self) {
+        self.closed.send_replace(true);
+    }
+
+    /// Resolves once the queue is closed.
+    async fn closing(&self) {
+        let mut closed = self.closed.subscribe();
+        let _ = closed.wait_for(|c| *c).await;
+    }
+
+    fn is_closed(&self) -> bool {
+        *self.closed.borrow()
+    }
+
+    /// How a wait that did not get its turn ended: the deadline, or the
+    /// gateway stopping.
+    fn ended(&self) -> &'static str {
+        if self.is_closed() { "shutdown" } else { "timeout" }
+    }
+
+    /// `wait`'s output, unless `deadline` passes or the queue closes first.
+    async fn within<T>(&self, deadline: Instant, wait: impl Future<Output = T>) -> Option<T> {
+        tokio::select! {
+            out = tokio::time::timeout_at(deadline.into(), wait) => out.ok(),
+            () = self.closing() => None,
         }
     }
 
@@ -133,13 +165,14 @@ pub async fn dispatch(proxy: &Proxy, ctx: &Context) -> Outcome {
     let model = &ctx.request.model;
     // While others wait for this model, a newcomer goes behind them rather
     // than trying first: capacity that frees is theirs.
-    let behind = !queue.timeout.is_zero() && queue.busy(model);
+    let open = !queue.timeout.is_zero() && !queue.is_closed();
+    let behind = open && queue.busy(model);
     let first = if behind {
         None
     } else {
         let first = dispatch::run(proxy, &ctx.request, &ctx.candidates, &mut None).await;
         let Some(wait) = capacity_wait(&first) else { return first };
-        if queue.timeout.is_zero() || Instant::now() + wait + WAKE_MARGIN > ctx.started + queue.timeout {
+        if !open || Instant::now() + wait + WAKE_MARGIN > ctx.started + queue.timeout {
             return first;
         }
         Some(first)
@@ -159,10 +192,10 @@ pub async fn dispatch(proxy: &Proxy, ctx: &Context) -> Outcome {
         Some(first) => first,
         // Behind others: the first try is made at the head of the line.
         None => {
-            match tokio::time::timeout_at(deadline.into(), line.gate.clone().acquire_owned()).await {
-                Ok(Ok(permit)) => gate = Some(permit),
+            match queue.within(deadline, line.gate.clone().acquire_owned()).await {
+                Some(Ok(permit)) => gate = Some(permit),
                 _ => {
-                    place.outcome = "timeout";
+                    place.outcome = queue.ended();
                     return dispatch::run(proxy, &ctx.request, &ctx.candidates, &mut None).await;
                 }
             }
@@ -173,11 +206,12 @@ pub async fn dispatch(proxy: &Proxy, ctx: &Context) -> Outcome {
     };
     loop {
         if gate.is_none() {
-            match tokio::time::timeout_at(deadline.into(), line.gate.clone().acquire_owned()).await {
-                Ok(Ok(permit)) => gate = Some(permit),
-                // The deadline passed while others were ahead.
+            match queue.within(deadline, line.gate.clone().acquire_owned()).await {
+                Some(Ok(permit)) => gate = Some(permit),
+                // The deadline passed while others were ahead (or the
+                // gateway is stopping).
                 _ => {
-                    place.outcome = "timeout";
+                    place.outcome = queue.ended();
                     return aged(outcome, outcome_at);
                 }
             }
@@ -191,7 +225,10 @@ pub async fn dispatch(proxy: &Proxy, ctx: &Context) -> Outcome {
             place.outcome = "timeout";
             return aged(outcome, outcome_at);
         }
-        tokio::time::sleep_until(at.into()).await;
+        if queue.within(at, std::future::pending::<()>()).await.is_none() && queue.is_closed() {
+            place.outcome = "shutdown";
+            return aged(outcome, outcome_at);
+        }
         outcome = dispatch::run(proxy, &ctx.request, &ctx.candidates, &mut gate).await;
         outcome_at = Instant::now();
         if capacity_wait(&outcome).is_none() {

@@ -188,3 +188,21 @@ async fn a_newcomer_goes_behind_those_already_waiting_even_when_it_could_be_serv
     assert_eq!(first.await.unwrap().status, 200);
     assert_eq!(*served.lock().unwrap(), ["first", "second"], "the newcomer jumped the line");
 }
+
+#[tokio::test]
+async fn a_stopping_gateway_answers_its_waiting_requests_at_once() {
+    let mock = Mock::start().await;
+    mock.on_model("m", Behavior::rate_limited("6"));
+    let mut gw = gateway(&mock, "  queue_timeout: 10s\n").await;
+    let url = gw.url("/v1/chat/completions");
+    let waiting =
+        tokio::spawn(async move { Answer::read(send(&url, "POST", &chat_body("a/m", false), &[]).await).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopping = Instant::now();
+    let server = gw.shutdown();
+    let answer = waiting.await.unwrap();
+    assert_eq!(answer.status, 429, "{}", answer.text());
+    assert!(answer.header("retry-after").parse::<u64>().unwrap() <= 6);
+    assert!(stopping.elapsed() < Duration::from_secs(2), "the shutdown waited for the queue: {:?}", stopping.elapsed());
+    server.await.unwrap().unwrap();
+}
