@@ -35,7 +35,7 @@ mod classify;
 mod dispatch;
 mod policies;
 mod queue;
-mod quota;
+pub mod quota;
 pub mod request;
 mod respond;
 
@@ -84,6 +84,8 @@ pub struct Proxy {
     log_sequence: AtomicI64,
     /// Requests waiting for capacity.
     queue: queue::Queue,
+    /// Keys being probed after refusals that named no time.
+    probes: quota::Probes,
 }
 
 /// One request on its way through the phases.
@@ -129,6 +131,7 @@ impl Proxy {
             logging: state.logs_requests(),
             log_sequence: AtomicI64::new(0),
             queue: queue::Queue::new(settings.queue_timeout.get(), settings.queue_max),
+            probes: quota::Probes::default(),
             state,
             upstream,
             metrics,

@@ -18,6 +18,7 @@
 //! | `cooldowns.rs` | (key, model) → until when it cools |
 //! | `usage.rs` | sliding-minute and rolling-day counters, limit checks |
 //! | `keys.rs` | keys the upstream rejected (401/403) |
+//! | `learned.rs` | what an upstream's headers and 429s said of a key's limits |
 //! | `pins.rs` | conversation → the model that answered it |
 //! | `calendar.rs` | when each provider's daily or monthly quota resets |
 //! | `circuits.rs` | per provider: closed, open until when, or probing |
@@ -36,6 +37,7 @@ mod cooldowns;
 pub mod db;
 mod journal;
 mod keys;
+mod learned;
 pub mod log;
 mod memory;
 mod persistent;
@@ -52,11 +54,12 @@ use sha2::{Digest, Sha256};
 pub use calendar::{QuotaReset, ResetPeriod, Schedule};
 pub use circuits::{Circuit, CircuitChange, CircuitPolicy};
 pub use clock::Clock;
+pub use learned::{Inferred, Learned};
 pub use log::{AttemptRecord, RequestRecord};
 pub use memory::{MemoryState, StateBounds};
 pub use persistent::PersistentState;
 pub use shared::{ADMIT_WAIT, RedisHealth, SharedBudget, SharedState};
-pub use usage::{Admission, Limit, LimitHit, Period, Refund, Used};
+pub use usage::{Admission, Limit, LimitHit, MinuteBefore, Period, Refund, Used};
 
 use crate::config::Limits;
 
@@ -214,14 +217,14 @@ pub trait StateStore: Send + Sync {
     /// Gives back what a failed attempt was charged.
     fn refund(&self, admission: &Admission, refund: Refund);
 
-    /// Limits the upstream's rate-limit headers stated for `model` on
-    /// `key` (each `None` the headers did not state): they replace the
-    /// configured guess for that key.
-    fn learned(&self, key: &KeyId, model: &Arc<str>) -> Option<Limits>;
+    /// What the upstream taught about `model` on `key`: the limits its
+    /// headers stated, a per-minute limit read from its 429s, refusals in
+    /// a row that named no time.
+    fn learned(&self, key: &KeyId, model: &Arc<str>) -> Option<Learned>;
 
-    /// Keeps what the upstream's headers stated (fields that are `None`
-    /// keep what was learned before).
-    fn learn(&self, key: &KeyId, model: &Arc<str>, limits: Limits);
+    /// Replaces what was learned about `model` on `key` with
+    /// `update(what was known)`.
+    fn learn(&self, key: &KeyId, model: &Arc<str>, update: &dyn Fn(Learned) -> Learned);
 
     /// What `key` has used at `now`: for `model`, or (`None`) against the
     /// key's shared limits; `None` when nothing was counted.

@@ -30,7 +30,8 @@ use crate::catalog::provider::Provider;
 use crate::config::{Limits, ServerConfig};
 use crate::errors::ApiError;
 use crate::gateway::Gateway;
-use crate::state::{Clock, Cooling, KeyId, Period, ResetPeriod, StateStore, Used, usage};
+use crate::proxy::quota;
+use crate::state::{Clock, Cooling, KeyId, Learned, Period, ResetPeriod, StateStore, Used, usage};
 
 /// Largest body `POST /admin/api/cooldowns/reset` reads: its JSON is three
 /// short fields.
@@ -264,7 +265,7 @@ impl View {
             .iter()
             .map(|key| {
                 let id = &key.id;
-                let shared = quota(state.used(id, None, key_period.as_ref(), self.now), p.key_limits, None);
+                let shared = quota(state.used(id, None, key_period.as_ref(), self.now), p.key_limits, None, self.now);
                 let mut rows: Vec<ModelStatus> = models
                     .iter()
                     .map(|m| {
@@ -315,7 +316,7 @@ impl View {
             in_seconds: ceil_secs(until.saturating_duration_since(self.now)),
             reason: why.label().to_owned(),
         });
-        ModelStatus { model: model.to_string(), quota: quota(used, configured, learned), cooling }
+        ModelStatus { model: model.to_string(), quota: quota(used, configured, learned.as_ref(), self.now), cooling }
     }
 
     /// Wall-clock `ms` as RFC 3339 in `zone`.
@@ -328,17 +329,9 @@ impl View {
 }
 
 /// Use, limits (learned fields replacing configured ones) and remainders.
-fn quota(used: Option<Used>, configured: Limits, learned: Option<Limits>) -> Quota {
+fn quota(used: Option<Used>, configured: Limits, learned: Option<&Learned>, now: Instant) -> Quota {
     let used = used.unwrap_or_default();
-    let in_force = match learned {
-        Some(l) => Limits {
-            rpm: l.rpm.or(configured.rpm),
-            rpd: l.rpd.or(configured.rpd),
-            tpm: l.tpm.or(configured.tpm),
-            tpd: l.tpd.or(configured.tpd),
-        },
-        None => configured,
-    };
+    let in_force = quota::in_force(configured, learned, now);
     let left = |limit: Option<u64>, spent: u64| limit.map(|l| l.saturating_sub(spent));
     Quota {
         used: UsedStatus {
@@ -355,7 +348,7 @@ fn quota(used: Option<Used>, configured: Limits, learned: Option<Limits>) -> Quo
         },
         limit: LimitStatus {
             configured: configured.into(),
-            learned: learned.map(Figures::from),
+            learned: learned.map(|l| quota::learned_limits(l, now).into()),
             in_force: in_force.into(),
         },
     }
@@ -443,12 +436,21 @@ mod tests {
     #[test]
     fn learned_limits_replace_configured_ones_field_by_field() {
         let configured = Limits { rpm: Some(30), rpd: Some(1000), tpm: None, tpd: Some(500_000) };
-        let learned = Limits { rpm: None, rpd: Some(14_400), tpm: Some(6000), tpd: None };
-        let used = Used { requests_minute: 2, tokens_minute: 100, requests_day: 40, tokens_day: 9000, day_frees: None };
-        let q = quota(Some(used), configured, Some(learned));
+        let stated = Limits { rpm: None, rpd: Some(14_400), tpm: Some(6000), tpd: None };
+        let learned = Learned { stated, ..Learned::default() };
+        let used =
+            Used { requests_minute: 2, tokens_minute: 100, requests_day: 40, tokens_day: 9000, ..Used::default() };
+        let now = Instant::now();
+        let q = quota(Some(used), configured, Some(&learned), now);
         assert_eq!(q.limit.in_force, Figures { rpm: Some(30), rpd: Some(14_400), tpm: Some(6000), tpd: Some(500_000) });
         assert_eq!(q.remaining, Figures { rpm: Some(28), rpd: Some(14_360), tpm: Some(5900), tpd: Some(491_000) });
-        let none = quota(None, Limits::default(), None);
+        // A per-minute limit a 429 showed, lower than the configured one.
+        let inferred = crate::state::Inferred { value: 12, at: now, own: true };
+        let learned = Learned { refused_rpm: Some(inferred), ..learned };
+        let q = quota(Some(used), configured, Some(&learned), now);
+        assert_eq!(q.limit.in_force.rpm, Some(12));
+        assert_eq!(q.limit.learned.and_then(|l| l.rpm), Some(12));
+        let none = quota(None, Limits::default(), None, now);
         assert_eq!(none.remaining, Figures::default());
     }
 

@@ -25,7 +25,11 @@ use crate::catalog::routes::Candidate;
 use crate::errors::{ApiError, Attempt, ceil_secs};
 use crate::plugin::ErrorKind;
 use crate::state::usage::estimate_tokens;
-use crate::state::{AttemptRecord, Circuit, CircuitChange, Cooling};
+use crate::state::{Admission, AttemptRecord, Circuit, CircuitChange, Cooling, Learned};
+
+/// How long a request skips a key whose probe is in flight before it looks
+/// again (the admission queue's head looks again then).
+const PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What dispatching a request came to.
 pub struct Outcome {
@@ -138,7 +142,21 @@ pub async fn run(
                 tally.exhausted = true;
                 break 'candidates;
             }
-            let budget = quota::with_learned(budget, proxy.state.learned(&key.id, &candidate.model));
+            let learned = proxy.state.learned(&key.id, &candidate.model);
+            let budget = quota::with_learned(budget, learned.as_ref(), now);
+            let strikes = learned.map_or(0, |l| l.strikes);
+            // A key that refused without saying until when is probed by one
+            // request at a time: the others wait for its answer.
+            let _probe = match strikes {
+                0 => None,
+                _ => match proxy.probes.start(&key.id, &candidate.model) {
+                    Some(probe) => Some(probe),
+                    None => {
+                        tally.wait_until(now + PROBE_WAIT);
+                        continue;
+                    }
+                },
+            };
             let admission = match proxy.state.admit(&key.id, &candidate.model, &budget, estimate, now) {
                 Ok(admission) => admission,
                 Err(hit) => {
@@ -199,6 +217,9 @@ pub async fn run(
             let failure = match result {
                 Ok(success) => {
                     provider.answered(&candidate.model);
+                    if strikes > 0 {
+                        proxy.state.learn(&key.id, &candidate.model, &|l| Learned { strikes: 0, ..l });
+                    }
                     proxy.metrics.attempt(&provider.name, &candidate.metric_model(), "ok", elapsed);
                     return Outcome {
                         result: Ok(success.response),
@@ -232,7 +253,7 @@ pub async fn run(
                 reason: failure.reason.clone(),
             });
             // classify: the failure carries its decision
-            match decide(proxy, candidate, key, failure, &mut tally) {
+            match decide(proxy, candidate, key, &admission, failure, &mut tally) {
                 Next::Key => {}
                 Next::Candidate => continue 'candidates,
                 Next::Answer(response) => {
@@ -256,7 +277,14 @@ pub async fn run(
 
 /// What a failed attempt means for the rest of the request, and what it
 /// changes in the state (cooldowns, rejected keys).
-fn decide(proxy: &Proxy, candidate: &Candidate, key: &Key, failure: Failure, tally: &mut Tally) -> Next {
+fn decide(
+    proxy: &Proxy,
+    candidate: &Candidate,
+    key: &Key,
+    admission: &Admission,
+    failure: Failure,
+    tally: &mut Tally,
+) -> Next {
     let now = Instant::now();
     let cooldown = proxy.settings.cooldown.get();
     match failure.kind {
@@ -266,8 +294,7 @@ fn decide(proxy: &Proxy, candidate: &Candidate, key: &Key, failure: Failure, tal
             Next::Answer(ApiError::UpstreamRejected { status, body }.into_response())
         }
         ErrorKind::RateLimited { retry_after, window } => {
-            let (until, why) =
-                quota::rate_limit_cooldown(proxy, &candidate.provider, window, retry_after, cooldown, now);
+            let (until, why) = quota::refused(proxy, candidate, key, admission, window, retry_after, now);
             if let Some(until) = until {
                 proxy.state.cool(&key.id, &candidate.model, until, why);
                 tally.wait_until(until);

@@ -1,11 +1,15 @@
 //! What the upstream says about its quota, turned into state: how long a
 //! 429 cools a model on a key (a daily quota until the provider's reset,
 //! a per-minute one for its `Retry-After`), the limits its rate-limit
-//! headers state (they replace the configured guess for that key), and a
+//! headers state (they replace the configured guess for that key), a
 //! window the headers say is spent (the candidate is skipped until the
-//! reset they name, without a call).
+//! reset they name, without a call), and what a 429 itself teaches: how
+//! many requests the key had let through in the minute before it refused
+//! is its per-minute limit, and a refusal that names no time is probed
+//! again later each time it repeats.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::Proxy;
@@ -13,7 +17,7 @@ use crate::catalog::provider::{Key, Provider};
 use crate::catalog::routes::Candidate;
 use crate::config::Limits;
 use crate::plugin::{QuotaWindow, RateReport, RateUnit};
-use crate::state::{Budget, Cooling, KeyId, ResetPeriod};
+use crate::state::{Admission, Budget, Cooling, Inferred, KeyId, Learned, ResetPeriod};
 
 /// A daily quota's 429 from a provider without a daily calendar is retried
 /// this often: its day rolls, and nothing says when it frees.
@@ -22,18 +26,39 @@ pub const DAILY_RETRY: Duration = Duration::from_secs(3600);
 pub const MONTHLY_RETRY: Duration = Duration::from_secs(24 * 3600);
 /// The longest any quota cools a model (a month and a day).
 pub const MAX_QUOTA_COOLDOWN: Duration = Duration::from_secs(32 * 24 * 3600);
+/// Refusals in a row that name no time double the wait before the next
+/// probe, up to this many times the first wait.
+pub const MAX_BACKOFF_FACTOR: u32 = 4;
+/// A per-minute limit read from a 429 holds this long after it was last
+/// read: the provider may raise it, and the next 429 reads it again.
+pub const INFERRED_TTL: Duration = Duration::from_secs(3600);
+/// Added to a reset that rate-limit headers name: they write it rounded
+/// (Groq: `7.66s`, `1m26.4s`), and a probe a hair early is refused.
+pub const RESET_MARGIN: Duration = Duration::from_millis(500);
+/// A window longer than this is not a minute's.
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// The wait before probing again after the `strikes`-th refusal in a row
+/// that named no time: `first`, doubled each time, at most
+/// [`MAX_BACKOFF_FACTOR`] × `first`.
+pub fn backoff(first: Duration, strikes: u32) -> Duration {
+    let factor = 1u32.checked_shl(strikes.saturating_sub(1)).unwrap_or(u32::MAX).min(MAX_BACKOFF_FACTOR);
+    first.saturating_mul(factor)
+}
 
 /// Until when a 429 about `window` cools a model of `provider`, and why:
 /// a daily (monthly) quota until the provider's next daily (monthly) reset
 /// when its calendar has one, else at least [`DAILY_RETRY`]
-/// ([`MONTHLY_RETRY`]) or the upstream's own wait if longer; any other
-/// window for the upstream's wait, else `cooldown`.
+/// ([`MONTHLY_RETRY`]) backed off by `strikes` (see [`backoff`]), or the
+/// upstream's own wait if longer; any other window for the upstream's
+/// wait, else `cooldown` backed off by `strikes`.
 pub fn rate_limit_cooldown(
     proxy: &Proxy,
     provider: &Provider,
     window: QuotaWindow,
     retry_after: Option<Duration>,
     cooldown: Duration,
+    strikes: u32,
     now: Instant,
 ) -> (Option<Instant>, Cooling) {
     let calendar = |period: ResetPeriod| {
@@ -43,7 +68,8 @@ pub fn rate_limit_cooldown(
             .filter(|s| s.reset().period() == period)
             .and_then(|s| s.next_reset(&proxy.clock, now))
     };
-    let quota = |period: ResetPeriod, fallback: Duration| {
+    let quota = |period: ResetPeriod, first: Duration| {
+        let fallback = backoff(first, strikes);
         let until = calendar(period)
             .or_else(|| now.checked_add(retry_after.unwrap_or(fallback).max(fallback).min(MAX_QUOTA_COOLDOWN)));
         (until, Cooling::DailyQuota)
@@ -52,7 +78,9 @@ pub fn rate_limit_cooldown(
         QuotaWindow::Day => quota(ResetPeriod::Daily, DAILY_RETRY),
         QuotaWindow::Month => quota(ResetPeriod::Monthly, MONTHLY_RETRY),
         QuotaWindow::Minute | QuotaWindow::Unknown => {
-            let wait = retry_after.unwrap_or(cooldown).clamp(Duration::from_secs(1), super::MAX_COOLDOWN);
+            let wait = retry_after
+                .unwrap_or_else(|| backoff(cooldown, strikes).min(DAILY_RETRY))
+                .clamp(Duration::from_secs(1), super::MAX_COOLDOWN);
             (now.checked_add(wait), Cooling::RateLimited)
         }
     }
@@ -82,7 +110,7 @@ pub fn learn(proxy: &Proxy, candidate: &Candidate, key: &Key, reports: &[RateRep
         }
         if report.remaining == Some(0) {
             let until = match report.reset_after {
-                Some(after) => now.checked_add(after.min(MAX_QUOTA_COOLDOWN)),
+                Some(after) => now.checked_add(after.min(MAX_QUOTA_COOLDOWN) + RESET_MARGIN),
                 // "Nothing left today" without a time: the provider's reset.
                 None if report.window == QuotaWindow::Day => candidate.provider.next_reset(&proxy.clock, now),
                 None => None,
@@ -92,7 +120,18 @@ pub fn learn(proxy: &Proxy, candidate: &Candidate, key: &Key, reports: &[RateRep
             }
         }
     }
-    proxy.state.learn(&key.id, &candidate.model, stated);
+    if crate::state::usage::any(&stated) {
+        proxy.state.learn(&key.id, &candidate.model, &|known| {
+            let was = known.stated;
+            let stated = Limits {
+                rpm: stated.rpm.or(was.rpm),
+                rpd: stated.rpd.or(was.rpd),
+                tpm: stated.tpm.or(was.tpm),
+                tpd: stated.tpd.or(was.tpd),
+            };
+            Learned { stated, ..known }
+        });
+    }
     if let Some(until) = spent_until {
         proxy.state.cool(&key.id, &candidate.model, until, Cooling::NoneLeft);
         tracing::debug!(provider = %candidate.provider.name, model = %candidate.model, key = key.index, "upstream says nothing is left; skipped until its reset");
@@ -100,17 +139,170 @@ pub fn learn(proxy: &Proxy, candidate: &Candidate, key: &Key, reports: &[RateRep
     spent_until
 }
 
-/// `budget` with what the upstream stated for this key in place of the
-/// configured guess.
-pub fn with_learned(mut budget: Budget, learned: Option<Limits>) -> Budget {
-    if let Some(l) = learned {
-        let m = &mut budget.model;
-        m.rpm = l.rpm.or(m.rpm);
-        m.rpd = l.rpd.or(m.rpd);
-        m.tpm = l.tpm.or(m.tpm);
-        m.tpd = l.tpd.or(m.tpd);
+/// A per-minute limit read from this key's (or a sibling's) 429s, while
+/// it holds.
+fn inferred_rpm(learned: &Learned, now: Instant) -> Option<Inferred> {
+    learned.refused_rpm.filter(|i| now.saturating_duration_since(i.at) < INFERRED_TTL)
+}
+
+/// The limits in force for a key: what the upstream stated in place of
+/// the `configured` guess, and a per-minute limit its 429s showed (when
+/// lower than the configured one: the upstream knows best).
+pub fn in_force(configured: Limits, learned: Option<&Learned>, now: Instant) -> Limits {
+    let Some(learned) = learned else { return configured };
+    let l = &learned.stated;
+    let refused = inferred_rpm(learned, now).map(|i| i.value);
+    Limits {
+        rpm: l.rpm.or(match (configured.rpm, refused) {
+            (Some(configured), Some(refused)) => Some(configured.min(refused)),
+            (configured, refused) => configured.or(refused),
+        }),
+        rpd: l.rpd.or(configured.rpd),
+        tpm: l.tpm.or(configured.tpm),
+        tpd: l.tpd.or(configured.tpd),
     }
+}
+
+/// What the upstream said of a key's limits, stated or read from its 429s.
+pub fn learned_limits(learned: &Learned, now: Instant) -> Limits {
+    Limits { rpm: learned.stated.rpm.or(inferred_rpm(learned, now).map(|i| i.value)), ..learned.stated }
+}
+
+/// `budget` with its model limits [`in_force`] for this key.
+pub fn with_learned(mut budget: Budget, learned: Option<&Learned>, now: Instant) -> Budget {
+    budget.model = in_force(budget.model, learned, now);
     budget
+}
+
+/// What a 429 from `key` (whose `admission` it refused) teaches, and until
+/// when it cools the candidate and why.
+///
+/// - The requests the key had let through in the minute before this one
+///   are its per-minute limit, for a 429 about a minute's window or one
+///   that names no window and at most a minute's wait. Requests sent
+///   together with it (admitted before the limit was read) lower it when
+///   they are refused too; a later refusal that names nothing, with fewer
+///   in the minute than the limit already read, is about another window
+///   and does not lower it. The other keys of the provider assume it until
+///   their own 429 says otherwise (free-tier keys of one provider share
+///   their tier's limits).
+/// - A refusal that names no time (a bare 429, a daily quota with no
+///   calendar) counts a strike: the next probe waits twice as long, up to
+///   [`MAX_BACKOFF_FACTOR`] times; an answer clears the strikes. A bare 429
+///   whose limit was just read cools only until the minute's oldest request
+///   leaves it.
+pub fn refused(
+    proxy: &Proxy,
+    candidate: &Candidate,
+    key: &Key,
+    admission: &Admission,
+    window: QuotaWindow,
+    retry_after: Option<Duration>,
+    now: Instant,
+) -> (Option<Instant>, Cooling) {
+    let provider = &candidate.provider;
+    let model = &candidate.model;
+    let known = proxy.state.learned(&key.id, model).unwrap_or_default();
+    let bare = window == QuotaWindow::Unknown && retry_after.is_none();
+    let mut read = None;
+    if known.stated.rpm.is_none()
+        && let Some(before) = admission.minute_before()
+        && before.requests > 0
+        && about_a_minute(window, retry_after, before.oldest, now)
+    {
+        read = match inferred_rpm(&known, now) {
+            None => Some(before.requests),
+            Some(i) if !i.own => Some(before.requests),
+            Some(i) if !bare || before.admitted < i.at => Some(i.value.min(before.requests)),
+            Some(_) => None,
+        };
+    }
+    let unnamed = bare
+        || matches!(window, QuotaWindow::Day | QuotaWindow::Month)
+            && provider.quota_reset.as_ref().is_none_or(|s| {
+                s.reset().period() != if window == QuotaWindow::Day { ResetPeriod::Daily } else { ResetPeriod::Monthly }
+            });
+    let strikes = if unnamed { known.strikes.saturating_add(1) } else { known.strikes };
+    if read.is_some() || strikes != known.strikes {
+        proxy.state.learn(&key.id, model, &|was| Learned {
+            refused_rpm: read.map(|value| Inferred { value, at: now, own: true }).or(was.refused_rpm),
+            strikes,
+            ..was
+        });
+    }
+    if let Some(value) = read {
+        tracing::debug!(provider = %provider.name, model = %model, key = key.index, rpm = value, "a 429 showed the key's requests per minute");
+        for sibling in provider.keys.iter().filter(|k| k.id != key.id) {
+            proxy.state.learn(&sibling.id, model, &|was| {
+                let own = inferred_rpm(&was, now).is_some_and(|i| i.own);
+                if own || was.stated.rpm.is_some() {
+                    return was;
+                }
+                Learned { refused_rpm: Some(Inferred { value, at: now, own: false }), ..was }
+            });
+        }
+    }
+    // A bare 429 whose limit was just read: the count says when there is
+    // room again.
+    if bare
+        && read.is_some()
+        && known.strikes == 0
+        && let Some(frees) = proxy.state.used(&key.id, Some(model), None, now).and_then(|u| u.minute_frees)
+        && frees > now
+    {
+        return (frees.checked_add(RESET_MARGIN), Cooling::RateLimited);
+    }
+    let cooldown = proxy.settings.cooldown.get();
+    rate_limit_cooldown(proxy, provider, window, retry_after, cooldown, strikes, now)
+}
+
+/// Whether a 429 is about a sliding minute's window: it says so, or the
+/// wait it names is when the oldest request of the last minute leaves it
+/// (give or take the rounding of a `Retry-After` to whole seconds and the
+/// time on the wire), or it names nothing. A wait much shorter than that
+/// is a shorter window's (a request a second) and teaches no per-minute
+/// limit.
+fn about_a_minute(window: QuotaWindow, retry_after: Option<Duration>, oldest: Option<Instant>, now: Instant) -> bool {
+    match (window, retry_after) {
+        (QuotaWindow::Minute, _) => true,
+        (QuotaWindow::Unknown, None) => true,
+        (QuotaWindow::Unknown, Some(wait)) => {
+            let Some(oldest) = oldest else { return false };
+            let frees = (oldest + MINUTE).saturating_duration_since(now);
+            wait <= MINUTE + Duration::from_secs(1) && wait + Duration::from_secs(2) >= frees
+        }
+        _ => false,
+    }
+}
+
+/// After refusals that named no time, one request at a time probes a key:
+/// the (key, model) pairs whose probe is in flight.
+#[derive(Default)]
+pub struct Probes {
+    in_flight: Mutex<HashSet<(KeyId, Arc<str>)>>,
+}
+
+/// A probe in flight; the pair is free to probe again when it drops.
+pub struct Probe<'a> {
+    probes: &'a Probes,
+    pair: (KeyId, Arc<str>),
+}
+
+impl Probes {
+    /// A probe of `model` on `key`, unless one is in flight.
+    pub fn start(&self, key: &KeyId, model: &Arc<str>) -> Option<Probe<'_>> {
+        let pair = (key.clone(), model.clone());
+        let started = self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).insert(pair.clone());
+        // (The lock is let go first: a probe not started drops, and its
+        // drop takes the lock.)
+        started.then(|| Probe { probes: self, pair })
+    }
+}
+
+impl Drop for Probe<'_> {
+    fn drop(&mut self) {
+        self.probes.in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.pair);
+    }
 }
 
 /// Daily requests left across a request's candidates whose daily limit is
@@ -131,7 +323,8 @@ fn left_on(proxy: &Proxy, candidate: &Candidate, key: &Key, now: Instant) -> Opt
     let provider = &candidate.provider;
     let budget = with_learned(
         provider.budget_for(&candidate.model, &proxy.clock, now),
-        proxy.state.learned(&key.id, &candidate.model),
+        proxy.state.learned(&key.id, &candidate.model).as_ref(),
+        now,
     );
     let rpd = budget.model.rpd?;
     let period = budget.period.as_ref();
@@ -213,5 +406,18 @@ pub fn by_headroom(proxy: &Proxy, candidates: &mut [Candidate]) {
     keyed.sort_by_key(|(left, _)| std::cmp::Reverse(left.map_or(0, |l| l.saturating_add(1))));
     for (slot, (_, c)) in candidates.iter_mut().zip(keyed) {
         *slot = c;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_first_wait_up_to_its_cap() {
+        let first = Duration::from_secs(60);
+        let waits: Vec<u64> = (0..=6).map(|strikes| backoff(first, strikes).as_secs()).collect();
+        assert_eq!(waits, [60, 60, 120, 240, 240, 240, 240]);
+        assert_eq!(backoff(first, u32::MAX), first * MAX_BACKOFF_FACTOR, "no overflow");
     }
 }

@@ -12,7 +12,7 @@ use super::cooldowns::Cooldowns;
 use super::keys::KeyHealth;
 use super::pins::Pins;
 use super::usage::{self, Admission, Charge, LimitHit, Period, Refund, Usage, Used};
-use super::{Budget, Clock, Cooling, KeyId, MAX_PIN_TTL, StateHealth, StateStore};
+use super::{Budget, Clock, Cooling, KeyId, Learned, MAX_PIN_TTL, StateHealth, StateStore};
 use crate::config::Limits;
 
 /// How much each part of the state may hold.
@@ -47,6 +47,9 @@ impl Counter {
     }
 }
 
+/// Limits that make a counter keep its day window.
+const COUNT_DAY: Limits = Limits { rpm: None, rpd: Some(u64::MAX), tpm: None, tpd: None };
+
 /// A counter unused for this long holds nothing any window still counts.
 const COUNTER_IDLE: Duration = Duration::from_secs(25 * 3600);
 
@@ -58,9 +61,9 @@ pub struct MemoryState {
     pins: Pins,
     circuits: Circuits,
     clock: Clock,
-    /// Limits the upstreams' headers stated, per (key, model); `any_learned`
+    /// What the upstreams taught, per (key, model); `any_learned`
     /// spares the lookup while nothing was learned.
-    learned: Cache<(KeyId, Arc<str>), Limits>,
+    learned: Cache<(KeyId, Arc<str>), Learned>,
     any_learned: AtomicBool,
 }
 
@@ -108,8 +111,7 @@ impl MemoryState {
         tokens: u64,
         now: Instant,
     ) {
-        let daily = Limits { rpd: Some(u64::MAX), ..Limits::default() };
-        self.counter(key, model, &daily, now).lock().restore(secs, requests, tokens, now);
+        self.counter(key, model, &COUNT_DAY, now).lock().restore(secs, requests, tokens, now);
     }
 
     /// Pins `session` to `target` until `until` (an earlier run's pin).
@@ -125,8 +127,10 @@ impl MemoryState {
         let make = || Arc::new(Counter { daily, usage: Mutex::new(Usage::new(now, secs, daily)) });
         let found = self.usage.get_with(id.clone(), make);
         if daily && !found.daily {
-            // The limits gained a daily window since the counter was made.
+            // The limits gained a daily window since the counter was made:
+            // what it counted carries over.
             let replaced = make();
+            replaced.lock().adopt(&mut found.lock());
             self.usage.insert(id, replaced.clone());
             return replaced;
         }
@@ -139,7 +143,7 @@ impl MemoryState {
 
     /// Applies `fix` to each counter `admission` charged (that is still kept).
     fn correct(&self, admission: &Admission, fix: impl Fn(&mut Usage, Charge)) {
-        let charged = [(admission.key_charge, None), (admission.model_charge, Some(&admission.model))];
+        let charged = [(admission.key_charge, None), (admission.model_count(), Some(&admission.model))];
         for (charge, model) in charged {
             if let Some(charge) = charge
                 && let Some(counter) = self.existing(&admission.key, model)
@@ -196,25 +200,30 @@ impl StateStore for MemoryState {
         now: Instant,
     ) -> Result<Admission, LimitHit> {
         let (by_model, by_key) = (usage::any(&budget.model), usage::any(&budget.key));
-        if !by_model && !by_key {
-            return Ok(Admission::free(key, model));
-        }
         let key_counter = by_key.then(|| self.counter(key, None, &budget.key, now));
-        let model_counter = by_model.then(|| self.counter(key, Some(model), &budget.model, now));
+        // The model's counter counts every request, limits or not: when the
+        // upstream refuses one, how many it had let through in the minute
+        // is its limit (`proxy::quota::refused`), and the operator sees
+        // what each key did today.
+        let model_counter = self.counter(key, Some(model), &COUNT_DAY, now);
         // One lock order everywhere: the key's counter, then the model's.
         let mut key_usage = key_counter.as_deref().map(Counter::lock);
-        let mut model_usage = model_counter.as_deref().map(Counter::lock);
+        let mut model_usage = model_counter.lock();
         if let Some(u) = key_usage.as_mut() {
             u.check(&budget.key, tokens, now, budget.period.as_ref())?;
         }
-        if let Some(u) = model_usage.as_mut() {
-            u.check(&budget.model, tokens, now, budget.period.as_ref())?;
+        if by_model {
+            model_usage.check(&budget.model, tokens, now, budget.period.as_ref())?;
         }
+        let minute_before = model_usage.in_minute(now);
+        let charge = model_usage.record(tokens, now);
         Ok(Admission {
             key: key.clone(),
             model: model.clone(),
             key_charge: key_usage.map(|mut u| u.record(tokens, now)),
-            model_charge: model_usage.map(|mut u| u.record(tokens, now)),
+            model_charge: by_model.then_some(charge),
+            seen: (!by_model).then_some(charge),
+            minute_before,
         })
     }
 
@@ -226,27 +235,18 @@ impl StateStore for MemoryState {
         self.correct(admission, |usage, charge| usage.refund(charge, refund));
     }
 
-    fn learned(&self, key: &KeyId, model: &Arc<str>) -> Option<Limits> {
+    fn learned(&self, key: &KeyId, model: &Arc<str>) -> Option<Learned> {
         if !self.any_learned.load(Ordering::Relaxed) {
             return None;
         }
         self.learned.get(&(key.clone(), model.clone()))
     }
 
-    fn learn(&self, key: &KeyId, model: &Arc<str>, limits: Limits) {
-        if !usage::any(&limits) {
-            return;
-        }
+    fn learn(&self, key: &KeyId, model: &Arc<str>, update: &dyn Fn(Learned) -> Learned) {
         self.any_learned.store(true, Ordering::Relaxed);
-        self.learned.entry((key.clone(), model.clone())).and_upsert_with(|known| {
-            let known = known.map(|e| *e.value()).unwrap_or_default();
-            Limits {
-                rpm: limits.rpm.or(known.rpm),
-                rpd: limits.rpd.or(known.rpd),
-                tpm: limits.tpm.or(known.tpm),
-                tpd: limits.tpd.or(known.tpd),
-            }
-        });
+        self.learned
+            .entry((key.clone(), model.clone()))
+            .and_upsert_with(|known| update(known.map(|e| *e.value()).unwrap_or_default()));
     }
 
     fn used(&self, key: &KeyId, model: Option<&Arc<str>>, period: Option<&Period>, now: Instant) -> Option<Used> {
@@ -335,12 +335,33 @@ mod tests {
     }
 
     #[test]
-    fn no_limit_charges_nothing_and_makes_no_counter() {
+    fn no_limit_charges_nothing_but_counts_the_minute() {
         let s = MemoryState::default();
-        let a = s.admit(&key(), &Arc::from("m"), &Budget::default(), 10, Instant::now()).unwrap();
-        assert!(!a.charged());
+        let (model, now) = (Arc::from("m"), Instant::now());
+        let a = s.admit(&key(), &model, &Budget::default(), 10, now).unwrap();
+        assert!(!a.charged(), "nothing to share or check against");
+        assert_eq!(a.minute_before().map(|m| m.requests), Some(0));
+        let b = s.admit(&key(), &model, &Budget::default(), 10, now).unwrap();
+        assert_eq!(b.minute_before().map(|m| (m.requests, m.oldest)), Some((1, Some(now))), "the first one counts");
+        s.refund(&b, Refund::Everything);
+        let c = s.admit(&key(), &model, &Budget::default(), 10, now).unwrap();
+        assert_eq!(c.minute_before().map(|m| m.requests), Some(1), "a refused one does not");
         s.usage.run_pending_tasks();
-        assert_eq!(s.usage.entry_count(), 0);
+        assert_eq!(s.usage.entry_count(), 1, "the model's counter, no key counter");
+        assert_eq!(s.used(&key(), Some(&model), None, now).map(|u| u.requests_day), Some(2));
+    }
+
+    #[test]
+    fn a_counter_that_gains_a_daily_limit_keeps_its_minute() {
+        let s = MemoryState::default();
+        let (model, now) = (Arc::from("m"), Instant::now());
+        let per_minute =
+            Budget { model: Limits::default(), key: Limits { rpm: Some(10), ..Limits::default() }, period: None };
+        s.admit(&key(), &model, &per_minute, 10, now).unwrap();
+        let daily = Budget { key: Limits { rpm: Some(10), rpd: Some(10), ..Limits::default() }, ..per_minute };
+        s.admit(&key(), &model, &daily, 10, now).unwrap();
+        let used = s.used(&key(), None, None, now).unwrap();
+        assert_eq!((used.requests_minute, used.requests_day), (2, 2), "the first request still counts");
     }
 
     #[test]

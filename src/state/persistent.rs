@@ -22,9 +22,9 @@ use super::db::{Db, OpenError};
 use super::journal::{Journal, Write};
 use super::usage::{Admission, Charge, LimitHit, Period, Refund, Used};
 use super::{
-    Budget, Clock, Cooling, KeyId, MAX_PIN_TTL, MemoryState, RequestRecord, StateBounds, StateHealth, StateStore,
+    Budget, Clock, Cooling, KeyId, Learned, MAX_PIN_TTL, MemoryState, RequestRecord, StateBounds, StateHealth,
+    StateStore,
 };
-use crate::config::Limits;
 
 /// State in memory, persisted to an SQLite file.
 pub struct PersistentState {
@@ -82,7 +82,7 @@ impl PersistentState {
 
     /// Queues the change `delta(charge)` of each counter `admission` charged.
     fn correct(&self, admission: &Admission, delta: impl Fn(Charge) -> (i64, i64)) {
-        for (charge, model) in [(admission.key_charge, None), (admission.model_charge, Some(&admission.model))] {
+        for (charge, model) in [(admission.key_charge, None), (admission.model_count(), Some(&admission.model))] {
             if let Some(charge) = charge {
                 let (requests, tokens) = delta(charge);
                 self.usage(&admission.key, model, charge, requests, tokens);
@@ -252,12 +252,12 @@ impl StateStore for PersistentState {
         });
     }
 
-    fn learned(&self, key: &KeyId, model: &Arc<str>) -> Option<Limits> {
+    fn learned(&self, key: &KeyId, model: &Arc<str>) -> Option<Learned> {
         self.memory.learned(key, model)
     }
 
-    fn learn(&self, key: &KeyId, model: &Arc<str>, limits: Limits) {
-        self.memory.learn(key, model, limits);
+    fn learn(&self, key: &KeyId, model: &Arc<str>, update: &dyn Fn(Learned) -> Learned) {
+        self.memory.learn(key, model, update);
     }
 
     fn used(&self, key: &KeyId, model: Option<&Arc<str>>, period: Option<&Period>, now: Instant) -> Option<Used> {

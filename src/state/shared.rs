@@ -54,7 +54,7 @@ use link::{Event, Link, Op};
 
 use super::circuits::{Circuit, CircuitChange, CircuitPolicy};
 use super::usage::{Admission, Charge, Limit, LimitHit, Period, Refund, Used};
-use super::{Budget, Clock, Cooling, KeyId, MAX_PIN_TTL, RequestRecord, StateHealth, StateStore};
+use super::{Budget, Clock, Cooling, KeyId, Learned, MAX_PIN_TTL, RequestRecord, StateHealth, StateStore};
 use crate::config::Limits;
 
 /// The longest a request waits for Redis to admit it; past it, local state
@@ -305,12 +305,12 @@ impl StateStore for SharedState {
         });
     }
 
-    fn learned(&self, key: &KeyId, model: &Arc<str>) -> Option<Limits> {
+    fn learned(&self, key: &KeyId, model: &Arc<str>) -> Option<Learned> {
         self.inner.learned(key, model)
     }
 
-    fn learn(&self, key: &KeyId, model: &Arc<str>, limits: Limits) {
-        self.inner.learn(key, model, limits);
+    fn learn(&self, key: &KeyId, model: &Arc<str>, update: &dyn Fn(Learned) -> Learned) {
+        self.inner.learn(key, model, update);
     }
 
     fn used(&self, key: &KeyId, model: Option<&Arc<str>>, period: Option<&Period>, now: Instant) -> Option<Used> {

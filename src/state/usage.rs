@@ -80,6 +80,9 @@ pub struct Used {
     /// the rolling day, or the calendar period ends.
     #[serde(skip)]
     pub day_frees: Option<Instant>,
+    /// When the minute's count next drops (its oldest request leaves it).
+    #[serde(skip)]
+    pub minute_frees: Option<Instant>,
 }
 
 /// What one request was charged in one counter, to be corrected once its
@@ -98,18 +101,61 @@ pub struct Admission {
     pub(super) model: Arc<str>,
     pub(super) model_charge: Option<Charge>,
     pub(super) key_charge: Option<Charge>,
+    /// The request counted in the model's counter with no model limit to
+    /// charge: how a limit nobody declared is learned from the upstream's
+    /// 429 (kept locally, never shared).
+    pub(super) seen: Option<Charge>,
+    /// Requests the model's counter held in its last minute when this one
+    /// was admitted, and when the oldest of them was.
+    pub(super) minute_before: (u64, Option<Instant>),
 }
 
 impl Admission {
-    /// An admission that charged nothing (no limit applies).
+    /// An admission that charged and counted nothing.
     pub fn free(key: &KeyId, model: &Arc<str>) -> Self {
-        Self { key: key.clone(), model: model.clone(), model_charge: None, key_charge: None }
+        Self {
+            key: key.clone(),
+            model: model.clone(),
+            model_charge: None,
+            key_charge: None,
+            seen: None,
+            minute_before: (0, None),
+        }
     }
 
-    /// Whether anything was charged.
+    /// Whether anything was charged against a limit.
     pub fn charged(&self) -> bool {
         self.model_charge.is_some() || self.key_charge.is_some()
     }
+
+    /// The charge in the model's own counter, against its limits or only
+    /// counted.
+    pub(super) fn model_count(&self) -> Option<Charge> {
+        self.model_charge.or(self.seen)
+    }
+
+    /// What the request found in the last minute of its model's counter
+    /// on its key when it was admitted (if it was counted): what the
+    /// upstream had already served of a minute's window, if it refuses
+    /// this one.
+    pub fn minute_before(&self) -> Option<MinuteBefore> {
+        self.model_count().map(|c| MinuteBefore {
+            admitted: c.at,
+            requests: self.minute_before.0,
+            oldest: self.minute_before.1,
+        })
+    }
+}
+
+/// See [`Admission::minute_before`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MinuteBefore {
+    /// When the request was admitted.
+    pub admitted: Instant,
+    /// Requests in the minute before it.
+    pub requests: u64,
+    /// When the oldest of them was admitted.
+    pub oldest: Option<Instant>,
 }
 
 /// What a failed attempt gives back.
@@ -262,7 +308,15 @@ impl Usage {
         self.prune(now);
         let tokens_minute = self.minute.iter().fold(0u64, |sum, (_, t)| sum.saturating_add(*t));
         let (requests_day, tokens_day, day_frees) = self.day_totals(now, period);
-        Used { requests_minute: self.minute.len() as u64, tokens_minute, requests_day, tokens_day, day_frees }
+        let minute_frees = self.minute.front().and_then(|(t, _)| t.checked_add(MINUTE));
+        Used {
+            requests_minute: self.minute.len() as u64,
+            tokens_minute,
+            requests_day,
+            tokens_day,
+            day_frees,
+            minute_frees,
+        }
     }
 
     /// Whether one more request of `tokens` fits in `limits` now (daily
@@ -301,6 +355,22 @@ impl Usage {
             }
         }
         Ok(())
+    }
+
+    /// Takes over what `older` (a counter without a day window, replaced
+    /// by this one since a daily limit became known) counted: its minute,
+    /// which also counts in this day.
+    pub fn adopt(&mut self, older: &mut Usage) {
+        for (at, tokens) in std::mem::take(&mut older.minute) {
+            self.record(tokens, at);
+        }
+        self.minute.make_contiguous().sort_by_key(|(t, _)| *t);
+    }
+
+    /// Requests in the last minute, and when the oldest of them was.
+    pub fn in_minute(&mut self, now: Instant) -> (u64, Option<Instant>) {
+        self.prune(now);
+        (self.minute.len() as u64, self.minute.front().map(|(t, _)| *t))
     }
 
     /// Counts one request of `tokens` (estimated).

@@ -35,3 +35,4 @@ mod sdk;
 mod stalls;
 mod state;
 mod streaming;
+mod walls;

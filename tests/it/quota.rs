@@ -48,15 +48,22 @@ async fn a_daily_quota_429_cools_until_the_providers_midnight_not_for_the_cooldo
 }
 
 #[tokio::test]
-async fn a_daily_quota_429_without_a_calendar_is_retried_hourly_not_every_cooldown() {
+async fn a_daily_quota_429_without_a_calendar_is_retried_hourly_then_less_often() {
     let mock = Mock::start().await;
     mock.on_model("m", daily_429());
     let yaml = format!("providers:\n{}dispatch:\n  cooldown: 60s\n", provider("a", &mock.base_url(), &["ka"], &["m"]));
     let gw = start(&yaml).await;
-    let answer = gw.chat("a/m").await;
-    assert_eq!(answer.status, 429);
-    let retry: u64 = answer.header("retry-after").parse().unwrap();
-    assert!((3590..=3600).contains(&retry), "retry-after {retry}");
+    // Each probe that finds the day still spent doubles the wait (the
+    // operator's reset stands in for the hours between them).
+    for (probe, hours) in [1u64, 2, 4, 4].into_iter().enumerate() {
+        let answer = gw.chat("a/m").await;
+        assert_eq!(answer.status, 429);
+        let retry: u64 = answer.header("retry-after").parse().unwrap();
+        assert!((hours * 3600 - 10..=hours * 3600).contains(&retry), "probe {probe}: retry-after {retry}");
+        let reset = gw.post("/admin/api/cooldowns/reset", r#"{"provider": "a"}"#, &[]).await;
+        assert_eq!(reset.status, 200, "{}", reset.text());
+    }
+    assert_eq!(mock.calls_to("m"), 4);
 }
 
 #[tokio::test]
@@ -106,7 +113,7 @@ async fn headers_saying_nothing_is_left_skip_the_candidate_without_a_call() {
     let only_a = gw.chat("a/m").await;
     assert_eq!(only_a.status, 429);
     let retry: u64 = only_a.header("retry-after").parse().unwrap();
-    assert!((7190..=7200).contains(&retry), "retry-after {retry}: the reset the headers named");
+    assert!((7190..=7201).contains(&retry), "retry-after {retry}: the reset the headers named (and half a second)");
 }
 
 #[tokio::test]

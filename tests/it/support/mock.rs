@@ -36,6 +36,8 @@ pub enum Behavior {
     CutAfter(usize),
     /// Stream one chunk, then wait for a permit on the gate before the rest.
     Gated(Arc<Semaphore>),
+    /// Wait for a permit on the gate, then answer normally (JSON).
+    Held(Arc<Semaphore>),
     /// Stream one chunk, then go silent (connection stays open).
     StallAfterFirst,
     /// A 200 whose body is this text (for answers that are not chat completions).
@@ -91,6 +93,7 @@ impl Behavior {
             Self::Hang => "Hang",
             Self::CutAfter(_) => "CutAfter",
             Self::Gated(_) => "Gated",
+            Self::Held(_) => "Held",
             Self::StallAfterFirst => "StallAfterFirst",
             Self::Raw(_) => "Raw",
             Self::Custom(_) => "Custom",
@@ -345,6 +348,12 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp
         }
         Behavior::CutAfter(n) => sse(model, n, StreamEnd::Break),
         Behavior::Gated(gate) => sse(model, 1, StreamEnd::Gate(gate)),
+        Behavior::Held(gate) => {
+            if let Ok(permit) = gate.acquire().await {
+                permit.forget();
+            }
+            full(200, completion(&model))
+        }
         Behavior::StallAfterFirst => sse(model, 1, StreamEnd::Stall),
         Behavior::Raw(text) => full(200, text),
         Behavior::Custom(responder) => {
