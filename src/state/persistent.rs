@@ -80,9 +80,11 @@ impl PersistentState {
         });
     }
 
-    /// Queues the change `delta(charge)` of each counter `admission` charged.
-    fn correct(&self, admission: &Admission, delta: impl Fn(Charge) -> (i64, i64)) {
-        for (charge, model) in [(admission.key_charge, None), (admission.model_count(), Some(&admission.model))] {
+    /// Queues the change `delta(charge)` of each counter `admission` charged
+    /// (and the one it only counted, with `counted`).
+    fn correct(&self, admission: &Admission, counted: bool, delta: impl Fn(Charge) -> (i64, i64)) {
+        let model_charge = if counted { admission.model_count() } else { admission.model_charge };
+        for (charge, model) in [(admission.key_charge, None), (model_charge, Some(&admission.model))] {
             if let Some(charge) = charge {
                 let (requests, tokens) = delta(charge);
                 self.usage(&admission.key, model, charge, requests, tokens);
@@ -235,18 +237,21 @@ impl StateStore for PersistentState {
         now: Instant,
     ) -> Result<Admission, LimitHit> {
         let admission = self.memory.admit(key, model, budget, tokens, now)?;
-        self.correct(&admission, |charge| (1, signed(charge.tokens)));
+        self.correct(&admission, true, |charge| (1, signed(charge.tokens)));
         Ok(admission)
     }
 
     fn settle(&self, admission: &Admission, actual_tokens: u64) {
         self.memory.settle(admission, actual_tokens);
-        self.correct(admission, |charge| (0, signed(actual_tokens).saturating_sub(signed(charge.tokens))));
+        // A request only counted (no limit on its model) keeps its estimate
+        // on disk: its tokens limit nothing, and this spares a write per
+        // request.
+        self.correct(admission, false, |charge| (0, signed(actual_tokens).saturating_sub(signed(charge.tokens))));
     }
 
     fn refund(&self, admission: &Admission, refund: Refund) {
         self.memory.refund(admission, refund);
-        self.correct(admission, |charge| {
+        self.correct(admission, true, |charge| {
             let requests = if refund == Refund::Everything { -1 } else { 0 };
             (requests, -signed(charge.tokens))
         });

@@ -24,6 +24,11 @@ const DAY: Duration = Duration::from_secs(24 * 3600);
 pub const DAY_BUCKET: Duration = Duration::from_secs(300);
 const DAY_BUCKETS: usize = (DAY.as_secs() / DAY_BUCKET.as_secs()) as usize;
 
+/// The most requests a counter keeps in its minute (160 KB): more than any
+/// per-minute limit there is to count against, so a counter of a key
+/// that serves thousands a second stays small.
+pub const MINUTE_ENTRIES: usize = 10_000;
+
 /// The completion a request is assumed to ask for when it names a
 /// `max_tokens` but its model's context window is unknown: no model
 /// answers more than this in one go, so a client's absurd `max_tokens`
@@ -260,7 +265,7 @@ impl Usage {
         {
             // A minute's requests are bounded by any sane rpm; a corrupt row
             // must not make the window huge.
-            let n = requests.clamp(1, 10_000);
+            let n = requests.clamp(1, MINUTE_ENTRIES as u64);
             for i in 0..n {
                 let share = tokens / n + u64::from(i < tokens % n);
                 self.minute.push_back((at, share));
@@ -375,6 +380,11 @@ impl Usage {
 
     /// Counts one request of `tokens` (estimated).
     pub fn record(&mut self, tokens: u64, now: Instant) -> Charge {
+        if self.minute.len() >= MINUTE_ENTRIES {
+            // Past any per-minute limit a free tier has: the count stays a
+            // floor, and the memory of a busy counter bounded.
+            self.minute.pop_front();
+        }
         self.minute.push_back((now, tokens));
         let number = self.bucket(now);
         if let Some(day) = &mut self.day {
@@ -405,7 +415,9 @@ impl Usage {
     /// that is `None`.
     fn adjust(&mut self, charge: Charge, to: impl Fn(u64) -> Option<u64>) {
         let new = to(charge.tokens);
-        if let Some(i) = self.minute.iter().position(|(t, tok)| *t == charge.at && *tok == charge.tokens) {
+        // From the back: a charge is settled or refunded when its answer
+        // comes, behind few newer ones, while the minute may hold thousands.
+        if let Some(i) = self.minute.iter().rposition(|(t, tok)| *t == charge.at && *tok == charge.tokens) {
             match new {
                 Some(tokens) => self.minute[i].1 = tokens,
                 None => {
@@ -478,6 +490,19 @@ mod tests {
         let hit = u.check(&l, 10, t0 + Duration::from_secs(20), None).unwrap_err();
         assert_eq!(hit, LimitHit { limit: Limit::Rpm, until: t0 + MINUTE });
         assert!(u.check(&l, 10, t0 + MINUTE, None).is_ok(), "the first request left the window");
+    }
+
+    #[test]
+    fn a_busy_minute_keeps_a_bounded_count_and_settles_its_newest_charges() {
+        let t0 = Instant::now();
+        let mut u = Usage::new(t0, 0, false);
+        for i in 0..MINUTE_ENTRIES as u64 + 5 {
+            u.record(1, t0 + Duration::from_micros(i));
+        }
+        let last = u.record(7, t0 + Duration::from_millis(100));
+        assert_eq!(u.in_minute(t0 + Duration::from_millis(100)).0, MINUTE_ENTRIES as u64);
+        u.refund(last, Refund::Everything);
+        assert_eq!(u.in_minute(t0 + Duration::from_millis(100)).0, MINUTE_ENTRIES as u64 - 1);
     }
 
     #[test]
