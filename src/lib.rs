@@ -33,6 +33,7 @@ pub mod body;
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod dialect;
 pub mod errors;
 pub mod gateway;
 pub mod metrics;
