@@ -116,7 +116,7 @@ where
         match endpoint {
             Endpoint::ChatCompletions => chat::chat(gateway, request).await,
             Endpoint::Embeddings => chat::embeddings(gateway, request).await,
-            Endpoint::Models => models::list(gateway),
+            Endpoint::Models => models::list(gateway, request.headers()),
             Endpoint::Health => health::health(gateway),
             Endpoint::Metrics => metrics::scrape(gateway),
             Endpoint::AdminStatus => admin::status(gateway),

@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
+use crate::dialect::StreamTranslator;
 use crate::upstream::relay::Relay;
 
 /// A response body.
@@ -25,6 +26,14 @@ enum Kind {
     Full(Option<Bytes>),
     /// An SSE stream relayed from an upstream as it arrives.
     Relay(Box<Relay>),
+    /// A relayed stream translated into an inbound dialect's events.
+    Translated(Box<Translated>),
+}
+
+struct Translated {
+    relay: Relay,
+    translator: Box<dyn StreamTranslator>,
+    finished: bool,
 }
 
 impl ResponseBody {
@@ -45,7 +54,19 @@ impl ResponseBody {
 
     /// Whether this is a relayed stream.
     pub fn is_stream(&self) -> bool {
-        matches!(self.kind, Kind::Relay(_))
+        matches!(self.kind, Kind::Relay(_) | Kind::Translated(_))
+    }
+
+    /// A relayed stream's chunks, passed through `translator` (a whole
+    /// body stays as it is: the caller translates it).
+    pub fn translate(self, translator: Box<dyn StreamTranslator>) -> Self {
+        match self.kind {
+            Kind::Relay(relay) => Self {
+                kind: Kind::Translated(Box::new(Translated { relay: *relay, translator, finished: false })),
+                _guard: self._guard,
+            },
+            kind => Self { kind, _guard: self._guard },
+        }
     }
 
     /// Keeps `guard` alive until the body ends: dropped, or, for a stream,
@@ -53,6 +74,7 @@ impl ResponseBody {
     pub fn hold(&mut self, guard: impl Any + Send) {
         match &mut self.kind {
             Kind::Relay(relay) => relay.hold(Box::new(guard)),
+            Kind::Translated(t) => t.relay.hold(Box::new(guard)),
             Kind::Full(_) => self._guard = Some(Box::new(guard)),
         }
     }
@@ -66,6 +88,22 @@ impl Body for ResponseBody {
         match &mut self.kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Kind::Relay(relay) => relay.poll_next(cx).map(|next| next.map(|b| Ok(Frame::data(b)))),
+            Kind::Translated(t) => loop {
+                if t.finished {
+                    return Poll::Ready(None);
+                }
+                let out = match t.relay.poll_next(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(chat)) => t.translator.feed(&chat),
+                    Poll::Ready(None) => {
+                        t.finished = true;
+                        t.translator.finish()
+                    }
+                };
+                if !out.is_empty() {
+                    return Poll::Ready(Some(Ok(Frame::data(out))));
+                }
+            },
         }
     }
 
@@ -73,6 +111,7 @@ impl Body for ResponseBody {
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
             Kind::Relay(relay) => relay.is_finished(),
+            Kind::Translated(t) => t.finished,
         }
     }
 
@@ -80,7 +119,7 @@ impl Body for ResponseBody {
         match &self.kind {
             Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
-            Kind::Relay(_) => SizeHint::default(),
+            Kind::Relay(_) | Kind::Translated(_) => SizeHint::default(),
         }
     }
 }

@@ -7,6 +7,7 @@
 //! The catalog is what `serve` runs on without a config file; a config
 //! entry with a catalog name overrides any of its fields.
 
+pub mod aliases;
 pub mod discovery;
 pub mod models;
 pub mod provider;

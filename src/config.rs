@@ -37,6 +37,9 @@ pub struct Config {
     pub providers: IndexMap<String, ProviderSpec>,
     /// Route aliases: a model name that expands to several targets.
     pub routes: IndexMap<String, RouteSpec>,
+    /// Model names clients hard-code, by glob (`claude-*`), mapped to a
+    /// freeway model name; `None`: the default, `claude-*` → `auto`.
+    pub aliases: Option<IndexMap<String, String>>,
     /// How the dispatcher tries candidates.
     pub dispatch: DispatchConfig,
     /// Model discovery: each provider's model list, fetched at start-up and

@@ -143,7 +143,8 @@ impl Gateway {
             .map_err(|errors| errors.iter().map(|e| format!("policy {e}")).collect::<Vec<_>>())?;
         let router = route_tables(enabled, disabled, &config, &catalog, &pipeline, &metrics);
         let proxy =
-            Proxy::new(router, state, upstream, metrics.clone(), config.dispatch.clone(), Policies::new(pipeline));
+            Proxy::new(router, state, upstream, metrics.clone(), config.dispatch.clone(), Policies::new(pipeline))
+                .with_aliases(crate::catalog::aliases::Aliases::new(config.aliases.as_ref()));
         let auth = Auth::new(&config.server.api_keys);
         let admission = crate::api::admission::Admission::new(&config.server);
         Ok(Self {

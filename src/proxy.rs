@@ -53,6 +53,7 @@ pub use request::{ClientRequest, MAX_NAME_BYTES, Operation};
 pub use respond::{FALLBACK_ATTEMPTS, ROUTED_VIA};
 
 use crate::body::ResponseBody;
+use crate::catalog::aliases::Aliases;
 use crate::catalog::routes::{Candidate, Router};
 use crate::config::{DispatchConfig, Strategy};
 use crate::errors::ApiError;
@@ -86,6 +87,8 @@ pub struct Proxy {
     queue: queue::Queue,
     /// Keys being probed after refusals that named no time.
     probes: quota::Probes,
+    /// Model names clients hard-code, mapped to freeway's.
+    aliases: Aliases,
 }
 
 /// One request on its way through the phases.
@@ -132,6 +135,7 @@ impl Proxy {
             log_sequence: AtomicI64::new(0),
             queue: queue::Queue::new(settings.queue_timeout.get(), settings.queue_max),
             probes: quota::Probes::default(),
+            aliases: Aliases::default(),
             state,
             upstream,
             metrics,
@@ -140,6 +144,21 @@ impl Proxy {
             watchdog,
             circuit,
         }
+    }
+
+    /// Maps the model names clients hard-code through `aliases`.
+    pub fn with_aliases(mut self, aliases: Aliases) -> Self {
+        self.aliases = aliases;
+        self
+    }
+
+    /// The freeway model name a client's `model` stands for: itself when
+    /// something routes it, else the first alias that matches it.
+    pub fn unalias<'a>(&'a self, model: &'a str) -> &'a str {
+        if self.routes.load().knows(model) {
+            return model;
+        }
+        self.aliases.target(model).unwrap_or(model)
     }
 
     /// Serves one parsed-or-not request body through every phase.
@@ -166,6 +185,10 @@ impl Proxy {
             request.log_id = self.log_id();
             request.model.clone()
         });
+        let unaliased = self.unalias(&request.model);
+        if unaliased != request.model {
+            request.model = unaliased.to_owned();
+        }
         let mut ctx = Context { request, session, pipeline, candidates: Vec::new(), policy: None, started };
         policies::before_routing(self, &mut ctx).await;
         if let Err(e) = self.resolve(&mut ctx) {

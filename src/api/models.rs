@@ -1,13 +1,55 @@
 //! `GET /v1/models`: every routable name, built with the routing tables
-//! (no upstream call).
+//! (no upstream call). A request carrying `anthropic-version` (Claude Code,
+//! the Anthropic SDKs) gets the list in Anthropic's shape; its client
+//! gives up on a slow list, and this one is answered from memory.
 
-use http::Response;
+use bytes::Bytes;
+use http::{HeaderMap, Response};
+use serde_json::{Value, json};
 
 use super::json_response;
 use crate::body::ResponseBody;
 use crate::gateway::Gateway;
 
 /// The model list.
-pub fn list(gateway: &Gateway) -> Response<ResponseBody> {
-    json_response(gateway.router().models_json())
+pub fn list(gateway: &Gateway, headers: &HeaderMap) -> Response<ResponseBody> {
+    let openai = gateway.router().models_json();
+    if !headers.contains_key("anthropic-version") {
+        return json_response(openai);
+    }
+    json_response(anthropic_shape(&openai))
+}
+
+/// OpenAI's model list as Anthropic's: `{data: [{type, id, display_name,
+/// created_at}], has_more, first_id, last_id}`.
+fn anthropic_shape(openai: &[u8]) -> Bytes {
+    let list: Value = serde_json::from_slice(openai).unwrap_or_default();
+    let data: Vec<Value> = list["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["id"].as_str())
+        .map(|id| json!({"type": "model", "id": id, "display_name": id, "created_at": "1970-01-01T00:00:00Z"}))
+        .collect();
+    let first = data.first().map(|m| m["id"].clone()).unwrap_or(Value::Null);
+    let last = data.last().map(|m| m["id"].clone()).unwrap_or(Value::Null);
+    Bytes::from(json!({"data": data, "has_more": false, "first_id": first, "last_id": last}).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_anthropic_shape_lists_the_same_names() {
+        let openai =
+            br#"{"object":"list","data":[{"id":"free","object":"model"},{"id":"groq/llama","object":"model"}]}"#;
+        let v: Value = serde_json::from_slice(&anthropic_shape(openai)).unwrap();
+        assert_eq!(v["data"][1]["id"], "groq/llama");
+        assert_eq!(v["data"][0]["type"], "model");
+        assert_eq!(
+            (v["first_id"].as_str(), v["last_id"].as_str(), v["has_more"].as_bool()),
+            (Some("free"), Some("groq/llama"), Some(false))
+        );
+    }
 }

@@ -196,6 +196,14 @@ impl Router {
         self.routes.get(name).map(|r| r.strategy)
     }
 
+    /// Whether `model` names a route, a `provider/model` of an enabled
+    /// provider, or a model some provider serves.
+    pub fn knows(&self, model: &str) -> bool {
+        self.routes.contains_key(model)
+            || self.by_model.contains_key(model)
+            || model.split_once('/').is_some_and(|(provider, id)| !id.is_empty() && self.by_name.contains_key(provider))
+    }
+
     /// The candidates for a requested model name, in the order to try them.
     pub fn resolve(&self, model: &str) -> Result<Vec<Candidate>, ApiError> {
         if let Some(route) = self.routes.get(model) {

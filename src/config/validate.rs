@@ -106,6 +106,7 @@ pub(super) fn config(
     for (name, spec) in &cfg.routes {
         route(name, spec, &known_provider, &lists_model, &names, &mut r);
     }
+    aliases(cfg, &mut r);
     dispatch(cfg, &mut r);
     // At least a minute: providers rate-limit their model listings too. At
     // most a month: a model list older than that is mostly wrong.
@@ -114,6 +115,22 @@ pub(super) fn config(
     // milliseconds; 10s is a runaway holding a worker thread.
     within(&mut r, "plugins.call_timeout", cfg.plugins.call_timeout, MS, 10 * Duration::from_secs(1));
     state(cfg, &mut r);
+}
+
+/// `aliases:`: globs and names within the name bound, a target that is
+/// not itself an alias pattern.
+fn aliases(cfg: &Config, r: &mut Report<'_>) {
+    for (glob, target) in cfg.aliases.iter().flatten() {
+        let path = format!("aliases.{glob}");
+        if glob.is_empty() || glob.len() > crate::proxy::MAX_NAME_BYTES {
+            r.error(&path, format!("a glob is 1 to {} bytes long", crate::proxy::MAX_NAME_BYTES));
+        }
+        if target.trim().is_empty() || target.len() > crate::proxy::MAX_NAME_BYTES {
+            r.error(&path, format!("the target is a model name of 1 to {} bytes", crate::proxy::MAX_NAME_BYTES));
+        } else if target.contains(['*', '?']) {
+            r.error(&path, format!("the target `{target}` is a glob; it must be a freeway model name"));
+        }
+    }
 }
 
 /// `state:`: the database path is a file, not a URL; the log is kept at
