@@ -4,9 +4,12 @@
 pub mod admin;
 pub mod admission;
 mod chat;
+mod messages;
+pub mod responses;
 mod health;
 mod metrics;
 mod models;
+mod translate;
 
 use std::time::{Duration, Instant};
 
@@ -47,6 +50,9 @@ impl Endpoint {
         match path.trim_end_matches('/') {
             "/v1/chat/completions" => Self::ChatCompletions,
             "/v1/embeddings" => Self::Embeddings,
+            "/v1/messages" => Self::Messages,
+            "/v1/messages/count_tokens" => Self::CountTokens,
+            "/v1/responses" => Self::Responses,
             "/v1/models" => Self::Models,
             "/health" | "/healthz" => Self::Health,
             "/metrics" => Self::Metrics,
@@ -61,6 +67,9 @@ impl Endpoint {
         match self {
             Self::ChatCompletions => "/v1/chat/completions",
             Self::Embeddings => "/v1/embeddings",
+            Self::Messages => "/v1/messages",
+            Self::CountTokens => "/v1/messages/count_tokens",
+            Self::Responses => "/v1/responses",
             Self::Models => "/v1/models",
             Self::Health => "/health",
             Self::Metrics => "/metrics",
@@ -72,7 +81,12 @@ impl Endpoint {
 
     fn method(self) -> Method {
         match self {
-            Self::ChatCompletions | Self::Embeddings | Self::AdminCooldownsReset => Method::POST,
+            Self::ChatCompletions
+            | Self::Embeddings
+            | Self::Messages
+            | Self::CountTokens
+            | Self::Responses
+            | Self::AdminCooldownsReset => Method::POST,
             _ => Method::GET,
         }
     }
@@ -116,6 +130,9 @@ where
         match endpoint {
             Endpoint::ChatCompletions => chat::chat(gateway, request).await,
             Endpoint::Embeddings => chat::embeddings(gateway, request).await,
+            Endpoint::Messages => messages::messages(gateway, request).await,
+            Endpoint::CountTokens => messages::count_tokens(gateway, request).await,
+            Endpoint::Responses => responses::responses(gateway, request).await,
             Endpoint::Models => models::list(gateway, request.headers()),
             Endpoint::Health => health::health(gateway),
             Endpoint::Metrics => metrics::scrape(gateway),
@@ -123,6 +140,14 @@ where
             Endpoint::AdminCooldownsReset => admin::reset_cooldowns(gateway, request).await,
             Endpoint::Other => ApiError::UnknownEndpoint(path.to_owned()).into_response(),
         }
+    };
+    // Every error of the Messages API, whatever raised it (the token, the
+    // method, the body, the routing, the upstream), in Anthropic's shape.
+    let response = match endpoint {
+        Endpoint::Messages | Endpoint::CountTokens => {
+            translate::error_shape(response, crate::dialect::anthropic::error_body)
+        }
+        _ => response,
     };
     let elapsed = started.elapsed();
     gateway.metrics().request(endpoint.label(), response.status().as_u16(), elapsed);

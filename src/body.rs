@@ -52,6 +52,14 @@ impl ResponseBody {
         Self { kind: Kind::Relay(relay), _guard: None }
     }
 
+    /// A whole body's bytes, taken out (`None` for a stream).
+    pub fn take_full(&mut self) -> Option<Bytes> {
+        match &mut self.kind {
+            Kind::Full(bytes) => Some(bytes.take().unwrap_or_default()),
+            _ => None,
+        }
+    }
+
     /// Whether this is a relayed stream.
     pub fn is_stream(&self) -> bool {
         matches!(self.kind, Kind::Relay(_) | Kind::Translated(_))

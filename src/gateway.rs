@@ -108,6 +108,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     auth: Auth,
     admission: crate::api::admission::Admission,
+    /// Recent Responses-API conversations, for `previous_response_id`.
+    conversations: crate::api::responses::Conversations,
     /// The watch on the policies folder; it stops with the gateway.
     watcher: Mutex<Option<PolicyWatcher>>,
 }
@@ -156,6 +158,7 @@ impl Gateway {
                 metrics,
                 auth,
                 admission,
+                conversations: crate::api::responses::Conversations::default(),
                 watcher: Mutex::new(None),
             }),
         })
@@ -198,6 +201,11 @@ impl Gateway {
     /// The in-flight bounds.
     pub fn admission(&self) -> &crate::api::admission::Admission {
         &self.inner.admission
+    }
+
+    /// Recent Responses-API conversations.
+    pub fn conversations(&self) -> &crate::api::responses::Conversations {
+        &self.inner.conversations
     }
 
     /// The upstream client.

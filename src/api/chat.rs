@@ -5,6 +5,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 
+use super::admission::{self, InFlight};
 use super::read_body;
 use crate::body::ResponseBody;
 use crate::errors::ApiError;
@@ -34,26 +35,48 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let session = match session_id(&request) {
-        Ok(session) => session,
+    let accepted = match accept(gateway, request).await {
+        Ok(accepted) => accepted,
         Err(e) => return e.into_response(),
     };
-    let client = gateway.auth().client(request.headers());
-    let in_flight = match gateway.admission().request() {
-        Ok(in_flight) => in_flight,
-        Err(e) => return e.into_response(),
-    };
-    let server = &gateway.config().server;
-    let mut claim = gateway.admission().bytes();
-    let body = match read_body(request, server.max_body_bytes, server.body_read_timeout.get(), &mut claim).await {
-        Ok(bytes) => bytes,
-        Err(e) => return e.into_response(),
-    };
+    let Accepted { body, session, client, in_flight, claim } = accepted;
     let mut response = gateway.proxy().serve(operation, body, session, client).await;
     // The body's bytes are let go with `claim` now; the request's place in
     // flight goes with the response body (a stream's last byte).
+    drop(claim);
     response.body_mut().hold(in_flight);
     response
+}
+
+/// A request taken in: its body read under its limits, its place in flight.
+pub(super) struct Accepted {
+    /// The body.
+    pub body: Bytes,
+    /// `X-Session-ID`.
+    pub session: Option<String>,
+    /// How the request log names the client.
+    pub client: Option<String>,
+    /// Held until the answer's last byte.
+    pub in_flight: InFlight,
+    /// The body's bytes in flight: let go once the answer is ready.
+    pub claim: admission::Bytes,
+}
+
+/// Takes a request in (every inbound API): its session id checked, a place
+/// in flight, its body read within `max_body_bytes` and the read timeout
+/// (the body's bytes count against the bytes in flight until read).
+pub(super) async fn accept<B>(gateway: &Gateway, request: Request<B>) -> Result<Accepted, ApiError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let session = session_id(&request)?;
+    let client = gateway.auth().client(request.headers());
+    let in_flight = gateway.admission().request()?;
+    let server = &gateway.config().server;
+    let mut claim = gateway.admission().bytes();
+    let body = read_body(request, server.max_body_bytes, server.body_read_timeout.get(), &mut claim).await?;
+    Ok(Accepted { body, session, client, in_flight, claim })
 }
 
 /// `X-Session-ID`: at most [`MAX_NAME_BYTES`] of visible text (DESIGN.md,

@@ -10,6 +10,7 @@ mod support {
 }
 
 mod admin;
+mod agents;
 mod api;
 mod bounds;
 mod cli;
@@ -17,6 +18,7 @@ mod discovery;
 mod embeddings;
 mod fallback;
 mod limits;
+mod messages;
 mod plugin_anthropic;
 mod plugin_cohere;
 mod plugin_faults;
@@ -31,6 +33,7 @@ mod queue;
 mod quota;
 mod redaction;
 mod redis;
+mod responses;
 mod sdk;
 mod stalls;
 mod state;

@@ -500,3 +500,73 @@ impl Body for MockBody {
         }
     }
 }
+
+/// An upstream that behaves like a model driving an agent: while the
+/// conversation has no tool result, it calls `tool` with `arguments`; once
+/// it has one, it answers in text that quotes the result (`done: ...`).
+/// Streams (with usage) when asked to, the tool call's arguments in two
+/// pieces.
+pub fn agent(tool: &'static str, arguments: Value) -> Behavior {
+    agent_of(vec![(tool, arguments)])
+}
+
+/// [`agent`] for a client that offers its own tools: the first of `calls`
+/// whose tool the request offers is called; a request that offers none of
+/// them (an agent's side requests: titles, summaries) gets a plain answer.
+pub fn agent_of(calls: Vec<(&'static str, Value)>) -> Behavior {
+    Behavior::Custom(Arc::new(move |seen| {
+        let offered = |name: &str| {
+            seen.body["tools"].as_array().into_iter().flatten().any(|t| t["function"]["name"] == name || t["name"] == name)
+        };
+        let found = calls.iter().find(|(name, _)| offered(name)).cloned();
+        let messages = seen.body["messages"].as_array().cloned().unwrap_or_default();
+        let result = messages.iter().rev().find(|m| m["role"] == "tool").map(|m| match &m["content"] {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        });
+        // A side request offering none of the tools: a plain answer.
+        let result = if found.is_none() { Some(result.unwrap_or_else(|| "ok".to_owned())) } else { result };
+        let (tool, arguments) = found.unwrap_or(("", Value::Null));
+        let model = seen.model.clone();
+        let args = arguments.to_string();
+        let usage = json!({"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16});
+        if !seen.stream {
+            let message = match &result {
+                Some(r) => json!({"role": "assistant", "content": format!("done: {r}")}),
+                None => json!({"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": tool, "arguments": args}}]}),
+            };
+            let finish = if result.is_some() { "stop" } else { "tool_calls" };
+            let body = json!({"id": "chatcmpl-agent", "object": "chat.completion", "created": 1, "model": model,
+                "choices": [{"index": 0, "message": message, "finish_reason": finish}], "usage": usage});
+            return Reply::json(200, body.to_string());
+        }
+        let chunk = |delta: Value, finish: Option<&str>| {
+            let c = json!({"id": "chatcmpl-agent", "object": "chat.completion.chunk", "created": 1, "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+            format!("data: {c}\n\n")
+        };
+        let mut pieces = vec![chunk(json!({"role": "assistant", "content": ""}), None)];
+        match &result {
+            Some(r) => {
+                pieces.push(chunk(json!({"content": "done: "}), None));
+                pieces.push(chunk(json!({"content": r}), None));
+                pieces.push(chunk(json!({}), Some("stop")));
+            }
+            None => {
+                let (a, b) = args.split_at(args.len() / 2);
+                pieces.push(chunk(
+                    json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": tool, "arguments": a}}]}),
+                    None,
+                ));
+                pieces.push(chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": b}}]}), None));
+                pieces.push(chunk(json!({}), Some("tool_calls")));
+            }
+        }
+        let last = json!({"id": "chatcmpl-agent", "object": "chat.completion.chunk", "created": 1, "model": model,
+            "choices": [], "usage": usage});
+        pieces.push(format!("data: {last}\n\n"));
+        pieces.push("data: [DONE]\n\n".to_owned());
+        Reply { status: 200, headers: vec![("content-type".into(), "text/event-stream".into())], pieces }
+    }))
+}

@@ -1,0 +1,110 @@
+//! The coding agents themselves, offline, against freeway over a mock
+//! upstream: Claude Code (`claude -p`, the Messages API) and Codex CLI
+//! (`codex exec`, the Responses API) each complete a task that needs a tool
+//! call (writing a file), the upstream scripted to call the tool, then to
+//! answer in text.
+//!
+//! The CLIs come from npm (`.ci/run` installs them into
+//! `~/.cache/freeway-agents`, or `FREEWAY_AGENTS` names the folder); a test
+//! says it was skipped when its CLI is missing. Each run gets its own
+//! `HOME`, its traffic is kept on 127.0.0.1 (proxies on a closed local
+//! port, `NO_PROXY` for loopback), and telemetry and updates are off.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::json;
+
+use crate::support::gateway::{provider, start};
+use crate::support::mock::{Mock, agent_of};
+
+const TOKEN: &str = "agent-test-token-0123456789";
+
+/// The folder holding `node_modules/.bin/<name>`, if the CLI is installed.
+fn cli(name: &str) -> Option<PathBuf> {
+    let base = std::env::var_os("FREEWAY_AGENTS")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/freeway-agents")))?;
+    let bin = base.join("node_modules/.bin").join(name);
+    bin.exists().then_some(bin)
+}
+
+/// A command that cannot leave the machine: its own `HOME`, every proxy a
+/// closed port on loopback, loopback itself direct.
+fn offline(bin: &Path, home: &Path, cwd: &Path) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.current_dir(cwd).env_clear().env("HOME", home).env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    for var in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"] {
+        cmd.env(var, "http://127.0.0.1:9");
+    }
+    cmd.env("NO_PROXY", "127.0.0.1,localhost").env("no_proxy", "127.0.0.1,localhost");
+    cmd
+}
+
+async fn run(mut cmd: Command) -> Output {
+    tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().unwrap()
+}
+
+#[tokio::test]
+async fn claude_code_writes_a_file_through_freeway() {
+    let Some(claude) = cli("claude") else {
+        eprintln!("skipped: Claude Code is not installed (npm install --prefix ~/.cache/freeway-agents @anthropic-ai/claude-code)");
+        return;
+    };
+    let (home, work) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let file = work.path().join("hello.txt");
+    let mock = Mock::start().await;
+    mock.on_all(agent_of(vec![("Write", json!({"file_path": file.to_string_lossy(), "content": "hi from freeway"}))]));
+    let yaml = format!(
+        "server:\n  api_keys: [{TOKEN}]\nproviders:\n{}aliases:\n  \"claude-*\": p/agent\n",
+        provider("p", &mock.base_url(), &["k"], &["agent"])
+    );
+    let gw = start(&yaml).await;
+    let mut cmd = offline(&claude, home.path(), work.path());
+    cmd.args(["-p", "write hello.txt", "--model", "claude-sonnet-4-5", "--permission-mode", "acceptEdits"])
+        .env("ANTHROPIC_BASE_URL", gw.url(""))
+        .env("ANTHROPIC_API_KEY", TOKEN)
+        .env("DISABLE_TELEMETRY", "1")
+        .env("DISABLE_AUTOUPDATER", "1")
+        .env("DISABLE_ERROR_REPORTING", "1")
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1");
+    let out = run(cmd).await;
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap_or_default(), "hi from freeway", "{stdout}\n{stderr}");
+    assert!(stdout.contains("done:"), "the answer after the tool result: {stdout}");
+    assert!(mock.chats().iter().any(|c| c.body["messages"].as_array().is_some_and(|m| m.iter().any(|m| m["role"] == "tool"))));
+}
+
+#[tokio::test]
+async fn codex_writes_a_file_through_freeway() {
+    let Some(codex) = cli("codex") else {
+        eprintln!("skipped: Codex CLI is not installed (npm install --prefix ~/.cache/freeway-agents @openai/codex)");
+        return;
+    };
+    let (home, work) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mock = Mock::start().await;
+    mock.on_all(agent_of(vec![
+        ("exec_command", json!({"cmd": "printf 'hi from freeway' > hello.txt"})),
+        ("shell", json!({"command": ["bash", "-lc", "printf 'hi from freeway' > hello.txt"]})),
+    ]));
+    let yaml = format!("server:\n  api_keys: [{TOKEN}]\nproviders:\n{}", provider("p", &mock.base_url(), &["k"], &["agent"]));
+    let gw = start(&yaml).await;
+    std::fs::create_dir_all(home.path().join(".codex")).unwrap();
+    let config = format!(
+        "model = \"p/agent\"\nmodel_provider = \"freeway\"\ncheck_for_update_on_startup = false\n\n\
+         [model_providers.freeway]\nname = \"freeway\"\nbase_url = \"{}\"\nenv_key = \"FREEWAY_TOKEN\"\nwire_api = \"responses\"\n\n\
+         [analytics]\nenabled = false\n\n[feedback]\nenabled = false\n\n[features]\nplugins = false\n",
+        gw.url("/v1")
+    );
+    std::fs::write(home.path().join(".codex/config.toml"), config).unwrap();
+    let mut cmd = offline(&codex, home.path(), work.path());
+    cmd.args(["exec", "--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox", "write hello.txt"])
+        .env("FREEWAY_TOKEN", TOKEN);
+    let out = run(cmd).await;
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let written = std::fs::read_to_string(work.path().join("hello.txt")).unwrap_or_default();
+    assert_eq!(written, "hi from freeway", "{stdout}\n{stderr}");
+    assert!(stdout.contains("done:"), "the answer after the tool result: {stdout}");
+}

@@ -1,0 +1,99 @@
+//! The OpenAI Responses API inbound (`POST /v1/responses`): translated into
+//! a chat completion at the edge and back, through real HTTP, real plugins
+//! and a mock upstream; and the official OpenAI Python SDK's `responses`.
+
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+use crate::support::gateway::{Answer, TestGateway, provider, start};
+use crate::support::mock::{Behavior, Mock, agent};
+
+const TOKEN: &str = "sdk-test-token-0123456789";
+
+async fn gateway(mock: &Mock) -> TestGateway {
+    mock.on_model("agent", agent("write_file", json!({"path": "hello.txt", "content": "hi"})));
+    mock.on_model("cut", Behavior::CutAfter(1));
+    let yaml = format!(
+        "server:\n  api_keys: [{TOKEN}]\nproviders:\n{}",
+        provider("p", &mock.base_url(), &["k"], &["agent", "cut"])
+    );
+    start(&yaml).await
+}
+
+async fn post(gw: &TestGateway, body: &Value) -> Answer {
+    gw.post("/v1/responses", &body.to_string(), &[("authorization", &format!("Bearer {TOKEN}"))]).await
+}
+
+fn tools() -> Value {
+    json!([{"type": "function", "name": "write_file", "parameters": {"type": "object"}}])
+}
+
+#[tokio::test]
+async fn a_response_goes_out_as_a_chat_completion_and_comes_back_as_a_response() {
+    let mock = Mock::start().await;
+    let gw = gateway(&mock).await;
+    let answer =
+        post(&gw, &json!({"model": "p/agent", "instructions": "be brief", "input": "write hello.txt", "tools": tools()}))
+            .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let sent = &mock.chats()[0].body;
+    assert_eq!(sent["messages"][0], json!({"role": "system", "content": "be brief"}), "{sent}");
+    assert_eq!(sent["messages"][1]["role"], "user");
+    assert_eq!(sent["tools"][0]["function"]["name"], "write_file");
+    let response = answer.json();
+    assert_eq!(response["object"], "response");
+    assert_eq!(response["status"], "completed");
+    assert!(response["id"].as_str().is_some_and(|id| id.starts_with("resp_")));
+    let call = response["output"].as_array().unwrap().iter().find(|i| i["type"] == "function_call").unwrap();
+    assert_eq!(call["name"], "write_file");
+    assert_eq!(serde_json::from_str::<Value>(call["arguments"].as_str().unwrap()).unwrap()["path"], "hello.txt");
+    assert_eq!(response["usage"]["input_tokens"], 11);
+}
+
+#[tokio::test]
+async fn a_streamed_response_numbers_its_events_and_ends_completed() {
+    let mock = Mock::start().await;
+    let gw = gateway(&mock).await;
+    let answer = post(&gw, &json!({"model": "p/agent", "input": "write hello.txt", "tools": tools(), "stream": true})).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let events: Vec<Value> = answer.events().iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap_or_default()).collect();
+    assert_eq!(&kinds[..2], ["response.created", "response.in_progress"], "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"response.completed"), "{kinds:?}");
+    assert!(kinds.contains(&"response.function_call_arguments.delta"), "{kinds:?}");
+    let numbers: Vec<u64> = events.iter().map(|e| e["sequence_number"].as_u64().unwrap()).collect();
+    assert_eq!(numbers, (0..events.len() as u64).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_broken_stream_ends_failed_and_an_unknown_previous_response_is_a_400() {
+    let mock = Mock::start().await;
+    let gw = gateway(&mock).await;
+    let cut = post(&gw, &json!({"model": "p/cut", "input": "hi", "stream": true})).await;
+    let events: Vec<Value> = cut.events().iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    assert_eq!(events.last().unwrap()["type"], "response.failed", "{events:?}");
+    let unknown = post(&gw, &json!({"model": "p/agent", "input": "hi", "previous_response_id": "resp_gone"})).await;
+    assert_eq!(unknown.status, 400);
+    assert!(unknown.json()["error"]["message"].as_str().unwrap().contains("previous_response_id"));
+}
+
+#[tokio::test]
+async fn the_openai_python_sdks_responses_work_through_freeway() {
+    let has_sdk = Command::new("python3").args(["-c", "import openai"]).output().is_ok_and(|o| o.status.success());
+    if !has_sdk {
+        eprintln!("skipped: the openai Python package is not installed (pip install openai)");
+        return;
+    }
+    let mock = Mock::start().await;
+    let gw = gateway(&mock).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_responses.py");
+    let base = gw.url("/v1");
+    let out = tokio::task::spawn_blocking(move || Command::new("python3").arg(script).arg(base).output())
+        .await
+        .unwrap()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("openai responses ok"));
+}
