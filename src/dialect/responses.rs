@@ -17,7 +17,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
 
-use super::{DialectError, Translated};
+use super::chunks::{ChatEvent, Chunk, ChunkReader, ChunkUsage};
+use super::{DialectError, StreamTranslator, Translated};
+use bytes::Bytes;
 
 /// An error about the field at `path`.
 fn field_error(path: &str, message: impl std::fmt::Display) -> DialectError {
@@ -496,6 +498,463 @@ fn translate_text_format(text: Option<&Value>) -> Result<Option<Value>, DialectE
     }
 }
 
+/// What an output item is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Reasoning,
+    Message,
+    Call,
+}
+
+/// An output item of a response, whole or still streaming.
+#[derive(Debug, Clone)]
+struct Item {
+    kind: Kind,
+    id: String,
+    /// The reasoning summary, the message's text, or the call's arguments.
+    text: String,
+    /// A call's id (the chat tool call id) and function name.
+    call_id: String,
+    name: String,
+    /// A call's index among the chat message's tool calls.
+    chat_index: u32,
+    /// Whether `response.output_item.added` was sent for it.
+    announced: bool,
+    done: bool,
+}
+
+impl Item {
+    /// Output item `index` of response `response_id`.
+    fn new(kind: Kind, response_id: &str, index: usize) -> Self {
+        let prefix = match kind {
+            Kind::Reasoning => "rs",
+            Kind::Message => "msg",
+            Kind::Call => "fc",
+        };
+        Self {
+            kind,
+            id: item_id(prefix, response_id, index),
+            text: String::new(),
+            call_id: String::new(),
+            name: String::new(),
+            chat_index: 0,
+            announced: false,
+            done: false,
+        }
+    }
+
+    /// The item as the Responses API shows it.
+    fn to_json(&self) -> Value {
+        let status = if self.done { "completed" } else { "in_progress" };
+        match self.kind {
+            Kind::Reasoning => {
+                let summary =
+                    if self.text.is_empty() { json!([]) } else { json!([{"type": "summary_text", "text": self.text}]) };
+                json!({"type": "reasoning", "id": self.id, "summary": summary})
+            }
+            Kind::Message => {
+                let content = if self.text.is_empty() && !self.done { json!([]) } else { json!([self.part()]) };
+                json!({"type": "message", "id": self.id, "status": status, "role": "assistant", "content": content})
+            }
+            Kind::Call => json!({
+                "type": "function_call",
+                "id": self.id,
+                "call_id": self.call_id,
+                "name": self.name,
+                "arguments": self.text,
+                "status": status,
+            }),
+        }
+    }
+
+    /// A message's text part.
+    fn part(&self) -> Value {
+        json!({"type": "output_text", "text": self.text, "annotations": []})
+    }
+}
+
+/// Token usage in the Responses shape.
+fn usage_json(input: u64, output: u64, cached: u64, reasoning: u64) -> Value {
+    json!({
+        "input_tokens": input,
+        "input_tokens_details": {"cached_tokens": cached},
+        "output_tokens": output,
+        "output_tokens_details": {"reasoning_tokens": reasoning},
+        "total_tokens": input + output,
+    })
+}
+
+/// A response's status and incomplete reason from the chat finish reason.
+fn outcome(finish_reason: Option<&str>) -> (&'static str, Option<&'static str>) {
+    match finish_reason {
+        Some("length") => ("incomplete", Some("max_output_tokens")),
+        Some("content_filter") => ("incomplete", Some("content_filter")),
+        _ => ("completed", None),
+    }
+}
+
+/// What a response object says besides its output.
+struct Envelope<'a> {
+    id: &'a str,
+    model: &'a str,
+    created_at: u64,
+    request: &'a Map<String, Value>,
+}
+
+impl Envelope<'_> {
+    /// The response object, echoing the request's settings (with the API's
+    /// defaults where the request left them out) as the real API does.
+    fn object(&self, status: &str, output: Vec<Value>, usage: Value, incomplete: Option<&str>, error: Value) -> Value {
+        let echo =
+            |name: &str, default: Value| self.request.get(name).filter(|v| !v.is_null()).cloned().unwrap_or(default);
+        json!({
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created_at,
+            "status": status,
+            "error": error,
+            "incomplete_details": incomplete.map(|reason| json!({"reason": reason})),
+            "instructions": echo("instructions", Value::Null),
+            "max_output_tokens": echo("max_output_tokens", Value::Null),
+            "model": self.model,
+            "output": output,
+            "parallel_tool_calls": echo("parallel_tool_calls", json!(true)),
+            "previous_response_id": echo("previous_response_id", Value::Null),
+            "reasoning": echo("reasoning", json!({"effort": null, "summary": null})),
+            "store": echo("store", json!(true)),
+            "temperature": echo("temperature", json!(1.0)),
+            "text": echo("text", json!({"format": {"type": "text"}})),
+            "tool_choice": echo("tool_choice", json!("auto")),
+            "tools": echo("tools", json!([])),
+            "top_p": echo("top_p", json!(1.0)),
+            "truncation": echo("truncation", json!("disabled")),
+            "usage": usage,
+            "user": echo("user", Value::Null),
+            "metadata": echo("metadata", json!({})),
+        })
+    }
+}
+
+/// Chat completion JSON → a Responses `response` object (status
+/// `completed`, or `incomplete` when the answer was cut by the token
+/// limit), with `id` and `model` given; `request` is the original Responses
+/// request, whose settings the object echoes.
+pub fn from_chat(chat: &[u8], id: &str, model: &str, request: &[u8]) -> Result<Vec<u8>, DialectError> {
+    let chat: Value = serde_json::from_slice(chat)
+        .map_err(|e| DialectError::new(format!("the upstream answer is not a chat completion: {e}")))?;
+    let request = parse_object(request).unwrap_or_default();
+    let choice = chat.pointer("/choices/0");
+    let message = choice.and_then(|c| c.get("message"));
+    let text_of = |value: Option<&Value>| match value {
+        Some(Value::String(text)) => text.clone(),
+        Some(Value::Array(parts)) => parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect(),
+        _ => String::new(),
+    };
+    let mut items = Vec::new();
+    let reasoning = text_of(message.and_then(|m| m.get("reasoning_content").or_else(|| m.get("reasoning"))));
+    let text = text_of(message.and_then(|m| m.get("content")));
+    for (kind, text) in [(Kind::Reasoning, reasoning), (Kind::Message, text)] {
+        if !text.is_empty() {
+            let mut item = Item::new(kind, id, items.len());
+            item.text = text;
+            item.done = true;
+            items.push(item);
+        }
+    }
+    if let Some(Value::Array(calls)) = message.and_then(|m| m.get("tool_calls")) {
+        for call in calls {
+            let mut item = Item::new(Kind::Call, id, items.len());
+            item.call_id = call.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
+            item.name = call.pointer("/function/name").and_then(Value::as_str).unwrap_or_default().to_owned();
+            item.text = match call.pointer("/function/arguments") {
+                Some(Value::String(arguments)) => arguments.clone(),
+                Some(other) if !other.is_null() => other.to_string(),
+                _ => "{}".to_owned(),
+            };
+            item.done = true;
+            items.push(item);
+        }
+    }
+    let (status, incomplete) = outcome(choice.and_then(|c| c.get("finish_reason")).and_then(Value::as_str));
+    let usage = chat.get("usage").map_or(Value::Null, |usage| {
+        let count = |pointer: &str| usage.pointer(pointer).and_then(Value::as_u64).unwrap_or(0);
+        usage_json(
+            count("/prompt_tokens"),
+            count("/completion_tokens"),
+            count("/prompt_tokens_details/cached_tokens"),
+            count("/completion_tokens_details/reasoning_tokens"),
+        )
+    });
+    let envelope = Envelope { id, model, created_at: unix_now(), request: &request };
+    let output = items.iter().map(Item::to_json).collect();
+    let object = envelope.object(status, output, usage, incomplete, Value::Null);
+    serde_json::to_vec(&object).map_err(|e| DialectError::new(e.to_string()))
+}
+
+/// Chat completion SSE stream → the Responses event stream: `event: <type>`
+/// and `data: <json>` with a `sequence_number` counting from 0. Output
+/// items open as their first delta arrives and close when another kind
+/// begins; the texts are kept only for the final `response.completed`
+/// object, which carries them whole.
+pub struct ResponsesStream {
+    reader: ChunkReader,
+    id: String,
+    model: String,
+    request: Map<String, Value>,
+    created_at: u64,
+    sequence: u64,
+    started: bool,
+    /// After `response.completed`, `.incomplete` or `.failed`: nothing more.
+    ended: bool,
+    items: Vec<Item>,
+    /// The item receiving deltas.
+    open: Option<usize>,
+    usage: Option<ChunkUsage>,
+    finish_reason: Option<String>,
+    out: Vec<u8>,
+}
+
+impl ResponsesStream {
+    /// A translator for response `id`, answering as `model` the Responses
+    /// request `request` (whose settings the response objects echo).
+    pub fn new(id: &str, model: &str, request: &[u8]) -> Self {
+        Self {
+            reader: ChunkReader::default(),
+            id: id.to_owned(),
+            model: model.to_owned(),
+            request: parse_object(request).unwrap_or_default(),
+            created_at: unix_now(),
+            sequence: 0,
+            started: false,
+            ended: false,
+            items: Vec::new(),
+            open: None,
+            usage: None,
+            finish_reason: None,
+            out: Vec::new(),
+        }
+    }
+
+    /// Writes one event.
+    fn emit(&mut self, kind: &str, fields: Value) {
+        let mut data = Map::new();
+        data.insert("type".into(), Value::String(kind.to_owned()));
+        data.insert("sequence_number".into(), Value::from(self.sequence));
+        if let Value::Object(fields) = fields {
+            data.extend(fields);
+        }
+        self.sequence += 1;
+        self.out.extend_from_slice(b"event: ");
+        self.out.extend_from_slice(kind.as_bytes());
+        self.out.extend_from_slice(b"\ndata: ");
+        // A map of JSON values always serialises.
+        self.out.extend_from_slice(Value::Object(data).to_string().as_bytes());
+        self.out.extend_from_slice(b"\n\n");
+    }
+
+    /// The response object as it stands.
+    fn object(&self, status: &str, incomplete: Option<&str>, error: Value) -> Value {
+        let envelope =
+            Envelope { id: &self.id, model: &self.model, created_at: self.created_at, request: &self.request };
+        let output = if status == "in_progress" { Vec::new() } else { self.items.iter().map(Item::to_json).collect() };
+        let usage = match self.usage {
+            Some(usage) if status != "in_progress" => usage_json(usage.prompt_tokens, usage.completion_tokens, 0, 0),
+            _ => Value::Null,
+        };
+        envelope.object(status, output, usage, incomplete, error)
+    }
+
+    /// `response.created` and `response.in_progress`, once.
+    fn start(&mut self) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        let response = self.object("in_progress", None, Value::Null);
+        self.emit("response.created", json!({"response": response}));
+        self.emit("response.in_progress", json!({"response": response}));
+    }
+
+    /// The open item of `kind` (for a call, of chat index `chat_index`),
+    /// closing another open item first and opening a new one if needed.
+    fn item(&mut self, kind: Kind, chat_index: u32) -> usize {
+        if let Some(open) = self.open {
+            let item = &self.items[open];
+            if item.kind == kind && (kind != Kind::Call || item.chat_index == chat_index) {
+                return open;
+            }
+            self.close();
+        }
+        let index = self.items.len();
+        let mut item = Item::new(kind, &self.id, index);
+        item.chat_index = chat_index;
+        self.items.push(item);
+        self.open = Some(index);
+        if kind != Kind::Call {
+            // A call is announced once its id and name are known.
+            self.announce(index);
+        }
+        index
+    }
+
+    /// `response.output_item.added` (and a first part) for item `index`.
+    fn announce(&mut self, index: usize) {
+        self.items[index].announced = true;
+        let item = self.items[index].to_json();
+        let id = self.items[index].id.clone();
+        self.emit("response.output_item.added", json!({"output_index": index, "item": item}));
+        match self.items[index].kind {
+            Kind::Message => self.emit(
+                "response.content_part.added",
+                json!({"item_id": id, "output_index": index, "content_index": 0,
+                    "part": {"type": "output_text", "text": "", "annotations": []}}),
+            ),
+            Kind::Reasoning => self.emit(
+                "response.reasoning_summary_part.added",
+                json!({"item_id": id, "output_index": index, "summary_index": 0,
+                    "part": {"type": "summary_text", "text": ""}}),
+            ),
+            Kind::Call => {}
+        }
+    }
+
+    /// Closes the open item: its `.done` events with the whole text.
+    fn close(&mut self) {
+        let Some(index) = self.open.take() else { return };
+        self.items[index].done = true;
+        let item = self.items[index].clone();
+        match item.kind {
+            Kind::Message => {
+                self.emit(
+                    "response.output_text.done",
+                    json!({"item_id": item.id, "output_index": index, "content_index": 0, "text": item.text,
+                        "logprobs": []}),
+                );
+                self.emit(
+                    "response.content_part.done",
+                    json!({"item_id": item.id, "output_index": index, "content_index": 0, "part": item.part()}),
+                );
+            }
+            Kind::Reasoning => {
+                self.emit(
+                    "response.reasoning_summary_text.done",
+                    json!({"item_id": item.id, "output_index": index, "summary_index": 0, "text": item.text}),
+                );
+                self.emit(
+                    "response.reasoning_summary_part.done",
+                    json!({"item_id": item.id, "output_index": index, "summary_index": 0,
+                        "part": {"type": "summary_text", "text": item.text}}),
+                );
+            }
+            Kind::Call => self.emit(
+                "response.function_call_arguments.done",
+                json!({"item_id": item.id, "output_index": index, "name": item.name, "arguments": item.text}),
+            ),
+        }
+        self.emit("response.output_item.done", json!({"output_index": index, "item": item.to_json()}));
+    }
+
+    /// Translates one chat event.
+    fn event(&mut self, event: ChatEvent) {
+        if self.ended {
+            return;
+        }
+        match event {
+            ChatEvent::Chunk(chunk) => self.chunk(chunk),
+            ChatEvent::Done => {
+                self.close();
+                let (status, incomplete) = outcome(self.finish_reason.as_deref());
+                let response = self.object(status, incomplete, Value::Null);
+                let kind = if status == "completed" { "response.completed" } else { "response.incomplete" };
+                self.emit(kind, json!({"response": response}));
+                self.ended = true;
+            }
+            ChatEvent::Error { message } => self.fail(&message),
+        }
+    }
+
+    /// `response.failed`, and nothing after it.
+    fn fail(&mut self, message: &str) {
+        let response = self.object("failed", None, json!({"code": "server_error", "message": message}));
+        self.emit("response.failed", json!({"response": response}));
+        self.ended = true;
+    }
+
+    /// Translates one chunk's deltas (of its first choice: the Responses API
+    /// has one output).
+    fn chunk(&mut self, chunk: Chunk) {
+        if let Some(usage) = chunk.usage {
+            self.usage = Some(usage);
+        }
+        let Some(choice) = chunk.choices.into_iter().find(|c| c.index == 0) else { return };
+        if let Some(reasoning) = choice.delta.reasoning_content.filter(|r| !r.is_empty()) {
+            let index = self.item(Kind::Reasoning, 0);
+            self.items[index].text.push_str(&reasoning);
+            let id = self.items[index].id.clone();
+            self.emit(
+                "response.reasoning_summary_text.delta",
+                json!({"item_id": id, "output_index": index, "summary_index": 0, "delta": reasoning}),
+            );
+        }
+        if let Some(content) = choice.delta.content.filter(|c| !c.is_empty()) {
+            let index = self.item(Kind::Message, 0);
+            self.items[index].text.push_str(&content);
+            let id = self.items[index].id.clone();
+            self.emit(
+                "response.output_text.delta",
+                json!({"item_id": id, "output_index": index, "content_index": 0, "delta": content, "logprobs": []}),
+            );
+        }
+        for call in choice.delta.tool_calls {
+            let index = self.item(Kind::Call, call.index);
+            let item = &mut self.items[index];
+            let fresh = !item.announced;
+            if let Some(id) = call.id.filter(|id| !id.is_empty()) {
+                item.call_id = id;
+            }
+            let (name, arguments) = call.function.map(|f| (f.name, f.arguments)).unwrap_or_default();
+            if let Some(name) = name.filter(|n| !n.is_empty()) {
+                item.name = name;
+            }
+            if fresh {
+                self.announce(index);
+            }
+            if let Some(arguments) = arguments.filter(|a| !a.is_empty()) {
+                self.items[index].text.push_str(&arguments);
+                let id = self.items[index].id.clone();
+                self.emit(
+                    "response.function_call_arguments.delta",
+                    json!({"item_id": id, "output_index": index, "delta": arguments}),
+                );
+            }
+        }
+        if let Some(reason) = choice.finish_reason {
+            self.finish_reason = Some(reason);
+        }
+    }
+}
+
+impl StreamTranslator for ResponsesStream {
+    fn feed(&mut self, chat: &[u8]) -> Bytes {
+        self.start();
+        for event in self.reader.feed(chat) {
+            self.event(event);
+        }
+        Bytes::from(std::mem::take(&mut self.out))
+    }
+
+    fn finish(&mut self) -> Bytes {
+        self.start();
+        for event in self.reader.finish() {
+            self.event(event);
+        }
+        if !self.ended {
+            self.fail("the upstream stream ended before it was complete");
+        }
+        Bytes::from(std::mem::take(&mut self.out))
+    }
+}
+
 /// Now, in unix seconds (`created_at`).
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
@@ -752,5 +1211,267 @@ mod tests {
         assert!(input_items(br#"{"input":1}"#).unwrap_err().message.starts_with("input"));
         assert_eq!(output_items(br#"{"output":[{"type":"message"}]}"#), vec![json!({"type": "message"})]);
         assert!(output_items(b"nope").is_empty());
+    }
+
+    fn request() -> Vec<u8> {
+        serde_json::to_vec(&json!({"model": "gpt-5", "input": "hi", "instructions": "be brief",
+            "tools": [{"type": "function", "name": "weather", "parameters": {"type": "object"}}],
+            "tool_choice": "auto", "max_output_tokens": 500, "temperature": 0.5, "store": false,
+            "metadata": {"k": "v"}, "previous_response_id": "resp_prev"}))
+        .unwrap()
+    }
+
+    fn answer(chat: Value) -> Value {
+        let body = from_chat(&serde_json::to_vec(&chat).unwrap(), "resp_abc", "gpt-5", &request()).unwrap();
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    #[test]
+    fn a_text_answer_is_a_completed_response_echoing_the_request() {
+        let response = answer(json!({"id": "c", "model": "up", "choices": [{"index": 0,
+            "message": {"role": "assistant", "content": "Hello"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 2,
+                "completion_tokens_details": {"reasoning_tokens": 1}}}));
+        assert_eq!(response["id"], json!("resp_abc"));
+        assert_eq!(response["object"], json!("response"));
+        assert!(response["created_at"].as_u64().unwrap() > 1_700_000_000);
+        assert_eq!(response["status"], json!("completed"));
+        assert_eq!(response["model"], json!("gpt-5"));
+        assert_eq!(
+            response["output"],
+            json!([{"type": "message", "id": "msg_abc_0", "status": "completed", "role": "assistant",
+                "content": [{"type": "output_text", "text": "Hello", "annotations": []}]}])
+        );
+        assert_eq!(
+            response["usage"],
+            json!({"input_tokens": 5, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 2,
+                "output_tokens_details": {"reasoning_tokens": 1}, "total_tokens": 7})
+        );
+        assert_eq!(response["instructions"], json!("be brief"));
+        assert_eq!(response["tools"][0]["name"], json!("weather"));
+        assert_eq!(response["tool_choice"], json!("auto"));
+        assert_eq!(response["max_output_tokens"], json!(500));
+        assert_eq!(response["temperature"], json!(0.5));
+        assert_eq!(response["top_p"], json!(1.0));
+        assert_eq!(response["store"], json!(false));
+        assert_eq!(response["metadata"], json!({"k": "v"}));
+        assert_eq!(response["previous_response_id"], json!("resp_prev"));
+        assert_eq!(response["error"], Value::Null);
+        assert_eq!(response["incomplete_details"], Value::Null);
+        assert!(response.get("output_text").is_none());
+    }
+
+    #[test]
+    fn reasoning_and_tool_calls_become_items_in_order() {
+        let response = answer(json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": null,
+            "reasoning_content": "think", "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{\"c\":1}"}},
+                {"id": "call_2", "type": "function", "function": {"name": "time", "arguments": "{}"}},
+            ]}, "finish_reason": "tool_calls"}]}));
+        assert_eq!(
+            response["output"],
+            json!([
+                {"type": "reasoning", "id": "rs_abc_0", "summary": [{"type": "summary_text", "text": "think"}]},
+                {"type": "function_call", "id": "fc_abc_1", "call_id": "call_1", "name": "weather",
+                    "arguments": "{\"c\":1}", "status": "completed"},
+                {"type": "function_call", "id": "fc_abc_2", "call_id": "call_2", "name": "time",
+                    "arguments": "{}", "status": "completed"},
+            ])
+        );
+        assert_eq!(response["status"], json!("completed"));
+        let items = output_items(&serde_json::to_vec(&response).unwrap());
+        assert_eq!(items.len(), 3);
+        // The items feed the next turn: one assistant turn with its reasoning.
+        let next = chat(
+            json!({"model": "m", "input": [{"type": "function_call_output", "call_id": "call_1",
+            "output": "ok"}]}),
+            &items,
+        );
+        assert_eq!(next["messages"][0]["reasoning_content"], json!("think"));
+        assert_eq!(next["messages"][0]["tool_calls"][1]["id"], json!("call_2"));
+        assert_eq!(next["messages"][1], json!({"role": "tool", "tool_call_id": "call_1", "content": "ok"}));
+    }
+
+    #[test]
+    fn a_length_cut_is_incomplete_and_junk_is_an_error() {
+        let response = answer(json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": "Hel",
+            "reasoning": "r"}, "finish_reason": "length"}]}));
+        assert_eq!(response["status"], json!("incomplete"));
+        assert_eq!(response["incomplete_details"], json!({"reason": "max_output_tokens"}));
+        assert_eq!(response["output"][0]["type"], json!("reasoning"));
+        assert_eq!(response["output"][1]["content"][0]["text"], json!("Hel"));
+        assert!(from_chat(b"not json", "resp_x", "m", b"{}").is_err());
+    }
+
+    /// A realistic chat stream: reasoning, text, two tool calls, usage.
+    const STREAM: &str = concat!(
+        "data: {\"id\":\"c1\",\"model\":\"up\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"reasoning_content\":\"Let me \"}}]}\n\n",
+        "data: {\"id\":\"c1\",\"model\":\"up\",\"choices\":[{\"index\":0,\"delta\":{\"reasoning_content\":\"check.\"}}]}\n\n",
+        "data: {\"id\":\"c1\",\"model\":\"up\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Checking \"}}]}\n\n",
+        "data: {\"id\":\"c1\",\"model\":\"up\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"both é.\"}}]}\n\n",
+        "data: {\"id\":\"c1\",\"model\":\"up\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"call_1\",\"type\":\"function\",\"function\":{\"name\":\"weather\",\"arguments\":\"\"}}]}}]}\n\n",
+        "data: {\"id\":\"c1\",\"model\":\"up\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{\\\"city\\\":\"}}]}}]}\n\n",
+        "data: {\"id\":\"c1\",\"model\":\"up\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"\\\"Paris\\\"}\"}}]}}]}\n\n",
+        "data: {\"id\":\"c1\",\"model\":\"up\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":1,\"id\":\"call_2\",\"type\":\"function\",\"function\":{\"name\":\"time\",\"arguments\":\"{}\"}}]}}]}\n\n",
+        "data: {\"id\":\"c1\",\"model\":\"up\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n",
+        "data: {\"id\":\"c1\",\"model\":\"up\",\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":30}}\n\n",
+        "data: [DONE]\n\n",
+    );
+
+    fn stream_split(chat: &[u8], cuts: &[usize]) -> Vec<u8> {
+        let mut stream = ResponsesStream::new("resp_abc", "gpt-5", &request());
+        stream.created_at = 1;
+        let mut out = Vec::new();
+        let mut from = 0;
+        for &cut in cuts.iter().chain(std::iter::once(&chat.len())) {
+            out.extend_from_slice(&stream.feed(&chat[from..cut]));
+            from = cut;
+        }
+        out.extend_from_slice(&stream.finish());
+        out
+    }
+
+    /// The events of a Responses stream, checking their framing and that
+    /// the sequence numbers count from 0.
+    fn parse_events(bytes: &[u8]) -> Vec<Value> {
+        let text = std::str::from_utf8(bytes).unwrap();
+        assert!(text.ends_with("\n\n"), "{text}");
+        let mut events = Vec::new();
+        for block in text.split_terminator("\n\n") {
+            let (event, data) = block.split_once('\n').unwrap();
+            let kind = event.strip_prefix("event: ").unwrap();
+            let data: Value = serde_json::from_str(data.strip_prefix("data: ").unwrap()).unwrap();
+            assert_eq!(data["type"], json!(kind));
+            assert_eq!(data["sequence_number"], json!(events.len()), "{block}");
+            events.push(data);
+        }
+        events
+    }
+
+    fn types(events: &[Value]) -> Vec<&str> {
+        events.iter().map(|e| e["type"].as_str().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_stream_translates_identically_at_every_split() {
+        let chat = STREAM.as_bytes();
+        let whole = stream_split(chat, &[]);
+        for at in 0..=chat.len() {
+            assert_eq!(stream_split(chat, &[at]), whole, "split at {at}");
+        }
+        for at in (0..chat.len()).step_by(7) {
+            assert_eq!(stream_split(chat, &[at / 2, at]), whole, "split at {} and {at}", at / 2);
+        }
+        let events = parse_events(&whole);
+        assert_eq!(
+            types(&events),
+            [
+                "response.created",
+                "response.in_progress",
+                "response.output_item.added",
+                "response.reasoning_summary_part.added",
+                "response.reasoning_summary_text.delta",
+                "response.reasoning_summary_text.delta",
+                "response.reasoning_summary_text.done",
+                "response.reasoning_summary_part.done",
+                "response.output_item.done",
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.output_text.delta",
+                "response.output_text.delta",
+                "response.output_text.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.output_item.added",
+                "response.function_call_arguments.delta",
+                "response.function_call_arguments.delta",
+                "response.function_call_arguments.done",
+                "response.output_item.done",
+                "response.output_item.added",
+                "response.function_call_arguments.delta",
+                "response.function_call_arguments.done",
+                "response.output_item.done",
+                "response.completed",
+            ]
+        );
+        assert_eq!(events[0]["response"]["status"], json!("in_progress"));
+        assert_eq!(events[0]["response"]["output"], json!([]));
+        assert_eq!(
+            events[9]["item"],
+            json!({"type": "message", "id": "msg_abc_1", "status": "in_progress", "role": "assistant", "content": []})
+        );
+        assert_eq!(events[10]["part"], json!({"type": "output_text", "text": "", "annotations": []}));
+        assert_eq!(events[12]["delta"], json!("both é."));
+        assert_eq!(events[12]["item_id"], json!("msg_abc_1"));
+        assert_eq!(events[13]["text"], json!("Checking both é."));
+        assert_eq!(
+            events[16]["item"],
+            json!({"type": "function_call", "id": "fc_abc_2", "call_id": "call_1", "name": "weather",
+                "arguments": "", "status": "in_progress"})
+        );
+        assert_eq!(events[19]["arguments"], json!("{\"city\":\"Paris\"}"));
+        assert_eq!(events[24]["item"]["status"], json!("completed"));
+        assert_eq!(events[24]["output_index"], json!(3));
+
+        // The final object is what the same answer gives whole.
+        let whole_chat = json!({"choices": [{"index": 0, "message": {"role": "assistant",
+            "content": "Checking both é.", "reasoning_content": "Let me check.", "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{\"city\":\"Paris\"}"}},
+                {"id": "call_2", "type": "function", "function": {"name": "time", "arguments": "{}"}},
+            ]}, "finish_reason": "tool_calls"}], "usage": {"prompt_tokens": 12, "completion_tokens": 30}});
+        let mut expected = answer(whole_chat);
+        expected["created_at"] = json!(1);
+        assert_eq!(events[25]["response"], expected);
+    }
+
+    #[test]
+    fn a_length_cut_stream_ends_incomplete() {
+        let chat = concat!(
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"length\"}]}\n\n",
+            "data: [DONE]\n\n",
+        );
+        let events = parse_events(&stream_split(chat.as_bytes(), &[]));
+        let last = events.last().unwrap();
+        assert_eq!(last["type"], json!("response.incomplete"));
+        assert_eq!(last["response"]["incomplete_details"], json!({"reason": "max_output_tokens"}));
+        assert_eq!(last["response"]["output"][0]["content"][0]["text"], json!("Hel"));
+    }
+
+    #[test]
+    fn an_error_event_or_a_cut_stream_fails_and_nothing_follows() {
+        let error = concat!(
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}\n\n",
+            "data: {\"error\":{\"message\":\"upstream died\",\"type\":\"upstream_error\"}}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\"}}]}\n\n",
+            "data: [DONE]\n\n",
+        );
+        let events = parse_events(&stream_split(error.as_bytes(), &[]));
+        assert_eq!(
+            types(&events),
+            [
+                "response.created",
+                "response.in_progress",
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.output_text.delta",
+                "response.failed",
+            ]
+        );
+        let failed = &events[5]["response"];
+        assert_eq!(failed["status"], json!("failed"));
+        assert_eq!(failed["error"], json!({"code": "server_error", "message": "upstream died"}));
+
+        let cut = &STREAM[..STREAM.find("data: [DONE]").unwrap()];
+        let events = parse_events(&stream_split(cut.as_bytes(), &[]));
+        let last = events.last().unwrap();
+        assert_eq!(last["type"], json!("response.failed"));
+        assert!(last["response"]["error"]["message"].as_str().unwrap().contains("ended before"));
+        assert_eq!(types(&events).iter().filter(|t| t.starts_with("response.failed")).count(), 1);
+        assert!(!types(&events).contains(&"response.completed"));
+
+        // Nothing at all from upstream: still a well-formed failed stream.
+        let events = parse_events(&stream_split(b"", &[]));
+        assert_eq!(types(&events), ["response.created", "response.in_progress", "response.failed"]);
     }
 }
