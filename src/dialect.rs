@@ -16,6 +16,7 @@
 use bytes::Bytes;
 
 pub mod chunks;
+pub mod responses;
 
 /// A request translated into an OpenAI chat completion request.
 #[derive(Debug, Clone, PartialEq)]
