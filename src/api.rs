@@ -31,6 +31,12 @@ pub enum Endpoint {
     ChatCompletions,
     /// `POST /v1/embeddings`
     Embeddings,
+    /// `POST /v1/messages` (Anthropic)
+    Messages,
+    /// `POST /v1/messages/count_tokens` (Anthropic)
+    CountTokens,
+    /// `POST /v1/responses` (OpenAI Responses)
+    Responses,
     /// `GET /v1/models`
     Models,
     /// `GET /health`

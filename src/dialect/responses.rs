@@ -414,8 +414,11 @@ fn parts_to_chat(parts: &[Value], role: &str, path: &str) -> Result<Value, Diale
     Ok(Value::Array(chat_parts))
 }
 
-/// Function tools as chat tools; hosted tools (web search, file search,
-/// shell, custom…) have no chat form and are refused by name.
+/// Function tools as chat tools. Hosted tools (web search, file search…)
+/// and tool groups (`namespace`) are left out: no chat upstream can run
+/// them, and agents (Codex CLI) offer them beside the function tools they
+/// work with, so refusing them would refuse the agent. A tool with no type
+/// is an error.
 fn translate_tools(tools: &Value) -> Result<Vec<Value>, DialectError> {
     let Value::Array(tools) = tools else {
         return Err(field_error("tools", "expected an array"));
@@ -428,12 +431,7 @@ fn translate_tools(tools: &Value) -> Result<Vec<Value>, DialectError> {
         };
         match map.get("type").and_then(Value::as_str) {
             Some("function") => {}
-            Some(other) => {
-                return Err(field_error(
-                    &format!("{path}.type"),
-                    format!("hosted tool '{other}' is not supported; only function tools are"),
-                ));
-            }
+            Some(_) => continue,
             None => return Err(field_error(&format!("{path}.type"), "required")),
         }
         let mut function = Map::new();
@@ -1116,7 +1114,9 @@ mod tests {
                 "safety_identifier": "u1", "store": false, "metadata": {"a": "b"}, "truncation": "auto",
                 "include": ["reasoning.encrypted_content"], "service_tier": "auto",
                 "tools": [{"type": "function", "name": "f", "description": "d",
-                    "parameters": {"type": "object"}, "strict": true}],
+                    "parameters": {"type": "object"}, "strict": true},
+                    {"type": "web_search", "external_web_access": true},
+                    {"type": "namespace", "name": "agents", "tools": []}],
                 "tool_choice": {"type": "function", "name": "f"},
                 "text": {"format": {"type": "json_schema", "name": "out", "schema": {"type": "object"}, "strict": true}},
             }),
@@ -1179,10 +1179,7 @@ mod tests {
                 json!({"model": "m", "input": [{"type": "function_call_output", "call_id": "c"}]}),
                 "input[0].output: required",
             ),
-            (
-                json!({"model": "m", "input": "x", "tools": [{"type": "function", "name": "f"}, {"type": "web_search"}]}),
-                "tools[1].type: hosted tool 'web_search'",
-            ),
+            (json!({"model": "m", "input": "x", "tools": [{"type": "function", "name": "f"}, {"name": "g"}]}), "tools[1].type: required"),
             (json!({"model": "m", "input": "x", "tool_choice": {"type": "file_search"}}), "tool_choice.type"),
             (
                 json!({"model": "m", "input": "x", "text": {"format": {"type": "json_schema", "name": "n"}}}),
