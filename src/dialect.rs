@@ -15,6 +15,7 @@
 
 use bytes::Bytes;
 
+pub mod anthropic;
 pub mod chunks;
 
 /// A request translated into an OpenAI chat completion request.
