@@ -15,6 +15,7 @@
 
 use bytes::Bytes;
 
+pub mod anthropic;
 pub mod chunks;
 pub mod responses;
 

@@ -65,6 +65,10 @@ pub struct Delta {
     /// Reasoning text (freeway's normalised name).
     #[serde(default, alias = "reasoning")]
     pub reasoning_content: Option<String>,
+    /// The reasoning's signature (a target that signs its thinking, as
+    /// Anthropic's does), to hand back with it on a later turn.
+    #[serde(default)]
+    pub reasoning_signature: Option<String>,
     /// Tool calls, streamed: the first piece of each has its id and name,
     /// later ones more of its arguments.
     #[serde(default)]
