@@ -1222,6 +1222,18 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_answers_as_it_goes() {
+        let mut stream = MessagesStream::new("claude-x");
+        let first_text = STREAM.find("lo \\u00e9").unwrap();
+        let out = stream.feed(&STREAM.as_bytes()[..first_text]);
+        let events = parse_events(std::str::from_utf8(&out).unwrap());
+        let (name, last) = events.last().unwrap();
+        assert_eq!(name, "content_block_delta", "the text so far is out before the stream ends");
+        assert_eq!(last["delta"], json!({"type": "text_delta", "text": "Hel"}));
+        assert!(stream.feed(b"").is_empty());
+    }
+
+    #[test]
     fn a_stream_that_ends_in_text_says_end_turn_or_max_tokens() {
         for (finish, stop) in [("stop", "end_turn"), ("length", "max_tokens"), ("content_filter", "refusal")] {
             let stream = format!(
