@@ -4,11 +4,11 @@
 pub mod admin;
 pub mod admission;
 mod chat;
-mod messages;
-pub mod responses;
 mod health;
+mod messages;
 mod metrics;
 mod models;
+pub mod responses;
 mod translate;
 
 use std::time::{Duration, Instant};

@@ -524,7 +524,9 @@ pub fn from_chat(chat: &[u8], model: &str) -> Result<Vec<u8>, DialectError> {
 /// api_error.
 pub fn error_type(status: u16) -> &'static str {
     match status {
-        400 => "invalid_request_error",
+        // A request the client must change: malformed, the wrong method, a
+        // body too slow to arrive.
+        400 | 405 | 408 | 422 => "invalid_request_error",
         401 => "authentication_error",
         403 => "permission_error",
         404 => "not_found_error",

@@ -1179,7 +1179,10 @@ mod tests {
                 json!({"model": "m", "input": [{"type": "function_call_output", "call_id": "c"}]}),
                 "input[0].output: required",
             ),
-            (json!({"model": "m", "input": "x", "tools": [{"type": "function", "name": "f"}, {"name": "g"}]}), "tools[1].type: required"),
+            (
+                json!({"model": "m", "input": "x", "tools": [{"type": "function", "name": "f"}, {"name": "g"}]}),
+                "tools[1].type: required",
+            ),
             (json!({"model": "m", "input": "x", "tool_choice": {"type": "file_search"}}), "tool_choice.type"),
             (
                 json!({"model": "m", "input": "x", "text": {"format": {"type": "json_schema", "name": "n"}}}),

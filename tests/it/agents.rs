@@ -48,7 +48,9 @@ async fn run(mut cmd: Command) -> Output {
 #[tokio::test]
 async fn claude_code_writes_a_file_through_freeway() {
     let Some(claude) = cli("claude") else {
-        eprintln!("skipped: Claude Code is not installed (npm install --prefix ~/.cache/freeway-agents @anthropic-ai/claude-code)");
+        eprintln!(
+            "skipped: Claude Code is not installed (npm install --prefix ~/.cache/freeway-agents @anthropic-ai/claude-code)"
+        );
         return;
     };
     let (home, work) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -73,7 +75,11 @@ async fn claude_code_writes_a_file_through_freeway() {
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert_eq!(std::fs::read_to_string(&file).unwrap_or_default(), "hi from freeway", "{stdout}\n{stderr}");
     assert!(stdout.contains("done:"), "the answer after the tool result: {stdout}");
-    assert!(mock.chats().iter().any(|c| c.body["messages"].as_array().is_some_and(|m| m.iter().any(|m| m["role"] == "tool"))));
+    assert!(
+        mock.chats()
+            .iter()
+            .any(|c| c.body["messages"].as_array().is_some_and(|m| m.iter().any(|m| m["role"] == "tool")))
+    );
 }
 
 #[tokio::test]
@@ -88,7 +94,8 @@ async fn codex_writes_a_file_through_freeway() {
         ("exec_command", json!({"cmd": "printf 'hi from freeway' > hello.txt"})),
         ("shell", json!({"command": ["bash", "-lc", "printf 'hi from freeway' > hello.txt"]})),
     ]));
-    let yaml = format!("server:\n  api_keys: [{TOKEN}]\nproviders:\n{}", provider("p", &mock.base_url(), &["k"], &["agent"]));
+    let yaml =
+        format!("server:\n  api_keys: [{TOKEN}]\nproviders:\n{}", provider("p", &mock.base_url(), &["k"], &["agent"]));
     let gw = start(&yaml).await;
     std::fs::create_dir_all(home.path().join(".codex")).unwrap();
     let config = format!(

@@ -156,7 +156,10 @@ async fn tokens_are_counted_and_models_listed_in_anthropics_shape() {
     assert_eq!(counted.status, 200, "{}", counted.text());
     assert!(counted.json()["input_tokens"].as_u64().is_some_and(|n| n > 0));
     let models = gw.get("/v1/models", &headers).await.json();
-    assert!(models["data"].as_array().unwrap().iter().any(|m| m["id"] == "p/agent" && m["type"] == "model"), "{models}");
+    assert!(
+        models["data"].as_array().unwrap().iter().any(|m| m["id"] == "p/agent" && m["type"] == "model"),
+        "{models}"
+    );
     assert_eq!(models["has_more"], false);
     let openai = gw.get("/v1/models", &[("x-api-key", TOKEN)]).await.json();
     assert_eq!(openai["object"], "list", "without anthropic-version: OpenAI's shape");

@@ -25,6 +25,14 @@ async fn post(gw: &TestGateway, body: &Value) -> Answer {
     gw.post("/v1/responses", &body.to_string(), &[("authorization", &format!("Bearer {TOKEN}"))]).await
 }
 
+/// Each server-sent event's data (events here carry an `event:` line too).
+fn data(text: &str) -> Vec<Value> {
+    text.split("\n\n")
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data:")))
+        .map(|d| serde_json::from_str(d.trim()).unwrap())
+        .collect()
+}
+
 fn tools() -> Value {
     json!([{"type": "function", "name": "write_file", "parameters": {"type": "object"}}])
 }
@@ -33,9 +41,11 @@ fn tools() -> Value {
 async fn a_response_goes_out_as_a_chat_completion_and_comes_back_as_a_response() {
     let mock = Mock::start().await;
     let gw = gateway(&mock).await;
-    let answer =
-        post(&gw, &json!({"model": "p/agent", "instructions": "be brief", "input": "write hello.txt", "tools": tools()}))
-            .await;
+    let answer = post(
+        &gw,
+        &json!({"model": "p/agent", "instructions": "be brief", "input": "write hello.txt", "tools": tools()}),
+    )
+    .await;
     assert_eq!(answer.status, 200, "{}", answer.text());
     let sent = &mock.chats()[0].body;
     assert_eq!(sent["messages"][0], json!({"role": "system", "content": "be brief"}), "{sent}");
@@ -55,9 +65,10 @@ async fn a_response_goes_out_as_a_chat_completion_and_comes_back_as_a_response()
 async fn a_streamed_response_numbers_its_events_and_ends_completed() {
     let mock = Mock::start().await;
     let gw = gateway(&mock).await;
-    let answer = post(&gw, &json!({"model": "p/agent", "input": "write hello.txt", "tools": tools(), "stream": true})).await;
+    let answer =
+        post(&gw, &json!({"model": "p/agent", "input": "write hello.txt", "tools": tools(), "stream": true})).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
-    let events: Vec<Value> = answer.events().iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    let events = data(&answer.text());
     let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap_or_default()).collect();
     assert_eq!(&kinds[..2], ["response.created", "response.in_progress"], "{kinds:?}");
     assert_eq!(kinds.last(), Some(&"response.completed"), "{kinds:?}");
@@ -71,7 +82,7 @@ async fn a_broken_stream_ends_failed_and_an_unknown_previous_response_is_a_400()
     let mock = Mock::start().await;
     let gw = gateway(&mock).await;
     let cut = post(&gw, &json!({"model": "p/cut", "input": "hi", "stream": true})).await;
-    let events: Vec<Value> = cut.events().iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    let events = data(&cut.text());
     assert_eq!(events.last().unwrap()["type"], "response.failed", "{events:?}");
     let unknown = post(&gw, &json!({"model": "p/agent", "input": "hi", "previous_response_id": "resp_gone"})).await;
     assert_eq!(unknown.status, 400);

@@ -516,7 +516,11 @@ pub fn agent(tool: &'static str, arguments: Value) -> Behavior {
 pub fn agent_of(calls: Vec<(&'static str, Value)>) -> Behavior {
     Behavior::Custom(Arc::new(move |seen| {
         let offered = |name: &str| {
-            seen.body["tools"].as_array().into_iter().flatten().any(|t| t["function"]["name"] == name || t["name"] == name)
+            seen.body["tools"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|t| t["function"]["name"] == name || t["name"] == name)
         };
         let found = calls.iter().find(|(name, _)| offered(name)).cloned();
         let messages = seen.body["messages"].as_array().cloned().unwrap_or_default();
