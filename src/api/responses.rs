@@ -27,20 +27,20 @@ pub const KEPT_FOR: Duration = Duration::from_secs(3600);
 /// Bytes of conversations kept (older ones leave first).
 pub const KEPT_BYTES: u64 = 64 << 20;
 
+/// A kept conversation: its items, and about how many bytes they hold.
+type Kept = (Arc<Vec<Value>>, u32);
+
 /// Recent responses' conversations (their input and output items), by
 /// response id, bounded in bytes and time.
 pub struct Conversations {
-    cache: Cache<String, Arc<Vec<Value>>>,
+    cache: Cache<String, Kept>,
 }
 
 impl Default for Conversations {
     fn default() -> Self {
         let cache = Cache::builder()
             .max_capacity(KEPT_BYTES)
-            .weigher(|id: &String, items: &Arc<Vec<Value>>| {
-                let size = items.iter().map(|v| v.to_string().len()).sum::<usize>() + id.len();
-                u32::try_from(size).unwrap_or(u32::MAX)
-            })
+            .weigher(|id: &String, kept: &Kept| kept.1.saturating_add(u32::try_from(id.len()).unwrap_or(u32::MAX)))
             .time_to_live(KEPT_FOR)
             .build();
         Self { cache }
@@ -48,14 +48,16 @@ impl Default for Conversations {
 }
 
 impl Conversations {
-    /// The items of the conversation that ended with response `id`.
-    pub fn get(&self, id: &str) -> Option<Arc<Vec<Value>>> {
+    /// The items of the conversation that ended with response `id`, and
+    /// about how many bytes they hold.
+    pub fn get(&self, id: &str) -> Option<(Arc<Vec<Value>>, u32)> {
         self.cache.get(id)
     }
 
-    /// Keeps the conversation that ended with response `id`.
-    pub fn keep(&self, id: String, items: Vec<Value>) {
-        self.cache.insert(id, Arc::new(items));
+    /// Keeps the conversation that ended with response `id`; `bytes`: about
+    /// how large it is (the JSON it came from).
+    pub fn keep(&self, id: String, items: Vec<Value>, bytes: usize) {
+        self.cache.insert(id, (Arc::new(items), u32::try_from(bytes).unwrap_or(u32::MAX)));
     }
 }
 
@@ -69,16 +71,19 @@ where
         Ok(accepted) => accepted,
         Err(e) => return e.into_response(),
     };
-    let history = match responses::previous_response_id(&body) {
-        Err(e) => return ApiError::bad_request(e.message, Some("previous_response_id")).into_response(),
-        Ok(None) => None,
-        Ok(Some(id)) => match gateway.conversations().get(&id) {
+    let thread = match responses::thread(&body) {
+        Ok(thread) => thread,
+        Err(e) => return ApiError::bad_request(e.message, None).into_response(),
+    };
+    let history = match thread.previous_response_id {
+        None => None,
+        Some(id) => match gateway.conversations().get(&id) {
             Some(items) => Some(items),
             None => {
                 return ApiError::bad_request(
                     format!(
-                        "previous_response_id `{id}` is not held by this gateway (it keeps non-streamed responses for {} \
-                         minutes, in memory); send the whole conversation in `input` instead",
+                        "previous_response_id `{id}` is not held by this gateway (it keeps non-streamed responses \
+                         stored with `store` for {} minutes, in memory); send the whole conversation in `input` instead",
                         KEPT_FOR.as_secs() / 60
                     ),
                     Some("previous_response_id"),
@@ -87,20 +92,25 @@ where
             }
         },
     };
-    let translated = match responses::to_chat(&body, history.as_deref().map_or(&[], Vec::as_slice)) {
+    let translated = match responses::to_chat(&body, history.as_ref().map_or(&[], |(items, _)| items.as_slice())) {
         Ok(translated) => translated,
         Err(e) => return ApiError::bad_request(e.message, None).into_response(),
     };
     let response = gateway.proxy().serve(Operation::Chat, Bytes::from(translated.chat), session, client).await;
     drop(claim);
     let (id, model) = (responses::new_response_id(), translated.model);
+    // Kept for a next turn to name, unless the client said `store: false`.
     let keep = |answer: &[u8]| {
+        if !thread.store {
+            return;
+        }
         let Ok(mut items) = responses::input_items(&body) else { return };
-        if let Some(earlier) = &history {
+        if let Some((earlier, _)) = &history {
             items.splice(0..0, earlier.iter().cloned());
         }
         items.extend(responses::output_items(answer));
-        gateway.conversations().keep(id.clone(), items);
+        let bytes = body.len() + answer.len() + history.as_ref().map_or(0, |(_, earlier)| *earlier as usize);
+        gateway.conversations().keep(id.clone(), items, bytes);
     };
     let mut response = translate::answer(
         response,

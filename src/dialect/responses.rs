@@ -38,18 +38,41 @@ fn parse_object(body: &[u8]) -> Result<Map<String, Value>, DialectError> {
 /// The `previous_response_id` a request names, if any (cheap: the endpoint
 /// calls it before [`to_chat`] to look up the earlier turns).
 pub fn previous_response_id(body: &[u8]) -> Result<Option<String>, DialectError> {
+    Ok(thread(body)?.previous_response_id)
+}
+
+/// How a request joins a conversation kept by the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Thread {
+    /// The response it continues (`previous_response_id`).
+    pub previous_response_id: Option<String>,
+    /// `store` (default true): whether its response may be kept for a next
+    /// turn to name.
+    pub store: bool,
+}
+
+/// A request's `previous_response_id` and `store`, read without the rest.
+pub fn thread(body: &[u8]) -> Result<Thread, DialectError> {
     #[derive(serde::Deserialize)]
     struct Only {
         #[serde(default)]
         previous_response_id: Option<Value>,
+        #[serde(default)]
+        store: Option<Value>,
     }
     let only: Only =
         serde_json::from_slice(body).map_err(|e| DialectError::new(format!("the request body is not JSON: {e}")))?;
-    match only.previous_response_id {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(id)) => Ok(Some(id)),
-        Some(_) => Err(field_error("previous_response_id", "expected a string")),
-    }
+    let previous_response_id = match only.previous_response_id {
+        None | Some(Value::Null) => None,
+        Some(Value::String(id)) => Some(id),
+        Some(_) => return Err(field_error("previous_response_id", "expected a string")),
+    };
+    let store = match only.store {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(store)) => store,
+        Some(_) => return Err(field_error("store", "expected true or false")),
+    };
+    Ok(Thread { previous_response_id, store })
 }
 
 /// A new response id: `resp_` and 32 random alphanumerics (the item ids of
@@ -1098,6 +1121,9 @@ mod tests {
         );
         assert_eq!(previous_response_id(br#"{"previous_response_id":"resp_x"}"#).unwrap().as_deref(), Some("resp_x"));
         assert_eq!(previous_response_id(br#"{"model":"m"}"#).unwrap(), None);
+        assert!(thread(br#"{"model":"m"}"#).unwrap().store, "store defaults to true");
+        assert!(!thread(br#"{"store":false}"#).unwrap().store);
+        assert!(thread(br#"{"store":"no"}"#).unwrap_err().message.starts_with("store"));
         assert!(
             previous_response_id(br#"{"previous_response_id":3}"#)
                 .unwrap_err()

@@ -108,3 +108,24 @@ async fn the_openai_python_sdks_responses_work_through_freeway() {
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("openai responses ok"));
 }
+
+#[tokio::test]
+async fn a_response_continues_a_stored_one_but_not_one_sent_with_store_false() {
+    let mock = Mock::start().await;
+    let gw = gateway(&mock).await;
+    let ask = |store: bool| json!({"model": "p/agent", "input": "write hello.txt", "tools": tools(), "store": store});
+    let stored = post(&gw, &ask(true)).await.json();
+    let call_id = stored["output"][0]["call_id"].as_str().unwrap().to_owned();
+    let next = |previous: &Value| {
+        json!({"model": "p/agent", "previous_response_id": previous["id"], "tools": tools(),
+            "input": [{"type": "function_call_output", "call_id": call_id, "output": "wrote 2 bytes"}]})
+    };
+    let continued = post(&gw, &next(&stored)).await;
+    assert_eq!(continued.status, 200, "{}", continued.text());
+    let sent = mock.chats().last().unwrap().body.clone();
+    let roles: Vec<&str> = sent["messages"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["user", "assistant", "tool"], "the earlier turn came back from the gateway: {sent}");
+    let unstored = post(&gw, &ask(false)).await.json();
+    let refused = post(&gw, &next(&unstored)).await;
+    assert_eq!(refused.status, 400, "{}", refused.text());
+}
