@@ -38,7 +38,7 @@ where
     let model = translated.model;
     let mut response = translate::answer(
         response,
-        |chat| anthropic::from_chat(chat, &model),
+        |chat| anthropic::from_chat(chat, &model).map(Bytes::from),
         || Box::new(MessagesStream::new(&model)),
     );
     response.body_mut().hold(in_flight);

@@ -27,20 +27,47 @@ pub const KEPT_FOR: Duration = Duration::from_secs(3600);
 /// Bytes of conversations kept (older ones leave first).
 pub const KEPT_BYTES: u64 = 64 << 20;
 
-/// A kept conversation: its items, and about how many bytes they hold.
-type Kept = (Arc<Vec<Value>>, u32);
+/// One kept turn: the request and the response as they were sent, after
+/// the turn it continued. Kept raw: parsed only when a next turn names it,
+/// so keeping a response costs a reference, not a copy.
+pub struct Turn {
+    earlier: Option<Arc<Turn>>,
+    request: Bytes,
+    response: Bytes,
+    /// Bytes of this turn and every earlier one.
+    bytes: u32,
+}
 
-/// Recent responses' conversations (their input and output items), by
-/// response id, bounded in bytes and time.
+impl Turn {
+    /// The conversation's items up to and including this turn: each turn's
+    /// input, then its output, oldest first.
+    pub fn items(&self) -> Vec<Value> {
+        let mut turns = vec![self];
+        while let Some(earlier) = turns.last().and_then(|t| t.earlier.as_deref()) {
+            turns.push(earlier);
+        }
+        let mut items = Vec::new();
+        for turn in turns.into_iter().rev() {
+            items.extend(responses::input_items(&turn.request).unwrap_or_default());
+            items.extend(responses::output_items(&turn.response));
+        }
+        items
+    }
+}
+
+/// Recent responses' conversations, by response id, bounded in bytes and
+/// time.
 pub struct Conversations {
-    cache: Cache<String, Kept>,
+    cache: Cache<String, Arc<Turn>>,
 }
 
 impl Default for Conversations {
     fn default() -> Self {
         let cache = Cache::builder()
             .max_capacity(KEPT_BYTES)
-            .weigher(|id: &String, kept: &Kept| kept.1.saturating_add(u32::try_from(id.len()).unwrap_or(u32::MAX)))
+            .weigher(|id: &String, turn: &Arc<Turn>| {
+                turn.bytes.saturating_add(u32::try_from(id.len()).unwrap_or(u32::MAX))
+            })
             .time_to_live(KEPT_FOR)
             .build();
         Self { cache }
@@ -48,16 +75,18 @@ impl Default for Conversations {
 }
 
 impl Conversations {
-    /// The items of the conversation that ended with response `id`, and
-    /// about how many bytes they hold.
-    pub fn get(&self, id: &str) -> Option<(Arc<Vec<Value>>, u32)> {
+    /// The conversation that ended with response `id`.
+    pub fn get(&self, id: &str) -> Option<Arc<Turn>> {
         self.cache.get(id)
     }
 
-    /// Keeps the conversation that ended with response `id`; `bytes`: about
-    /// how large it is (the JSON it came from).
-    pub fn keep(&self, id: String, items: Vec<Value>, bytes: usize) {
-        self.cache.insert(id, (Arc::new(items), u32::try_from(bytes).unwrap_or(u32::MAX)));
+    /// Keeps the turn that answered `request` with `response` (whose id is
+    /// `id`), after `earlier`.
+    pub fn keep(&self, id: String, earlier: Option<Arc<Turn>>, request: Bytes, response: Bytes) {
+        let before = earlier.as_ref().map_or(0, |t| t.bytes);
+        let own = u32::try_from(request.len() + response.len()).unwrap_or(u32::MAX);
+        let turn = Turn { earlier, request, response, bytes: before.saturating_add(own) };
+        self.cache.insert(id, Arc::new(turn));
     }
 }
 
@@ -92,7 +121,8 @@ where
             }
         },
     };
-    let translated = match responses::to_chat(&body, history.as_ref().map_or(&[], |(items, _)| items.as_slice())) {
+    let items = history.as_ref().map(|turn| turn.items()).unwrap_or_default();
+    let translated = match responses::to_chat(&body, &items) {
         Ok(translated) => translated,
         Err(e) => return ApiError::bad_request(e.message, None).into_response(),
     };
@@ -100,23 +130,13 @@ where
     drop(claim);
     let (id, model) = (responses::new_response_id(), translated.model);
     // Kept for a next turn to name, unless the client said `store: false`.
-    let keep = |answer: &[u8]| {
-        if !thread.store {
-            return;
-        }
-        let Ok(mut items) = responses::input_items(&body) else { return };
-        if let Some((earlier, _)) = &history {
-            items.splice(0..0, earlier.iter().cloned());
-        }
-        items.extend(responses::output_items(answer));
-        let bytes = body.len() + answer.len() + history.as_ref().map_or(0, |(_, earlier)| *earlier as usize);
-        gateway.conversations().keep(id.clone(), items, bytes);
-    };
     let mut response = translate::answer(
         response,
         |chat| {
-            let answer = responses::from_chat(chat, &id, &model, &body)?;
-            keep(&answer);
+            let answer = Bytes::from(responses::from_chat(chat, &id, &model, &body)?);
+            if thread.store {
+                gateway.conversations().keep(id.clone(), history.clone(), body.clone(), answer.clone());
+            }
             Ok(answer)
         },
         || Box::new(ResponsesStream::new(&id, &model, &body)),

@@ -14,7 +14,7 @@ use crate::errors::ApiError;
 /// error shape is applied in one place, [`super::handle`]).
 pub(super) fn answer(
     mut response: Response<ResponseBody>,
-    whole: impl FnOnce(&[u8]) -> Result<Vec<u8>, DialectError>,
+    whole: impl FnOnce(&[u8]) -> Result<Bytes, DialectError>,
     stream: impl FnOnce() -> Box<dyn StreamTranslator>,
 ) -> Response<ResponseBody> {
     if response.status() != StatusCode::OK {
