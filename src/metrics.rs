@@ -61,6 +61,13 @@ pub struct FallbackLabels {
     pub reason: &'static str,
 }
 
+/// Tool calls mended, by what was mended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RepairLabels {
+    /// `fence`, `trailing_comma`, `single_quotes`, `truncated`, `empty`, `name_case`.
+    pub kind: &'static str,
+}
+
 /// Plugin failures by plugin and kind.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PluginLabels {
@@ -126,6 +133,7 @@ pub struct Metrics {
     attempts: Family<AttemptLabels, Counter>,
     attempt_duration: HistogramFamily<AttemptLabels>,
     fallbacks: Family<FallbackLabels, Counter>,
+    tool_call_repairs: Family<RepairLabels, Counter>,
     cooldowns: Gauge,
     pins: Gauge,
     streams: Gauge,
@@ -219,6 +227,7 @@ impl Metrics {
             attempts: Family::default(),
             attempt_duration: Family::new_with_constructor(latency_histogram),
             fallbacks: Family::default(),
+            tool_call_repairs: Family::default(),
             cooldowns: Gauge::default(),
             pins: Gauge::default(),
             streams: Gauge::default(),
@@ -256,6 +265,11 @@ impl Metrics {
             "fallbacks",
             "Times the dispatcher moved on after a failed attempt, by reason",
             m.fallbacks.clone(),
+        );
+        registry.register(
+            "tool_call_repairs",
+            "Upstream tool calls mended before they reached the client, by what was mended",
+            m.tool_call_repairs.clone(),
         );
         registry.register("cooldowns_active", "Model/key pairs cooling down now", m.cooldowns.clone());
         registry.register("tokens", "Tokens reported by upstreams", m.tokens.clone());
@@ -330,6 +344,11 @@ impl Metrics {
     /// The dispatcher moved on after an attempt failed with `reason`.
     pub fn fallback(&self, reason: &'static str) {
         self.fallbacks.get_or_create(&FallbackLabels { reason }).inc();
+    }
+
+    /// A tool call was mended (`kind`: what).
+    pub fn tool_call_repair(&self, kind: &'static str) {
+        self.tool_call_repairs.get_or_create(&RepairLabels { kind }).inc();
     }
 
     /// Usage an upstream reported.

@@ -36,6 +36,7 @@ mod dispatch;
 mod policies;
 mod queue;
 pub mod quota;
+mod repair;
 pub mod request;
 mod respond;
 

@@ -139,7 +139,26 @@ async fn whole(
             proxy.state.log_tokens(request.log_id, usage.prompt_tokens, usage.completion_tokens);
         }
     }
-    let body = candidate.provider.redactor.redact_answer(decoded.body);
+    let mut body = decoded.body;
+    // An agent must never get a tool call it cannot run: mend what is
+    // unambiguous, fail the attempt (and fall back) otherwise.
+    if request.operation == Operation::Chat && request.has_tools {
+        match super::repair::answer(&body, &request.raw) {
+            Ok(None) => {}
+            Ok(Some((mended, mends))) => {
+                for mend in mends {
+                    proxy.metrics.tool_call_repair(mend.label());
+                }
+                body = mended.into();
+            }
+            Err(reason) => {
+                let mut failure = Failure::transient("bad_tool_call", Some(parts.status.as_u16()), reason);
+                failure.limits = limits;
+                return Err(failure);
+            }
+        }
+    }
+    let body = candidate.provider.redactor.redact_answer(body);
     let mut response = Response::new(ResponseBody::full(body));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Ok(Success { response, limits })

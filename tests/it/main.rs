@@ -38,4 +38,5 @@ mod sdk;
 mod stalls;
 mod state;
 mod streaming;
+mod tool_calls;
 mod walls;
