@@ -56,7 +56,8 @@ impl Turn {
 }
 
 /// Recent responses' conversations, by response id, bounded in bytes and
-/// time.
+/// time (a handle: clones share the cache).
+#[derive(Clone)]
 pub struct Conversations {
     cache: Cache<String, Arc<Turn>>,
 }
@@ -111,7 +112,7 @@ where
             None => {
                 return ApiError::bad_request(
                     format!(
-                        "previous_response_id `{id}` is not held by this gateway (it keeps non-streamed responses \
+                        "previous_response_id `{id}` is not held by this gateway (it keeps responses \
                          stored with `store` for {} minutes, in memory); send the whole conversation in `input` instead",
                         KEPT_FOR.as_secs() / 60
                     ),
@@ -139,7 +140,17 @@ where
             }
             Ok(answer)
         },
-        || Box::new(ResponsesStream::new(&id, &model, &body)),
+        || {
+            let stream = ResponsesStream::new(&id, &model, &body);
+            if !thread.store {
+                return Box::new(stream);
+            }
+            let (conversations, id, earlier, body) =
+                (gateway.conversations().clone(), id.clone(), history.clone(), body.clone());
+            Box::new(stream.on_done(move |answer| {
+                conversations.keep(id, earlier, body, Bytes::copy_from_slice(answer));
+            }))
+        },
     );
     response.body_mut().hold(in_flight);
     response

@@ -733,9 +733,21 @@ pub struct ResponsesStream {
     usage: Option<ChunkUsage>,
     finish_reason: Option<String>,
     out: Vec<u8>,
+    /// Given the final response object when the stream ends well.
+    on_done: Option<OnDone>,
 }
 
+/// What a stream that ended well hands its final response object to.
+type OnDone = Box<dyn FnOnce(&[u8]) + Send>;
+
 impl ResponsesStream {
+    /// Calls `done` with the final response object's JSON when the stream
+    /// ends with `response.completed` or `.incomplete` (not when it fails).
+    pub fn on_done(mut self, done: impl FnOnce(&[u8]) + Send + 'static) -> Self {
+        self.on_done = Some(Box::new(done));
+        self
+    }
+
     /// A translator for response `id`, answering as `model` the Responses
     /// request `request` (whose settings the response objects echo).
     pub fn new(id: &str, model: &str, request: &[u8]) -> Self {
@@ -753,6 +765,7 @@ impl ResponsesStream {
             usage: None,
             finish_reason: None,
             out: Vec::new(),
+            on_done: None,
         }
     }
 
@@ -886,6 +899,9 @@ impl ResponsesStream {
                 self.close();
                 let (status, incomplete) = outcome(self.finish_reason.as_deref());
                 let response = self.object(status, incomplete, Value::Null);
+                if let Some(done) = self.on_done.take() {
+                    done(response.to_string().as_bytes());
+                }
                 let kind = if status == "completed" { "response.completed" } else { "response.incomplete" };
                 self.emit(kind, json!({"response": response}));
                 self.ended = true;

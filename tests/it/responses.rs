@@ -129,3 +129,19 @@ async fn a_response_continues_a_stored_one_but_not_one_sent_with_store_false() {
     let refused = post(&gw, &next(&unstored)).await;
     assert_eq!(refused.status, 400, "{}", refused.text());
 }
+
+#[tokio::test]
+async fn a_streamed_response_can_be_continued_too() {
+    let mock = Mock::start().await;
+    let gw = gateway(&mock).await;
+    let streamed =
+        post(&gw, &json!({"model": "p/agent", "input": "write hello.txt", "tools": tools(), "stream": true})).await;
+    let done = data(&streamed.text()).pop().unwrap();
+    assert_eq!(done["type"], "response.completed");
+    let (id, call_id) = (done["response"]["id"].clone(), done["response"]["output"][0]["call_id"].clone());
+    let next = json!({"model": "p/agent", "previous_response_id": id, "tools": tools(),
+        "input": [{"type": "function_call_output", "call_id": call_id, "output": "wrote 2 bytes"}]});
+    let continued = post(&gw, &next).await;
+    assert_eq!(continued.status, 200, "{}", continued.text());
+    assert_eq!(continued.json()["output"][0]["content"][0]["text"], "done: wrote 2 bytes");
+}
