@@ -152,3 +152,45 @@ async fn stream_usage_false_sends_the_request_as_the_client_wrote_it() {
     assert!(m.chats()[0].body.get("stream_options").is_none(), "{}", m.chats()[0].body);
     assert_eq!(completion_tokens(&gw).await, None, "no usage was asked for, none came");
 }
+
+/// Reasoning an upstream names `reasoning` (OpenRouter, Groq) or
+/// `reasoning_details` reaches chat clients as `reasoning_content`, in the
+/// answer and in stream deltas.
+#[tokio::test]
+async fn reasoning_under_any_name_reaches_chat_clients_as_reasoning_content() {
+    let mock = Mock::start().await;
+    mock.on_model(
+        "m",
+        Behavior::Custom(Arc::new(|seen: &Seen| {
+            if seen.stream {
+                let delta = |d: Value| {
+                    format!("data: {}\n\n", json!({"id": "c", "object": "chat.completion.chunk", "model": "m", "choices": [{"index": 0, "delta": d}]}))
+                };
+                return Reply::sse(vec![
+                    delta(json!({"reasoning": "thinking "})),
+                    delta(json!({"reasoning_details": [{"type": "reasoning.text", "text": "harder"}]})),
+                    delta(json!({"content": "4"})),
+                    "data: [DONE]\n\n".to_owned(),
+                ]);
+            }
+            Reply::json(
+                200,
+                json!({"id": "c", "object": "chat.completion", "model": "m", "choices": [{"index": 0, "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": "4", "reasoning": "2 + 2"}}]})
+                .to_string(),
+            )
+        })),
+    );
+    let gw = start(&format!("providers:\n{}", provider("p", &mock.base_url(), &["k"], &["m"]))).await;
+    let whole = gw.chat("p/m").await.json();
+    assert_eq!(whole["choices"][0]["message"]["reasoning_content"], "2 + 2", "{whole}");
+    let body = json!({"model": "p/m", "stream": true, "messages": [{"role": "user", "content": "2+2?"}]}).to_string();
+    let streamed = gw.post("/v1/chat/completions", &body, &[]).await;
+    let reasoning: String = streamed
+        .events()
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .filter_map(|c| c["choices"][0]["delta"]["reasoning_content"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(reasoning, "thinking harder");
+}

@@ -88,6 +88,8 @@ fn check_answer(body: Vec<u8>, expect: &str) -> Result<Answer, String> {
     if !present {
         return Err(format!("the answer is not a {expect}"));
     }
+    // Reasoning under another name becomes `reasoning_content`.
+    let body = sdk::reasoning::normalised(&body).unwrap_or(body);
     Ok(Answer { body, usage: check.usage })
 }
 

@@ -31,6 +31,7 @@
 mod http;
 mod limits;
 mod openai;
+pub mod reasoning;
 mod stream;
 
 wit_bindgen::generate!({

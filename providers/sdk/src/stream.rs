@@ -63,7 +63,9 @@ impl PassThrough {
                     }
                 }
             }
-            out.push(StreamEvent::chunk(data.into_bytes(), usage));
+            // Reasoning under another name becomes `reasoning_content`.
+            let data = crate::reasoning::normalised(data.as_bytes()).unwrap_or_else(|| data.into_bytes());
+            out.push(StreamEvent::chunk(data, usage));
         }
         out
     }
