@@ -47,6 +47,13 @@ impl DialectError {
     }
 }
 
+/// A request a dialect cannot translate is the client's to fix: 400.
+impl From<DialectError> for crate::errors::ApiError {
+    fn from(e: DialectError) -> Self {
+        Self::bad_request(e.message, None)
+    }
+}
+
 /// Turns a stream of chat completion chunks (the SSE bytes freeway relays
 /// for a chat completion, split anywhere, ending with `data: [DONE]` or
 /// with freeway's error event `data: {"error": {...}}`) into the dialect's

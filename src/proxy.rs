@@ -156,10 +156,12 @@ impl Proxy {
     /// The freeway model name a client's `model` stands for: itself when
     /// something routes it, else the first alias that matches it.
     pub fn unalias<'a>(&'a self, model: &'a str) -> &'a str {
-        if self.routes.load().knows(model) {
-            return model;
+        // The globs first: most names match none, and the routing tables
+        // are looked up only for the few that do.
+        match self.aliases.target(model) {
+            Some(target) if !self.routes.load().knows(model) => target,
+            _ => model,
         }
-        self.aliases.target(model).unwrap_or(model)
     }
 
     /// Serves one parsed-or-not request body through every phase.

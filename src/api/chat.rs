@@ -35,17 +35,13 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let accepted = match accept(gateway, request).await {
-        Ok(accepted) => accepted,
-        Err(e) => return e.into_response(),
-    };
-    let Accepted { body, session, client, in_flight, claim } = accepted;
-    let mut response = gateway.proxy().serve(operation, body, session, client).await;
-    // The body's bytes are let go with `claim` now; the request's place in
-    // flight goes with the response body (a stream's last byte).
-    drop(claim);
-    response.body_mut().hold(in_flight);
-    response
+    match accept(gateway, request).await {
+        Ok(accepted) => {
+            let body = accepted.body.clone();
+            accepted.serve(gateway, operation, body, |response| response).await
+        }
+        Err(e) => e.into_response(),
+    }
 }
 
 /// A request taken in: its body read under its limits, its place in flight.
@@ -60,6 +56,28 @@ pub(super) struct Accepted {
     pub in_flight: InFlight,
     /// The body's bytes in flight: let go once the answer is ready.
     pub claim: admission::Bytes,
+}
+
+impl Accepted {
+    /// Serves `request` (the body, or what a dialect made of it) through
+    /// the proxy; `finish` turns the answer into the client's dialect. The
+    /// body's bytes are let go once the answer is ready; the place in flight
+    /// goes with the answer's body (a stream's last byte).
+    pub(super) async fn serve(
+        self,
+        gateway: &Gateway,
+        operation: Operation,
+        request: Bytes,
+        finish: impl FnOnce(Response<ResponseBody>) -> Response<ResponseBody>,
+    ) -> Response<ResponseBody> {
+        let Accepted { body, session, client, in_flight, claim } = self;
+        drop(body);
+        let response = gateway.proxy().serve(operation, request, session, client).await;
+        drop(claim);
+        let mut response = finish(response);
+        response.body_mut().hold(in_flight);
+        response
+    }
 }
 
 /// Takes a request in (every inbound API): its session id checked, a place

@@ -10,7 +10,7 @@ use http::{Request, Response};
 use http_body::Body;
 use serde_json::json;
 
-use super::chat::{Accepted, accept};
+use super::chat::accept;
 use super::{json_response, translate};
 use crate::body::ResponseBody;
 use crate::dialect::anthropic::{self, MessagesStream};
@@ -24,25 +24,27 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let Accepted { body, session, client, in_flight, claim } = match accept(gateway, request).await {
-        Ok(accepted) => accepted,
-        Err(e) => return e.into_response(),
-    };
-    let translated = match anthropic::to_chat(&body) {
-        Ok(translated) => translated,
-        Err(e) => return ApiError::bad_request(e.message, None).into_response(),
-    };
-    drop(body);
-    let response = gateway.proxy().serve(Operation::Chat, Bytes::from(translated.chat), session, client).await;
-    drop(claim);
+    serve(gateway, request).await.unwrap_or_else(ApiError::into_response)
+}
+
+async fn serve<B>(gateway: &Gateway, request: Request<B>) -> Result<Response<ResponseBody>, ApiError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let accepted = accept(gateway, request).await?;
+    let translated = anthropic::to_chat(&accepted.body)?;
     let model = translated.model;
-    let mut response = translate::answer(
-        response,
-        |chat| anthropic::from_chat(chat, &model).map(Bytes::from),
-        || Box::new(MessagesStream::new(&model)),
-    );
-    response.body_mut().hold(in_flight);
-    response
+    let answer = accepted
+        .serve(gateway, Operation::Chat, Bytes::from(translated.chat), |response| {
+            translate::answer(
+                response,
+                |chat| anthropic::from_chat(chat, &model).map(Bytes::from),
+                || Box::new(MessagesStream::new(&model)),
+            )
+        })
+        .await;
+    Ok(answer)
 }
 
 /// `{"input_tokens": N}`: an estimate, as freeway's limits count tokens.
@@ -51,12 +53,10 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let accepted = match accept(gateway, request).await {
-        Ok(accepted) => accepted,
-        Err(e) => return e.into_response(),
+    let counted = async {
+        let accepted = accept(gateway, request).await?;
+        let n = anthropic::count_tokens(&accepted.body)?;
+        Ok::<_, ApiError>(json_response(Bytes::from(json!({"input_tokens": n}).to_string())))
     };
-    match anthropic::count_tokens(&accepted.body) {
-        Ok(n) => json_response(Bytes::from(json!({"input_tokens": n}).to_string())),
-        Err(e) => ApiError::bad_request(e.message, None).into_response(),
-    }
+    counted.await.unwrap_or_else(ApiError::into_response)
 }

@@ -14,7 +14,7 @@ use http_body::Body;
 use moka::sync::Cache;
 use serde_json::Value;
 
-use super::chat::{Accepted, accept};
+use super::chat::accept;
 use super::translate;
 use crate::body::ResponseBody;
 use crate::dialect::responses::{self, ResponsesStream};
@@ -97,61 +97,59 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let Accepted { body, session, client, in_flight, claim } = match accept(gateway, request).await {
-        Ok(accepted) => accepted,
-        Err(e) => return e.into_response(),
-    };
-    let thread = match responses::thread(&body) {
-        Ok(thread) => thread,
-        Err(e) => return ApiError::bad_request(e.message, None).into_response(),
-    };
+    serve(gateway, request).await.unwrap_or_else(ApiError::into_response)
+}
+
+async fn serve<B>(gateway: &Gateway, request: Request<B>) -> Result<Response<ResponseBody>, ApiError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let accepted = accept(gateway, request).await?;
+    let body = accepted.body.clone();
+    let thread = responses::thread(&body)?;
     let history = match thread.previous_response_id {
         None => None,
-        Some(id) => match gateway.conversations().get(&id) {
-            Some(items) => Some(items),
-            None => {
-                return ApiError::bad_request(
-                    format!(
-                        "previous_response_id `{id}` is not held by this gateway (it keeps responses \
-                         stored with `store` for {} minutes, in memory); send the whole conversation in `input` instead",
-                        KEPT_FOR.as_secs() / 60
-                    ),
-                    Some("previous_response_id"),
-                )
-                .into_response();
-            }
-        },
+        Some(id) => Some(gateway.conversations().get(&id).ok_or_else(|| {
+            ApiError::bad_request(
+                format!(
+                    "previous_response_id `{id}` is not held by this gateway (it keeps responses \
+                     stored with `store` for {} minutes, in memory); send the whole conversation in `input` instead",
+                    KEPT_FOR.as_secs() / 60
+                ),
+                Some("previous_response_id"),
+            )
+        })?),
     };
     let items = history.as_ref().map(|turn| turn.items()).unwrap_or_default();
-    let translated = match responses::to_chat(&body, &items) {
-        Ok(translated) => translated,
-        Err(e) => return ApiError::bad_request(e.message, None).into_response(),
-    };
-    let response = gateway.proxy().serve(Operation::Chat, Bytes::from(translated.chat), session, client).await;
-    drop(claim);
+    let translated = responses::to_chat(&body, &items)?;
     let (id, model) = (responses::new_response_id(), translated.model);
-    // Kept for a next turn to name, unless the client said `store: false`.
-    let mut response = translate::answer(
-        response,
-        |chat| {
-            let answer = Bytes::from(responses::from_chat(chat, &id, &model, &body)?);
-            if thread.store {
-                gateway.conversations().keep(id.clone(), history.clone(), body.clone(), answer.clone());
-            }
-            Ok(answer)
-        },
-        || {
-            let stream = ResponsesStream::new(&id, &model, &body);
-            if !thread.store {
-                return Box::new(stream);
-            }
-            let (conversations, id, earlier, body) =
-                (gateway.conversations().clone(), id.clone(), history.clone(), body.clone());
-            Box::new(stream.on_done(move |answer| {
-                conversations.keep(id, earlier, body, Bytes::copy_from_slice(answer));
-            }))
-        },
-    );
-    response.body_mut().hold(in_flight);
-    response
+    // Each answer is kept for a next turn to name, unless the client said
+    // `store: false`.
+    let answer = accepted
+        .serve(gateway, Operation::Chat, Bytes::from(translated.chat), |response| {
+            translate::answer(
+                response,
+                |chat| {
+                    let answer = Bytes::from(responses::from_chat(chat, &id, &model, &body)?);
+                    if thread.store {
+                        gateway.conversations().keep(id.clone(), history.clone(), body.clone(), answer.clone());
+                    }
+                    Ok(answer)
+                },
+                || {
+                    let stream = ResponsesStream::new(&id, &model, &body);
+                    if !thread.store {
+                        return Box::new(stream);
+                    }
+                    let (conversations, id, earlier, body) =
+                        (gateway.conversations().clone(), id.clone(), history.clone(), body.clone());
+                    Box::new(stream.on_done(move |answer| {
+                        conversations.keep(id, earlier, body, Bytes::copy_from_slice(answer));
+                    }))
+                },
+            )
+        })
+        .await;
+    Ok(answer)
 }

@@ -6,7 +6,8 @@
 //!
 //! The CLIs come from npm (`.ci/run` installs them into
 //! `~/.cache/freeway-agents`, or `FREEWAY_AGENTS` names the folder); a test
-//! says it was skipped when its CLI is missing. Each run gets its own
+//! says it was skipped when its CLI is missing, and fails instead under
+//! `FREEWAY_REQUIRE_CLIENTS=1` (which `.ci/run` sets). Each run gets its own
 //! `HOME`, its traffic is kept on 127.0.0.1 (proxies on a closed local
 //! port, `NO_PROXY` for loopback), and telemetry and updates are off.
 
@@ -15,6 +16,7 @@ use std::process::{Command, Output};
 
 use serde_json::json;
 
+use crate::support::clients::missing;
 use crate::support::gateway::{provider, start};
 use crate::support::mock::{Mock, agent_of};
 
@@ -85,7 +87,7 @@ async fn claude_code_writes_a_file_through_freeway() {
 #[tokio::test]
 async fn codex_writes_a_file_through_freeway() {
     let Some(codex) = cli("codex") else {
-        eprintln!("skipped: Codex CLI is not installed (npm install --prefix ~/.cache/freeway-agents @openai/codex)");
+        missing("Codex CLI", "npm install --prefix ~/.cache/freeway-agents @openai/codex@0.171.0");
         return;
     };
     let (home, work) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 mod support {
+    pub mod clients;
     pub mod gateway;
     pub mod mock;
     pub mod plugins;

@@ -3,8 +3,6 @@
 //! plugins and a mock upstream that speaks OpenAI; and the official
 //! Anthropic Python SDK against it.
 
-use std::process::Command;
-
 use serde_json::{Value, json};
 
 use crate::support::gateway::{Answer, TestGateway, provider, start};
@@ -168,20 +166,7 @@ async fn tokens_are_counted_and_models_listed_in_anthropics_shape() {
 
 #[tokio::test]
 async fn the_anthropic_python_sdk_works_through_freeway() {
-    let has_sdk = Command::new("python3").args(["-c", "import anthropic"]).output().is_ok_and(|o| o.status.success());
-    if !has_sdk {
-        eprintln!("skipped: the anthropic Python package is not installed (pip install anthropic)");
-        return;
-    }
     let mock = Mock::start().await;
     let gw = gateway(&mock).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/anthropic_sdk.py");
-    let base = gw.url("");
-    let out = tokio::task::spawn_blocking(move || Command::new("python3").arg(script).arg(base).output())
-        .await
-        .unwrap()
-        .unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("anthropic sdk ok"));
+    crate::support::clients::python_sdk("anthropic", "anthropic_sdk.py", gw.url(""), "anthropic sdk ok").await;
 }

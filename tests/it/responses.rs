@@ -2,8 +2,6 @@
 //! a chat completion at the edge and back, through real HTTP, real plugins
 //! and a mock upstream; and the official OpenAI Python SDK's `responses`.
 
-use std::process::Command;
-
 use serde_json::{Value, json};
 
 use crate::support::gateway::{Answer, TestGateway, provider, start};
@@ -91,22 +89,9 @@ async fn a_broken_stream_ends_failed_and_an_unknown_previous_response_is_a_400()
 
 #[tokio::test]
 async fn the_openai_python_sdks_responses_work_through_freeway() {
-    let has_sdk = Command::new("python3").args(["-c", "import openai"]).output().is_ok_and(|o| o.status.success());
-    if !has_sdk {
-        eprintln!("skipped: the openai Python package is not installed (pip install openai)");
-        return;
-    }
     let mock = Mock::start().await;
     let gw = gateway(&mock).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_responses.py");
-    let base = gw.url("/v1");
-    let out = tokio::task::spawn_blocking(move || Command::new("python3").arg(script).arg(base).output())
-        .await
-        .unwrap()
-        .unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("openai responses ok"));
+    crate::support::clients::python_sdk("openai", "openai_responses.py", gw.url("/v1"), "openai responses ok").await;
 }
 
 #[tokio::test]

@@ -10,8 +10,13 @@ use serde_json::Value;
 /// Whether `json` (an answer or a chunk) may hold reasoning under another
 /// name: a byte search, so that the common case costs no parse.
 pub fn needs_normalising(json: &[u8]) -> bool {
-    let has = |needle: &[u8]| json.windows(needle.len()).any(|w| w == needle);
-    has(b"\"reasoning\"") || has(b"\"reasoning_details\"")
+    // One substring search for both names (`"reasoning_content"` shares the
+    // prefix too, so a hit is confirmed on the byte after it).
+    let text = String::from_utf8_lossy(json);
+    text.match_indices("\"reasoning").any(|(i, _)| {
+        let rest = &text[i + "\"reasoning".len()..];
+        rest.starts_with('"') || rest.starts_with("_details\"")
+    })
 }
 
 /// Gives each message and delta of a chat answer or chunk its reasoning as
