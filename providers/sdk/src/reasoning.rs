@@ -10,13 +10,19 @@ use serde_json::Value;
 /// Whether `json` (an answer or a chunk) may hold reasoning under another
 /// name: a byte search, so that the common case costs no parse.
 pub fn needs_normalising(json: &[u8]) -> bool {
-    // One substring search for both names (`"reasoning_content"` shares the
-    // prefix too, so a hit is confirmed on the byte after it).
-    let text = String::from_utf8_lossy(json);
-    text.match_indices("\"reasoning").any(|(i, _)| {
-        let rest = &text[i + "\"reasoning".len()..];
-        rest.starts_with('"') || rest.starts_with("_details\"")
-    })
+    // One search for both names (`"reasoning_content"` shares the prefix
+    // too, so a hit is confirmed on the bytes after it); bytes, so that no
+    // UTF-8 check runs over every chunk.
+    const PREFIX: &[u8] = b"\"reasoning";
+    let mut rest = json;
+    while let Some(i) = rest.windows(PREFIX.len()).position(|w| w == PREFIX) {
+        let after = &rest[i + PREFIX.len()..];
+        if after.starts_with(b"\"") || after.starts_with(b"_details\"") {
+            return true;
+        }
+        rest = after;
+    }
+    false
 }
 
 /// Gives each message and delta of a chat answer or chunk its reasoning as
