@@ -9,6 +9,7 @@
 //! | `anthropic.rs` | the Anthropic Messages API (`POST /v1/messages`, Claude Code, the Anthropic SDKs) |
 //! | `responses.rs` | the OpenAI Responses API (`POST /v1/responses`, Codex CLI, the OpenAI SDKs' `responses`) |
 //! | `chunks.rs` | reading a chat completion stream: SSE framing split anywhere, chunks as typed deltas |
+//! | `reasoning.rs` | reasoning a target needs back (signatures), carried through each dialect's own fields |
 //!
 //! Each dialect module is pure translation (bytes in, bytes out), with no
 //! I/O: the endpoints in `crate::api` wire them to the proxy.
@@ -17,6 +18,7 @@ use bytes::Bytes;
 
 pub mod anthropic;
 pub mod chunks;
+pub mod reasoning;
 pub mod responses;
 
 /// A request translated into an OpenAI chat completion request.

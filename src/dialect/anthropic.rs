@@ -15,6 +15,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
 use super::chunks::{ChatEvent, Chunk, ChunkReader, ChunkUsage};
+use super::reasoning::{self, Carried};
 use super::{DialectError, StreamTranslator, Translated};
 
 /// An error about the field at `path`.
@@ -295,14 +296,16 @@ fn tool_result_content(content: Option<&Value>, path: &str) -> Result<(String, V
 }
 
 /// An assistant turn's blocks → one assistant message: its text, its tool
-/// calls, and its thinking as `reasoning_content` (with the signature as
-/// `reasoning_signature`, so a target that checks signatures can be given
-/// them back).
+/// calls, its thinking text as `reasoning_content`, and what a target needs
+/// back as `reasoning_details` (Anthropic's signed and redacted thinking as
+/// Anthropic entries; what freeway sealed into a signature opened again,
+/// see `reasoning.rs`).
 fn assistant_turn(blocks: &[Value], path: &str, out: &mut Vec<Value>) -> Result<(), DialectError> {
     let mut texts = Vec::new();
     let mut calls = Vec::new();
     let mut reasoning = String::new();
-    let mut signature = String::new();
+    let mut details = Vec::new();
+    let mut carried = Carried::default();
     for (j, block) in blocks.iter().enumerate() {
         let path = format!("{path}[{j}]");
         match block_type(block, &path)? {
@@ -318,14 +321,22 @@ fn assistant_turn(blocks: &[Value], path: &str, out: &mut Vec<Value>) -> Result<
                 calls.push(json!({"id": id, "type": "function", "function": {"name": name, "arguments": arguments}}));
             }
             "thinking" => {
-                reasoning.push_str(string_field(block, "thinking", &path)?);
-                if let Some(s) = block.get("signature").and_then(Value::as_str) {
-                    signature.push_str(s);
+                let text = string_field(block, "thinking", &path)?;
+                reasoning.push_str(text);
+                let signature = block.get("signature").and_then(Value::as_str).unwrap_or_default();
+                match Carried::open(signature, &format!("{path}.signature"))? {
+                    Some(opened) => carried.merge(opened),
+                    None if signature.is_empty() => {}
+                    None => details.push(json!({"type": "reasoning.text", "text": text, "signature": signature,
+                        "format": reasoning::ANTHROPIC, "index": details.len()})),
                 }
             }
-            // Redacted thinking is encrypted for Anthropic alone: no text
-            // to keep, and no other target can read it.
-            "redacted_thinking" => {}
+            // Encrypted for Anthropic alone: only an Anthropic target gets it.
+            "redacted_thinking" => {
+                let data = string_field(block, "data", &path)?;
+                details.push(json!({"type": "reasoning.encrypted", "data": data, "format": reasoning::ANTHROPIC,
+                    "index": details.len()}));
+            }
             other @ ("tool_result" | "image") => {
                 return Err(field_error(format!("{path}.type"), format!("a {other} block belongs in a user turn")));
             }
@@ -342,9 +353,11 @@ fn assistant_turn(blocks: &[Value], path: &str, out: &mut Vec<Value>) -> Result<
     if !reasoning.is_empty() {
         message.insert("reasoning_content".into(), reasoning.into());
     }
-    if !signature.is_empty() {
-        message.insert("reasoning_signature".into(), signature.into());
+    if !details.is_empty() {
+        message.insert("reasoning_details".into(), Value::Array(details));
     }
+    // (The turn's calls are all in `message`: nothing is left for later.)
+    let _ = carried.apply(&mut message);
     out.push(Value::Object(message));
     Ok(())
 }
@@ -450,6 +463,48 @@ fn stop_reason(finish_reason: Option<&str>, called_tools: bool) -> &'static str 
     }
 }
 
+/// An answer's reasoning as thinking blocks: Anthropic's signed and
+/// redacted thinking as Anthropic wrote it; the rest (the text of another
+/// target's reasoning, and what that target needs back, sealed as the
+/// signature) in one thinking block after them.
+fn thinking_blocks(message: &Value, content: &mut Vec<Value>) {
+    let text = ["reasoning_content", "reasoning"]
+        .iter()
+        .find_map(|name| message.get(*name).and_then(Value::as_str))
+        .unwrap_or_default();
+    let mut rest = Carried::of_message(message);
+    let details = std::mem::take(&mut rest.details);
+    let signed_texts =
+        details.iter().filter(|d| reasoning::is_anthropic(d) && reasoning::kind(d) == "reasoning.text").count();
+    let mut shown = false;
+    for entry in details {
+        if !reasoning::is_anthropic(&entry) {
+            rest.details.push(entry);
+            continue;
+        }
+        let field = |name: &str| entry.get(name).and_then(Value::as_str).unwrap_or_default().to_owned();
+        match reasoning::kind(&entry) {
+            "reasoning.text" => {
+                // A streamed answer's entry has its signature only: the text
+                // is the message's, when it is the only signed block.
+                let mut thinking = field("text");
+                if thinking.is_empty() && signed_texts == 1 {
+                    thinking = text.to_owned();
+                }
+                shown |= !thinking.is_empty();
+                content.push(json!({"type": "thinking", "thinking": thinking, "signature": field("signature")}));
+            }
+            "reasoning.encrypted" => content.push(json!({"type": "redacted_thinking", "data": field("data")})),
+            _ => rest.details.push(entry),
+        }
+    }
+    let text = if shown { "" } else { text };
+    if !text.is_empty() || !rest.is_empty() {
+        let signature = if rest.is_empty() { String::new() } else { rest.seal() };
+        content.push(json!({"type": "thinking", "thinking": text, "signature": signature}));
+    }
+}
+
 /// OpenAI chat completion response JSON → Messages response JSON (`model`
 /// echoed as the client asked).
 pub fn from_chat(chat: &[u8], model: &str) -> Result<Vec<u8>, DialectError> {
@@ -460,13 +515,7 @@ pub fn from_chat(chat: &[u8], model: &str) -> Result<Vec<u8>, DialectError> {
     };
     let message = choice.get("message").unwrap_or(&Value::Null);
     let mut content = Vec::new();
-    let reasoning = ["reasoning_content", "reasoning"]
-        .iter()
-        .find_map(|name| message.get(*name).and_then(Value::as_str).filter(|r| !r.is_empty()));
-    if let Some(reasoning) = reasoning {
-        let signature = message.get("reasoning_signature").and_then(Value::as_str).unwrap_or("");
-        content.push(json!({"type": "thinking", "thinking": reasoning, "signature": signature}));
-    }
+    thinking_blocks(message, &mut content);
     let text = match message.get("content") {
         Some(Value::String(text)) => text.clone(),
         // Some targets answer with content parts, as requests may send.
@@ -575,6 +624,8 @@ pub fn count_tokens(body: &[u8]) -> Result<u64, DialectError> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Open {
     Thinking,
+    /// Redacted thinking (whole in its start event).
+    Redacted,
     Text,
     /// A tool call, by its index in the chat stream.
     Tool(u32),
@@ -597,8 +648,14 @@ pub struct MessagesStream {
     /// The open block and its Anthropic index.
     open: Option<(Open, u32)>,
     next_index: u32,
-    /// The open thinking block's signature, sent just before it closes.
+    /// The open thinking block's signature (Anthropic's), sent just before
+    /// it closes.
     signature: String,
+    /// What another target needs back (its `reasoning_details`, a call's
+    /// `extra_content`), sealed into the signature of the next thinking
+    /// block to close, or of one opened for it before a tool call or at
+    /// the end.
+    pending: Carried,
     /// The highest chat tool call index that had a block (a later piece
     /// of an earlier call cannot reopen its closed block).
     last_tool: Option<u32>,
@@ -617,6 +674,7 @@ impl MessagesStream {
             open: None,
             next_index: 0,
             signature: String::new(),
+            pending: Carried::default(),
             last_tool: None,
             finish_reason: None,
             usage: None,
@@ -632,6 +690,7 @@ impl MessagesStream {
             ChatEvent::Done => {
                 self.start("", out);
                 self.close_block(out);
+                self.flush_pending(out);
                 let called_tools = self.last_tool.is_some();
                 let usage = match self.usage {
                     Some(u) => json!({"input_tokens": u.prompt_tokens, "output_tokens": u.completion_tokens}),
@@ -681,14 +740,11 @@ impl MessagesStream {
         for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {
             let delta = choice.delta;
             if let Some(thinking) = delta.reasoning_content.filter(|t| !t.is_empty()) {
-                let index =
-                    self.ensure_open(Open::Thinking, json!({"type": "thinking", "thinking": "", "signature": ""}), out);
+                let index = self.ensure_open(Open::Thinking, empty_thinking(), out);
                 delta_event(out, index, json!({"type": "thinking_delta", "thinking": thinking}));
             }
-            if let Some(signature) = delta.reasoning_signature.filter(|s| !s.is_empty())
-                && matches!(self.open, Some((Open::Thinking, _)))
-            {
-                self.signature.push_str(&signature);
+            for entry in delta.reasoning_details {
+                self.on_detail(entry, out);
             }
             if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
                 let index = self.ensure_open(Open::Text, json!({"type": "text", "text": ""}), out);
@@ -706,6 +762,12 @@ impl MessagesStream {
                     _ => {
                         self.last_tool = Some(call.index);
                         let id = call.id.filter(|id| !id.is_empty()).unwrap_or_else(|| random_id("toolu_"));
+                        if let Some(extra) = call.extra_content.filter(|e| !e.is_null()) {
+                            self.pending.calls.push((id.clone(), extra));
+                        }
+                        // What this call needs back rides in a thinking
+                        // block before it, as Anthropic orders them.
+                        self.flush_pending(out);
                         let name = function.name.clone().unwrap_or_default();
                         let block = json!({"type": "tool_use", "id": id, "name": name, "input": {}});
                         self.ensure_open(Open::Tool(call.index), block, out)
@@ -729,6 +791,11 @@ impl MessagesStream {
         {
             return index;
         }
+        self.start_block(kind, block, out)
+    }
+
+    /// Closes the open block and starts `block`; its index.
+    fn start_block(&mut self, kind: Open, block: Value, out: &mut String) -> u32 {
         self.close_block(out);
         let index = self.next_index;
         self.next_index += 1;
@@ -739,12 +806,76 @@ impl MessagesStream {
 
     fn close_block(&mut self, out: &mut String) {
         let Some((kind, index)) = self.open.take() else { return };
-        if kind == Open::Thinking && !self.signature.is_empty() {
-            let signature = std::mem::take(&mut self.signature);
-            delta_event(out, index, json!({"type": "signature_delta", "signature": signature}));
+        if kind == Open::Thinking {
+            let signature = if !self.signature.is_empty() {
+                std::mem::take(&mut self.signature)
+            } else if !self.pending.is_empty() {
+                std::mem::take(&mut self.pending).seal()
+            } else {
+                String::new()
+            };
+            if !signature.is_empty() {
+                delta_event(out, index, json!({"type": "signature_delta", "signature": signature}));
+            }
         }
         emit(out, "content_block_stop", json!({"index": index}));
     }
+
+    /// One `reasoning_details` entry of a delta: Anthropic's signature
+    /// closes the thinking block it signs, its redacted thinking is a block
+    /// of its own; another target's entry waits in `pending`.
+    fn on_detail(&mut self, entry: Value, out: &mut String) {
+        if !reasoning::is_anthropic(&entry) {
+            self.pending.details.push(entry);
+            return;
+        }
+        let field = |name: &str| entry.get(name).and_then(Value::as_str).unwrap_or_default().to_owned();
+        match reasoning::kind(&entry) {
+            "reasoning.text" => {
+                let index = self.ensure_open(Open::Thinking, empty_thinking(), out);
+                let text = field("text");
+                if !text.is_empty() {
+                    delta_event(out, index, json!({"type": "thinking_delta", "thinking": text}));
+                }
+                let signature = field("signature");
+                if !signature.is_empty() {
+                    if !self.pending.is_empty() {
+                        // The block is Anthropic's: what waits goes in a
+                        // block of its own.
+                        self.open = None;
+                        delta_event(out, index, json!({"type": "signature_delta", "signature": signature}));
+                        emit(out, "content_block_stop", json!({"index": index}));
+                    } else {
+                        self.signature = signature;
+                        self.close_block(out);
+                    }
+                }
+            }
+            "reasoning.encrypted" => {
+                let block = json!({"type": "redacted_thinking", "data": field("data")});
+                self.start_block(Open::Redacted, block, out);
+                self.close_block(out);
+            }
+            _ => self.pending.details.push(entry),
+        }
+    }
+
+    /// Seals what waits into a thinking block: the open one, or one of its
+    /// own.
+    fn flush_pending(&mut self, out: &mut String) {
+        if self.pending.is_empty() {
+            return;
+        }
+        if !matches!(self.open, Some((Open::Thinking, _))) {
+            self.start_block(Open::Thinking, empty_thinking(), out);
+        }
+        self.close_block(out);
+    }
+}
+
+/// A thinking block as it starts, before its deltas.
+fn empty_thinking() -> Value {
+    json!({"type": "thinking", "thinking": "", "signature": ""})
 }
 
 /// One event, `event: <type>\ndata: <json with the same type>\n\n`.
@@ -915,7 +1046,12 @@ mod tests {
                     {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO"}},
                     {"type": "image_url", "image_url": {"url": "https://x.test/a.jpg"}}
                 ]},
-                {"role": "assistant", "content": "Reading.", "reasoning_content": "they want a read", "reasoning_signature": "sig==",
+                {"role": "assistant", "content": "Reading.", "reasoning_content": "they want a read",
+                 "reasoning_details": [
+                    {"type": "reasoning.text", "text": "they want a read", "signature": "sig==",
+                     "format": "anthropic-claude-v1", "index": 0},
+                    {"type": "reasoning.encrypted", "data": "opaque", "format": "anthropic-claude-v1", "index": 1}
+                 ],
                  "tool_calls": [
                     {"id": "toolu_1", "type": "function", "function": {"name": "read", "arguments": "{\"path\":\"a.rs\"}"}},
                     {"id": "toolu_2", "type": "function", "function": {"name": "list", "arguments": "{}"}}
@@ -996,7 +1132,9 @@ mod tests {
         let answer = answer_of(json!({
             "id": "chatcmpl-1", "model": "upstream-m",
             "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
-                "role": "assistant", "content": "Let me look.", "reasoning_content": "need the file", "reasoning_signature": "sig",
+                "role": "assistant", "content": "Let me look.", "reasoning_content": "need the file",
+                "reasoning_details": [{"type": "reasoning.text", "signature": "sig", "format": "anthropic-claude-v1", "index": 0},
+                    {"type": "reasoning.encrypted", "data": "red", "format": "anthropic-claude-v1", "index": 1}],
                 "tool_calls": [
                     {"id": "call_1", "type": "function", "function": {"name": "read", "arguments": "{\"path\":\"a.rs\"}"}},
                     {"id": "call_2", "type": "function", "function": {"name": "list", "arguments": ""}}
@@ -1009,6 +1147,7 @@ mod tests {
                 "id": "msg_chatcmpl-1", "type": "message", "role": "assistant", "model": "claude-x",
                 "content": [
                     {"type": "thinking", "thinking": "need the file", "signature": "sig"},
+                    {"type": "redacted_thinking", "data": "red"},
                     {"type": "text", "text": "Let me look."},
                     {"type": "tool_use", "id": "call_1", "name": "read", "input": {"path": "a.rs"}},
                     {"type": "tool_use", "id": "call_2", "name": "list", "input": {}}
@@ -1115,7 +1254,7 @@ mod tests {
     const STREAM: &str = concat!(
         "data: {\"id\":\"c9\",\"model\":\"up\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
         "data: {\"id\":\"c9\",\"model\":\"up\",\"choices\":[{\"index\":0,\"delta\":{\"reasoning_content\":\"Think\"}}]}\n\n",
-        "data: {\"id\":\"c9\",\"model\":\"up\",\"choices\":[{\"index\":0,\"delta\":{\"reasoning_content\":\"ing.\",\"reasoning_signature\":\"s1\"}}]}\n\n",
+        "data: {\"id\":\"c9\",\"model\":\"up\",\"choices\":[{\"index\":0,\"delta\":{\"reasoning_content\":\"ing.\",\"reasoning_details\":[{\"type\":\"reasoning.text\",\"signature\":\"s1\",\"format\":\"anthropic-claude-v1\",\"index\":0}]}}]}\n\n",
         "data: {\"id\":\"c9\",\"model\":\"up\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}\n\n",
         "data: {\"id\":\"c9\",\"model\":\"up\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo \\u00e9\"}}]}\n\n",
         "data: {\"id\":\"c9\",\"model\":\"up\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"call_1\",\"type\":\"function\",\"function\":{\"name\":\"read\",\"arguments\":\"\"}}]}}]}\n\n",
@@ -1275,5 +1414,70 @@ mod tests {
         let nothing = parse_events(&translate(&[]));
         assert_eq!(nothing.len(), 1, "an empty stream is only the error: {nothing:?}");
         assert_eq!(nothing[0].0, "error");
+    }
+
+    /// Another target's reasoning (Gemini's thought text and a call's
+    /// thought signature) is one thinking block whose signature carries
+    /// what the target needs; sent back, it reaches the chat request whole.
+    #[test]
+    fn another_targets_signatures_ride_in_a_thinking_block_and_come_back() {
+        let extra = json!({"google": {"thought_signature": "R2VtaW5p"}});
+        let text_signature =
+            json!({"type": "reasoning.encrypted", "data": "dGV4dA", "format": "google-gemini-v1", "index": 0});
+        let answer = answer_of(json!({"choices": [{"finish_reason": "tool_calls", "message": {
+            "content": null, "reasoning_content": "plan", "reasoning_details": [text_signature],
+            "tool_calls": [{"id": "call_9", "type": "function", "extra_content": extra,
+                "function": {"name": "write", "arguments": "{}"}}]}}]}));
+        let content = answer["content"].as_array().unwrap();
+        assert_eq!(content.len(), 2, "{answer}");
+        assert_eq!(content[0]["type"], "thinking");
+        assert_eq!(content[0]["thinking"], "plan");
+        assert!(content[0]["signature"].as_str().unwrap().starts_with("freeway1."));
+        // The client sends the turn back as Claude Code does.
+        let chat = chat_of(json!({"model": "m", "max_tokens": 10, "messages": [
+            {"role": "user", "content": "go"},
+            {"role": "assistant", "content": content},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_9", "content": "ok"}]}
+        ]}));
+        let assistant = &chat["messages"][1];
+        assert_eq!(assistant["reasoning_content"], "plan");
+        assert_eq!(assistant["reasoning_details"], json!([text_signature]));
+        assert_eq!(assistant["tool_calls"][0]["extra_content"], extra);
+        let mut damaged = content[0].clone();
+        damaged["signature"] = json!("freeway1.not base64!");
+        let error = error_of(json!({"model": "m", "max_tokens": 10, "messages": [
+            {"role": "user", "content": "go"}, {"role": "assistant", "content": [damaged]}]}));
+        assert!(error.starts_with("messages[1].content[0].signature: "), "{error}");
+    }
+
+    #[test]
+    fn a_streamed_call_signature_closes_the_thinking_block_and_redacted_thinking_is_its_own_block() {
+        let stream = concat!(
+            "data: {\"id\":\"g\",\"choices\":[{\"index\":0,\"delta\":{\"reasoning_details\":[{\"type\":\"reasoning.encrypted\",\"data\":\"r1\",\"format\":\"anthropic-claude-v1\",\"index\":0}]}}]}\n\n",
+            "data: {\"id\":\"g\",\"choices\":[{\"index\":0,\"delta\":{\"reasoning_content\":\"plan\"}}]}\n\n",
+            "data: {\"id\":\"g\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"call_9\",\"extra_content\":{\"google\":{\"thought_signature\":\"R2Vt\"}},\"function\":{\"name\":\"write\",\"arguments\":\"{}\"}}]}}]}\n\n",
+            "data: {\"id\":\"g\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n",
+            "data: [DONE]\n\n",
+        );
+        let events = parse_events(&translate(&[stream.as_bytes()]));
+        let blocks: Vec<&Value> =
+            events.iter().filter(|(name, _)| name == "content_block_start").map(|(_, d)| &d["content_block"]).collect();
+        assert_eq!(blocks[0], &json!({"type": "redacted_thinking", "data": "r1"}));
+        assert_eq!(blocks[1]["type"], "thinking");
+        assert_eq!(blocks[2]["type"], "tool_use");
+        let signature = events
+            .iter()
+            .find_map(|(_, d)| (d["delta"]["type"] == "signature_delta").then(|| d["delta"]["signature"].clone()))
+            .unwrap();
+        assert_eq!(events.iter().filter(|(_, d)| d["delta"]["type"] == "signature_delta").count(), 1);
+        let opened = Carried::open(signature.as_str().unwrap(), "s").unwrap().unwrap();
+        assert_eq!(opened.calls, vec![("call_9".to_owned(), json!({"google": {"thought_signature": "R2Vt"}}))]);
+        // The signature comes before the thinking block stops, which is
+        // before the call's block starts.
+        let position = |wanted: &dyn Fn(&Value) -> bool| events.iter().position(|(_, d)| wanted(d)).unwrap();
+        assert!(
+            position(&|d| d["delta"]["type"] == "signature_delta")
+                < position(&|d| d["content_block"]["type"] == "tool_use")
+        );
     }
 }

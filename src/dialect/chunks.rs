@@ -65,10 +65,10 @@ pub struct Delta {
     /// Reasoning text (freeway's normalised name).
     #[serde(default, alias = "reasoning")]
     pub reasoning_content: Option<String>,
-    /// The reasoning's signature (a target that signs its thinking, as
-    /// Anthropic's does), to hand back with it on a later turn.
+    /// Reasoning entries a target needs back on a later turn (signatures,
+    /// encrypted reasoning), as `reasoning_details` (see `reasoning.rs`).
     #[serde(default)]
-    pub reasoning_signature: Option<String>,
+    pub reasoning_details: Vec<serde_json::Value>,
     /// Tool calls, streamed: the first piece of each has its id and name,
     /// later ones more of its arguments.
     #[serde(default)]
@@ -87,6 +87,10 @@ pub struct ToolCallDelta {
     /// Its function: name (first piece) and more of its arguments.
     #[serde(default)]
     pub function: Option<FunctionDelta>,
+    /// What the target needs back with this call (Gemini's thought
+    /// signature, as `{"google": {"thought_signature": ...}}`).
+    #[serde(default)]
+    pub extra_content: Option<serde_json::Value>,
 }
 
 /// A tool call's function, streamed.

@@ -18,6 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{Map, Value, json};
 
 use super::chunks::{ChatEvent, Chunk, ChunkReader, ChunkUsage};
+use super::reasoning::Carried;
 use super::{DialectError, StreamTranslator, Translated};
 use bytes::Bytes;
 
@@ -160,7 +161,7 @@ pub fn to_chat(body: &[u8], history: &[Value]) -> Result<Translated, DialectErro
 
     let mut chat = Map::new();
     chat.insert("model".into(), Value::String(model.clone()));
-    chat.insert("messages".into(), Value::Array(messages.list));
+    chat.insert("messages".into(), Value::Array(messages.finish()));
     if let Some(tools) = request.get("tools").filter(|t| !t.is_null()) {
         let tools = translate_tools(tools)?;
         if !tools.is_empty() {
@@ -233,18 +234,48 @@ struct Messages {
     /// Reasoning text of a `reasoning` item, waiting for the assistant
     /// message (or function call) that follows it.
     reasoning: Option<String>,
+    /// What a `reasoning` item's `encrypted_content` carries for the
+    /// target (signatures, see `reasoning.rs`), waiting likewise.
+    carried: Carried,
 }
 
 impl Messages {
-    /// Appends a message; an assistant message takes the waiting reasoning,
-    /// any other drops it (reasoning belongs to the turn it precedes).
+    /// Appends a message; an assistant message takes the waiting reasoning.
+    /// Reasoning text belongs to the turn it precedes and is dropped before
+    /// another message; what it carries for the target, when no assistant
+    /// turn follows, belongs to the assistant turn just before (freeway
+    /// puts a reasoning item after the answer when a signature came last).
     fn push(&mut self, mut message: Value) {
         let assistant = message.get("role").and_then(Value::as_str) == Some("assistant");
         let reasoning = self.reasoning.take();
-        if assistant && let (Some(reasoning), Some(map)) = (reasoning, message.as_object_mut()) {
-            map.insert("reasoning_content".into(), Value::String(reasoning));
+        let carried = std::mem::take(&mut self.carried);
+        if assistant && let Some(map) = message.as_object_mut() {
+            if let Some(reasoning) = reasoning {
+                map.insert("reasoning_content".into(), Value::String(reasoning));
+            }
+            // Its calls come as later items.
+            self.carried = carried.apply(map);
+        } else if !carried.is_empty() {
+            self.carry_back(carried);
         }
         self.list.push(message);
+    }
+
+    /// Gives `carried` to the last message when it is the assistant's
+    /// (what finds no place there has no turn left to go to).
+    fn carry_back(&mut self, carried: Carried) {
+        if let Some(last) = self.list.last_mut().and_then(Value::as_object_mut)
+            && last.get("role").and_then(Value::as_str) == Some("assistant")
+        {
+            let _ = carried.apply(last);
+        }
+    }
+
+    /// The chat messages, with what still waits given to the last turn.
+    fn finish(mut self) -> Vec<Value> {
+        let carried = std::mem::take(&mut self.carried);
+        self.carry_back(carried);
+        self.list
     }
 
     /// Translates one Responses item found at `path`.
@@ -286,6 +317,14 @@ impl Messages {
                 }
                 if !texts.is_empty() {
                     self.reasoning = Some(texts.join("\n\n"));
+                }
+                // Another gateway's or OpenAI's own encrypted reasoning
+                // means nothing to a chat target: only freeway's is opened.
+                if let Some(Value::String(token)) = map.get("encrypted_content") {
+                    let path = format!("{path}.encrypted_content");
+                    if let Some(carried) = Carried::open(token, &path)? {
+                        self.carried.merge(carried);
+                    }
                 }
                 Ok(())
             }
@@ -338,6 +377,7 @@ impl Messages {
                     last.insert("tool_calls".into(), Value::Array(vec![call]));
                 }
             }
+            self.carried = std::mem::take(&mut self.carried).apply(last);
             return Ok(());
         }
         self.reasoning = reasoning;
@@ -539,6 +579,9 @@ struct Item {
     name: String,
     /// A call's index among the chat message's tool calls.
     chat_index: u32,
+    /// A reasoning item's `encrypted_content`: what the target needs back
+    /// on the next turn, sealed (see `reasoning.rs`).
+    encrypted: Option<String>,
     /// Whether `response.output_item.added` was sent for it.
     announced: bool,
     done: bool,
@@ -559,6 +602,7 @@ impl Item {
             call_id: String::new(),
             name: String::new(),
             chat_index: 0,
+            encrypted: None,
             announced: false,
             done: false,
         }
@@ -571,7 +615,11 @@ impl Item {
             Kind::Reasoning => {
                 let summary =
                     if self.text.is_empty() { json!([]) } else { json!([{"type": "summary_text", "text": self.text}]) };
-                json!({"type": "reasoning", "id": self.id, "summary": summary})
+                let mut item = json!({"type": "reasoning", "id": self.id, "summary": summary});
+                if let Some(encrypted) = &self.encrypted {
+                    item["encrypted_content"] = Value::String(encrypted.clone());
+                }
+                item
             }
             Kind::Message => {
                 let content = if self.text.is_empty() && !self.done { json!([]) } else { json!([self.part()]) };
@@ -673,14 +721,20 @@ pub fn from_chat(chat: &[u8], id: &str, model: &str, request: &[u8]) -> Result<V
     };
     let mut items = Vec::new();
     let reasoning = text_of(message.and_then(|m| m.get("reasoning_content").or_else(|| m.get("reasoning"))));
+    let carried = message.map(Carried::of_message).unwrap_or_default();
+    if !reasoning.is_empty() || !carried.is_empty() {
+        let mut item = Item::new(Kind::Reasoning, id, items.len());
+        item.text = reasoning;
+        item.encrypted = (!carried.is_empty()).then(|| carried.seal());
+        item.done = true;
+        items.push(item);
+    }
     let text = text_of(message.and_then(|m| m.get("content")));
-    for (kind, text) in [(Kind::Reasoning, reasoning), (Kind::Message, text)] {
-        if !text.is_empty() {
-            let mut item = Item::new(kind, id, items.len());
-            item.text = text;
-            item.done = true;
-            items.push(item);
-        }
+    if !text.is_empty() {
+        let mut item = Item::new(Kind::Message, id, items.len());
+        item.text = text;
+        item.done = true;
+        items.push(item);
     }
     if let Some(Value::Array(calls)) = message.and_then(|m| m.get("tool_calls")) {
         for call in calls {
@@ -730,6 +784,10 @@ pub struct ResponsesStream {
     items: Vec<Item>,
     /// The item receiving deltas.
     open: Option<usize>,
+    /// What the target needs back (its `reasoning_details`, a call's
+    /// `extra_content`), sealed into the next reasoning item to close, or
+    /// into one made for it before a call or at the end.
+    pending: Carried,
     usage: Option<ChunkUsage>,
     finish_reason: Option<String>,
     out: Vec<u8>,
@@ -762,6 +820,7 @@ impl ResponsesStream {
             ended: false,
             items: Vec::new(),
             open: None,
+            pending: Carried::default(),
             usage: None,
             finish_reason: None,
             out: Vec::new(),
@@ -856,6 +915,9 @@ impl ResponsesStream {
     fn close(&mut self) {
         let Some(index) = self.open.take() else { return };
         self.items[index].done = true;
+        if self.items[index].kind == Kind::Reasoning && !self.pending.is_empty() {
+            self.items[index].encrypted = Some(std::mem::take(&mut self.pending).seal());
+        }
         let item = self.items[index].clone();
         match item.kind {
             Kind::Message => {
@@ -869,6 +931,7 @@ impl ResponsesStream {
                     json!({"item_id": item.id, "output_index": index, "content_index": 0, "part": item.part()}),
                 );
             }
+            Kind::Reasoning if item.text.is_empty() => {}
             Kind::Reasoning => {
                 self.emit(
                     "response.reasoning_summary_text.done",
@@ -888,6 +951,26 @@ impl ResponsesStream {
         self.emit("response.output_item.done", json!({"output_index": index, "item": item.to_json()}));
     }
 
+    /// Seals what waits into a reasoning item: the open one, or one of its
+    /// own.
+    fn flush_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        if !self.open.is_some_and(|open| self.items[open].kind == Kind::Reasoning) {
+            // An item with no summary: no summary part events.
+            self.close();
+            let index = self.items.len();
+            let mut item = Item::new(Kind::Reasoning, &self.id, index);
+            item.announced = true;
+            let added = item.to_json();
+            self.items.push(item);
+            self.open = Some(index);
+            self.emit("response.output_item.added", json!({"output_index": index, "item": added}));
+        }
+        self.close();
+    }
+
     /// Translates one chat event.
     fn event(&mut self, event: ChatEvent) {
         if self.ended {
@@ -897,6 +980,7 @@ impl ResponsesStream {
             ChatEvent::Chunk(chunk) => self.chunk(chunk),
             ChatEvent::Done => {
                 self.close();
+                self.flush_pending();
                 let (status, incomplete) = outcome(self.finish_reason.as_deref());
                 let response = self.object(status, incomplete, Value::Null);
                 if let Some(done) = self.on_done.take() {
@@ -924,6 +1008,7 @@ impl ResponsesStream {
             self.usage = Some(usage);
         }
         let Some(choice) = chunk.choices.into_iter().find(|c| c.index == 0) else { return };
+        self.pending.details.extend(choice.delta.reasoning_details);
         if let Some(reasoning) = choice.delta.reasoning_content.filter(|r| !r.is_empty()) {
             let index = self.item(Kind::Reasoning, 0);
             self.items[index].text.push_str(&reasoning);
@@ -943,6 +1028,13 @@ impl ResponsesStream {
             );
         }
         for call in choice.delta.tool_calls {
+            if let Some(extra) = call.extra_content.filter(|e| !e.is_null()) {
+                let known = self.items.iter().rev().find(|i| i.kind == Kind::Call && i.chat_index == call.index);
+                let id = call.id.clone().or_else(|| known.map(|i| i.call_id.clone())).unwrap_or_default();
+                self.pending.calls.push((id, extra));
+            }
+            // What the call needs back rides in a reasoning item before it.
+            self.flush_pending();
             let index = self.item(Kind::Call, call.index);
             let item = &mut self.items[index];
             let fresh = !item.announced;
@@ -1515,5 +1607,69 @@ mod tests {
         // Nothing at all from upstream: still a well-formed failed stream.
         let events = parse_events(&stream_split(b"", &[]));
         assert_eq!(types(&events), ["response.created", "response.in_progress", "response.failed"]);
+    }
+
+    /// What a target needs back (a call's thought signature, a signed
+    /// entry) rides in the reasoning item's `encrypted_content` and reaches
+    /// the chat request again on the next turn, from the items a client
+    /// sends back or from the stored conversation.
+    #[test]
+    fn signatures_ride_in_encrypted_content_and_come_back() {
+        let extra = json!({"google": {"thought_signature": "R2Vt"}});
+        let entry = json!({"type": "reasoning.encrypted", "data": "dGV4dA", "format": "google-gemini-v1", "index": 0});
+        let response = answer(json!({"choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+        "role": "assistant", "content": null, "reasoning_content": "plan", "reasoning_details": [entry],
+        "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "a", "arguments": "{}"}},
+            {"id": "call_2", "type": "function", "extra_content": extra, "function": {"name": "b", "arguments": "{}"}},
+        ]}}]}));
+        let reasoning = &response["output"][0];
+        assert_eq!(reasoning["type"], "reasoning");
+        assert!(reasoning["encrypted_content"].as_str().unwrap().starts_with("freeway1."), "{reasoning}");
+        let items = output_items(&serde_json::to_vec(&response).unwrap());
+        let next = chat(
+            json!({"model": "m", "input": [
+            {"type": "function_call_output", "call_id": "call_1", "output": "1"},
+            {"type": "function_call_output", "call_id": "call_2", "output": "2"}]}),
+            &items,
+        );
+        let assistant = &next["messages"][0];
+        assert_eq!(assistant["reasoning_details"], json!([entry]));
+        assert!(assistant["tool_calls"][0].get("extra_content").is_none());
+        assert_eq!(assistant["tool_calls"][1]["extra_content"], extra, "a call of a later item finds its signature");
+        // Without text, the reasoning item still carries them.
+        let bare = answer(json!({"choices": [{"index": 0, "finish_reason": "stop", "message": {
+            "role": "assistant", "content": "hi", "reasoning_details": [entry]}}]}));
+        assert_eq!(bare["output"][0]["summary"], json!([]));
+        assert_eq!(bare["output"][1]["type"], "message");
+        let mut damaged = bare["output"][0].clone();
+        damaged["encrypted_content"] = json!("freeway1.@@");
+        let error = chat_error(json!({"model": "m", "input": [damaged, {"role": "user", "content": "x"}]}));
+        assert!(error.starts_with("input[0].encrypted_content: "), "{error}");
+    }
+
+    #[test]
+    fn a_streamed_signature_closes_into_a_reasoning_item_before_its_call_and_a_late_one_comes_last() {
+        let chat_stream = concat!(
+            "data: {\"id\":\"g\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"call_9\",\"extra_content\":{\"google\":{\"thought_signature\":\"R2Vt\"}},\"function\":{\"name\":\"write\",\"arguments\":\"{}\"}}]}}]}\n\n",
+            "data: {\"id\":\"g\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"done\"}}]}\n\n",
+            "data: {\"id\":\"g\",\"choices\":[{\"index\":0,\"delta\":{\"reasoning_details\":[{\"type\":\"reasoning.encrypted\",\"data\":\"late\",\"format\":\"google-gemini-v1\"}]},\"finish_reason\":\"stop\"}]}\n\n",
+            "data: [DONE]\n\n",
+        );
+        let events = parse_events(&stream_split(chat_stream.as_bytes(), &[]));
+        let completed = events.last().unwrap();
+        assert_eq!(completed["type"], "response.completed");
+        let output = completed["response"]["output"].as_array().unwrap();
+        let kinds: Vec<&str> = output.iter().map(|i| i["type"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["reasoning", "function_call", "message", "reasoning"]);
+        assert!(!types(&events).contains(&"response.reasoning_summary_part.added"), "no empty summary parts");
+        let first = Carried::open(output[0]["encrypted_content"].as_str().unwrap(), "x").unwrap().unwrap();
+        assert_eq!(first.calls, vec![("call_9".to_owned(), json!({"google": {"thought_signature": "R2Vt"}}))]);
+        // Sent back, the late entry joins the assistant turn before it.
+        let items: Vec<Value> = output.clone();
+        let next = chat(json!({"model": "m", "input": "next"}), &items);
+        assert_eq!(next["messages"][0]["tool_calls"][0]["extra_content"]["google"]["thought_signature"], "R2Vt");
+        assert_eq!(next["messages"][1]["content"], "done");
+        assert_eq!(next["messages"][1]["reasoning_details"][0]["data"], "late");
     }
 }

@@ -32,6 +32,7 @@ mod policies;
 mod props;
 mod queue;
 mod quota;
+mod reasoning;
 mod redaction;
 mod redis;
 mod responses;

@@ -96,6 +96,37 @@ fn embeddings_are_left_alone() {
     assert!(body.get("stream_options").is_none(), "{body}");
 }
 
+#[test]
+fn reasoning_goes_back_only_as_the_provider_takes_it() {
+    let request = json!({"model": "x", "messages": [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": null, "reasoning_content": "plan", "reasoning": "plan",
+         "reasoning_details": [{"type": "reasoning.text", "text": "plan", "signature": "s", "format": "anthropic-claude-v1"}],
+         "tool_calls": [{"id": "c1", "type": "function", "extra_content": {"google": {"thought_signature": "g"}},
+            "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "ok"},
+        {"role": "assistant", "content": "hm", "tool_calls": [{"id": "c2", "type": "function",
+            "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c2", "content": "ok"},
+    ]});
+    // Unset: strict providers refuse fields they do not know.
+    let body = chat_body(request.clone(), &[]);
+    assert_eq!(
+        body["messages"][1],
+        json!({"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+            "function": {"name": "f", "arguments": "{}"}}]})
+    );
+    let deepseek = chat_body(request.clone(), &options(&[("reasoning_back", "reasoning_content")]));
+    assert_eq!(deepseek["messages"][1]["reasoning_content"], "plan");
+    assert!(deepseek["messages"][1].get("reasoning_details").is_none());
+    assert_eq!(deepseek["messages"][3]["reasoning_content"], "", "a tool turn from another model gets the field");
+    let openrouter = chat_body(request, &options(&[("reasoning_back", "reasoning_details, extra_content")]));
+    assert_eq!(openrouter["messages"][1]["reasoning_details"][0]["signature"], "s");
+    assert_eq!(openrouter["messages"][1]["tool_calls"][0]["extra_content"]["google"]["thought_signature"], "g");
+    assert!(openrouter["messages"][1].get("reasoning_content").is_none());
+    assert!(openrouter["messages"][3].get("reasoning_content").is_none());
+}
+
 /// An upstream that streams as OpenAI does: the usage chunk comes only when
 /// `stream_options.include_usage` asks for it.
 fn openai_like(seen: &Seen) -> Reply {

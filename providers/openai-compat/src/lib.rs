@@ -18,6 +18,16 @@
 //!   gets that chunk too (it has no choices). `"false"` leaves the request
 //!   as the client sent it, as does listing `stream_options` in `drop_params`.
 //!
+//! - `reasoning_back`: comma-separated reasoning fields of the client's
+//!   assistant turns the provider is sent back (`reasoning_content`,
+//!   `reasoning`, `reasoning_details`, `extra_content` on tool calls);
+//!   the others are taken off, since strict providers refuse fields they do
+//!   not know (Mistral, Groq) and one target's signatures mean nothing to
+//!   another. Unset: none. When `reasoning_content` is kept, a tool-calling
+//!   turn without it (from another model) is sent with an empty one, since
+//!   DeepSeek's thinking mode refuses such a turn without the field
+//!   (<https://api-docs.deepseek.com/guides/thinking_mode#tool-calls>).
+//!
 //! Rate limits (`read-limits`): the `x-ratelimit-*` header families its
 //! providers send, read with the SDK's parsers: Groq's unsuffixed
 //! `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` (requests per
@@ -49,6 +59,9 @@ fn rewrite(request: &[u8], target: &Target, chat: bool) -> Result<(Vec<u8>, bool
     for param in &dropped {
         body.remove(*param);
     }
+    if chat {
+        reasoning_back(&mut body, &target.option_list("reasoning_back"));
+    }
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let usage_off = target.option("stream_usage").is_some_and(|v| v.trim().eq_ignore_ascii_case("false"));
     if chat && stream && !usage_off && !dropped.contains(&"stream_options") {
@@ -56,6 +69,40 @@ fn rewrite(request: &[u8], target: &Target, chat: bool) -> Result<(Vec<u8>, bool
     }
     let bytes = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
     Ok((bytes, stream))
+}
+
+/// The reasoning fields an assistant turn may carry (freeway's and other
+/// gateways' names).
+const REASONING_FIELDS: [&str; 4] = ["reasoning_content", "reasoning", "reasoning_details", "reasoning_signature"];
+
+/// Keeps on the assistant turns only the reasoning fields in `keep`.
+fn reasoning_back(body: &mut Map<String, Value>, keep: &[&str]) {
+    let Some(Value::Array(messages)) = body.get_mut("messages") else { return };
+    let keep_calls = keep.contains(&"extra_content");
+    let fill_content = keep.contains(&"reasoning_content");
+    for message in messages {
+        let Some(message) = message.as_object_mut() else { continue };
+        if message.get("role").and_then(Value::as_str) != Some("assistant") {
+            continue;
+        }
+        for field in REASONING_FIELDS {
+            if !keep.contains(&field) {
+                message.remove(field);
+            }
+        }
+        let calls = match message.get_mut("tool_calls") {
+            Some(Value::Array(calls)) if !calls.is_empty() => calls,
+            _ => continue,
+        };
+        if !keep_calls {
+            for call in calls.iter_mut().filter_map(Value::as_object_mut) {
+                call.remove("extra_content");
+            }
+        }
+        if fill_content && !message.get("reasoning_content").is_some_and(Value::is_string) {
+            message.insert("reasoning_content".to_owned(), Value::String(String::new()));
+        }
+    }
 }
 
 /// Sets `stream_options.include_usage`, keeping the client's other stream
