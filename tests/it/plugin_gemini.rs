@@ -951,3 +951,177 @@ async fn gemini_client_model_ids_cannot_leave_the_model_path_through_the_gateway
     // Nothing ever reached a path outside the model's.
     assert!(g.chats().iter().all(|s| s.path.starts_with("/v1beta/models/")));
 }
+
+// ---------------------------------------------------------------------------
+// Reasoning: thinking controls, thoughts and thought signatures
+// ---------------------------------------------------------------------------
+
+/// A Gemini answer with these parts.
+fn gemini_answer(parts: Value) -> Reply {
+    Reply::json(
+        200,
+        json!({
+            "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
+            "usageMetadata": {"promptTokenCount": 9, "candidatesTokenCount": 4, "thoughtsTokenCount": 3},
+            "responseId": "think-1"
+        })
+        .to_string(),
+    )
+}
+
+#[tokio::test]
+async fn gemini_reasoning_effort_becomes_the_thinking_config_each_model_takes() {
+    let g = Mock::start().await;
+    g.on_all(Behavior::Custom(Arc::new(|_| gemini_answer(json!([{"text": "ok"}])))));
+    let models = ["gemini-2.5-flash", "gemini-2.5-pro", "gemini-3.1-pro-preview", "gemini-3-pro-preview"];
+    let gw = start(&format!("providers:\n{}", gemini_block("g", &g, &models))).await;
+    let cases = [
+        ("gemini-2.5-flash", Some("medium"), json!({"thinkingBudget": 8192, "includeThoughts": true})),
+        ("gemini-2.5-flash", Some("none"), json!({"thinkingBudget": 0})),
+        // 2.5 Pro cannot stop thinking: its least budget.
+        ("gemini-2.5-pro", Some("none"), json!({"thinkingBudget": 128})),
+        // 3.1 Pro refuses MINIMAL, 3 Pro MEDIUM.
+        ("gemini-3.1-pro-preview", Some("minimal"), json!({"thinkingLevel": "LOW", "includeThoughts": true})),
+        ("gemini-3.1-pro-preview", Some("medium"), json!({"thinkingLevel": "MEDIUM", "includeThoughts": true})),
+        ("gemini-3-pro-preview", Some("medium"), json!({"thinkingLevel": "HIGH", "includeThoughts": true})),
+        ("gemini-3-pro-preview", None, Value::Null),
+    ];
+    for (model, effort, expected) in cases {
+        let mut request = json!({"model": format!("g/{model}"), "messages": [{"role": "user", "content": "2+2?"}]});
+        if let Some(effort) = effort {
+            request["reasoning_effort"] = json!(effort);
+        }
+        let answer = gw.post("/v1/chat/completions", &request.to_string(), &[]).await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        let seen = g.chats().pop().unwrap();
+        assert_eq!(seen.path, format!("/v1beta/models/{model}:generateContent"));
+        assert_eq!(
+            seen.body.pointer("/generationConfig/thinkingConfig").unwrap_or(&Value::Null),
+            &expected,
+            "{model} {effort:?}"
+        );
+    }
+
+    // The other inbound APIs reach the same controls: an Anthropic thinking
+    // budget of 20000 tokens is a high effort, a Responses effort is kept.
+    let messages = json!({"model": "g/gemini-3.1-pro-preview", "max_tokens": 32000,
+        "thinking": {"type": "enabled", "budget_tokens": 20000},
+        "messages": [{"role": "user", "content": "2+2?"}]});
+    let answer = gw.post("/v1/messages", &messages.to_string(), &[("anthropic-version", "2023-06-01")]).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let seen = g.chats().pop().unwrap();
+    assert_eq!(
+        seen.body["generationConfig"]["thinkingConfig"],
+        json!({"thinkingLevel": "HIGH", "includeThoughts": true})
+    );
+    let responses = json!({"model": "g/gemini-2.5-flash", "input": "2+2?", "reasoning": {"effort": "low"}});
+    let answer = gw.post("/v1/responses", &responses.to_string(), &[]).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let seen = g.chats().pop().unwrap();
+    assert_eq!(
+        seen.body["generationConfig"]["thinkingConfig"],
+        json!({"thinkingBudget": 1024, "includeThoughts": true})
+    );
+}
+
+/// The mock's model turn in the last request it received.
+fn model_turns(seen: &Seen) -> Vec<Value> {
+    seen.body["contents"].as_array().unwrap().iter().filter(|c| c["role"] == "model").cloned().collect()
+}
+
+#[tokio::test]
+async fn gemini_thoughts_and_a_text_signature_go_to_the_client_and_back() {
+    let g = Mock::start().await;
+    g.on_all(Behavior::Custom(Arc::new(|seen: &Seen| {
+        if model_turns(seen).is_empty() {
+            gemini_answer(json!([
+                {"text": "Two and two make four.", "thought": true},
+                {"text": "2+2 is "},
+                {"text": "4.", "thoughtSignature": "dGV4dC1zaWc="}
+            ]))
+        } else {
+            gemini_answer(json!([{"text": "You're welcome."}]))
+        }
+    })));
+    let gw = start(&format!("providers:\n{}", gemini_block("g", &g, &["gemini-3-flash-preview"]))).await;
+    let mut messages = vec![json!({"role": "user", "content": "2+2?"})];
+    let request = json!({"model": "g/gemini-3-flash-preview", "messages": messages, "reasoning_effort": "low"});
+    let first = gw.post("/v1/chat/completions", &request.to_string(), &[]).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let message = first.json()["choices"][0]["message"].clone();
+    assert_eq!(message["content"], "2+2 is 4.");
+    assert_eq!(message["reasoning_content"], "Two and two make four.");
+    assert_eq!(
+        message["reasoning_details"],
+        json!([{"type": "reasoning.encrypted", "data": "dGV4dC1zaWc=", "format": "google-gemini-v1", "index": 0}])
+    );
+
+    // The client sends the assistant message back as it came.
+    messages.push(message);
+    messages.push(json!({"role": "user", "content": "Thanks!"}));
+    let request = json!({"model": "g/gemini-3-flash-preview", "messages": messages});
+    let second = gw.post("/v1/chat/completions", &request.to_string(), &[]).await;
+    assert_eq!(second.status, 200, "{}", second.text());
+    let seen = g.chats();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(
+        model_turns(&seen[1]),
+        vec![json!({"role": "model", "parts": [{"text": "2+2 is 4.", "thoughtSignature": "dGV4dC1zaWc="}]})],
+        "the signature is back on the text it signed, the thoughts are not sent"
+    );
+}
+
+#[tokio::test]
+async fn gemini_stream_signature_on_an_empty_text_chunk_reaches_the_client_and_goes_back() {
+    let g = Mock::start().await;
+    let body = sse(&[
+        json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "Counting.", "thought": true}]},
+            "index": 0}], "responseId": "st"}),
+        json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "Four."}]}, "index": 0}]}),
+        json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "", "thoughtSignature": "c3RyZWFt"}]},
+            "finishReason": "STOP", "index": 0}],
+            "usageMetadata": {"promptTokenCount": 4, "candidatesTokenCount": 1, "thoughtsTokenCount": 2}}),
+    ]);
+    let reply = Reply::sse(vec![body]);
+    g.on_all(Behavior::Custom(Arc::new(move |seen: &Seen| {
+        if seen.stream { reply.clone() } else { gemini_answer(json!([{"text": "ok"}])) }
+    })));
+    let gw = start(&format!("providers:\n{}", gemini_block("g", &g, &["gemini-3-flash-preview"]))).await;
+    let question = json!({"role": "user", "content": "2+2?"});
+    let request = json!({"model": "g/gemini-3-flash-preview", "stream": true, "messages": [question],
+        "reasoning_effort": "high"});
+    let answer = gw.post("/v1/chat/completions", &request.to_string(), &[]).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let events = answer.events();
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{events:?}");
+    let deltas: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(e).unwrap())
+        .filter_map(|c| c["choices"].get(0).map(|choice| choice["delta"].clone()))
+        .collect();
+    // What a chat client accumulates from the deltas.
+    let text = |key: &str| deltas.iter().filter_map(|d| d[key].as_str()).collect::<String>();
+    let details: Vec<Value> =
+        deltas.iter().filter_map(|d| d["reasoning_details"].as_array()).flatten().cloned().collect();
+    assert_eq!(text("reasoning_content"), "Counting.");
+    assert_eq!(text("content"), "Four.");
+    assert_eq!(
+        details,
+        vec![json!({"type": "reasoning.encrypted", "data": "c3RyZWFt", "format": "google-gemini-v1", "index": 0})]
+    );
+    assert_eq!(
+        g.chats()[0].body["generationConfig"]["thinkingConfig"],
+        json!({"thinkingLevel": "HIGH", "includeThoughts": true})
+    );
+
+    let message = json!({"role": "assistant", "content": "Four.", "reasoning_content": "Counting.",
+        "reasoning_details": details});
+    let request = json!({"model": "g/gemini-3-flash-preview",
+        "messages": [question, message, {"role": "user", "content": "And 3+3?"}]});
+    let second = gw.post("/v1/chat/completions", &request.to_string(), &[]).await;
+    assert_eq!(second.status, 200, "{}", second.text());
+    assert_eq!(
+        model_turns(&g.chats()[1]),
+        vec![json!({"role": "model", "parts": [{"text": "Four.", "thoughtSignature": "c3RyZWFt"}]})]
+    );
+}

@@ -9,6 +9,19 @@
 //!
 //! - `auth_header` (default `x-goog-api-key`), `auth_scheme` (default none);
 //! - `embedding_task_type`: a `taskType` for embeddings (`RETRIEVAL_QUERY`...).
+//!
+//! Reasoning, in the fields of freeway's internal chat shape: a request's
+//! `reasoning_effort` (`none`, `minimal`, `low`, `medium`, `high`)
+//! sets `generationConfig.thinkingConfig` — a `thinkingLevel` on Gemini 3
+//! and later, a `thinkingBudget` on Gemini 2.5, the nearest value each
+//! model takes — and, unless it is `none`, `includeThoughts`; with no effort
+//! the model thinks as it does by default. Thought summaries come back as
+//! `reasoning_content`. Thought signatures come back on tool calls
+//! (`extra_content.google.thought_signature`) or, for other parts, as
+//! `reasoning_details` entries of format `google-gemini-v1`, and go back to
+//! Gemini on the next turn in the part they came in; Gemini 3 gets Google's
+//! `skip_thought_signature_validator` on a model turn whose function calls
+//! have none (history from another model or a client that dropped them).
 
 mod request;
 mod response;

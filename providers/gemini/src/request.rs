@@ -1,9 +1,22 @@
 //! OpenAI chat-completions request → Gemini `generateContent` body.
+//!
+//! Reasoning: `reasoning_effort` becomes `generationConfig.thinkingConfig`
+//! (a `thinkingLevel` for Gemini 3 and later, a `thinkingBudget` for Gemini
+//! 2.5, each the nearest value the model accepts; see [`thinking_config`]),
+//! with `includeThoughts` when the client asked for reasoning. Thought
+//! signatures go back where they came from: a tool call's
+//! `extra_content.google.thought_signature` on its function call, and the
+//! message's `google-gemini-v1` `reasoning_details` entry on its last text
+//! part. Reasoning text (`reasoning_content`) is not sent back: Gemini reads
+//! its thoughts from the signatures.
 
 use freeway_plugin_sdk as sdk;
 use serde_json::{Map, Value, json};
 
 use crate::schema;
+
+/// The `reasoning_details` format of Gemini's thought signatures.
+pub const SIGNATURE_FORMAT: &str = "google-gemini-v1";
 
 /// A thought signature that tells Gemini 3 not to validate a function call
 /// that comes without its own (history from a client that dropped it, or
@@ -68,7 +81,10 @@ pub fn build(request: &[u8], model: &str) -> Result<Built, String> {
             body.insert("toolConfig".to_owned(), json!({ "functionCallingConfig": config }));
         }
     }
-    let generation = generation_config(&req)?;
+    let mut generation = generation_config(&req)?;
+    if let Some(thinking) = thinking_config(&req, model) {
+        generation.insert("thinkingConfig".to_owned(), thinking);
+    }
     if !generation.is_empty() {
         body.insert("generationConfig".to_owned(), Value::Object(generation));
     }
@@ -229,6 +245,11 @@ fn assistant_parts(message: &Value, i: usize) -> Result<Vec<Value>, String> {
         }
         other => parts.extend(text_only(other, i)?),
     }
+    // Gemini wants a signature back in the part it came in: the last part
+    // of the text (the tool calls carry their own).
+    if let (Some(signature), Some(Value::Object(last))) = (text_signature(message), parts.last_mut()) {
+        last.insert("thoughtSignature".to_owned(), Value::String(signature.to_owned()));
+    }
     if let Some(Value::Array(calls)) = message.get("tool_calls") {
         for call in calls {
             let function = call.get("function").unwrap_or(&Value::Null);
@@ -252,6 +273,20 @@ fn assistant_parts(message: &Value, i: usize) -> Result<Vec<Value>, String> {
         parts.push(json!({"functionCall": {"name": name, "args": arguments(function, i)?}}));
     }
     Ok(parts)
+}
+
+/// The thought signature of an assistant message's text: the last
+/// `reasoning.encrypted` entry of `reasoning_details` in Gemini's format
+/// (entries of other formats are another provider's, which Gemini cannot
+/// verify).
+fn text_signature(message: &Value) -> Option<&str> {
+    let details = message.get("reasoning_details")?.as_array()?;
+    details
+        .iter()
+        .filter(|d| d.get("format").and_then(Value::as_str) == Some(SIGNATURE_FORMAT))
+        .filter(|d| d.get("type").and_then(Value::as_str) == Some("reasoning.encrypted"))
+        .filter_map(|d| d.get("data").and_then(Value::as_str))
+        .rfind(|data| !data.is_empty())
 }
 
 /// A tool call's `arguments` (a JSON string) as the object Gemini wants.
@@ -403,4 +438,282 @@ fn generation_config(req: &Map<String, Value>) -> Result<Map<String, Value>, Str
         }
     }
     Ok(config)
+}
+
+/// A reasoning effort, from least to most.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Effort {
+    None,
+    Minimal,
+    Low,
+    Medium,
+    High,
+}
+
+impl Effort {
+    fn parse(effort: &str) -> Option<Self> {
+        Some(match effort {
+            "none" => Self::None,
+            "minimal" => Self::Minimal,
+            "low" => Self::Low,
+            "medium" => Self::Medium,
+            // OpenAI's newer "xhigh": Gemini has nothing above high.
+            "high" | "xhigh" => Self::High,
+            _ => return None,
+        })
+    }
+}
+
+/// How a model takes its thinking controls (Google's thinking guide,
+/// <https://ai.google.dev/gemini-api/docs/thinking>).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Thinking {
+    /// Gemini 2.5: a `thinkingBudget` of tokens within `min..=max`, or 0
+    /// (no thinking) where `off` says the model allows it.
+    Budget { min: u32, max: u32, off: bool },
+    /// Gemini 3 and later: a `thinkingLevel`. Every such model takes LOW and
+    /// HIGH; MINIMAL and MEDIUM only some.
+    Levels { minimal: bool, medium: bool },
+}
+
+/// The thinking controls of a model, from its name; `None` for models that
+/// take none (1.x, 2.0, image and speech models, tuned models, others),
+/// which are then left at their default.
+fn thinking_of(model: &str) -> Option<Thinking> {
+    let name = model.strip_prefix("models/").unwrap_or(model);
+    let rest = name.strip_prefix("gemini-")?;
+    if name.contains("-image") || name.contains("-tts") {
+        return None;
+    }
+    let variant = |v: &str| rest.contains(&format!("-{v}")) || rest.starts_with(v);
+    let lite = variant("flash-lite");
+    let flash = !lite && variant("flash");
+    let pro = variant("pro");
+    // `gemini-flash-latest` and the like: aliases of the newest Gemini 3
+    // release, given the levels every current model of that kind takes.
+    if rest.ends_with("-latest") && !rest.starts_with(|c: char| c.is_ascii_digit()) {
+        return (lite || flash || pro).then_some(Thinking::Levels { minimal: lite, medium: true });
+    }
+    let (major, minor) = version(rest)?;
+    match major {
+        // 2.5 Flash: up to 24576, 0 for none; 2.5 Flash-Lite: 512 to 24576,
+        // 0 for none; 2.5 Pro: 128 to 32768, and thinking cannot be turned
+        // off.
+        2 if minor == 5 && lite => Some(Thinking::Budget { min: 512, max: 24576, off: true }),
+        2 if minor == 5 && flash => Some(Thinking::Budget { min: 1, max: 24576, off: true }),
+        2 if minor == 5 && pro => Some(Thinking::Budget { min: 128, max: 32768, off: false }),
+        0..=2 => None,
+        // Gemini 3 Pro: LOW and HIGH only; 3.1 Pro: LOW to HIGH.
+        3 if minor == 0 && pro => Some(Thinking::Levels { minimal: false, medium: false }),
+        // Flash-Lite and Flash up to 3.6 take MINIMAL; Flash from 3.7
+        // refuses it.
+        _ if lite => Some(Thinking::Levels { minimal: true, medium: true }),
+        3 if flash => Some(Thinking::Levels { minimal: minor < 7, medium: true }),
+        // Any other (newer Pro, a later family): the levels all take.
+        _ => Some(Thinking::Levels { minimal: false, medium: true }),
+    }
+}
+
+/// The version a model name starts with (`2.5-flash` → (2, 5), `3-pro` →
+/// (3, 0)).
+fn version(rest: &str) -> Option<(u32, u32)> {
+    let number = rest.split('-').next()?;
+    let (major, minor) = number.split_once('.').unwrap_or((number, "0"));
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
+/// `reasoning_effort` → `generationConfig.thinkingConfig`, or `None` (the
+/// model's default) when the request gives no effort or the model takes no
+/// thinking controls. Each effort goes to the nearest value the model
+/// accepts: `none` to no thinking where the model can stop, else to its
+/// least; a level it lacks to the next one up (MEDIUM on Gemini 3 Pro is
+/// HIGH, its default); a budget into the model's range. Thought summaries
+/// are asked for whenever the client asked for reasoning.
+fn thinking_config(req: &Map<String, Value>, model: &str) -> Option<Value> {
+    let effort = Effort::parse(present(req, "reasoning_effort")?.as_str()?)?;
+    let mut config = match thinking_of(model)? {
+        Thinking::Levels { minimal, medium } => {
+            let level = match effort {
+                Effort::None | Effort::Minimal if minimal => "MINIMAL",
+                Effort::None | Effort::Minimal | Effort::Low => "LOW",
+                Effort::Medium if medium => "MEDIUM",
+                Effort::Medium | Effort::High => "HIGH",
+            };
+            json!({ "thinkingLevel": level })
+        }
+        Thinking::Budget { min, max, off } => {
+            // Anthropic-style budgets (the core maps thinking budgets under
+            // 4096 to low, under 16384 to medium) inside Gemini's ranges.
+            let nominal = match effort {
+                Effort::None => 0,
+                Effort::Minimal => 512,
+                Effort::Low => 1024,
+                Effort::Medium => 8192,
+                Effort::High => 24576,
+            };
+            let budget = if nominal == 0 && off { 0 } else { nominal.clamp(min, max) };
+            json!({ "thinkingBudget": budget })
+        }
+    };
+    if effort != Effort::None {
+        config["includeThoughts"] = Value::Bool(true);
+    }
+    Some(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(model: &str, request: Value) -> Value {
+        serde_json::from_slice(&build(request.to_string().as_bytes(), model).unwrap().body).unwrap()
+    }
+
+    fn thinking(model: &str, effort: &str) -> Value {
+        let request = json!({"messages": [{"role": "user", "content": "Hi"}], "reasoning_effort": effort});
+        body(model, request)["generationConfig"]["thinkingConfig"].clone()
+    }
+
+    #[test]
+    fn model_families_take_their_own_controls() {
+        let levels = |minimal, medium| Some(Thinking::Levels { minimal, medium });
+        let budget = |min, max, off| Some(Thinking::Budget { min, max, off });
+        let cases = [
+            ("gemini-2.5-pro", budget(128, 32768, false)),
+            ("models/gemini-2.5-flash", budget(1, 24576, true)),
+            ("gemini-2.5-flash-preview-09-2025", budget(1, 24576, true)),
+            ("gemini-2.5-flash-lite", budget(512, 24576, true)),
+            ("gemini-3-pro-preview", levels(false, false)),
+            ("gemini-3.1-pro-preview", levels(false, true)),
+            ("gemini-3-flash-preview", levels(true, true)),
+            ("gemini-3.6-flash", levels(true, true)),
+            ("gemini-3.7-flash", levels(false, true)),
+            ("gemini-3.8-flash", levels(false, true)),
+            ("gemini-3.1-flash-lite", levels(true, true)),
+            ("gemini-flash-latest", levels(false, true)),
+            ("gemini-flash-lite-latest", levels(true, true)),
+            ("gemini-pro-latest", levels(false, true)),
+            ("gemini-4-pro", levels(false, true)),
+            ("gemini-2.0-flash", None),
+            ("gemini-1.5-pro", None),
+            ("gemini-2.5-flash-image", None),
+            ("gemini-2.5-flash-preview-tts", None),
+            ("gemini-3-pro-image-preview", None),
+            ("gemini-exp-1206", None),
+            ("gemma-3-27b-it", None),
+            ("tunedModels/gemini-2.5-flash", None),
+        ];
+        for (model, expected) in cases {
+            assert_eq!(thinking_of(model), expected, "{model}");
+        }
+    }
+
+    #[test]
+    fn gemini_3_efforts_go_to_the_nearest_level_the_model_takes() {
+        let table = [
+            // model, then none, minimal, low, medium, high
+            ("gemini-3-flash-preview", ["MINIMAL", "MINIMAL", "LOW", "MEDIUM", "HIGH"]),
+            ("gemini-3.8-flash", ["LOW", "LOW", "LOW", "MEDIUM", "HIGH"]),
+            ("gemini-3.1-pro-preview", ["LOW", "LOW", "LOW", "MEDIUM", "HIGH"]),
+            ("gemini-3-pro-preview", ["LOW", "LOW", "LOW", "HIGH", "HIGH"]),
+            ("gemini-3.1-flash-lite", ["MINIMAL", "MINIMAL", "LOW", "MEDIUM", "HIGH"]),
+        ];
+        for (model, levels) in table {
+            for (effort, level) in ["none", "minimal", "low", "medium", "high"].into_iter().zip(levels) {
+                let mut expected = json!({"thinkingLevel": level});
+                if effort != "none" {
+                    expected["includeThoughts"] = json!(true);
+                }
+                assert_eq!(thinking(model, effort), expected, "{model} {effort}");
+            }
+        }
+        assert_eq!(
+            thinking("gemini-3-flash-preview", "xhigh"),
+            json!({"thinkingLevel": "HIGH", "includeThoughts": true})
+        );
+    }
+
+    #[test]
+    fn gemini_2_5_efforts_go_to_a_budget_in_the_model_range() {
+        let table = [
+            // model, then none, minimal, low, medium, high
+            ("gemini-2.5-flash", [0, 512, 1024, 8192, 24576]),
+            // Pro cannot stop thinking: none is its least budget.
+            ("gemini-2.5-pro", [128, 512, 1024, 8192, 24576]),
+            ("gemini-2.5-flash-lite", [0, 512, 1024, 8192, 24576]),
+        ];
+        for (model, budgets) in table {
+            for (effort, budget) in ["none", "minimal", "low", "medium", "high"].into_iter().zip(budgets) {
+                let mut expected = json!({"thinkingBudget": budget});
+                if effort != "none" {
+                    expected["includeThoughts"] = json!(true);
+                }
+                assert_eq!(thinking(model, effort), expected, "{model} {effort}");
+            }
+        }
+    }
+
+    #[test]
+    fn no_effort_or_no_controls_leaves_the_model_default() {
+        let plain = body("gemini-3-flash-preview", json!({"messages": [{"role": "user", "content": "Hi"}]}));
+        assert!(plain.get("generationConfig").is_none(), "{plain}");
+        let null = json!({"messages": [{"role": "user", "content": "Hi"}], "reasoning_effort": null});
+        assert!(body("gemini-2.5-flash", null).get("generationConfig").is_none());
+        assert_eq!(thinking("gemini-2.0-flash", "high"), Value::Null);
+        assert_eq!(thinking("gemini-2.5-flash", "extreme"), Value::Null, "an effort Gemini has no match for");
+        let with_sampling = json!({"messages": [{"role": "user", "content": "Hi"}], "temperature": 0.2,
+            "reasoning_effort": "low"});
+        assert_eq!(
+            body("gemini-2.5-flash", with_sampling)["generationConfig"],
+            json!({"temperature": 0.2, "thinkingConfig": {"thinkingBudget": 1024, "includeThoughts": true}})
+        );
+    }
+
+    #[test]
+    fn a_text_signature_goes_back_on_the_last_text_part() {
+        let request = json!({"messages": [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": [{"type": "text", "text": "Hello"}, {"type": "text", "text": " there"}],
+             "reasoning_content": "greeting",
+             "reasoning_details": [
+                {"type": "reasoning.text", "text": "t", "signature": "claude-sig", "format": "anthropic-claude-v1", "index": 0},
+                {"type": "reasoning.encrypted", "data": "old", "format": "google-gemini-v1", "index": 0},
+                {"type": "reasoning.encrypted", "data": "c2ln", "format": "google-gemini-v1", "index": 1},
+                {"type": "reasoning.encrypted", "data": "other", "index": 2}
+             ],
+             "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"},
+                "extra_content": {"google": {"thought_signature": "call-sig"}}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "ok"}
+        ]});
+        let contents = body("gemini-3-flash-preview", request)["contents"].clone();
+        assert_eq!(
+            contents[1]["parts"],
+            json!([
+                {"text": "Hello"},
+                {"text": " there", "thoughtSignature": "c2ln"},
+                {"functionCall": {"name": "f", "args": {}}, "thoughtSignature": "call-sig"}
+            ])
+        );
+    }
+
+    #[test]
+    fn signatures_of_other_formats_or_without_text_are_not_sent() {
+        let request = json!({"messages": [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello", "reasoning_content": "plain",
+             "reasoning_details": [{"type": "reasoning.encrypted", "data": "x", "format": "anthropic-claude-v1"}]},
+            {"role": "user", "content": "Go"},
+            {"role": "assistant", "content": null,
+             "reasoning_details": [{"type": "reasoning.encrypted", "data": "y", "format": "google-gemini-v1"}],
+             "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "ok"}
+        ]});
+        let contents = body("gemini-3-flash-preview", request)["contents"].clone();
+        assert_eq!(contents[1]["parts"], json!([{"text": "Hello"}]));
+        assert_eq!(
+            contents[3]["parts"],
+            json!([{"functionCall": {"name": "f", "args": {}}, "thoughtSignature": SKIP_SIGNATURE}]),
+            "a text signature never lands on a function call"
+        );
+    }
 }

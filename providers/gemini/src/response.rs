@@ -1,9 +1,20 @@
 //! Gemini answers (whole and streamed) → OpenAI chat completions and chunks.
+//!
+//! Thought parts (`"thought": true`, the summaries Gemini sends when asked
+//! for `includeThoughts`) become `reasoning_content`. Thought signatures
+//! stay with what they sign: on a function call, the tool call's
+//! `extra_content.google.thought_signature` (Google's own OpenAI-compatible
+//! convention); on any other part (the last part of a text answer, in a
+//! stream perhaps a chunk with empty text), a `reasoning_details` entry
+//! `{"type": "reasoning.encrypted", "data": SIG, "format":
+//! "google-gemini-v1", "index": N}`, N counting the message's entries.
 
 use std::collections::BTreeMap;
 
 use freeway_plugin_sdk::{self as sdk, SseParser, StreamEvent, Usage};
 use serde_json::{Map, Value, json};
+
+use crate::request::SIGNATURE_FORMAT;
 
 /// Token counts from `usageMetadata`.
 #[derive(Clone, Copy, Default)]
@@ -82,6 +93,18 @@ struct Parts {
     text: String,
     reasoning: String,
     calls: Vec<Value>,
+    /// Thought signatures of parts other than function calls, in order.
+    signatures: Vec<String>,
+}
+
+/// The `reasoning_details` entry of the `index`th signature of a message.
+fn signature_entry(signature: String, index: usize) -> Value {
+    json!({"type": "reasoning.encrypted", "data": signature, "format": SIGNATURE_FORMAT, "index": index})
+}
+
+/// `reasoning_details` for `signatures`, numbered from `first`.
+fn signature_entries(signatures: Vec<String>, first: usize) -> Value {
+    Value::Array(signatures.into_iter().enumerate().map(|(n, s)| signature_entry(s, first + n)).collect())
 }
 
 /// Reads a candidate's parts; `counter` numbers the calls across the answer.
@@ -108,11 +131,16 @@ fn read_parts(candidate: &Value, response_id: Option<&str>, counter: &mut usize)
                 tool_call["extra_content"] = json!({"google": {"thought_signature": signature}});
             }
             out.calls.push(tool_call);
-        } else if let Some(text) = part.get("text").and_then(Value::as_str) {
-            if part.get("thought").and_then(Value::as_bool).unwrap_or(false) {
-                out.reasoning.push_str(text);
-            } else {
-                out.text.push_str(text);
+        } else {
+            if let Some(text) = part.get("text").and_then(Value::as_str) {
+                if part.get("thought").and_then(Value::as_bool).unwrap_or(false) {
+                    out.reasoning.push_str(text);
+                } else {
+                    out.text.push_str(text);
+                }
+            }
+            if let Some(signature) = part.get("thoughtSignature").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+                out.signatures.push(signature.to_owned());
             }
         }
     }
@@ -148,6 +176,9 @@ pub fn decode(body: &[u8], model: &str) -> Result<(Vec<u8>, Option<Usage>), Stri
         message.insert("content".to_owned(), content);
         if !parts.reasoning.is_empty() {
             message.insert("reasoning_content".to_owned(), Value::String(parts.reasoning));
+        }
+        if !parts.signatures.is_empty() {
+            message.insert("reasoning_details".to_owned(), signature_entries(parts.signatures, 0));
         }
         if has_calls {
             message.insert("tool_calls".to_owned(), Value::Array(parts.calls));
@@ -188,6 +219,8 @@ pub fn decode(body: &[u8], model: &str) -> Result<(Vec<u8>, Option<Usage>), Stri
 struct Progress {
     started: bool,
     calls: usize,
+    /// Signature entries sent so far (the next one's index).
+    signatures: usize,
     finished: bool,
 }
 
@@ -319,6 +352,11 @@ impl Stream {
             if !parts.text.is_empty() {
                 delta.insert("content".to_owned(), Value::String(parts.text));
             }
+            if !parts.signatures.is_empty() {
+                let count = parts.signatures.len();
+                delta.insert("reasoning_details".to_owned(), signature_entries(parts.signatures, progress.signatures));
+                progress.signatures += count;
+            }
             if !parts.calls.is_empty() {
                 let calls: Vec<Value> = parts
                     .calls
@@ -345,5 +383,125 @@ impl Stream {
                 out.push(chunk);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each event as text, to compare runs.
+    fn render(events: Vec<StreamEvent>) -> Vec<String> {
+        events
+            .into_iter()
+            .map(|e| match e {
+                StreamEvent::Chunk(chunk) => String::from_utf8(chunk.json).unwrap(),
+                StreamEvent::Error(message) => format!("error: {message}"),
+                StreamEvent::Done => "done".to_owned(),
+            })
+            .collect()
+    }
+
+    fn stream(pieces: &[&[u8]]) -> Vec<String> {
+        let mut stream = Stream::new("gemini-3-flash-preview");
+        let mut events = Vec::new();
+        for piece in pieces {
+            events.extend(stream.push(piece));
+        }
+        events.extend(stream.finish());
+        render(events)
+    }
+
+    fn entry(data: &str, index: usize) -> Value {
+        json!({"type": "reasoning.encrypted", "data": data, "format": "google-gemini-v1", "index": index})
+    }
+
+    #[test]
+    fn text_signatures_become_reasoning_details() {
+        let answer = json!({"candidates": [{"content": {"role": "model", "parts": [
+            {"text": "Let me think", "thought": true},
+            {"text": "The answer "},
+            {"text": "is 4.", "thoughtSignature": "c2lnLTE="}
+        ]}, "finishReason": "STOP", "index": 0}], "responseId": "r"});
+        let (body, _) = decode(answer.to_string().as_bytes(), "gemini-3-flash-preview").unwrap();
+        let message = serde_json::from_slice::<Value>(&body).unwrap()["choices"][0]["message"].clone();
+        assert_eq!(
+            message,
+            json!({"role": "assistant", "content": "The answer is 4.", "reasoning_content": "Let me think",
+                "reasoning_details": [entry("c2lnLTE=", 0)]})
+        );
+    }
+
+    #[test]
+    fn call_signatures_stay_on_the_calls_and_unsigned_answers_have_no_details() {
+        let answer = json!({"candidates": [{"content": {"role": "model", "parts": [
+            {"text": "Checking."},
+            {"functionCall": {"name": "f", "args": {}}, "thoughtSignature": "call"}
+        ]}, "finishReason": "STOP"}]});
+        let (body, _) = decode(answer.to_string().as_bytes(), "gemini-3-flash-preview").unwrap();
+        let message = serde_json::from_slice::<Value>(&body).unwrap()["choices"][0]["message"].clone();
+        assert!(message.get("reasoning_details").is_none(), "{message}");
+        assert_eq!(message["tool_calls"][0]["extra_content"]["google"]["thought_signature"], "call");
+    }
+
+    fn signed_stream() -> String {
+        [
+            json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "Hmm, ", "thought": true}]}}],
+                "responseId": "s"}),
+            json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "Zürich is ☀"}]}}]}),
+            // Gemini's last text chunk: empty text, the signature alone.
+            json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "", "thoughtSignature": "QQ=="}]},
+                "finishReason": "STOP"}],
+                "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 4, "thoughtsTokenCount": 2}}),
+        ]
+        .iter()
+        .map(|e| format!("data: {e}\r\n\r\n"))
+        .collect()
+    }
+
+    #[test]
+    fn a_signature_in_a_stream_becomes_a_delta_of_its_own() {
+        let events = stream(&[signed_stream().as_bytes()]);
+        let deltas: Vec<Value> = events
+            .iter()
+            .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+            .map(|c| c["choices"][0]["delta"].clone())
+            .collect();
+        assert_eq!(deltas[0], json!({"role": "assistant", "reasoning_content": "Hmm, "}));
+        assert_eq!(deltas[1], json!({"content": "Zürich is ☀"}));
+        assert_eq!(deltas[2], json!({"reasoning_details": [entry("QQ==", 0)]}));
+        assert_eq!(deltas[3], json!({}), "the finish chunk");
+        assert_eq!(events.last().map(String::as_str), Some("done"));
+    }
+
+    #[test]
+    fn signature_entries_count_across_the_stream() {
+        let event = |sig: &str| {
+            format!(
+                "data: {}\r\n\r\n",
+                json!({"candidates": [{"content": {"parts": [{"text": "a", "thoughtSignature": sig}]}}]})
+            )
+        };
+        let events = stream(&[event("one").as_bytes(), event("two").as_bytes()]);
+        let details: Vec<Value> = events
+            .iter()
+            .map(|e| serde_json::from_str::<Value>(e).unwrap()["choices"][0]["delta"]["reasoning_details"].clone())
+            .take(2)
+            .collect();
+        assert_eq!(details, vec![json!([entry("one", 0)]), json!([entry("two", 1)])]);
+    }
+
+    #[test]
+    fn a_signed_stream_decodes_the_same_at_every_split_point() {
+        let sample = signed_stream();
+        let bytes = sample.as_bytes();
+        let whole = stream(&[bytes]);
+        assert!(whole.iter().any(|e| e.contains("\"reasoning_details\"")), "{whole:?}");
+        for split in 1..bytes.len() {
+            let (a, b) = bytes.split_at(split);
+            assert_eq!(stream(&[a, b]), whole, "split at byte {split}");
+        }
+        let singles: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(stream(&singles), whole, "one byte at a time");
     }
 }
