@@ -292,7 +292,8 @@ impl Messages {
         match kind {
             "message" => self.message(map, path),
             "function_call" => self.function_call(map, path),
-            "function_call_output" => {
+            "custom_tool_call" => self.custom_tool_call(map, path),
+            "function_call_output" | "custom_tool_call_output" => {
                 let call_id = required_string(map, "call_id", path)?;
                 let output = match map.get("output") {
                     Some(Value::String(output)) => output.clone(),
@@ -356,13 +357,30 @@ impl Messages {
     /// into the assistant message just before it (its text or earlier
     /// calls of the same turn) so the upstream sees one turn.
     fn function_call(&mut self, map: &Map<String, Value>, path: &str) -> Result<(), DialectError> {
-        let call_id = required_string(map, "call_id", path)?;
-        let name = required_string(map, "name", path)?;
         let arguments = match map.get("arguments") {
             Some(Value::String(arguments)) => arguments.clone(),
             None | Some(Value::Null) => "{}".to_owned(),
             Some(_) => return Err(field_error(&format!("{path}.arguments"), "expected a string")),
         };
+        self.tool_call(map, arguments, path)
+    }
+
+    /// A `custom_tool_call` item (free-form input, as Codex's `apply_patch`):
+    /// a chat tool call whose one argument is the input (see
+    /// [`custom_tool`]).
+    fn custom_tool_call(&mut self, map: &Map<String, Value>, path: &str) -> Result<(), DialectError> {
+        let input = match map.get("input") {
+            Some(Value::String(input)) => input.as_str(),
+            None | Some(Value::Null) => "",
+            Some(_) => return Err(field_error(&format!("{path}.input"), "expected a string")),
+        };
+        self.tool_call(map, json!({ CUSTOM_INPUT: input }).to_string(), path)
+    }
+
+    /// A tool call of the assistant's turn with these arguments.
+    fn tool_call(&mut self, map: &Map<String, Value>, arguments: String, path: &str) -> Result<(), DialectError> {
+        let call_id = required_string(map, "call_id", path)?;
+        let name = required_string(map, "name", path)?;
         let call = json!({"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}});
         let reasoning = self.reasoning.take();
         if let Some(last) = self.list.last_mut().and_then(Value::as_object_mut)
@@ -494,6 +512,10 @@ fn translate_tools(tools: &Value) -> Result<Vec<Value>, DialectError> {
         };
         match map.get("type").and_then(Value::as_str) {
             Some("function") => {}
+            Some("custom") => {
+                out.push(custom_tool(map, &path)?);
+                continue;
+            }
             Some(_) => continue,
             None => return Err(field_error(&format!("{path}.type"), "required")),
         }
@@ -509,13 +531,66 @@ fn translate_tools(tools: &Value) -> Result<Vec<Value>, DialectError> {
     Ok(out)
 }
 
+/// The one argument of a custom tool's chat function.
+const CUSTOM_INPUT: &str = "input";
+
+/// A custom tool (free-form input, as Codex's `apply_patch`) as a chat
+/// function taking its input as one string argument, the input's grammar
+/// (Lark or a regex) told to the model in the argument's description.
+fn custom_tool(map: &Map<String, Value>, path: &str) -> Result<Value, DialectError> {
+    let name = required_string(map, "name", path)?;
+    let description = map.get("description").and_then(Value::as_str).unwrap_or_default();
+    let mut input = "The tool's whole input, as raw text (not JSON).".to_owned();
+    if let Some(Value::Object(format)) = map.get("format")
+        && format.get("type").and_then(Value::as_str) == Some("grammar")
+    {
+        let syntax = format.get("syntax").and_then(Value::as_str).unwrap_or("lark");
+        let definition = format.get("definition").and_then(Value::as_str).unwrap_or_default();
+        input.push_str(&format!(" It must match this {syntax} grammar:\n{definition}"));
+    }
+    Ok(json!({"type": "function", "function": {
+        "name": name,
+        "description": description,
+        "parameters": {
+            "type": "object",
+            "properties": {CUSTOM_INPUT: {"type": "string", "description": input}},
+            "required": [CUSTOM_INPUT],
+            "additionalProperties": false,
+        },
+    }}))
+}
+
+/// The names of a request's custom tools: their calls answer as
+/// `custom_tool_call` items.
+fn custom_tools(request: &Map<String, Value>) -> Vec<String> {
+    let tools = request.get("tools").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    tools
+        .iter()
+        .filter(|t| t.get("type").and_then(Value::as_str) == Some("custom"))
+        .filter_map(|t| t.get("name").and_then(Value::as_str).map(str::to_owned))
+        .collect()
+}
+
+/// A custom tool's input from its chat call's arguments: the `input`
+/// argument, or the arguments themselves when the model wrote the input
+/// bare.
+fn custom_input(arguments: &str) -> String {
+    match serde_json::from_str::<Value>(arguments) {
+        Ok(Value::Object(mut map)) => match map.remove(CUSTOM_INPUT) {
+            Some(Value::String(input)) => input,
+            _ => arguments.to_owned(),
+        },
+        _ => arguments.to_owned(),
+    }
+}
+
 /// `tool_choice` in chat's form.
 fn translate_tool_choice(choice: &Value) -> Result<Value, DialectError> {
     match choice {
         Value::String(mode) if matches!(mode.as_str(), "auto" | "none" | "required") => Ok(choice.clone()),
         Value::String(other) => Err(field_error("tool_choice", format!("unknown mode '{other}'"))),
         Value::Object(map) => match map.get("type").and_then(Value::as_str) {
-            Some("function") => {
+            Some("function" | "custom") => {
                 let name = required_string(map, "name", "tool_choice")?;
                 Ok(json!({"type": "function", "function": {"name": name}}))
             }
@@ -582,6 +657,9 @@ struct Item {
     /// A reasoning item's `encrypted_content`: what the target needs back
     /// on the next turn, sealed (see `reasoning.rs`).
     encrypted: Option<String>,
+    /// A call of a custom tool: a `custom_tool_call` item, whose input is
+    /// the call's `input` argument.
+    custom: bool,
     /// Whether `response.output_item.added` was sent for it.
     announced: bool,
     done: bool,
@@ -603,6 +681,7 @@ impl Item {
             name: String::new(),
             chat_index: 0,
             encrypted: None,
+            custom: false,
             announced: false,
             done: false,
         }
@@ -625,6 +704,14 @@ impl Item {
                 let content = if self.text.is_empty() && !self.done { json!([]) } else { json!([self.part()]) };
                 json!({"type": "message", "id": self.id, "status": status, "role": "assistant", "content": content})
             }
+            Kind::Call if self.custom => json!({
+                "type": "custom_tool_call",
+                "id": self.id,
+                "call_id": self.call_id,
+                "name": self.name,
+                "input": if self.done { custom_input(&self.text) } else { String::new() },
+                "status": status,
+            }),
             Kind::Call => json!({
                 "type": "function_call",
                 "id": self.id,
@@ -634,6 +721,12 @@ impl Item {
                 "status": status,
             }),
         }
+    }
+
+    /// Makes the item a custom tool's call (before it is announced).
+    fn make_custom(&mut self, response_id: &str, index: usize) {
+        self.custom = true;
+        self.id = item_id("ctc", response_id, index);
     }
 
     /// A message's text part.
@@ -712,6 +805,7 @@ pub fn from_chat(chat: &[u8], id: &str, model: &str, request: &[u8]) -> Result<V
     let chat: Value = serde_json::from_slice(chat)
         .map_err(|e| DialectError::new(format!("the upstream answer is not a chat completion: {e}")))?;
     let request = parse_object(request).unwrap_or_default();
+    let custom = custom_tools(&request);
     let choice = chat.pointer("/choices/0");
     let message = choice.and_then(|c| c.get("message"));
     let text_of = |value: Option<&Value>| match value {
@@ -746,6 +840,9 @@ pub fn from_chat(chat: &[u8], id: &str, model: &str, request: &[u8]) -> Result<V
                 Some(other) if !other.is_null() => other.to_string(),
                 _ => "{}".to_owned(),
             };
+            if custom.contains(&item.name) {
+                item.make_custom(id, items.len());
+            }
             item.done = true;
             items.push(item);
         }
@@ -784,6 +881,8 @@ pub struct ResponsesStream {
     items: Vec<Item>,
     /// The item receiving deltas.
     open: Option<usize>,
+    /// The request's custom tools (their calls are `custom_tool_call`s).
+    custom: Vec<String>,
     /// What the target needs back (its `reasoning_details`, a call's
     /// `extra_content`), sealed into the next reasoning item to close, or
     /// into one made for it before a call or at the end.
@@ -809,11 +908,13 @@ impl ResponsesStream {
     /// A translator for response `id`, answering as `model` the Responses
     /// request `request` (whose settings the response objects echo).
     pub fn new(id: &str, model: &str, request: &[u8]) -> Self {
+        let request = parse_object(request).unwrap_or_default();
         Self {
             reader: ChunkReader::default(),
             id: id.to_owned(),
             model: model.to_owned(),
-            request: parse_object(request).unwrap_or_default(),
+            custom: custom_tools(&request),
+            request,
             created_at: unix_now(),
             sequence: 0,
             started: false,
@@ -943,6 +1044,17 @@ impl ResponsesStream {
                         "part": {"type": "summary_text", "text": item.text}}),
                 );
             }
+            Kind::Call if item.custom => {
+                let input = custom_input(&item.text);
+                self.emit(
+                    "response.custom_tool_call_input.delta",
+                    json!({"item_id": item.id, "output_index": index, "delta": input}),
+                );
+                self.emit(
+                    "response.custom_tool_call_input.done",
+                    json!({"item_id": item.id, "output_index": index, "input": input}),
+                );
+            }
             Kind::Call => self.emit(
                 "response.function_call_arguments.done",
                 json!({"item_id": item.id, "output_index": index, "name": item.name, "arguments": item.text}),
@@ -1046,10 +1158,18 @@ impl ResponsesStream {
                 item.name = name;
             }
             if fresh {
+                if self.custom.contains(&item.name) {
+                    item.make_custom(&self.id, index);
+                }
                 self.announce(index);
             }
             if let Some(arguments) = arguments.filter(|a| !a.is_empty()) {
                 self.items[index].text.push_str(&arguments);
+                if self.items[index].custom {
+                    // The input is inside JSON until the arguments end:
+                    // it goes out whole when the call closes.
+                    continue;
+                }
                 let id = self.items[index].id.clone();
                 self.emit(
                     "response.function_call_arguments.delta",
@@ -1671,5 +1791,81 @@ mod tests {
         assert_eq!(next["messages"][0]["tool_calls"][0]["extra_content"]["google"]["thought_signature"], "R2Vt");
         assert_eq!(next["messages"][1]["content"], "done");
         assert_eq!(next["messages"][1]["reasoning_details"][0]["data"], "late");
+    }
+
+    const PATCH: &str = "*** Begin Patch\n*** Add File: a.txt\n+hi\n*** End Patch";
+
+    /// Codex's free-form `apply_patch`: a custom tool is a chat function
+    /// with one string argument, its call a `custom_tool_call` with the
+    /// input, and both items come back as a chat tool call and its result.
+    #[test]
+    fn custom_tools_are_functions_of_one_input_both_ways() {
+        let tool = json!({"type": "custom", "name": "apply_patch", "description": "Edit files.",
+            "format": {"type": "grammar", "syntax": "lark", "definition": "start: begin_patch"}});
+        let sent = chat(
+            json!({"model": "m", "input": "go", "tools": [tool],
+            "tool_choice": {"type": "custom", "name": "apply_patch"}}),
+            &[],
+        );
+        let function = &sent["tools"][0]["function"];
+        assert_eq!(function["name"], "apply_patch");
+        assert_eq!(function["description"], "Edit files.");
+        assert_eq!(function["parameters"]["required"], json!(["input"]));
+        let hint = function["parameters"]["properties"]["input"]["description"].as_str().unwrap();
+        assert!(hint.contains("lark grammar:\nstart: begin_patch"), "{hint}");
+        assert_eq!(sent["tool_choice"], json!({"type": "function", "function": {"name": "apply_patch"}}));
+
+        let request = json!({"model": "m", "input": "go", "tools": [tool]}).to_string();
+        let arguments = json!({"input": PATCH}).to_string();
+        let answered = |arguments: &str| -> Value {
+            let chat = json!({"choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant",
+                "content": null, "tool_calls": [{"id": "call_p", "type": "function",
+                "function": {"name": "apply_patch", "arguments": arguments}}]}}]});
+            let bytes = from_chat(chat.to_string().as_bytes(), "resp_abc", "m", request.as_bytes()).unwrap();
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        let response = answered(&arguments);
+        assert_eq!(
+            response["output"][0],
+            json!({"type": "custom_tool_call", "id": "ctc_abc_0", "call_id": "call_p", "name": "apply_patch",
+                "input": PATCH, "status": "completed"})
+        );
+        assert_eq!(answered(PATCH)["output"][0]["input"], PATCH, "a bare input is the input");
+
+        let items = output_items(&serde_json::to_vec(&response).unwrap());
+        let next = chat(
+            json!({"model": "m", "input": [{"type": "custom_tool_call_output", "call_id": "call_p",
+            "output": "Done!"}]}),
+            &items,
+        );
+        assert_eq!(next["messages"][0]["tool_calls"][0]["function"]["arguments"], arguments);
+        assert_eq!(next["messages"][1], json!({"role": "tool", "tool_call_id": "call_p", "content": "Done!"}));
+    }
+
+    #[test]
+    fn a_streamed_custom_call_gives_its_input_whole_when_it_closes() {
+        let arguments = json!({"input": PATCH}).to_string();
+        let (a, b) = arguments.split_at(20);
+        let piece = |delta: Value| format!("data: {}\n\n", json!({"choices": [{"index": 0, "delta": delta}]}));
+        let chat_stream = [
+            piece(json!({"tool_calls": [{"index": 0, "id": "call_p", "function": {"name": "apply_patch", "arguments": a}}]})),
+            piece(json!({"tool_calls": [{"index": 0, "function": {"arguments": b}}]})),
+            "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\ndata: [DONE]\n\n".to_owned(),
+        ]
+        .concat();
+        let request = json!({"model": "m", "input": "go", "tools": [{"type": "custom", "name": "apply_patch"}]});
+        let mut stream = ResponsesStream::new("resp_abc", "m", request.to_string().as_bytes());
+        let mut out = stream.feed(chat_stream.as_bytes()).to_vec();
+        out.extend_from_slice(&stream.finish());
+        let events = parse_events(&out);
+        let kinds = types(&events);
+        assert!(!kinds.contains(&"response.function_call_arguments.delta"), "{kinds:?}");
+        let done = events.iter().find(|e| e["type"] == "response.custom_tool_call_input.done").unwrap();
+        assert_eq!(done["input"], PATCH);
+        assert_eq!(done["item_id"], "ctc_abc_0");
+        let added = events.iter().find(|e| e["type"] == "response.output_item.added").unwrap();
+        assert_eq!(added["item"]["type"], "custom_tool_call");
+        let completed = events.last().unwrap();
+        assert_eq!(completed["response"]["output"][0]["input"], PATCH);
     }
 }
