@@ -16,9 +16,7 @@
 //! become `thinking` blocks (with their signature) and `redacted_thinking`
 //! blocks, in order, before its text and tool calls. Entries of other
 //! formats, unsigned thinking and plain `reasoning_content` are not sent:
-//! Anthropic can verify only its own. (A message-level `reasoning_signature`
-//! with `reasoning_content`, what freeway's Messages translator sent before,
-//! still counts as one signed block.) When thinking is on but the last
+//! Anthropic can verify only its own. When thinking is on but the last
 //! assistant turn calls tools without starting with a thinking block (the
 //! turn came from another model, or the client dropped the blocks),
 //! Anthropic would refuse the request; thinking is turned off

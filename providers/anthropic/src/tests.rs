@@ -301,20 +301,6 @@ fn a_signature_without_text_takes_the_streamed_reasoning() {
 }
 
 #[test]
-fn the_earlier_message_level_signature_still_counts() {
-    let body = build(tool_loop(
-        json!({"role": "assistant", "content": "Reading.", "tool_calls": [tool_call()],
-            "reasoning_content": "they want a read", "reasoning_signature": "sig=="}),
-        json!({}),
-    ));
-    assert_eq!(
-        body["messages"][1]["content"],
-        json!([{"type": "thinking", "thinking": "they want a read", "signature": "sig=="}, {"type": "text", "text": "Reading."}, tool_use_block()])
-    );
-    assert_eq!(body["thinking"]["type"], "enabled");
-}
-
-#[test]
 fn thinking_is_turned_off_for_a_tool_turn_without_thinking() {
     // The tool call came from another model: no thinking Anthropic can verify.
     let foreign =

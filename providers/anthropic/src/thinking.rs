@@ -80,15 +80,6 @@ pub fn request_blocks(message: &Value) -> Vec<Value> {
             _ => {}
         }
     }
-    if blocks.is_empty() {
-        // What freeway's Messages translator sent before `reasoning_details`
-        // (one message-level signature for the turn's thinking text): kept
-        // because it costs two field reads and a client's stored history
-        // may still carry it.
-        if let Some(signature) = non_empty(message.get("reasoning_signature")) {
-            blocks.push(json!({"type": "thinking", "thinking": streamed_text, "signature": signature}));
-        }
-    }
     blocks
 }
 
