@@ -9,7 +9,7 @@ use freeway::plugin::{ErrorKind, Plugin, QuotaWindow, StreamEvent, Target, Usage
 use http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
-use crate::support::gateway::{Answer, chat_body, provider, sse_events, start};
+use crate::support::gateway::{Answer, chat_body, provider, send, sse_events, start};
 use crate::support::mock::{Behavior, Mock, Reply, Seen};
 use crate::support::plugins;
 
@@ -728,4 +728,251 @@ async fn a_429_from_anthropic_falls_back_and_cools_the_model() {
     assert_eq!(next.fallback_attempts(), 0, "a cooling model is skipped, not tried");
     assert_eq!(ant.calls_to("claude-e2e"), 1, "the rate-limited model was called again");
     assert_eq!(other.calls_to("m2"), 2);
+}
+
+// ---------------------------------------------------------------------------
+// Signed thinking across a tool loop, end to end
+// ---------------------------------------------------------------------------
+
+const THOUGHT: &str = "They want the weather in Paris: call get_weather.";
+const THOUGHT_SIGNATURE: &str =
+    "EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds/ErSz4D4XVk0EaZ8Tg9pIBBiDtmMuNcA==";
+const REDACTED_DATA: &str =
+    "EmwKAhgBEgy3va3pzix/LafPsn4aDFIT2Xlxh0L5L8rLVyIwxtE3rAFBa8cr3qpPkNRj2YfWXGmKDxH4mPnZ5sQ7vB5URj2pL==";
+
+fn thought_block() -> Value {
+    json!({"type": "thinking", "thinking": THOUGHT, "signature": THOUGHT_SIGNATURE})
+}
+
+fn redacted_block() -> Value {
+    json!({"type": "redacted_thinking", "data": REDACTED_DATA})
+}
+
+fn paris_call() -> Value {
+    json!({"type": "tool_use", "id": "toolu_01think", "name": "get_weather", "input": {"city": "Paris"}})
+}
+
+/// Anthropic's checks of thinking in a request, as its API makes them: every
+/// thinking block carries the signature issued for its text, redacted
+/// blocks come back unchanged, and with thinking on, the last assistant
+/// turn that calls tools starts with thinking.
+fn thinking_refusal(body: &Value) -> Option<String> {
+    let messages = body["messages"].as_array()?;
+    for block in messages.iter().flat_map(|m| m["content"].as_array().into_iter().flatten()) {
+        if block["type"] == "thinking" && (block["thinking"] != THOUGHT || block["signature"] != THOUGHT_SIGNATURE) {
+            return Some("messages: Invalid `signature` in `thinking` block".to_owned());
+        }
+        if block["type"] == "redacted_thinking" && block["data"] != REDACTED_DATA {
+            return Some("messages: Invalid `data` in `redacted_thinking` block".to_owned());
+        }
+    }
+    let thinking_on = body["thinking"]["type"].as_str().is_some_and(|t| t != "disabled");
+    let last = messages.iter().rev().find(|m| m["role"] == "assistant")?;
+    let blocks = last["content"].as_array()?;
+    let calls_tools = blocks.iter().any(|b| b["type"] == "tool_use");
+    let first = blocks.first().map(|b| b["type"].as_str().unwrap_or_default()).unwrap_or_default();
+    (thinking_on && calls_tools && first != "thinking" && first != "redacted_thinking").then(|| {
+        format!(
+            "messages.1.content.0.type: Expected `thinking` or `redacted_thinking`, but found `{first}`. When \
+             `thinking` is enabled, a final `assistant` message must start with a thinking block (preceeding the \
+             lastmost set of `tool_use` and `tool_result` blocks). We recommend you include thinking blocks from \
+             previous turns. To avoid this requirement, disable `thinking`."
+        )
+    })
+}
+
+/// A Messages API mock that thinks: it checks thinking as Anthropic does,
+/// answers a tool result in text, and otherwise thinks (`blocks`, or the
+/// stream of them) and calls the weather tool.
+fn thinking_responder(blocks: Vec<Value>) -> impl Fn(&Seen) -> Reply + Send + Sync {
+    move |seen: &Seen| {
+        if seen.path.ends_with("/models") {
+            return listing_reply();
+        }
+        if let Some(message) = thinking_refusal(&seen.body) {
+            return Reply::json(400, anthropic_error("invalid_request_error", &message));
+        }
+        let has_result =
+            seen.body["messages"].as_array().into_iter().flatten().any(|m| {
+                m["content"].as_array().is_some_and(|blocks| blocks.iter().any(|b| b["type"] == "tool_result"))
+            });
+        if has_result {
+            return Reply::json(
+                200,
+                message(json!([{"type": "text", "text": "It is 18°C in Paris."}]), "end_turn").to_string(),
+            );
+        }
+        if !seen.stream {
+            return Reply::json(200, message(Value::Array(blocks.clone()), "tool_use").to_string());
+        }
+        // The same blocks streamed as Anthropic does: thinking in deltas,
+        // its signature at the end, a redacted block whole.
+        let mut events = vec![json!({"type": "message_start", "message": {"id": "msg_think", "type": "message",
+            "role": "assistant", "content": [], "model": "claude-e2e", "usage": {"input_tokens": 30, "output_tokens": 1}}})];
+        for (index, block) in blocks.iter().enumerate() {
+            let delta = |delta: Value| json!({"type": "content_block_delta", "index": index, "delta": delta});
+            match block["type"].as_str() {
+                Some("thinking") => {
+                    let text = block["thinking"].as_str().unwrap();
+                    let (a, b) = text.split_at(text.len() / 2);
+                    events.push(json!({"type": "content_block_start", "index": index,
+                        "content_block": {"type": "thinking", "thinking": "", "signature": ""}}));
+                    events.push(delta(json!({"type": "thinking_delta", "thinking": a})));
+                    events.push(delta(json!({"type": "thinking_delta", "thinking": b})));
+                    events.push(delta(json!({"type": "signature_delta", "signature": block["signature"]})));
+                }
+                Some("tool_use") => {
+                    let mut start = block.clone();
+                    start["input"] = json!({});
+                    events.push(json!({"type": "content_block_start", "index": index, "content_block": start}));
+                    events.push(delta(json!({"type": "input_json_delta", "partial_json": block["input"].to_string()})));
+                }
+                _ => events.push(json!({"type": "content_block_start", "index": index, "content_block": block})),
+            }
+            events.push(json!({"type": "content_block_stop", "index": index}));
+        }
+        events.push(
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 40}}),
+        );
+        events.push(json!({"type": "message_stop"}));
+        // One piece per event, the signature's cut in two.
+        let text = sse(&events);
+        let cut = text.find(THOUGHT_SIGNATURE).map_or(0, |at| at + 10);
+        let mut pieces: Vec<String> = text[..cut].split_inclusive("\n\n").map(str::to_owned).collect();
+        pieces.extend(text[cut..].split_inclusive("\n\n").map(str::to_owned));
+        Reply::sse(pieces)
+    }
+}
+
+fn weather_tools() -> Value {
+    json!([{"type": "function", "function": {
+        "name": "get_weather", "description": "Current weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}])
+}
+
+/// The next turn after `reply`: the tool's result, with thinking still asked for.
+fn next_turn(reply: Value) -> Value {
+    let call_id = reply["tool_calls"][0]["id"].clone();
+    json!({
+        "model": "ant/claude-e2e",
+        "messages": [
+            {"role": "user", "content": "What's the weather in Paris?"},
+            reply,
+            {"role": "tool", "tool_call_id": call_id, "content": "18°C, sunny"}
+        ],
+        "tools": weather_tools(),
+        "reasoning_effort": "medium",
+        "max_tokens": 8000
+    })
+}
+
+#[tokio::test]
+async fn signed_thinking_goes_back_first_in_the_next_turn_of_a_tool_loop() {
+    let mock = Mock::start().await;
+    mock.on_all(Behavior::Custom(Arc::new(thinking_responder(vec![thought_block(), paris_call()]))));
+    let gw = start(&format!("providers:\n{}", anthropic_provider("ant", &mock, &["claude-e2e"]))).await;
+
+    let first = json!({"model": "ant/claude-e2e", "messages": [{"role": "user", "content": "What's the weather in Paris?"}],
+        "tools": weather_tools(), "reasoning_effort": "medium", "max_tokens": 8000});
+    let answer = gw.post("/v1/chat/completions", &first.to_string(), &[]).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let reply = answer.json()["choices"][0]["message"].clone();
+    assert_eq!(reply["reasoning_content"], THOUGHT);
+    assert_eq!(
+        reply["reasoning_details"],
+        json!([{"type": "reasoning.text", "text": THOUGHT, "signature": THOUGHT_SIGNATURE, "format": "anthropic-claude-v1", "index": 0}])
+    );
+
+    // The client sends the assistant message back as it got it.
+    let answer = gw.post("/v1/chat/completions", &next_turn(reply).to_string(), &[]).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json()["choices"][0]["message"]["content"], "It is 18°C in Paris.");
+    let sent = &mock.chats()[1].body;
+    assert_eq!(sent["thinking"], json!({"type": "enabled", "budget_tokens": 4096}), "thinking stays on");
+    assert_eq!(
+        sent["messages"][1],
+        json!({"role": "assistant", "content": [thought_block(), paris_call()]}),
+        "the thinking block, signature and all, first"
+    );
+}
+
+#[tokio::test]
+async fn a_streamed_redacted_and_signed_thinking_go_back_in_order() {
+    let mock = Mock::start().await;
+    mock.on_all(Behavior::Custom(Arc::new(thinking_responder(vec![redacted_block(), thought_block(), paris_call()]))));
+    let gw = start(&format!("providers:\n{}", anthropic_provider("ant", &mock, &["claude-e2e"]))).await;
+
+    let mut first = json!({"model": "ant/claude-e2e", "messages": [{"role": "user", "content": "What's the weather in Paris?"}],
+        "tools": weather_tools(), "reasoning_effort": "medium", "max_tokens": 8000, "stream": true});
+    first["stream_options"] = json!({"include_usage": true});
+    let answer = Answer::read(send(&gw.url("/v1/chat/completions"), "POST", &first.to_string(), &[]).await).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let events = answer.events();
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{events:?}");
+
+    // Accumulate the stream as a chat client does: texts concatenated,
+    // reasoning_details entries collected, tool calls merged by index.
+    let mut reasoning = String::new();
+    let mut details = Vec::new();
+    let mut call = json!({"type": "function", "function": {"arguments": ""}});
+    for event in &events[..events.len() - 1] {
+        let chunk: Value = serde_json::from_str(event).unwrap();
+        let Some(delta) = chunk["choices"].get(0).map(|c| &c["delta"]) else { continue };
+        reasoning.push_str(delta["reasoning_content"].as_str().unwrap_or_default());
+        details.extend(delta["reasoning_details"].as_array().cloned().unwrap_or_default());
+        if let Some(piece) = delta["tool_calls"].get(0) {
+            if let Some(id) = piece.get("id") {
+                call["id"] = id.clone();
+            }
+            if let Some(name) = piece["function"].get("name") {
+                call["function"]["name"] = name.clone();
+            }
+            let arguments = call["function"]["arguments"].as_str().unwrap().to_owned();
+            call["function"]["arguments"] =
+                json!(arguments + piece["function"]["arguments"].as_str().unwrap_or_default());
+        }
+    }
+    assert_eq!(reasoning, THOUGHT);
+    assert_eq!(
+        details,
+        [
+            json!({"type": "reasoning.encrypted", "data": REDACTED_DATA, "format": "anthropic-claude-v1", "index": 0}),
+            json!({"type": "reasoning.text", "signature": THOUGHT_SIGNATURE, "format": "anthropic-claude-v1", "index": 1}),
+        ]
+    );
+    let reply = json!({"role": "assistant", "content": null, "reasoning_content": reasoning,
+        "reasoning_details": details, "tool_calls": [call]});
+
+    let answer = gw.post("/v1/chat/completions", &next_turn(reply).to_string(), &[]).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json()["choices"][0]["message"]["content"], "It is 18°C in Paris.");
+    let sent = &mock.chats()[1].body;
+    assert_eq!(sent["thinking"]["type"], "enabled");
+    assert_eq!(
+        sent["messages"][1],
+        json!({"role": "assistant", "content": [redacted_block(), thought_block(), paris_call()]}),
+        "the redacted block and the thinking rebuilt from the stream, in their order, first"
+    );
+}
+
+#[tokio::test]
+async fn thinking_goes_off_for_a_tool_turn_another_model_made() {
+    let mock = Mock::start().await;
+    mock.on_all(Behavior::Custom(Arc::new(thinking_responder(vec![thought_block(), paris_call()]))));
+    let gw = start(&format!("providers:\n{}", anthropic_provider("ant", &mock, &["claude-e2e"]))).await;
+
+    // The tool call came from another model (its reasoning unsigned), and
+    // the agent now asks Claude, thinking, to go on.
+    let reply = json!({"role": "assistant", "content": null, "reasoning_content": "Paris, so get_weather.",
+        "tool_calls": [{"id": "call_other_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]});
+    let answer = gw.post("/v1/chat/completions", &next_turn(reply).to_string(), &[]).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json()["choices"][0]["message"]["content"], "It is 18°C in Paris.");
+    let sent = &mock.chats()[0].body;
+    assert_eq!(sent["thinking"], json!({"type": "disabled"}), "thinking off for this request");
+    assert_eq!(
+        sent["messages"][1]["content"],
+        json!([{"type": "tool_use", "id": "call_other_1", "name": "get_weather", "input": {"city": "Paris"}}]),
+        "another model's reasoning is not sent as thinking"
+    );
 }

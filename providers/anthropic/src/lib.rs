@@ -10,9 +10,27 @@
 //! (`low`, `medium`, `high`) turns on extended thinking with a budget that
 //! stays under `max_tokens`; a request's own `thinking` object passes through.
 //!
+//! Thinking across turns (Anthropic signs its thinking and wants it back,
+//! first in the assistant turn, during a tool-use loop): an assistant
+//! message's `reasoning_details` entries of format `anthropic-claude-v1`
+//! become `thinking` blocks (with their signature) and `redacted_thinking`
+//! blocks, in order, before its text and tool calls. Entries of other
+//! formats, unsigned thinking and plain `reasoning_content` are not sent:
+//! Anthropic can verify only its own. When thinking is on but the last
+//! assistant turn calls tools without starting with a thinking block (the
+//! turn came from another model, or the client dropped the blocks),
+//! Anthropic would refuse the request; thinking is turned off
+//! (`{"type": "disabled"}`) for that request instead, so the agent goes on.
+//!
 //! Answers and streams come back as `chat.completion` and
 //! `chat.completion.chunk` bodies: text blocks → `content`, `tool_use` →
-//! `tool_calls`, thinking → `reasoning_content`.
+//! `tool_calls`, thinking → `reasoning_content` (the texts concatenated)
+//! and `reasoning_details` (one entry per thinking or redacted block:
+//! `reasoning.text` with text and signature, `reasoning.encrypted` with the
+//! data, each with its `index` among the message's reasoning blocks). In
+//! streams the text arrives as `reasoning_content` deltas, the signature in
+//! one `reasoning_details` delta when its block ends (without the text), and
+//! a redacted block whole in one delta.
 //!
 //! Options:
 //!
@@ -33,6 +51,10 @@ use freeway_plugin_sdk::{
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
+
+#[cfg(test)]
+mod tests;
+mod thinking;
 
 const DEFAULT_VERSION: &str = "2023-06-01";
 const DEFAULT_MAX_TOKENS: u64 = 4096;
@@ -225,7 +247,9 @@ fn convert_messages(messages: &[Value]) -> Result<(Option<String>, Vec<Value>), 
             }
             "user" => push_turn(&mut turns, "user", content_blocks(message.get("content"), "user")?),
             "assistant" => {
-                let mut blocks = content_blocks(message.get("content"), "assistant")?;
+                // Thinking first: Anthropic requires it.
+                let mut blocks = thinking::request_blocks(message);
+                blocks.extend(content_blocks(message.get("content"), "assistant")?);
                 if let Some(calls) = message.get("tool_calls").and_then(Value::as_array) {
                     for call in calls {
                         blocks.push(tool_use_block(call)?);
@@ -319,6 +343,7 @@ fn build_body(request: &[u8], target: &Target) -> Result<(Vec<u8>, bool), String
         return Err("anthropic answers with one choice: n > 1 is not supported".to_owned());
     }
     let (system, messages) = convert_messages(messages)?;
+    let unverifiable_tool_turn = thinking::unverifiable_tool_turn(&messages);
     let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
 
     let mut body = Map::new();
@@ -337,7 +362,7 @@ fn build_body(request: &[u8], target: &Target) -> Result<(Vec<u8>, bool), String
     body.insert("max_tokens".to_owned(), json!(max_tokens));
 
     // Extended thinking: the request's own `thinking`, or `reasoning_effort`.
-    let thinking = match req.get("thinking") {
+    let mut thinking = match req.get("thinking") {
         Some(t @ Value::Object(_)) => Some(t.clone()),
         _ => {
             let budget = match req.get("reasoning_effort").and_then(Value::as_str) {
@@ -353,7 +378,14 @@ fn build_body(request: &[u8], target: &Target) -> Result<(Vec<u8>, bool), String
                 .map(|b| json!({"type": "enabled", "budget_tokens": b}))
         }
     };
-    let thinking_on = thinking.as_ref().is_some_and(|t| t.get("type").and_then(Value::as_str) != Some("disabled"));
+    let mut thinking_on = thinking.as_ref().is_some_and(|t| t.get("type").and_then(Value::as_str) != Some("disabled"));
+    if thinking_on && unverifiable_tool_turn {
+        // Anthropic refuses thinking in a tool-use loop whose last turn
+        // has no thinking of its own ("To avoid this requirement, disable
+        // thinking"): this request goes without, the next turns think again.
+        thinking = Some(json!({"type": "disabled"}));
+        thinking_on = false;
+    }
     if let Some(thinking) = thinking {
         body.insert("thinking".to_owned(), thinking);
     }
@@ -505,11 +537,24 @@ fn decode_message(body: &[u8], target: &Target) -> Result<Answer, String> {
     }
     let mut text = String::new();
     let mut reasoning = String::new();
+    // Every thinking block with its signature, and every redacted one, for
+    // the client to send back on the next turn.
+    let mut details = Vec::new();
     let mut tool_calls = Vec::new();
     for block in &message.content {
+        let index = details.len() as u64;
         match block.get("type").and_then(Value::as_str) {
             Some("text") => text.push_str(block.get("text").and_then(Value::as_str).unwrap_or_default()),
-            Some("thinking") => reasoning.push_str(block.get("thinking").and_then(Value::as_str).unwrap_or_default()),
+            Some("thinking") => {
+                let thought = block.get("thinking").and_then(Value::as_str).unwrap_or_default();
+                reasoning.push_str(thought);
+                let signature = block.get("signature").and_then(Value::as_str).filter(|s| !s.is_empty());
+                details.push(thinking::text_entry(Some(thought), signature, index));
+            }
+            Some("redacted_thinking") => {
+                let data = block.get("data").and_then(Value::as_str).unwrap_or_default();
+                details.push(thinking::encrypted_entry(data, index));
+            }
             Some("tool_use") => {
                 let input = block.get("input").cloned().unwrap_or_else(|| json!({}));
                 tool_calls.push(json!({
@@ -521,8 +566,7 @@ fn decode_message(body: &[u8], target: &Target) -> Result<Answer, String> {
                     },
                 }));
             }
-            // redacted thinking, server tools and their results: nothing
-            // an OpenAI client can use.
+            // Server tools and their results: nothing an OpenAI client can use.
             _ => {}
         }
     }
@@ -532,6 +576,9 @@ fn decode_message(body: &[u8], target: &Target) -> Result<Answer, String> {
     reply.insert("content".to_owned(), content);
     if !reasoning.is_empty() {
         reply.insert("reasoning_content".to_owned(), Value::String(reasoning));
+    }
+    if !details.is_empty() {
+        reply.insert("reasoning_details".to_owned(), Value::Array(details));
     }
     if !tool_calls.is_empty() {
         reply.insert("tool_calls".to_owned(), Value::Array(tool_calls));
@@ -719,6 +766,12 @@ struct StreamState {
     role_sent: bool,
     /// Anthropic content-block index → OpenAI tool-call index.
     tool_blocks: Vec<(u64, u64)>,
+    /// Reasoning blocks (thinking or redacted) started so far: the next
+    /// one's `index` in `reasoning_details`.
+    reasoning_blocks: u64,
+    /// Thinking blocks not ended yet: (content-block index, reasoning index,
+    /// the signature so far).
+    thinking_blocks: Vec<(u64, u64, String)>,
     usage: AnthropicUsage,
     stop_reason: Option<String>,
     /// `message_stop` or an error was seen: nothing more is decoded.
@@ -738,6 +791,18 @@ impl StreamState {
         let mut delta = Map::new();
         delta.insert(key.to_owned(), value);
         self.chunk(delta, None)
+    }
+
+    /// Ends the open thinking block at `position`: its signature, if it
+    /// has one, goes out as one `reasoning_details` delta (its text went
+    /// out already, as `reasoning_content`).
+    fn end_thinking(&mut self, position: usize, out: &mut Vec<StreamEvent>) {
+        let (_, index, signature) = self.thinking_blocks.remove(position);
+        if !signature.is_empty() {
+            let entry = thinking::text_entry(None, Some(&signature), index);
+            let event = self.delta_chunk("reasoning_details", json!([entry]));
+            out.push(event);
+        }
     }
 
     fn fail(&mut self, message: String, out: &mut Vec<StreamEvent>) {
@@ -796,10 +861,22 @@ impl StreamState {
                         }
                     }
                     Some("thinking") => {
+                        // A whole block (from a proxy that does not stream
+                        // it) may carry its signature already.
+                        let signature = block.get("signature").and_then(Value::as_str).unwrap_or_default();
+                        self.thinking_blocks.push((index, self.reasoning_blocks, signature.to_owned()));
+                        self.reasoning_blocks += 1;
                         if let Some(text) = block.get("thinking").and_then(Value::as_str).filter(|t| !t.is_empty()) {
                             let event = self.delta_chunk("reasoning_content", Value::String(text.to_owned()));
                             out.push(event);
                         }
+                    }
+                    Some("redacted_thinking") => {
+                        let data = block.get("data").and_then(Value::as_str).unwrap_or_default();
+                        let entry = thinking::encrypted_entry(data, self.reasoning_blocks);
+                        self.reasoning_blocks += 1;
+                        let event = self.delta_chunk("reasoning_details", json!([entry]));
+                        out.push(event);
                     }
                     Some("tool_use") => {
                         let tool_index = self.tool_blocks.len() as u64;
@@ -851,8 +928,20 @@ impl StreamState {
                         let event = self.delta_chunk("tool_calls", call);
                         out.push(event);
                     }
-                    // signature and citation deltas: nothing for OpenAI clients.
+                    Some("signature_delta") => {
+                        let Some(signature) = text_of("signature") else { return };
+                        if let Some(open) = self.thinking_blocks.iter_mut().find(|(block, _, _)| *block == index) {
+                            open.2.push_str(signature);
+                        }
+                    }
+                    // Citation deltas: nothing for OpenAI clients.
                     _ => {}
+                }
+            }
+            "content_block_stop" => {
+                let index = wire.index.unwrap_or(0);
+                if let Some(position) = self.thinking_blocks.iter().position(|(block, _, _)| *block == index) {
+                    self.end_thinking(position, out);
                 }
             }
             "message_delta" => {
@@ -864,6 +953,10 @@ impl StreamState {
                 }
             }
             "message_stop" => {
+                // A block never ended still hands over its signature.
+                while !self.thinking_blocks.is_empty() {
+                    self.end_thinking(0, out);
+                }
                 let finish = finish_reason(self.stop_reason.as_deref());
                 let event = self.chunk(Map::new(), Some(finish));
                 out.push(event);
@@ -883,7 +976,7 @@ impl StreamState {
                 };
                 self.fail(message, out);
             }
-            // ping, content_block_stop, and event types added later.
+            // ping, and event types added later.
             _ => {}
         }
     }
@@ -898,6 +991,8 @@ impl GuestStreamDecoder for Decoder {
                 model: target.model,
                 role_sent: false,
                 tool_blocks: Vec::new(),
+                reasoning_blocks: 0,
+                thinking_blocks: Vec::new(),
                 usage: AnthropicUsage::default(),
                 stop_reason: None,
                 ended: false,
