@@ -162,11 +162,19 @@ pub fn to_chat(body: &[u8], history: &[Value]) -> Result<Translated, DialectErro
     let mut chat = Map::new();
     chat.insert("model".into(), Value::String(model.clone()));
     chat.insert("messages".into(), Value::Array(messages.finish()));
-    if let Some(tools) = request.get("tools").filter(|t| !t.is_null()) {
-        let tools = translate_tools(tools)?;
-        if !tools.is_empty() {
-            chat.insert("tools".into(), Value::Array(tools));
+    let mut tools = Vec::new();
+    if let Some(listed) = request.get("tools").filter(|t| !t.is_null()) {
+        translate_tools(listed, "tools", &mut tools)?;
+    }
+    // Codex sends the tools of some models as an input item.
+    for (i, item) in request.get("input").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        if item.get("type").and_then(Value::as_str) == Some("additional_tools") {
+            let path = format!("input[{i}].tools");
+            translate_tools(item.get("tools").unwrap_or(&Value::Null), &path, &mut tools)?;
         }
+    }
+    if !tools.is_empty() {
+        chat.insert("tools".into(), Value::Array(tools));
     }
     if let Some(choice) = request.get("tool_choice").filter(|t| !t.is_null()) {
         chat.insert("tool_choice".into(), translate_tool_choice(choice)?);
@@ -293,6 +301,8 @@ impl Messages {
             "message" => self.message(map, path),
             "function_call" => self.function_call(map, path),
             "custom_tool_call" => self.custom_tool_call(map, path),
+            // Tools, read with the request's own (`to_chat`).
+            "additional_tools" => Ok(()),
             "function_call_output" | "custom_tool_call_output" => {
                 let call_id = required_string(map, "call_id", path)?;
                 let output = match map.get("output") {
@@ -495,18 +505,17 @@ fn parts_to_chat(parts: &[Value], role: &str, path: &str) -> Result<Value, Diale
     Ok(Value::Array(chat_parts))
 }
 
-/// Function tools as chat tools. Hosted tools (web search, file search…)
-/// and tool groups (`namespace`) are left out: no chat upstream can run
-/// them, and agents (Codex CLI) offer them beside the function tools they
-/// work with, so refusing them would refuse the agent. A tool with no type
-/// is an error.
-fn translate_tools(tools: &Value) -> Result<Vec<Value>, DialectError> {
+/// Function and custom tools (those in a `namespace` group too) as chat
+/// tools, appended to `out`. Hosted tools (web search, file search…) are
+/// left out: no chat upstream can run them, and agents (Codex CLI) offer
+/// them beside the function tools they work with, so refusing them would
+/// refuse the agent. A tool with no type is an error.
+fn translate_tools(tools: &Value, at: &str, out: &mut Vec<Value>) -> Result<(), DialectError> {
     let Value::Array(tools) = tools else {
-        return Err(field_error("tools", "expected an array"));
+        return Err(field_error(at, "expected an array"));
     };
-    let mut out = Vec::with_capacity(tools.len());
     for (i, tool) in tools.iter().enumerate() {
-        let path = format!("tools[{i}]");
+        let path = format!("{at}[{i}]");
         let Some(map) = tool.as_object() else {
             return Err(field_error(&path, "expected a tool object"));
         };
@@ -514,6 +523,10 @@ fn translate_tools(tools: &Value) -> Result<Vec<Value>, DialectError> {
             Some("function") => {}
             Some("custom") => {
                 out.push(custom_tool(map, &path)?);
+                continue;
+            }
+            Some("namespace") => {
+                translate_tools(map.get("tools").unwrap_or(&Value::Null), &format!("{path}.tools"), out)?;
                 continue;
             }
             Some(_) => continue,
@@ -528,7 +541,7 @@ fn translate_tools(tools: &Value) -> Result<Vec<Value>, DialectError> {
         }
         out.push(json!({"type": "function", "function": function}));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The one argument of a custom tool's chat function.
@@ -560,15 +573,54 @@ fn custom_tool(map: &Map<String, Value>, path: &str) -> Result<Value, DialectErr
     }}))
 }
 
-/// The names of a request's custom tools: their calls answer as
-/// `custom_tool_call` items.
-fn custom_tools(request: &Map<String, Value>) -> Vec<String> {
-    let tools = request.get("tools").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
-    tools
-        .iter()
-        .filter(|t| t.get("type").and_then(Value::as_str) == Some("custom"))
-        .filter_map(|t| t.get("name").and_then(Value::as_str).map(str::to_owned))
-        .collect()
+/// What a request's tools are, as far as their calls' items need: custom
+/// tools answer as `custom_tool_call` items, and a call of a tool in a
+/// `namespace` group names its namespace.
+#[derive(Debug, Default)]
+struct Offered {
+    custom: Vec<String>,
+    /// (tool name, namespace).
+    namespaced: Vec<(String, String)>,
+}
+
+impl Offered {
+    /// The tools of `request` (`tools` and `additional_tools` input items).
+    fn of(request: &Map<String, Value>) -> Self {
+        let mut offered = Self::default();
+        offered.add(request.get("tools"), None);
+        for item in request.get("input").and_then(Value::as_array).into_iter().flatten() {
+            if item.get("type").and_then(Value::as_str) == Some("additional_tools") {
+                offered.add(item.get("tools"), None);
+            }
+        }
+        offered
+    }
+
+    fn add(&mut self, tools: Option<&Value>, namespace: Option<&str>) {
+        for tool in tools.and_then(Value::as_array).into_iter().flatten() {
+            let name = tool.get("name").and_then(Value::as_str).unwrap_or_default();
+            match tool.get("type").and_then(Value::as_str) {
+                Some("namespace") => self.add(tool.get("tools"), Some(name)),
+                Some(kind @ ("custom" | "function")) => {
+                    if kind == "custom" {
+                        self.custom.push(name.to_owned());
+                    }
+                    if let Some(namespace) = namespace {
+                        self.namespaced.push((name.to_owned(), namespace.to_owned()));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Makes `item` (a call whose name is known) what its tool says.
+    fn shape(&self, item: &mut Item, response_id: &str, index: usize) {
+        if self.custom.contains(&item.name) {
+            item.make_custom(response_id, index);
+        }
+        item.namespace = self.namespaced.iter().find(|(name, _)| *name == item.name).map(|(_, ns)| ns.clone());
+    }
 }
 
 /// A custom tool's input from its chat call's arguments: the `input`
@@ -660,6 +712,8 @@ struct Item {
     /// A call of a custom tool: a `custom_tool_call` item, whose input is
     /// the call's `input` argument.
     custom: bool,
+    /// A call's tool's namespace, when it was offered in one.
+    namespace: Option<String>,
     /// Whether `response.output_item.added` was sent for it.
     announced: bool,
     done: bool,
@@ -682,6 +736,7 @@ impl Item {
             chat_index: 0,
             encrypted: None,
             custom: false,
+            namespace: None,
             announced: false,
             done: false,
         }
@@ -704,22 +759,31 @@ impl Item {
                 let content = if self.text.is_empty() && !self.done { json!([]) } else { json!([self.part()]) };
                 json!({"type": "message", "id": self.id, "status": status, "role": "assistant", "content": content})
             }
-            Kind::Call if self.custom => json!({
-                "type": "custom_tool_call",
-                "id": self.id,
-                "call_id": self.call_id,
-                "name": self.name,
-                "input": if self.done { custom_input(&self.text) } else { String::new() },
-                "status": status,
-            }),
-            Kind::Call => json!({
-                "type": "function_call",
-                "id": self.id,
-                "call_id": self.call_id,
-                "name": self.name,
-                "arguments": self.text,
-                "status": status,
-            }),
+            Kind::Call => {
+                let mut call = if self.custom {
+                    json!({
+                        "type": "custom_tool_call",
+                        "id": self.id,
+                        "call_id": self.call_id,
+                        "name": self.name,
+                        "input": if self.done { custom_input(&self.text) } else { String::new() },
+                        "status": status,
+                    })
+                } else {
+                    json!({
+                        "type": "function_call",
+                        "id": self.id,
+                        "call_id": self.call_id,
+                        "name": self.name,
+                        "arguments": self.text,
+                        "status": status,
+                    })
+                };
+                if let Some(namespace) = &self.namespace {
+                    call["namespace"] = Value::String(namespace.clone());
+                }
+                call
+            }
         }
     }
 
@@ -805,7 +869,7 @@ pub fn from_chat(chat: &[u8], id: &str, model: &str, request: &[u8]) -> Result<V
     let chat: Value = serde_json::from_slice(chat)
         .map_err(|e| DialectError::new(format!("the upstream answer is not a chat completion: {e}")))?;
     let request = parse_object(request).unwrap_or_default();
-    let custom = custom_tools(&request);
+    let offered = Offered::of(&request);
     let choice = chat.pointer("/choices/0");
     let message = choice.and_then(|c| c.get("message"));
     let text_of = |value: Option<&Value>| match value {
@@ -840,9 +904,7 @@ pub fn from_chat(chat: &[u8], id: &str, model: &str, request: &[u8]) -> Result<V
                 Some(other) if !other.is_null() => other.to_string(),
                 _ => "{}".to_owned(),
             };
-            if custom.contains(&item.name) {
-                item.make_custom(id, items.len());
-            }
+            offered.shape(&mut item, id, items.len());
             item.done = true;
             items.push(item);
         }
@@ -881,8 +943,8 @@ pub struct ResponsesStream {
     items: Vec<Item>,
     /// The item receiving deltas.
     open: Option<usize>,
-    /// The request's custom tools (their calls are `custom_tool_call`s).
-    custom: Vec<String>,
+    /// The request's tools, as their calls' items need.
+    offered: Offered,
     /// What the target needs back (its `reasoning_details`, a call's
     /// `extra_content`), sealed into the next reasoning item to close, or
     /// into one made for it before a call or at the end.
@@ -913,7 +975,7 @@ impl ResponsesStream {
             reader: ChunkReader::default(),
             id: id.to_owned(),
             model: model.to_owned(),
-            custom: custom_tools(&request),
+            offered: Offered::of(&request),
             request,
             created_at: unix_now(),
             sequence: 0,
@@ -1158,9 +1220,7 @@ impl ResponsesStream {
                 item.name = name;
             }
             if fresh {
-                if self.custom.contains(&item.name) {
-                    item.make_custom(&self.id, index);
-                }
+                self.offered.shape(item, &self.id, index);
                 self.announce(index);
             }
             if let Some(arguments) = arguments.filter(|a| !a.is_empty()) {
@@ -1867,5 +1927,38 @@ mod tests {
         assert_eq!(added["item"]["type"], "custom_tool_call");
         let completed = events.last().unwrap();
         assert_eq!(completed["response"]["output"][0]["input"], PATCH);
+    }
+
+    /// Codex's newest models: tools in an `additional_tools` input item,
+    /// grouped in namespaces; a call names its tool's namespace.
+    #[test]
+    fn tools_in_an_input_item_and_in_namespaces_are_offered_and_their_calls_name_the_namespace() {
+        let request = json!({"model": "m", "tools": [{"type": "web_search"}], "input": [
+            {"type": "additional_tools", "role": "developer", "tools": [
+                {"type": "namespace", "name": "functions", "tools": [
+                    {"type": "custom", "name": "exec", "format": {"type": "grammar", "syntax": "lark", "definition": "start: x"}},
+                    {"type": "function", "name": "wait", "parameters": {"type": "object"}}]},
+                {"type": "function", "name": "top", "parameters": {"type": "object"}}]},
+            {"role": "user", "content": "go"}]});
+        let sent = chat(request.clone(), &[]);
+        let names: Vec<&str> =
+            sent["tools"].as_array().unwrap().iter().map(|t| t["function"]["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["exec", "wait", "top"]);
+        assert_eq!(sent["messages"], json!([{"role": "user", "content": "go"}]));
+        let chat_answer = json!({"choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant",
+            "content": null, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "exec", "arguments": "{\"input\":\"1+1\"}"}},
+                {"id": "c2", "type": "function", "function": {"name": "top", "arguments": "{}"}}]}}]});
+        let bytes =
+            from_chat(chat_answer.to_string().as_bytes(), "resp_abc", "m", request.to_string().as_bytes()).unwrap();
+        let response: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(response["output"][0]["type"], "custom_tool_call");
+        assert_eq!(response["output"][0]["namespace"], "functions");
+        assert_eq!(response["output"][0]["input"], "1+1");
+        assert_eq!(response["output"][1]["type"], "function_call");
+        assert!(response["output"][1].get("namespace").is_none());
+        let error = chat_error(json!({"model": "m", "input": [{"type": "additional_tools", "tools": [{"name": "x"}]},
+            {"role": "user", "content": "go"}]}));
+        assert_eq!(error, "input[0].tools[0].type: required");
     }
 }

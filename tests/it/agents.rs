@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::support::clients::missing;
 use crate::support::gateway::{provider, start};
@@ -84,26 +84,31 @@ async fn claude_code_writes_a_file_through_freeway() {
     );
 }
 
-#[tokio::test]
-async fn codex_writes_a_file_through_freeway() {
+/// Codex CLI run headless against freeway over a mock upstream scripted
+/// with `calls`, asking for `model` (`aliases` maps it to the mock's
+/// model): its output, the folder it worked in, and the mock.
+async fn codex(
+    model: &str,
+    features: &str,
+    calls: Vec<(&'static str, Value)>,
+) -> Option<(Output, tempfile::TempDir, Mock)> {
     let Some(codex) = cli("codex") else {
         missing("Codex CLI", "npm install --prefix ~/.cache/freeway-agents @openai/codex@0.171.0");
-        return;
+        return None;
     };
     let (home, work) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mock = Mock::start().await;
-    mock.on_all(agent_of(vec![
-        ("exec_command", json!({"cmd": "printf 'hi from freeway' > hello.txt"})),
-        ("shell", json!({"command": ["bash", "-lc", "printf 'hi from freeway' > hello.txt"]})),
-    ]));
-    let yaml =
-        format!("server:\n  api_keys: [{TOKEN}]\nproviders:\n{}", provider("p", &mock.base_url(), &["k"], &["agent"]));
+    mock.on_all(agent_of(calls));
+    let yaml = format!(
+        "server:\n  api_keys: [{TOKEN}]\nproviders:\n{}aliases:\n  \"gpt-*\": p/agent\n",
+        provider("p", &mock.base_url(), &["k"], &["agent"])
+    );
     let gw = start(&yaml).await;
     std::fs::create_dir_all(home.path().join(".codex")).unwrap();
     let config = format!(
-        "model = \"p/agent\"\nmodel_provider = \"freeway\"\ncheck_for_update_on_startup = false\n\n\
+        "model = \"{model}\"\nmodel_provider = \"freeway\"\ncheck_for_update_on_startup = false\n\n\
          [model_providers.freeway]\nname = \"freeway\"\nbase_url = \"{}\"\nenv_key = \"FREEWAY_TOKEN\"\nwire_api = \"responses\"\n\n\
-         [analytics]\nenabled = false\n\n[feedback]\nenabled = false\n\n[features]\nplugins = false\n",
+         [analytics]\nenabled = false\n\n[feedback]\nenabled = false\n\n[features]\nplugins = false\n{features}",
         gw.url("/v1")
     );
     std::fs::write(home.path().join(".codex/config.toml"), config).unwrap();
@@ -111,9 +116,44 @@ async fn codex_writes_a_file_through_freeway() {
     cmd.args(["exec", "--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox", "write hello.txt"])
         .env("FREEWAY_TOKEN", TOKEN);
     let out = run(cmd).await;
+    Some((out, work, mock))
+}
+
+#[tokio::test]
+async fn codex_writes_a_file_through_freeway() {
+    let Some((out, work, _mock)) = codex(
+        "p/agent",
+        "",
+        vec![
+            ("exec_command", json!({"cmd": "printf 'hi from freeway' > hello.txt"})),
+            ("shell", json!({"command": ["bash", "-lc", "printf 'hi from freeway' > hello.txt"]})),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{stdout}\n{stderr}");
     let written = std::fs::read_to_string(work.path().join("hello.txt")).unwrap_or_default();
     assert_eq!(written, "hi from freeway", "{stdout}\n{stderr}");
+    assert!(stdout.contains("done:"), "the answer after the tool result: {stdout}");
+}
+
+/// For its newest models Codex sends its tools as an `additional_tools`
+/// input item, in namespaces, and works in "code mode": one free-form
+/// (custom) tool, `exec`, whose input is JavaScript calling the other
+/// tools. The model's script reaches it as a `custom_tool_call`.
+#[tokio::test]
+async fn codex_runs_a_script_through_its_free_form_exec_tool() {
+    let script = "await tools.exec_command({cmd: \"printf 'hi from a script' > hello.txt\"});";
+    let Some((out, work, mock)) = codex("gpt-6.2-sol", "", vec![("exec", json!({"input": script}))]).await else {
+        return;
+    };
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let offered: Vec<Value> = mock.chats().first().map(|c| c.body["tools"].clone()).into_iter().collect();
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let written = std::fs::read_to_string(work.path().join("hello.txt")).unwrap_or_default();
+    assert_eq!(written, "hi from a script", "{stdout}\n{stderr}\ntools offered: {offered:?}");
     assert!(stdout.contains("done:"), "the answer after the tool result: {stdout}");
 }
