@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use crate::support::clients::missing;
 use crate::support::gateway::{provider, start};
-use crate::support::mock::{Mock, agent_of};
+use crate::support::mock::{Mock, THOUGHT_SIGNATURE, signed_agent_of};
 
 const TOKEN: &str = "agent-test-token-0123456789";
 
@@ -58,10 +58,13 @@ async fn claude_code_writes_a_file_through_freeway() {
     let (home, work) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let file = work.path().join("hello.txt");
     let mock = Mock::start().await;
-    mock.on_all(agent_of(vec![("Write", json!({"file_path": file.to_string_lossy(), "content": "hi from freeway"}))]));
+    mock.on_all(signed_agent_of(vec![(
+        "Write",
+        json!({"file_path": file.to_string_lossy(), "content": "hi from freeway"}),
+    )]));
     let yaml = format!(
         "server:\n  api_keys: [{TOKEN}]\nproviders:\n{}aliases:\n  \"claude-*\": p/agent\n",
-        provider("p", &mock.base_url(), &["k"], &["agent"])
+        signing_provider(&mock)
     );
     let gw = start(&yaml).await;
     let mut cmd = offline(&claude, home.path(), work.path());
@@ -77,11 +80,26 @@ async fn claude_code_writes_a_file_through_freeway() {
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert_eq!(std::fs::read_to_string(&file).unwrap_or_default(), "hi from freeway", "{stdout}\n{stderr}");
     assert!(stdout.contains("done:"), "the answer after the tool result: {stdout}");
-    assert!(
-        mock.chats()
-            .iter()
-            .any(|c| c.body["messages"].as_array().is_some_and(|m| m.iter().any(|m| m["role"] == "tool")))
-    );
+    signature_came_back(&mock);
+}
+
+/// The mock as a provider that is sent back the signatures on its calls.
+fn signing_provider(mock: &Mock) -> String {
+    provider("p", &mock.base_url(), &["k"], &["agent"]) + "    options: { reasoning_back: extra_content }\n"
+}
+
+/// The agent sent the tool's result back with the call as the target made
+/// it: its thought signature too (in a thinking block's signature or a
+/// reasoning item's encrypted content, through the agent's own storage).
+fn signature_came_back(mock: &Mock) {
+    let chats = mock.chats();
+    let with_result = chats
+        .iter()
+        .find(|c| c.body["messages"].as_array().is_some_and(|m| m.iter().any(|m| m["role"] == "tool")))
+        .expect("a request with the tool's result");
+    let messages = with_result.body["messages"].as_array().unwrap();
+    let call = messages.iter().find_map(|m| m["tool_calls"].get(0)).expect("the assistant's call");
+    assert_eq!(call["extra_content"]["google"]["thought_signature"], THOUGHT_SIGNATURE, "{call}");
 }
 
 /// Codex CLI run headless against freeway over a mock upstream scripted
@@ -98,10 +116,10 @@ async fn codex(
     };
     let (home, work) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mock = Mock::start().await;
-    mock.on_all(agent_of(calls));
+    mock.on_all(signed_agent_of(calls));
     let yaml = format!(
         "server:\n  api_keys: [{TOKEN}]\nproviders:\n{}aliases:\n  \"gpt-*\": p/agent\n",
-        provider("p", &mock.base_url(), &["k"], &["agent"])
+        signing_provider(&mock)
     );
     let gw = start(&yaml).await;
     std::fs::create_dir_all(home.path().join(".codex")).unwrap();
@@ -121,7 +139,7 @@ async fn codex(
 
 #[tokio::test]
 async fn codex_writes_a_file_through_freeway() {
-    let Some((out, work, _mock)) = codex(
+    let Some((out, work, mock)) = codex(
         "p/agent",
         "",
         vec![
@@ -138,6 +156,7 @@ async fn codex_writes_a_file_through_freeway() {
     let written = std::fs::read_to_string(work.path().join("hello.txt")).unwrap_or_default();
     assert_eq!(written, "hi from freeway", "{stdout}\n{stderr}");
     assert!(stdout.contains("done:"), "the answer after the tool result: {stdout}");
+    signature_came_back(&mock);
 }
 
 /// For its newest models Codex sends its tools as an `additional_tools`
@@ -156,4 +175,5 @@ async fn codex_runs_a_script_through_its_free_form_exec_tool() {
     let written = std::fs::read_to_string(work.path().join("hello.txt")).unwrap_or_default();
     assert_eq!(written, "hi from a script", "{stdout}\n{stderr}\ntools offered: {offered:?}");
     assert!(stdout.contains("done:"), "the answer after the tool result: {stdout}");
+    signature_came_back(&mock);
 }

@@ -514,6 +514,20 @@ pub fn agent(tool: &'static str, arguments: Value) -> Behavior {
 /// whose tool the request offers is called; a request that offers none of
 /// them (an agent's side requests: titles, summaries) gets a plain answer.
 pub fn agent_of(calls: Vec<(&'static str, Value)>) -> Behavior {
+    scripted_agent(calls, false)
+}
+
+/// [`agent_of`] for a target that reasons and signs its calls as Gemini 3
+/// does: reasoning text before the call, and a thought signature on the
+/// call (`extra_content`, [`THOUGHT_SIGNATURE`]) that it needs back.
+pub fn signed_agent_of(calls: Vec<(&'static str, Value)>) -> Behavior {
+    scripted_agent(calls, true)
+}
+
+/// The signature [`signed_agent_of`] puts on its calls.
+pub const THOUGHT_SIGNATURE: &str = "c2lnbmVkIGJ5IHRoZSBtb2Nr";
+
+fn scripted_agent(calls: Vec<(&'static str, Value)>, signed: bool) -> Behavior {
     Behavior::Custom(Arc::new(move |seen| {
         let offered = |name: &str| {
             seen.body["tools"]
@@ -540,6 +554,11 @@ pub fn agent_of(calls: Vec<(&'static str, Value)>) -> Behavior {
                 None => json!({"role": "assistant", "content": null, "tool_calls": [
                     {"id": "call_1", "type": "function", "function": {"name": tool, "arguments": args}}]}),
             };
+            let mut message = message;
+            if signed && result.is_none() {
+                message["reasoning_content"] = json!("I will call the tool.");
+                message["tool_calls"][0]["extra_content"] = json!({"google": {"thought_signature": THOUGHT_SIGNATURE}});
+            }
             let finish = if result.is_some() { "stop" } else { "tool_calls" };
             let body = json!({"id": "chatcmpl-agent", "object": "chat.completion", "created": 1, "model": model,
                 "choices": [{"index": 0, "message": message, "finish_reason": finish}], "usage": usage});
@@ -559,10 +578,13 @@ pub fn agent_of(calls: Vec<(&'static str, Value)>) -> Behavior {
             }
             None => {
                 let (a, b) = args.split_at(args.len() / 2);
-                pieces.push(chunk(
-                    json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": tool, "arguments": a}}]}),
-                    None,
-                ));
+                let mut first =
+                    json!({"index": 0, "id": "call_1", "type": "function", "function": {"name": tool, "arguments": a}});
+                if signed {
+                    pieces.push(chunk(json!({"reasoning_content": "I will call the tool."}), None));
+                    first["extra_content"] = json!({"google": {"thought_signature": THOUGHT_SIGNATURE}});
+                }
+                pieces.push(chunk(json!({"tool_calls": [first]}), None));
                 pieces.push(chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": b}}]}), None));
                 pieces.push(chunk(json!({}), Some("tool_calls")));
             }
