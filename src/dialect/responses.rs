@@ -1156,12 +1156,23 @@ impl ResponsesStream {
                 self.close();
                 self.flush_pending();
                 let (status, incomplete) = outcome(self.finish_reason.as_deref());
-                let response = self.object(status, incomplete, Value::Null);
+                // Serialised once, for the event and for whoever keeps it.
+                let response = self.object(status, incomplete, Value::Null).to_string();
                 if let Some(done) = self.on_done.take() {
-                    done(response.to_string().as_bytes());
+                    done(response.as_bytes());
                 }
                 let kind = if status == "completed" { "response.completed" } else { "response.incomplete" };
-                self.emit(kind, json!({"response": response}));
+                let head = json!({"type": kind, "sequence_number": self.sequence}).to_string();
+                self.sequence += 1;
+                self.out.extend_from_slice(b"event: ");
+                self.out.extend_from_slice(kind.as_bytes());
+                self.out.extend_from_slice(b"\ndata: ");
+                // `head` is an object: its closing brace gives way to the
+                // response field.
+                self.out.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
+                self.out.extend_from_slice(b",\"response\":");
+                self.out.extend_from_slice(response.as_bytes());
+                self.out.extend_from_slice(b"}\n\n");
                 self.ended = true;
             }
             ChatEvent::Error { message } => self.fail(&message),
