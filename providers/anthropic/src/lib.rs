@@ -21,6 +21,8 @@
 //! turn came from another model, or the client dropped the blocks),
 //! Anthropic would refuse the request; thinking is turned off
 //! (`{"type": "disabled"}`) for that request instead, so the agent goes on.
+//! So it is for a forced tool call (`tool_choice` `required` or a named
+//! function), which Anthropic does not take with thinking.
 //!
 //! Answers and streams come back as `chat.completion` and
 //! `chat.completion.chunk` bodies: text blocks → `content`, `tool_use` →
@@ -379,7 +381,17 @@ fn build_body(request: &[u8], target: &Target) -> Result<(Vec<u8>, bool), String
         }
     };
     let mut thinking_on = thinking.as_ref().is_some_and(|t| t.get("type").and_then(Value::as_str) != Some("disabled"));
-    if thinking_on && unverifiable_tool_turn {
+    // A forced tool call (`required`, or one function named) and thinking
+    // do not go together at Anthropic (thinking takes tool_choice auto or
+    // none only): the client's forced call wins.
+    let has_tools = req.get("tools").and_then(Value::as_array).is_some_and(|t| !t.is_empty());
+    let forced_tool = has_tools
+        && match req.get("tool_choice") {
+            Some(Value::String(mode)) => mode == "required",
+            Some(Value::Object(choice)) => choice.get("type").and_then(Value::as_str) == Some("function"),
+            _ => false,
+        };
+    if thinking_on && (unverifiable_tool_turn || forced_tool) {
         // Anthropic refuses thinking in a tool-use loop whose last turn
         // has no thinking of its own ("To avoid this requirement, disable
         // thinking"): this request goes without, the next turns think again.

@@ -332,3 +332,18 @@ fn thinking_is_turned_off_for_a_tool_turn_without_thinking() {
     }));
     assert_eq!(body["thinking"]["type"], "enabled");
 }
+
+#[test]
+fn a_forced_tool_call_turns_thinking_off() {
+    let tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]);
+    let ask = |choice: Value| {
+        build(json!({"messages": [{"role": "user", "content": "Weather?"}], "reasoning_effort": "medium",
+            "max_tokens": 8000, "tools": tools, "tool_choice": choice}))
+    };
+    for forced in [json!("required"), json!({"type": "function", "function": {"name": "get_weather"}})] {
+        let body = ask(forced.clone());
+        assert_eq!(body["thinking"], json!({"type": "disabled"}), "{forced}");
+        assert!(matches!(body["tool_choice"]["type"].as_str(), Some("any" | "tool")), "{body}");
+    }
+    assert_eq!(ask(json!("auto"))["thinking"]["type"], "enabled");
+}
