@@ -20,7 +20,7 @@ use crate::catalog::provider::Key;
 use crate::catalog::routes::Candidate;
 use crate::plugin::{ErrorKind, PluginError, PluginErrorKind, PluginSession, RateReport, Target, UpstreamRequest};
 use crate::state::{Admission, Refund};
-use crate::upstream::relay::{Relay, RelaySettings};
+use crate::upstream::relay::{Hold, Relay, RelaySettings};
 use crate::upstream::{MAX_ANSWER_BYTES, UpstreamError, read_body};
 
 /// Error bodies of streamed requests are read up to this size for
@@ -165,7 +165,10 @@ async fn whole(
 }
 
 /// A streamed attempt: send, then wait for the first event before
-/// committing to this candidate (until then, a failure can fall back).
+/// committing to this candidate (until then, a failure can fall back). A
+/// request with tools waits longer when the stream begins with a tool
+/// call: until the call is complete and checked (`repair::stream`), so
+/// that a call that cannot be mended falls back too.
 async fn stream(
     proxy: &Proxy,
     mut session: PluginSession,
@@ -178,7 +181,6 @@ async fn stream(
     enum Start {
         Relay(Box<Relay>, Vec<RateReport>),
         Status(http::response::Parts, Bytes, Box<PluginSession>),
-        Broken(String, Vec<RateReport>),
         Plugin(PluginError, Vec<RateReport>),
     }
     let provider = &candidate.provider;
@@ -187,8 +189,12 @@ async fn stream(
         idle: proxy.settings.stream_idle_timeout.get(),
         redactor: provider.redactor.clone(),
         drop_usage_only: !request.wants_usage,
+        hold: (request.operation == Operation::Chat && request.has_tools).then(|| {
+            let check = super::repair::stream::ToolCalls::new(request.raw.clone(), proxy.metrics.clone());
+            Box::new(check) as Box<dyn Hold>
+        }),
     };
-    // send, then prime: wait for the first event before committing
+    // send, then wait for the first event
     let start = async {
         let response = proxy.upstream.send(upstream_request).await?;
         if !response.status().is_success() {
@@ -203,10 +209,8 @@ async fn stream(
             Err(e) => return Ok(Start::Plugin(e, limits)),
         };
         let mut relay = Box::new(Relay::new(response.into_body(), decoder, settings, &proxy.watchdog));
-        Ok::<_, UpstreamError>(match relay.prime().await {
-            Ok(()) => Start::Relay(relay, limits),
-            Err(e) => Start::Broken(e, limits),
-        })
+        relay.first_event().await;
+        Ok::<_, UpstreamError>(Start::Relay(relay, limits))
     };
     let (mut relay, limits) = match timeout(limit, start).await {
         Err(_) => return Err(Failure::timeout("waiting for the first event", limit)),
@@ -223,12 +227,20 @@ async fn stream(
             failure.limits = limits;
             return Err(failure);
         }
-        Ok(Ok(Start::Broken(reason, limits))) => {
-            let mut failure = Failure::transient("upstream_error", Some(200), reason);
-            failure.limits = limits;
-            return Err(failure);
+        Ok(Ok(Start::Relay(mut relay, limits))) => {
+            // Past its first event, a stream whose tool call is held is
+            // bounded by the idle timeout and the hold's byte bound, not
+            // the first-byte timeout: a long call is no slow upstream.
+            match relay.prime().await {
+                Ok(()) => (relay, limits),
+                Err(unsent) => {
+                    let outcome = if unsent.refused { "bad_tool_call" } else { "upstream_error" };
+                    let mut failure = Failure::transient(outcome, Some(200), unsent.reason);
+                    failure.limits = limits;
+                    return Err(failure);
+                }
+            }
         }
-        Ok(Ok(Start::Relay(relay, limits))) => (relay, limits),
     };
     // record, when the stream ends: tokens, settled budgets, failures
     let metrics = proxy.metrics.clone();

@@ -6,8 +6,11 @@
 //! missing), empty arguments — and counted in
 //! `freeway_tool_call_repairs_total{kind}`. Anything else fails the
 //! attempt, which falls back to the next candidate: an agent never gets a
-//! call it cannot run. (Whole answers; streamed tool calls are relayed as
-//! they come.)
+//! call it cannot run. Whole answers are checked here ([`answer`]); streams
+//! hold their tool calls until they are complete and check them by the
+//! same rules ([`stream`]).
+
+pub mod stream;
 
 use serde_json::Value;
 
@@ -184,15 +187,9 @@ pub fn answer(body: &[u8], request: &[u8]) -> Result<Option<Mended>, String> {
             }
             let Some(name) = function.get("name").and_then(Value::as_str) else { continue };
             let offered = offered.get_or_insert_with(|| tool_names(request));
-            if offered.is_empty() || offered.iter().any(|o| o == name) {
-                continue;
-            }
-            match tool_name(name, offered) {
-                Some(right) => {
-                    function["name"] = Value::String(right.to_owned());
-                    mends.push(Mend::NameCase);
-                }
-                None => return Err(format!("the upstream called a tool the request does not offer: `{name}`")),
+            if let Some(right) = offered_name(name, offered)? {
+                function["name"] = Value::String(right.to_owned());
+                mends.push(Mend::NameCase);
             }
         }
     }
@@ -212,6 +209,19 @@ fn tool_names(request: &[u8]) -> Vec<String> {
     serde_json::from_slice::<Tools>(request)
         .map(|t| t.tools.iter().filter_map(|t| t.pointer("/function/name")?.as_str().map(str::to_owned)).collect())
         .unwrap_or_default()
+}
+
+/// `name` as the request spells it: `Ok(None)` when it already does (or
+/// the request names no function tool), the request's spelling when only
+/// the case differs, `Err` when the request offers no such tool.
+fn offered_name<'a>(name: &str, offered: &'a [String]) -> Result<Option<&'a str>, String> {
+    if offered.is_empty() || offered.iter().any(|o| o == name) {
+        return Ok(None);
+    }
+    match tool_name(name, offered) {
+        Some(right) => Ok(Some(right)),
+        None => Err(format!("the upstream called a tool the request does not offer: `{name}`")),
+    }
 }
 
 /// The request's tool named like `name` but for case, when exactly one is.

@@ -3,10 +3,14 @@
 //! The relay polls the upstream body directly from the client's response
 //! body (no extra task, no channel per stream), runs each piece through the
 //! provider's stream decoder and re-frames the OpenAI chunks as SSE. Before
-//! the first byte reaches the client the dispatcher calls [`Relay::prime`]:
-//! a stream that fails before its first chunk can still fall back to
-//! another candidate. After that, a failure ends the stream with one error
-//! event and no `[DONE]`.
+//! the first byte reaches the client the dispatcher calls
+//! [`Relay::first_event`] and [`Relay::prime`]: a stream that fails before
+//! its first chunk can still fall back to another candidate. After that, a
+//! failure ends the stream with one error event and no `[DONE]`.
+//!
+//! A relay may be given a [`Hold`] that keeps chunks back until they can
+//! be checked (a request with tools: its tool calls, until they are
+//! complete). Without one, each chunk is framed as it comes, unparsed.
 //!
 //! Being polled by the client's connection has one weakness: a client that
 //! stops reading (an HTTP/2 window at 0, a full TCP buffer) stops the polls,
@@ -50,7 +54,6 @@ pub struct StreamOutcome {
 type Observer = Box<dyn FnOnce(&StreamOutcome) + Send>;
 
 /// How a relay is configured.
-#[derive(Clone)]
 pub struct RelaySettings {
     /// Longest silence allowed from the upstream between two pieces, and
     /// longest wait for the client to take what is ready.
@@ -61,6 +64,43 @@ pub struct RelaySettings {
     /// for: the gateway asks for usage to settle budgets, the client may
     /// not expect it.
     pub drop_usage_only: bool,
+    /// Keeps chunks back until they can be checked (`None`: every chunk
+    /// goes as it comes).
+    pub hold: Option<Box<dyn Hold>>,
+}
+
+/// Keeps a stream's chunks back until they can be checked, and says when
+/// and how they go on.
+pub trait Hold: Send {
+    /// The stream's next chunk (its JSON): what to send now.
+    fn push(&mut self, json: Bytes) -> Step;
+    /// The stream ended well (`[DONE]`): what is still held, checked.
+    fn end(&mut self) -> Step;
+}
+
+/// What a [`Hold`] lets through.
+#[derive(Debug)]
+pub enum Step {
+    /// This chunk, now, as it came.
+    Pass(Bytes),
+    /// Nothing yet.
+    Held,
+    /// These chunks, in this order.
+    Release(Vec<Bytes>),
+    /// What is held must not reach the client: the stream fails, saying
+    /// why. Before its first chunk, the attempt fails as `bad_tool_call`
+    /// (and may fall back).
+    Refuse(String),
+}
+
+/// Why a stream failed before anything reached its client.
+#[derive(Debug)]
+pub struct Unsent {
+    /// What went wrong (redacted).
+    pub reason: String,
+    /// A [`Hold`] refused what the upstream sent (a tool call that cannot
+    /// be mended), rather than the upstream failing.
+    pub refused: bool,
 }
 
 /// What the watchdog may take away from a relay: the upstream body and the
@@ -106,6 +146,8 @@ pub struct Relay {
 struct State {
     pending: VecDeque<Bytes>,
     scratch: Vec<StreamEvent>,
+    /// Taken out of the settings, to be used beside them.
+    hold: Option<Box<dyn Hold>>,
     settings: RelaySettings,
     timer: Pin<Box<Sleep>>,
     last_activity: Instant,
@@ -114,11 +156,15 @@ struct State {
     released: bool,
     outcome: StreamOutcome,
     observer: Option<Observer>,
+    /// Something came from the decoder (sent or held).
+    heard: bool,
+    /// The stream failed because its hold refused what it held.
+    refused: bool,
 }
 
 impl Relay {
     /// Starts relaying `upstream` through `decoder`, watched by `watchdog`.
-    pub fn new(upstream: Incoming, decoder: PluginStream, settings: RelaySettings, watchdog: &Watchdog) -> Self {
+    pub fn new(upstream: Incoming, decoder: PluginStream, mut settings: RelaySettings, watchdog: &Watchdog) -> Self {
         let now = Instant::now();
         let live = Arc::new(Live {
             parts: Mutex::new(Some((upstream, decoder))),
@@ -132,6 +178,7 @@ impl Relay {
         let state = State {
             pending: VecDeque::new(),
             scratch: Vec::new(),
+            hold: settings.hold.take(),
             timer: Box::pin(tokio::time::sleep_until(now + settings.idle)),
             settings,
             last_activity: now,
@@ -139,17 +186,30 @@ impl Relay {
             released: false,
             outcome: StreamOutcome { chunks: 0, usage: None, error: None, client_gone: false },
             observer: None,
+            heard: false,
+            refused: false,
         };
         Self { live, state, watch }
     }
 
-    /// Waits for the first event. `Err` when the stream failed or ended
-    /// before its first chunk: nothing has reached the client, so the
-    /// dispatcher may try another candidate.
-    pub async fn prime(&mut self) -> Result<(), String> {
-        poll_fn(|cx| self.poll_fill(cx)).await;
+    /// Waits for the upstream's first event, or its end (the dispatcher
+    /// bounds this wait by the first-byte timeout).
+    pub async fn first_event(&mut self) {
+        // Without a hold, the first event is the first chunk to send.
+        let heard_is_enough = self.state.hold.is_some();
+        poll_fn(|cx| self.poll_fill(cx, heard_is_enough)).await;
+    }
+
+    /// Waits for the first chunk to send to the client, or the end: at
+    /// once when the first event was one, else while the [`Hold`] keeps
+    /// chunks back (bounded by the idle timeout and the hold's own bound).
+    /// `Err` when the stream failed or ended before its first chunk:
+    /// nothing has reached the client, so the dispatcher may try another
+    /// candidate.
+    pub async fn prime(&mut self) -> Result<(), Unsent> {
+        poll_fn(|cx| self.poll_fill(cx, false)).await;
         match (&self.state.outcome.error, self.state.outcome.chunks) {
-            (Some(error), 0) => Err(error.clone()),
+            (Some(error), 0) => Err(Unsent { reason: error.clone(), refused: self.state.refused }),
             _ => {
                 // From here on, the client is the one expected to read.
                 self.live.waiting.store(true, Ordering::Relaxed);
@@ -184,7 +244,7 @@ impl Relay {
         // writes this counter (the watchdog reads it): no atomic add needed.
         let progress = self.live.progress.load(Ordering::Relaxed);
         self.live.progress.store(progress.wrapping_add(1), Ordering::Relaxed);
-        match self.poll_fill(cx) {
+        match self.poll_fill(cx, false) {
             Poll::Ready(()) => {
                 let next = self.state.pending.pop_front();
                 self.live.waiting.store(next.is_some() && !self.is_finished(), Ordering::Relaxed);
@@ -197,8 +257,9 @@ impl Relay {
         }
     }
 
-    /// Ready when there is a frame to send or the stream has ended.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    /// Ready when there is a frame to send or the stream has ended (or,
+    /// with `heard_is_enough`, when the decoder gave anything at all).
+    fn poll_fill(&mut self, cx: &mut Context<'_>, heard_is_enough: bool) -> Poll<()> {
         loop {
             let state = &mut self.state;
             if state.ended && !state.released {
@@ -207,7 +268,7 @@ impl Relay {
                 state.released = true;
                 drop(self.live.lock().take());
             }
-            if !state.pending.is_empty() || state.ended {
+            if !state.pending.is_empty() || state.ended || heard_is_enough && state.heard {
                 return Poll::Ready(());
             }
             let mut parts = self.live.lock();
@@ -271,6 +332,7 @@ impl Relay {
 
 impl State {
     fn absorb(&mut self) {
+        self.heard |= !self.scratch.is_empty();
         for event in std::mem::take(&mut self.scratch) {
             if self.ended {
                 break;
@@ -283,19 +345,54 @@ impl State {
                             continue;
                         }
                     }
-                    let json = self.settings.redactor.redact_answer(json);
-                    let mut frame = BytesMut::with_capacity(json.len() + 8);
-                    frame.put_slice(b"data: ");
-                    frame.put_slice(&json);
-                    frame.put_slice(b"\n\n");
-                    self.pending.push_back(frame.freeze());
-                    self.outcome.chunks += 1;
+                    match self.hold.as_mut() {
+                        None => self.send(json),
+                        Some(hold) => {
+                            let step = hold.push(json);
+                            self.take(step);
+                        }
+                    }
                 }
                 StreamEvent::Done => {
-                    self.pending.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
-                    self.end();
+                    if let Some(hold) = self.hold.as_mut() {
+                        let step = hold.end();
+                        self.take(step);
+                    }
+                    if !self.ended {
+                        self.pending.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
+                        self.end();
+                    }
                 }
                 StreamEvent::Error { message } => self.fail(format!("the upstream reported an error: {message}")),
+            }
+        }
+    }
+
+    /// Frames `json` for the client.
+    fn send(&mut self, json: Bytes) {
+        let json = self.settings.redactor.redact_answer(json);
+        let mut frame = BytesMut::with_capacity(json.len() + 8);
+        frame.put_slice(b"data: ");
+        frame.put_slice(&json);
+        frame.put_slice(b"\n\n");
+        self.pending.push_back(frame.freeze());
+        self.outcome.chunks += 1;
+    }
+
+    /// Does what the hold said. What it holds when the stream fails is
+    /// dropped with it: a call never reaches the client half checked.
+    fn take(&mut self, step: Step) {
+        match step {
+            Step::Pass(json) => self.send(json),
+            Step::Held => {}
+            Step::Release(chunks) => {
+                for json in chunks {
+                    self.send(json);
+                }
+            }
+            Step::Refuse(reason) => {
+                self.refused = true;
+                self.fail(format!("the upstream's tool call cannot be run: {reason}"));
             }
         }
     }
