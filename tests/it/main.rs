@@ -35,6 +35,7 @@ mod quota;
 mod redaction;
 mod redis;
 mod responses;
+mod responses_store;
 mod sdk;
 mod stalls;
 mod state;
