@@ -429,11 +429,24 @@ pub struct StateConfig {
     pub redis: Option<String>,
     /// How long the request log is kept (1h to 400 days).
     pub log_retention: ConfigDuration,
+    /// How long a Responses-API response stored with `store` can be named
+    /// by `previous_response_id`, kept in the database (and Redis) after
+    /// its turn (1h to 400 days; `0`: never written there, kept an hour in
+    /// memory only).
+    pub responses_retention: ConfigDuration,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
-        Self { path: None, redis: None, log_retention: ConfigDuration::secs(30 * 24 * 3600) }
+        Self {
+            path: None,
+            redis: None,
+            log_retention: ConfigDuration::secs(30 * 24 * 3600),
+            // OpenAI's own: a client written against it finds a response
+            // for as long as it expects. The disk is bounded apart
+            // (`state::responses::KEPT_BYTES`).
+            responses_retention: ConfigDuration::secs(30 * 24 * 3600),
+        }
     }
 }
 

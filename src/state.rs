@@ -1,6 +1,7 @@
 //! What the gateway learns while it runs, behind one narrow interface:
 //! cooldowns per (key, model), request and token counters against the
-//! free-tier limits, keys the upstream rejected, and sticky-session pins.
+//! free-tier limits, keys the upstream rejected, sticky-session pins, and
+//! Responses-API turns stored for a later `previous_response_id`.
 //!
 //! The dispatcher and the policies never see how it is stored: they call
 //! the operations of [`StateStore`], each named for what the request path
@@ -27,6 +28,7 @@
 //! | `db.rs` | the SQLite file: schema, migrations, a corrupt file moved aside |
 //! | `journal.rs` | write-behind: changes queued, written once per 500 ms |
 //! | `log.rs` | the request log's records |
+//! | `responses.rs` | stored Responses-API turns: their table, their Redis values |
 //! | `persistent.rs` | [`PersistentState`]: memory, loaded from and written to the file |
 //! | `shared.rs` | [`SharedState`]: any of the above, shared with other instances through Redis |
 
@@ -42,6 +44,7 @@ pub mod log;
 mod memory;
 mod persistent;
 mod pins;
+pub mod responses;
 mod shared;
 pub mod usage;
 
@@ -58,6 +61,7 @@ pub use learned::{Inferred, Learned};
 pub use log::{AttemptRecord, RequestRecord};
 pub use memory::{MemoryState, StateBounds};
 pub use persistent::PersistentState;
+pub use responses::StoredResponse;
 pub use shared::{ADMIT_WAIT, RedisHealth, SharedBudget, SharedState};
 pub use usage::{Admission, Limit, LimitHit, MinuteBefore, Period, Refund, Used};
 
@@ -279,6 +283,24 @@ pub trait StateStore: Send + Sync {
     /// The model list kept for `provider` by an earlier run.
     fn saved_models(&self, _provider: &str) -> Option<String> {
         None
+    }
+
+    /// Keeps a Responses-API turn until its `until_ms`, for a later
+    /// `previous_response_id` (never waits: it is written behind the
+    /// request's back). `earlier`: the ids of the turns before it, newest
+    /// first, for a store that expires turns one by one (Redis) and must
+    /// keep them as long. Nothing, without a database or Redis: the API
+    /// layer keeps recent turns in memory itself.
+    fn keep_response(&self, _response: &StoredResponse, _earlier: &[Arc<str>]) {}
+
+    /// The turn stored as response `id`, from the database (or Redis), as
+    /// long as it is held, whatever its `until_ms` (the caller judges
+    /// that); `Err` says why a row that was found cannot be read. Only
+    /// asked when memory does not hold the turn (after a restart, for a
+    /// response another instance made): it may read the disk or Redis, in
+    /// bounded time.
+    fn stored_response<'a>(&'a self, _id: &'a str) -> responses::Lookup<'a> {
+        responses::nothing()
     }
 
     /// How the store is doing.

@@ -157,6 +157,9 @@ fn state(cfg: &Config, r: &mut Report<'_>) {
         }
     }
     within(r, "state.log_retention", cfg.state.log_retention, 3600 * Duration::from_secs(1), 400 * DAY);
+    if !cfg.state.responses_retention.get().is_zero() {
+        within(r, "state.responses_retention", cfg.state.responses_retention, 3600 * Duration::from_secs(1), 400 * DAY);
+    }
 }
 
 /// Checks a catalog file: the same provider and route rules as a config,
@@ -556,6 +559,15 @@ mod tests {
         }
         assert_eq!(p.len(), 10, "{p:#?}");
         assert!(problems("dispatch: { cooldown: 0s }\nserver: { shutdown_timeout: 0s }\n").is_empty());
+    }
+
+    #[test]
+    fn responses_are_kept_an_hour_to_400_days_or_not_written() {
+        let p = problems("state:\n  responses_retention: 5m\n");
+        assert!(has(&p, "state.responses_retention: `5m` is out of range: must be between 1h and"), "{p:?}");
+        assert!(problems("state: { responses_retention: 0s }\n").is_empty());
+        assert!(problems("state: { responses_retention: 7d }\n").is_empty());
+        assert_eq!(Config::default().state.responses_retention.get().as_secs(), 30 * 24 * 3600);
     }
 
     #[test]

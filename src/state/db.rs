@@ -1,7 +1,7 @@
 //! The embedded database (SQLite) that keeps state across restarts: usage
 //! counters per second, cooldowns with their wall-clock end, rejected keys
-//! by fingerprint, session pins, the last model list of each provider, and
-//! the request log.
+//! by fingerprint, session pins, the last model list of each provider, the
+//! request log, and stored Responses-API turns ([`super::responses`]).
 //!
 //! Only the write-behind thread ([`super::journal`]) writes, in one
 //! transaction per batch; the request path never touches the file. The
@@ -17,8 +17,9 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 /// Each step takes the schema from version `i` to `i + 1`; the schema's
-/// version is the number of steps applied.
-const MIGRATIONS: &[&str] = &[
+/// version is the number of steps applied. Public so tests can make a file
+/// of an earlier version.
+pub const MIGRATIONS: &[&str] = &[
     // 1: the first schema.
     "CREATE TABLE usage (
          provider TEXT NOT NULL, fingerprint INTEGER NOT NULL,
@@ -45,6 +46,18 @@ const MIGRATIONS: &[&str] = &[
          answered_by TEXT, status INTEGER NOT NULL, attempts TEXT NOT NULL,
          tokens_in INTEGER, tokens_out INTEGER, stream INTEGER NOT NULL,
          tags TEXT NOT NULL, latency_ms INTEGER NOT NULL);",
+    // 2: stored Responses-API turns, for `previous_response_id`. A rowid
+    // table: its rows hold whole requests, too large for WITHOUT ROWID.
+    // The index serves pruning (per conversation: its newest end, its size)
+    // without reading the rows.
+    "CREATE TABLE responses (
+         id TEXT PRIMARY KEY,
+         earlier TEXT,                 -- the response this turn continued
+         root TEXT NOT NULL,           -- the conversation's first response
+         until_ms INTEGER NOT NULL,    -- wall-clock end of its retention
+         size INTEGER NOT NULL,        -- bytes of request + response
+         request BLOB NOT NULL, response BLOB NOT NULL);
+     CREATE INDEX responses_by_root ON responses (root, until_ms, size);",
 ];
 
 /// The schema version this freeway writes.
@@ -137,7 +150,8 @@ impl Db {
     }
 
     /// Deletes what no window needs any more: usage older than `usage_ms`,
-    /// cooldowns and pins that ended, requests older than `log_ms`.
+    /// cooldowns and pins that ended, requests older than `log_ms`, stored
+    /// conversations whose retention ended.
     pub fn prune(&self, now_ms: i64, usage_ms: i64, log_ms: i64) -> rusqlite::Result<()> {
         let second = now_ms.saturating_sub(usage_ms) / 1000;
         self.conn.execute("DELETE FROM usage WHERE second < ?1", params![second])?;
@@ -145,6 +159,7 @@ impl Db {
         self.conn.execute("DELETE FROM pins WHERE until_ms <= ?1", params![now_ms])?;
         let oldest_id = now_ms.saturating_sub(log_ms).saturating_mul(1000);
         self.conn.execute("DELETE FROM requests WHERE id < ?1", params![oldest_id])?;
+        super::responses::expire(&self.conn, now_ms)?;
         Ok(())
     }
 
@@ -226,6 +241,25 @@ mod tests {
         assert_eq!(v, SCHEMA_VERSION);
         drop(db);
         assert!(Db::open(&path).unwrap().moved_aside.is_none());
+    }
+
+    #[test]
+    fn a_file_of_the_first_schema_migrates_and_keeps_what_it_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("freeway.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute("INSERT INTO pins (session, target, until_ms) VALUES ('s', 'p/m', 9)", []).unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        assert!(db.moved_aside.is_none());
+        let v: i64 = db.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        let pins: i64 = db.conn.query_row("SELECT count(*) FROM pins", [], |r| r.get(0)).unwrap();
+        assert_eq!(pins, 1, "the migration kept the rows");
+        assert_eq!(super::super::responses::held(&db.conn).unwrap(), 0, "the new table is there, empty");
     }
 
     #[test]

@@ -20,6 +20,7 @@ use rusqlite::params;
 
 use super::db::Db;
 use super::log::RequestRecord;
+use super::responses::{self, StoredResponse};
 
 /// How often gathered changes are written.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(500);
@@ -32,8 +33,8 @@ const TICK: Duration = Duration::from_millis(100);
 /// second.
 const QUEUE: usize = 65_536;
 
-/// How often ended cooldowns and pins, old usage and old log rows are
-/// deleted.
+/// How often ended cooldowns and pins, old usage, old log rows and
+/// conversations past their retention are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 /// Usage rows are kept this long: a rolling day, plus the longest calendar
@@ -110,6 +111,8 @@ pub enum Write {
     },
     /// One served request.
     Request(Box<RequestRecord>),
+    /// A Responses-API turn stored for a later `previous_response_id`.
+    Response(Box<StoredResponse>),
     /// Tokens of a logged request, known once its answer (or stream) ended.
     Tokens {
         /// The request's log id.
@@ -144,6 +147,7 @@ impl Journal {
             clock,
             failing: failing.clone(),
             batch: Batch::default(),
+            responses_held: 0,
         };
         let thread = std::thread::Builder::new().name("freeway-state".into()).spawn(move || writer.run(rx))?;
         Ok(Self { tx, dropped: Arc::new(AtomicU64::new(0)), failing, thread: Mutex::new(Some(thread)) })
@@ -217,6 +221,7 @@ struct Batch {
     /// Tokens of requests not in `requests`: written as updates, unless
     /// their record arrives in this batch.
     early_tokens: HashMap<i64, (u64, u64)>,
+    responses: Vec<StoredResponse>,
 }
 
 impl Batch {
@@ -229,6 +234,7 @@ impl Batch {
             && self.models.is_empty()
             && self.requests.is_empty()
             && self.early_tokens.is_empty()
+            && self.responses.is_empty()
     }
 
     fn add(&mut self, write: Write) {
@@ -278,6 +284,7 @@ impl Batch {
                     self.early_tokens.insert(id, (tokens_in, tokens_out));
                 }
             },
+            Write::Response(response) => self.responses.push(*response),
             Write::Flush(_) => {}
         }
     }
@@ -291,6 +298,9 @@ struct Writer {
     clock: super::Clock,
     failing: Arc<AtomicBool>,
     batch: Batch,
+    /// Bytes of stored responses in the file (kept under
+    /// [`responses::KEPT_BYTES`]).
+    responses_held: i64,
 }
 
 impl Writer {
@@ -298,6 +308,7 @@ impl Writer {
     /// than waiting on the queue: a writer blocked on it would have to be
     /// woken (a system call on the request path) for every change.
     fn run(mut self, rx: Receiver<Write>) {
+        self.responses_held = responses::held(&self.db.conn).unwrap_or(0);
         let mut next_flush = Instant::now() + FLUSH_EVERY;
         let mut next_prune = Instant::now();
         loop {
@@ -327,6 +338,7 @@ impl Writer {
                 if let Err(e) = self.db.prune(now_ms, USAGE_KEPT_MS, self.log_ms) {
                     tracing::warn!(path = %self.path.display(), "pruning the state database failed: {e}");
                 }
+                self.responses_held = responses::held(&self.db.conn).unwrap_or(self.responses_held);
                 next_prune = now + PRUNE_EVERY;
             }
         }
@@ -341,9 +353,14 @@ impl Writer {
         }
         let batch = std::mem::take(&mut self.batch);
         match write_batch(&mut self.db, batch) {
-            Ok(()) => {
+            Ok(added) => {
                 if self.failing.swap(false, Ordering::Relaxed) {
                     tracing::info!(path = %self.path.display(), "the state database is written again");
+                }
+                self.responses_held = self.responses_held.saturating_add(added);
+                match responses::bound(&self.db.conn, self.responses_held) {
+                    Ok(held) => self.responses_held = held,
+                    Err(e) => tracing::warn!(path = %self.path.display(), "pruning stored responses failed: {e}"),
                 }
             }
             Err(e) => {
@@ -360,7 +377,8 @@ fn signed(fingerprint: u64) -> i64 {
     fingerprint as i64
 }
 
-fn write_batch(db: &mut Db, batch: Batch) -> rusqlite::Result<()> {
+/// Writes `batch` in one transaction; the bytes of stored responses added.
+fn write_batch(db: &mut Db, batch: Batch) -> rusqlite::Result<i64> {
     let tx = db.conn.transaction()?;
     {
         // A refund may arrive without its charge in the same batch: a
@@ -441,7 +459,9 @@ fn write_batch(db: &mut Db, batch: Batch) -> rusqlite::Result<()> {
             stmt.execute(params![id, saturate(*tokens_in), saturate(*tokens_out)])?;
         }
     }
-    tx.commit()
+    let added = responses::insert(&tx, &batch.responses)?;
+    tx.commit()?;
+    Ok(added)
 }
 
 fn saturate(n: u64) -> i64 {

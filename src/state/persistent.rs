@@ -7,19 +7,26 @@
 //! counters per second (as deltas, so a refund or a settled token count
 //! corrects the right second), cooldowns with their wall-clock end and
 //! reason, rejected keys by fingerprint, pins with their end, model lists,
-//! and the request log. Circuits are not kept: a restarted gateway probes
-//! a provider afresh.
+//! the request log, and stored Responses-API turns. Circuits are not kept:
+//! a restarted gateway probes a provider afresh.
+//!
+//! Stored turns are the one thing read back while serving, not at start-up
+//! (there may be far more than memory should hold): a request naming a
+//! response memory does not hold reads it on a connection of its own, off
+//! the async threads; the file is in WAL mode, so it never waits on the
+//! writer.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rusqlite::params;
+use rusqlite::{Connection, OpenFlags, params};
 
 use super::circuits::{Circuit, CircuitChange, CircuitPolicy};
 use super::db::{Db, OpenError};
 use super::journal::{Journal, Write};
+use super::responses::{self, Lookup, StoredResponse};
 use super::usage::{Admission, Charge, LimitHit, Period, Refund, Used};
 use super::{
     Budget, Clock, Cooling, KeyId, Learned, MAX_PIN_TTL, MemoryState, RequestRecord, StateBounds, StateHealth,
@@ -34,6 +41,8 @@ pub struct PersistentState {
     moved_aside: Option<PathBuf>,
     /// Model lists an earlier run saved, by provider.
     models: HashMap<String, String>,
+    /// The connection stored responses are read on.
+    reader: Arc<Mutex<Connection>>,
 }
 
 /// What was loaded from the file at start-up (for the log).
@@ -61,9 +70,10 @@ impl PersistentState {
             "state loaded"
         );
         let moved_aside = db.moved_aside.clone();
+        let reader = reader(path).map_err(other)?;
         let journal = Journal::start(db, path.to_owned(), log_retention, clock)
             .map_err(|e| OpenError::Other { path: path.display().to_string(), message: e.to_string() })?;
-        Ok(Self { memory, journal, path: path.to_owned(), moved_aside, models })
+        Ok(Self { memory, journal, path: path.to_owned(), moved_aside, models, reader: Arc::new(Mutex::new(reader)) })
     }
 
     fn usage(&self, key: &KeyId, model: Option<&Arc<str>>, charge: Charge, requests: i64, tokens: i64) {
@@ -95,6 +105,14 @@ impl PersistentState {
 
 fn signed(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A second, read-only connection to the (already migrated) file.
+fn reader(path: &Path) -> rusqlite::Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(Duration::from_secs(1))?;
+    Ok(conn)
 }
 
 /// Reads the file into `memory`; returns the saved model lists.
@@ -334,6 +352,18 @@ impl StateStore for PersistentState {
         self.models.get(provider).cloned()
     }
 
+    fn keep_response(&self, response: &StoredResponse, _earlier: &[Arc<str>]) {
+        self.journal.send(Write::Response(Box::new(response.clone())));
+    }
+
+    fn stored_response<'a>(&'a self, id: &'a str) -> Lookup<'a> {
+        let (reader, id) = (self.reader.clone(), id.to_owned());
+        Box::pin(async move {
+            let read = move || responses::read(&reader.lock().unwrap_or_else(|e| e.into_inner()), &id);
+            tokio::task::spawn_blocking(read).await.unwrap_or_else(|e| Err(e.to_string()))
+        })
+    }
+
     fn health(&self) -> StateHealth {
         StateHealth {
             backend: "sqlite",
@@ -399,6 +429,29 @@ mod tests {
         assert!(s.is_invalid(&KeyId { provider: Arc::from("p"), fingerprint: 9 }));
         assert_eq!(s.pinned("conv", now).as_deref(), Some("p/m"));
         assert_eq!(s.saved_models("p").as_deref(), Some("[1]"));
+    }
+
+    #[tokio::test]
+    async fn a_stored_response_is_read_back_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let turn = StoredResponse {
+            id: Arc::from("resp_1"),
+            earlier: None,
+            root: Arc::from("resp_1"),
+            until_ms: i64::MAX,
+            request: bytes::Bytes::from_static(b"{}"),
+            response: bytes::Bytes::from_static(b"{\"output\":[]}"),
+        };
+        {
+            let s = open(&path);
+            s.keep_response(&turn, &[]);
+            assert!(s.flush(Duration::from_secs(5)));
+            assert_eq!(s.stored_response("resp_1").await.unwrap().as_ref(), Some(&turn), "read while running");
+        }
+        let s = open(&path);
+        assert_eq!(s.stored_response("resp_1").await.unwrap(), Some(turn));
+        assert_eq!(s.stored_response("resp_2").await.unwrap(), None);
     }
 
     #[test]

@@ -22,6 +22,11 @@
 //!   instance subscribes to; each applies the others' changes to its own
 //!   store. An instance that (re)connects loads the cooldowns and rejected
 //!   keys Redis holds. Pins are published only.
+//! - **Stored responses are shared.** A Responses-API turn kept with
+//!   `store` is set in Redis with its retention as expiry (behind the
+//!   request's back; dropped, not queued, while Redis is away: the local
+//!   store still has it). A lookup the local store cannot answer asks
+//!   Redis, waiting at most [`FETCH_WAIT`] (`responses.rs` has the layout).
 //! - **Redis away is not an outage.** A request never waits on Redis more
 //!   than [`ADMIT_WAIT`]: when Redis is known to be away, or does not answer
 //!   in time, local state decides, and the charge waits (summed) to be
@@ -53,6 +58,7 @@ pub use link::RedisHealth;
 use link::{Event, Link, Op};
 
 use super::circuits::{Circuit, CircuitChange, CircuitPolicy};
+use super::responses::{self, Lookup, StoredResponse};
 use super::usage::{Admission, Charge, Limit, LimitHit, Period, Refund, Used};
 use super::{Budget, Clock, Cooling, KeyId, Learned, MAX_PIN_TTL, RequestRecord, StateHealth, StateStore};
 use crate::config::Limits;
@@ -60,6 +66,12 @@ use crate::config::Limits;
 /// The longest a request waits for Redis to admit it; past it, local state
 /// decides (and Redis is charged when its answer comes).
 pub const ADMIT_WAIT: Duration = Duration::from_millis(50);
+
+/// The longest a request waits for Redis to give a stored response this
+/// instance does not hold; past it the response counts as not held (a 400
+/// that says to send the whole conversation). Longer than [`ADMIT_WAIT`]:
+/// there is no local answer to fall back on, and the value may be large.
+pub const FETCH_WAIT: Duration = Duration::from_millis(250);
 
 /// Tokens a request may charge in Redis at most: Lua counts in doubles,
 /// exact to 2^53.
@@ -379,6 +391,42 @@ impl StateStore for SharedState {
 
     fn saved_models(&self, provider: &str) -> Option<String> {
         self.inner.saved_models(provider)
+    }
+
+    fn keep_response(&self, response: &StoredResponse, earlier: &[Arc<str>]) {
+        self.inner.keep_response(response, earlier);
+        // While Redis is away the turn stays local (not queued for later).
+        let ttl_ms = response.until_ms.saturating_sub(self.link.clock.now_ms());
+        if ttl_ms <= 0 || !self.link.is_up() {
+            return;
+        }
+        self.link.queue(Op::Response {
+            response: Box::new(response.clone()),
+            ttl_secs: ttl_ms.saturating_add(999) / 1000,
+            earlier: earlier.to_vec(),
+        });
+    }
+
+    fn stored_response<'a>(&'a self, id: &'a str) -> Lookup<'a> {
+        Box::pin(async move {
+            if let Some(found) = self.inner.stored_response(id).await? {
+                return Ok(Some(found));
+            }
+            if !self.link.is_up() {
+                return Ok(None);
+            }
+            let mut conn = self.link.manager.clone();
+            let mut get = redis::cmd("GET");
+            let get = get.arg(responses::redis_key(id)).query_async::<Option<Vec<u8>>>(&mut conn);
+            match tokio::time::timeout(FETCH_WAIT, get).await {
+                Ok(Ok(Some(value))) => responses::decode(id, &value).map(Some),
+                Ok(Ok(None)) | Err(_) => Ok(None),
+                Ok(Err(e)) => {
+                    self.link.failed(&e);
+                    Ok(None)
+                }
+            }
+        })
     }
 
     fn health(&self) -> StateHealth {

@@ -36,6 +36,7 @@ mod reasoning;
 mod redaction;
 mod redis;
 mod responses;
+mod responses_store;
 mod sdk;
 mod stalls;
 mod state;

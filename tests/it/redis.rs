@@ -15,14 +15,14 @@ use crate::support::gateway::{TestGateway, provider, start};
 use crate::support::mock::{Behavior, Mock};
 
 /// A `redis-server` of our own, without persistence, killed on drop.
-struct RedisServer {
+pub(crate) struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
 }
 
 impl RedisServer {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut server = Self { child: None, port, dir: tempfile::tempdir().unwrap() };
         server.restart();
@@ -53,14 +53,14 @@ impl RedisServer {
         }
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 }
@@ -99,7 +99,7 @@ async fn wait_health(gw: &TestGateway, what: &str, ok: impl Fn(&Value) -> bool) 
     }
 }
 
-async fn wait_connected(gw: &TestGateway) {
+pub(crate) async fn wait_connected(gw: &TestGateway) {
     wait_health(gw, "Redis connected and subscribed", |h| h["connected"] == true && h["subscribed"] == true).await;
 }
 

@@ -22,6 +22,7 @@ use redis::{Client, RedisError, Script};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use super::super::responses::{self, StoredResponse};
 use super::super::{Clock, Cooling, KeyId, StateStore};
 
 /// The channel every instance publishes its changes on.
@@ -76,6 +77,10 @@ pub(super) enum Op {
     Usage { key: String, sec: i64, requests: i64, tokens: i64 },
     /// Stores (where it lasts) and publishes a change.
     Event(Event),
+    /// Stores a Responses-API turn for `ttl_secs`, and renews the turns
+    /// before it (`earlier`, their ids) as long. Encoded when sent, off the
+    /// request path.
+    Response { response: Box<StoredResponse>, ttl_secs: i64, earlier: Vec<Arc<str>> },
 }
 
 /// How the link to Redis is doing, for `/health`.
@@ -246,6 +251,9 @@ impl Pending {
                     sum.1 = sum.1.saturating_add(tokens);
                 }
                 Op::Event(event) => self.events.push(event),
+                // A stored response is not kept for later: it may be large,
+                // and while Redis is away it is served from local state.
+                Op::Response { .. } => {}
             }
         }
     }
@@ -341,6 +349,13 @@ async fn send(conn: &mut ConnectionManager, link: &Link, ops: &[Op]) -> Result<(
                     }
                 }
                 pipe.cmd("EXPIRE").arg(key).arg(COUNTER_TTL_SECS).ignore();
+            }
+            Op::Response { response, ttl_secs, earlier } => {
+                let key = responses::redis_key(&response.id);
+                pipe.cmd("SET").arg(key).arg(responses::encode(response)).arg("EX").arg(*ttl_secs).ignore();
+                for id in earlier {
+                    pipe.cmd("EXPIRE").arg(responses::redis_key(id)).arg(*ttl_secs).ignore();
+                }
             }
             Op::Event(event) => {
                 match event {
