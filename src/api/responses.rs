@@ -265,7 +265,10 @@ where
 {
     let accepted = accept(gateway, request).await?;
     let body = accepted.body.clone();
-    let thread = responses::thread(&body)?;
+    // Parsed once: the thread, the chat request and the response objects
+    // all read it.
+    let parsed = responses::Request::parse(&body)?;
+    let thread = parsed.thread()?;
     let state = gateway.proxy().state();
     let retention = gateway.config().state.responses_retention.get();
     let history = match thread.previous_response_id {
@@ -279,7 +282,7 @@ where
         ),
     };
     let items = history.as_ref().map(|turn| turn.items()).unwrap_or_default();
-    let translated = responses::to_chat(&body, &items)?;
+    let translated = responses::to_chat(&parsed, &items)?;
     let (id, model) = (responses::new_response_id(), translated.model);
     // Each answer is kept for a next turn to name, unless the client said
     // `store: false`.
@@ -288,7 +291,7 @@ where
             translate::answer(
                 response,
                 |chat| {
-                    let answer = Bytes::from(responses::from_chat(chat, &id, &model, &body)?);
+                    let answer = Bytes::from(responses::from_chat(chat, &id, &model, &parsed)?);
                     if thread.store {
                         let (earlier, request) = (history.clone(), body.clone());
                         gateway.conversations().keep(&**state, retention, id.clone(), earlier, request, answer.clone());
@@ -296,7 +299,7 @@ where
                     Ok(answer)
                 },
                 || {
-                    let stream = ResponsesStream::new(&id, &model, &body);
+                    let stream = ResponsesStream::new(&id, &model, &parsed);
                     if !thread.store {
                         return Box::new(stream);
                     }

@@ -36,10 +36,39 @@ fn parse_object(body: &[u8]) -> Result<Map<String, Value>, DialectError> {
     }
 }
 
-/// The `previous_response_id` a request names, if any (cheap: the endpoint
-/// calls it before [`to_chat`] to look up the earlier turns).
-pub fn previous_response_id(body: &[u8]) -> Result<Option<String>, DialectError> {
-    Ok(thread(body)?.previous_response_id)
+/// A Responses request, parsed once for everything that reads it (the
+/// conversation it continues, the chat request, the response objects that
+/// echo its settings).
+#[derive(Debug, Clone)]
+pub struct Request {
+    map: Map<String, Value>,
+}
+
+impl Request {
+    /// Parses a request body (a JSON object).
+    pub fn parse(body: &[u8]) -> Result<Self, DialectError> {
+        parse_object(body).map(|map| Self { map })
+    }
+
+    /// Its `previous_response_id` and `store`.
+    pub fn thread(&self) -> Result<Thread, DialectError> {
+        let previous_response_id = match self.map.get("previous_response_id") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(id)) => Some(id.clone()),
+            Some(_) => return Err(field_error("previous_response_id", "expected a string")),
+        };
+        let store = match self.map.get("store") {
+            None | Some(Value::Null) => true,
+            Some(Value::Bool(store)) => *store,
+            Some(_) => return Err(field_error("store", "expected true or false")),
+        };
+        Ok(Thread { previous_response_id, store })
+    }
+
+    /// Only the settings a response object echoes.
+    fn echoed(&self) -> Map<String, Value> {
+        ECHOED.iter().filter_map(|name| self.map.get(*name).map(|v| ((*name).to_owned(), v.clone()))).collect()
+    }
 }
 
 /// How a request joins a conversation kept by the gateway.
@@ -50,30 +79,6 @@ pub struct Thread {
     /// `store` (default true): whether its response may be kept for a next
     /// turn to name.
     pub store: bool,
-}
-
-/// A request's `previous_response_id` and `store`, read without the rest.
-pub fn thread(body: &[u8]) -> Result<Thread, DialectError> {
-    #[derive(serde::Deserialize)]
-    struct Only {
-        #[serde(default)]
-        previous_response_id: Option<Value>,
-        #[serde(default)]
-        store: Option<Value>,
-    }
-    let only: Only =
-        serde_json::from_slice(body).map_err(|e| DialectError::new(format!("the request body is not JSON: {e}")))?;
-    let previous_response_id = match only.previous_response_id {
-        None | Some(Value::Null) => None,
-        Some(Value::String(id)) => Some(id),
-        Some(_) => return Err(field_error("previous_response_id", "expected a string")),
-    };
-    let store = match only.store {
-        None | Some(Value::Null) => true,
-        Some(Value::Bool(store)) => store,
-        Some(_) => return Err(field_error("store", "expected true or false")),
-    };
-    Ok(Thread { previous_response_id, store })
 }
 
 /// A new response id: `resp_` and 32 random alphanumerics (the item ids of
@@ -123,8 +128,8 @@ pub fn output_items(response: &[u8]) -> Vec<Value> {
 /// `history`: the input and output items of the earlier turns when the
 /// request names a `previous_response_id` (empty otherwise), prepended to
 /// this request's input.
-pub fn to_chat(body: &[u8], history: &[Value]) -> Result<Translated, DialectError> {
-    let request = parse_object(body)?;
+pub fn to_chat(request: &Request, history: &[Value]) -> Result<Translated, DialectError> {
+    let request = &request.map;
     let model = match request.get("model") {
         Some(Value::String(model)) if !model.is_empty() => model.clone(),
         None | Some(Value::Null) => return Err(field_error("model", "required")),
@@ -819,6 +824,24 @@ fn outcome(finish_reason: Option<&str>) -> (&'static str, Option<&'static str>) 
     }
 }
 
+/// The request settings a response object echoes.
+const ECHOED: [&str; 14] = [
+    "instructions",
+    "max_output_tokens",
+    "parallel_tool_calls",
+    "previous_response_id",
+    "reasoning",
+    "store",
+    "temperature",
+    "text",
+    "tool_choice",
+    "tools",
+    "top_p",
+    "truncation",
+    "user",
+    "metadata",
+];
+
 /// What a response object says besides its output.
 struct Envelope<'a> {
     id: &'a str,
@@ -865,11 +888,11 @@ impl Envelope<'_> {
 /// `completed`, or `incomplete` when the answer was cut by the token
 /// limit), with `id` and `model` given; `request` is the original Responses
 /// request, whose settings the object echoes.
-pub fn from_chat(chat: &[u8], id: &str, model: &str, request: &[u8]) -> Result<Vec<u8>, DialectError> {
+pub fn from_chat(chat: &[u8], id: &str, model: &str, request: &Request) -> Result<Vec<u8>, DialectError> {
     let chat: Value = serde_json::from_slice(chat)
         .map_err(|e| DialectError::new(format!("the upstream answer is not a chat completion: {e}")))?;
-    let request = parse_object(request).unwrap_or_default();
-    let offered = Offered::of(&request);
+    let request = &request.map;
+    let offered = Offered::of(request);
     let choice = chat.pointer("/choices/0");
     let message = choice.and_then(|c| c.get("message"));
     let text_of = |value: Option<&Value>| match value {
@@ -919,7 +942,7 @@ pub fn from_chat(chat: &[u8], id: &str, model: &str, request: &[u8]) -> Result<V
             count("/completion_tokens_details/reasoning_tokens"),
         )
     });
-    let envelope = Envelope { id, model, created_at: unix_now(), request: &request };
+    let envelope = Envelope { id, model, created_at: unix_now(), request };
     let output = items.iter().map(Item::to_json).collect();
     let object = envelope.object(status, output, usage, incomplete, Value::Null);
     serde_json::to_vec(&object).map_err(|e| DialectError::new(e.to_string()))
@@ -969,14 +992,13 @@ impl ResponsesStream {
 
     /// A translator for response `id`, answering as `model` the Responses
     /// request `request` (whose settings the response objects echo).
-    pub fn new(id: &str, model: &str, request: &[u8]) -> Self {
-        let request = parse_object(request).unwrap_or_default();
+    pub fn new(id: &str, model: &str, request: &Request) -> Self {
         Self {
             reader: ChunkReader::default(),
             id: id.to_owned(),
             model: model.to_owned(),
-            offered: Offered::of(&request),
-            request,
+            offered: Offered::of(&request.map),
+            request: request.echoed(),
             created_at: unix_now(),
             sequence: 0,
             started: false,
@@ -1284,19 +1306,31 @@ fn unix_now() -> u64 {
 mod tests {
     use super::*;
 
+    fn req(body: &[u8]) -> Request {
+        Request::parse(body).unwrap()
+    }
+
+    fn previous_response_id(body: &[u8]) -> Result<Option<String>, DialectError> {
+        Request::parse(body)?.thread().map(|t| t.previous_response_id)
+    }
+
+    fn thread(body: &[u8]) -> Result<Thread, DialectError> {
+        Request::parse(body)?.thread()
+    }
+
     fn chat(body: Value, history: &[Value]) -> Value {
-        let translated = to_chat(&serde_json::to_vec(&body).unwrap(), history).unwrap();
+        let translated = to_chat(&req(&serde_json::to_vec(&body).unwrap()), history).unwrap();
         serde_json::from_slice(&translated.chat).unwrap()
     }
 
     fn chat_error(body: Value) -> String {
-        to_chat(&serde_json::to_vec(&body).unwrap(), &[]).unwrap_err().message
+        to_chat(&req(&serde_json::to_vec(&body).unwrap()), &[]).unwrap_err().message
     }
 
     #[test]
     fn a_string_input_is_one_user_message_after_the_instructions() {
         let translated =
-            to_chat(br#"{"model":"gpt-5","input":"hi","instructions":"be brief","stream":true}"#, &[]).unwrap();
+            to_chat(&req(br#"{"model":"gpt-5","input":"hi","instructions":"be brief","stream":true}"#), &[]).unwrap();
         assert_eq!(translated.model, "gpt-5");
         assert!(translated.stream);
         let chat: Value = serde_json::from_slice(&translated.chat).unwrap();
@@ -1520,9 +1554,9 @@ mod tests {
             let message = chat_error(body.clone());
             assert!(message.starts_with(expected), "{body}: {message}");
         }
-        let history_error = to_chat(br#"{"model":"m","input":"x"}"#, &[json!({"type": "mystery"})]).unwrap_err();
+        let history_error = to_chat(&req(br#"{"model":"m","input":"x"}"#), &[json!({"type": "mystery"})]).unwrap_err();
         assert!(history_error.message.starts_with("previous_response.items[0].type"), "{}", history_error.message);
-        assert!(to_chat(b"[1]", &[]).is_err());
+        assert!(Request::parse(b"[1]").is_err());
     }
 
     #[test]
@@ -1538,12 +1572,12 @@ mod tests {
         assert!(output_items(b"nope").is_empty());
     }
 
-    fn request() -> Vec<u8> {
-        serde_json::to_vec(&json!({"model": "gpt-5", "input": "hi", "instructions": "be brief",
+    fn request() -> Request {
+        req(&serde_json::to_vec(&json!({"model": "gpt-5", "input": "hi", "instructions": "be brief",
             "tools": [{"type": "function", "name": "weather", "parameters": {"type": "object"}}],
             "tool_choice": "auto", "max_output_tokens": 500, "temperature": 0.5, "store": false,
             "metadata": {"k": "v"}, "previous_response_id": "resp_prev"}))
-        .unwrap()
+        .unwrap())
     }
 
     fn answer(chat: Value) -> Value {
@@ -1625,7 +1659,7 @@ mod tests {
         assert_eq!(response["incomplete_details"], json!({"reason": "max_output_tokens"}));
         assert_eq!(response["output"][0]["type"], json!("reasoning"));
         assert_eq!(response["output"][1]["content"][0]["text"], json!("Hel"));
-        assert!(from_chat(b"not json", "resp_x", "m", b"{}").is_err());
+        assert!(from_chat(b"not json", "resp_x", "m", &req(b"{}")).is_err());
     }
 
     /// A realistic chat stream: reasoning, text, two tool calls, usage.
@@ -1892,7 +1926,7 @@ mod tests {
             let chat = json!({"choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant",
                 "content": null, "tool_calls": [{"id": "call_p", "type": "function",
                 "function": {"name": "apply_patch", "arguments": arguments}}]}}]});
-            let bytes = from_chat(chat.to_string().as_bytes(), "resp_abc", "m", request.as_bytes()).unwrap();
+            let bytes = from_chat(chat.to_string().as_bytes(), "resp_abc", "m", &req(request.as_bytes())).unwrap();
             serde_json::from_slice(&bytes).unwrap()
         };
         let response = answered(&arguments);
@@ -1925,7 +1959,7 @@ mod tests {
         ]
         .concat();
         let request = json!({"model": "m", "input": "go", "tools": [{"type": "custom", "name": "apply_patch"}]});
-        let mut stream = ResponsesStream::new("resp_abc", "m", request.to_string().as_bytes());
+        let mut stream = ResponsesStream::new("resp_abc", "m", &req(request.to_string().as_bytes()));
         let mut out = stream.feed(chat_stream.as_bytes()).to_vec();
         out.extend_from_slice(&stream.finish());
         let events = parse_events(&out);
@@ -1961,7 +1995,8 @@ mod tests {
                 {"id": "c1", "type": "function", "function": {"name": "exec", "arguments": "{\"input\":\"1+1\"}"}},
                 {"id": "c2", "type": "function", "function": {"name": "top", "arguments": "{}"}}]}}]});
         let bytes =
-            from_chat(chat_answer.to_string().as_bytes(), "resp_abc", "m", request.to_string().as_bytes()).unwrap();
+            from_chat(chat_answer.to_string().as_bytes(), "resp_abc", "m", &req(request.to_string().as_bytes()))
+                .unwrap();
         let response: Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(response["output"][0]["type"], "custom_tool_call");
         assert_eq!(response["output"][0]["namespace"], "functions");
