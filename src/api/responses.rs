@@ -47,8 +47,10 @@ const MAX_ID: usize = 256;
 /// so keeping a response costs a reference, not a copy.
 pub struct Turn {
     id: Arc<str>,
-    /// The conversation's first response.
+    /// The conversation's first response, and when it was made (wall
+    /// clock, ms).
     root: Arc<str>,
+    started_ms: i64,
     earlier: Option<Arc<Turn>>,
     request: Bytes,
     response: Bytes,
@@ -57,10 +59,31 @@ pub struct Turn {
 }
 
 impl Turn {
-    fn new(id: Arc<str>, root: Arc<str>, earlier: Option<Arc<Turn>>, request: Bytes, response: Bytes) -> Self {
+    /// Turn `id` after `earlier` (the first of a conversation started at
+    /// `now_ms` without one).
+    fn new(id: Arc<str>, now_ms: i64, earlier: Option<Arc<Turn>>, request: Bytes, response: Bytes) -> Self {
+        let (root, started_ms) = match &earlier {
+            Some(t) => (t.root.clone(), t.started_ms),
+            None => (id.clone(), now_ms),
+        };
         let before = earlier.as_ref().map_or(0, |t| t.bytes);
         let own = u32::try_from(request.len() + response.len()).unwrap_or(u32::MAX);
-        Self { id, root, earlier, request, response, bytes: before.saturating_add(own) }
+        Self { id, root, started_ms, earlier, request, response, bytes: before.saturating_add(own) }
+    }
+
+    /// A turn read back from the state store, after `earlier`.
+    fn restored(row: StoredResponse, earlier: Option<Arc<Turn>>) -> Self {
+        let bytes = earlier.as_ref().map_or(0, |t| t.bytes);
+        let own = u32::try_from(row.request.len() + row.response.len()).unwrap_or(u32::MAX);
+        Self {
+            id: row.id,
+            root: row.root,
+            started_ms: row.started_ms,
+            earlier,
+            request: row.request,
+            response: row.response,
+            bytes: bytes.saturating_add(own),
+        }
     }
 
     /// The conversation's items up to and including this turn: each turn's
@@ -170,8 +193,8 @@ impl Conversations {
             read.push(row);
         }
         for row in read.into_iter().rev() {
-            let turn = Arc::new(Turn::new(row.id, row.root, base.take(), row.request, row.response));
             let left = Duration::from_millis(u64::try_from(row.until_ms.saturating_sub(now_ms)).unwrap_or(0));
+            let turn = Arc::new(Turn::restored(row, base.take()));
             if !left.is_zero() {
                 self.cache.insert(turn.id.to_string(), Kept { turn: turn.clone(), stays: left.min(KEPT_FOR) });
             }
@@ -193,15 +216,16 @@ impl Conversations {
         response: Bytes,
     ) {
         let id: Arc<str> = Arc::from(id);
-        let root = earlier.as_ref().map_or_else(|| id.clone(), |t| t.root.clone());
-        let turn = Arc::new(Turn::new(id.clone(), root, earlier, request, response));
+        let now_ms = state.clock().now_ms();
+        let turn = Arc::new(Turn::new(id.clone(), now_ms, earlier, request, response));
         if !retention.is_zero() {
             let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
             let stored = StoredResponse {
                 id: id.clone(),
                 earlier: turn.earlier.as_ref().map(|t| t.id.clone()),
                 root: turn.root.clone(),
-                until_ms: state.clock().now_ms().saturating_add(retention_ms),
+                started_ms: turn.started_ms,
+                until_ms: now_ms.saturating_add(retention_ms),
                 request: turn.request.clone(),
                 response: turn.response.clone(),
             };

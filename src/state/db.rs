@@ -46,18 +46,22 @@ pub const MIGRATIONS: &[&str] = &[
          answered_by TEXT, status INTEGER NOT NULL, attempts TEXT NOT NULL,
          tokens_in INTEGER, tokens_out INTEGER, stream INTEGER NOT NULL,
          tags TEXT NOT NULL, latency_ms INTEGER NOT NULL);",
-    // 2: stored Responses-API turns, for `previous_response_id`. A rowid
-    // table: its rows hold whole requests, too large for WITHOUT ROWID.
-    // The index serves pruning (per conversation: its newest end, its size)
-    // without reading the rows.
+    // 2: stored Responses-API turns, for `previous_response_id`. Rows are
+    // appended in rowid order and found by a 64-bit hash of their id (ids
+    // are random: a text key would be written all over its index); the
+    // conversations index starts with when a conversation started, so new
+    // turns append to it too. Pruning reads that index, never the rows.
     "CREATE TABLE responses (
-         id TEXT PRIMARY KEY,
+         key INTEGER NOT NULL,         -- the first 64 bits of the id's SHA-256
+         id TEXT NOT NULL,
          earlier TEXT,                 -- the response this turn continued
          root TEXT NOT NULL,           -- the conversation's first response
-         until_ms INTEGER NOT NULL,    -- wall-clock end of its retention
+         started_ms INTEGER NOT NULL,  -- when the conversation started, wall clock
+         until_ms INTEGER NOT NULL,    -- wall-clock end of this turn's retention
          size INTEGER NOT NULL,        -- bytes of request + response
          request BLOB NOT NULL, response BLOB NOT NULL);
-     CREATE INDEX responses_by_root ON responses (root, until_ms, size);",
+     CREATE UNIQUE INDEX responses_by_key ON responses (key);
+     CREATE INDEX responses_by_conversation ON responses (started_ms, root, until_ms, size);",
 ];
 
 /// The schema version this freeway writes.

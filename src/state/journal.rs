@@ -358,7 +358,7 @@ impl Writer {
                     tracing::info!(path = %self.path.display(), "the state database is written again");
                 }
                 self.responses_held = self.responses_held.saturating_add(added);
-                match responses::bound(&self.db.conn, self.responses_held) {
+                match responses::bound(&self.db.conn, self.responses_held, responses::KEPT_BYTES) {
                     Ok(held) => self.responses_held = held,
                     Err(e) => tracing::warn!(path = %self.path.display(), "pruning stored responses failed: {e}"),
                 }

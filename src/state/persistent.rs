@@ -439,6 +439,7 @@ mod tests {
             id: Arc::from("resp_1"),
             earlier: None,
             root: Arc::from("resp_1"),
+            started_ms: 1,
             until_ms: i64::MAX,
             request: bytes::Bytes::from_static(b"{}"),
             response: bytes::Bytes::from_static(b"{\"output\":[]}"),

@@ -3,10 +3,10 @@
 //! response it continued, so a conversation is a chain of rows, linear in
 //! its length (a row never repeats the turns before it).
 //!
-//! In the database a turn also names its conversation's first response
-//! (`root`): a conversation is kept, and dropped, as one, while its newest
-//! turn is within `state.responses_retention`, so a chain never loses its
-//! start while its end can still be named. The table is also bounded in
+//! In the database a turn also names its conversation (its first response,
+//! `root`, and when that was made): a conversation is kept, and dropped, as
+//! one, while its newest turn is within `state.responses_retention`, so a
+//! chain never loses its start while its end can still be named. The table is also bounded in
 //! bytes ([`KEPT_BYTES`]): past it, the conversations least recently
 //! continued leave first.
 //!
@@ -23,14 +23,11 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 /// Bytes of stored turns the database keeps at most (requests and
-/// responses as sent): a quarter of a 1 GB free-tier volume, and tens of
-/// thousands of turns at the few KB a chat turn takes.
-pub const KEPT_BYTES: i64 = 256 << 20;
-
-/// When the table passes [`KEPT_BYTES`], conversations leave until it
-/// holds this much: pruning then waits for a good deal of new turns, not
-/// the next one.
-const PRUNED_TO: i64 = KEPT_BYTES / 10 * 9;
+/// responses as sent): tens of thousands of turns at the few KB a chat
+/// turn takes, a month of a busy free-tier day's traffic. On disk a row
+/// takes whole pages, up to about twice its bytes (rows just over half a
+/// 4 KB page): at most about a quarter of a 1 GB free-tier volume.
+pub const KEPT_BYTES: i64 = 128 << 20;
 
 /// One stored turn of a conversation.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,6 +38,8 @@ pub struct StoredResponse {
     pub earlier: Option<Arc<str>>,
     /// The id of the conversation's first response.
     pub root: Arc<str>,
+    /// When the conversation's first response was made, wall-clock ms.
+    pub started_ms: i64,
     /// Until when it may be named, wall-clock ms.
     pub until_ms: i64,
     /// The request, as the client sent it.
@@ -60,19 +59,27 @@ pub fn nothing<'a>() -> Lookup<'a> {
     Box::pin(std::future::ready(Ok(None)))
 }
 
+/// The row key of response `id`: the first 64 bits of its SHA-256 (as
+/// SQLite's signed integer), stable across versions.
+fn key(id: &str) -> i64 {
+    super::fingerprint(id) as i64
+}
+
 /// Writes `responses` (in the write-behind's transaction); the bytes added.
 pub(super) fn insert(conn: &Connection, responses: &[StoredResponse]) -> rusqlite::Result<i64> {
     let mut stmt = conn.prepare_cached(
-        "INSERT OR REPLACE INTO responses (id, earlier, root, until_ms, size, request, response)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT OR REPLACE INTO responses (key, id, earlier, root, started_ms, until_ms, size, request, response)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
     let mut added = 0i64;
     for r in responses {
         let size = i64::try_from(r.request.len() + r.response.len()).unwrap_or(i64::MAX);
         stmt.execute(params![
+            key(&r.id),
             &*r.id,
             r.earlier.as_deref(),
             &*r.root,
+            r.started_ms,
             r.until_ms,
             size,
             &r.request[..],
@@ -86,19 +93,26 @@ pub(super) fn insert(conn: &Connection, responses: &[StoredResponse]) -> rusqlit
 /// The stored response `id`, if the table holds it.
 pub(super) fn read(conn: &Connection, id: &str) -> Result<Option<StoredResponse>, String> {
     let row = conn
-        .query_row("SELECT earlier, root, until_ms, request, response FROM responses WHERE id = ?1", params![id], |r| {
-            Ok(StoredResponse {
-                id: Arc::from(id),
-                earlier: r.get::<_, Option<String>>(0)?.map(Arc::from),
-                root: Arc::from(r.get::<_, String>(1)?),
-                until_ms: r.get(2)?,
-                request: Bytes::from(r.get::<_, Vec<u8>>(3)?),
-                response: Bytes::from(r.get::<_, Vec<u8>>(4)?),
-            })
-        })
+        .query_row(
+            "SELECT id, earlier, root, started_ms, until_ms, request, response FROM responses WHERE key = ?1",
+            params![key(id)],
+            |r| {
+                Ok(StoredResponse {
+                    id: Arc::from(r.get::<_, String>(0)?),
+                    earlier: r.get::<_, Option<String>>(1)?.map(Arc::from),
+                    root: Arc::from(r.get::<_, String>(2)?),
+                    started_ms: r.get(3)?,
+                    until_ms: r.get(4)?,
+                    request: Bytes::from(r.get::<_, Vec<u8>>(5)?),
+                    response: Bytes::from(r.get::<_, Vec<u8>>(6)?),
+                })
+            },
+        )
         .optional();
     // A column of the wrong type is a damaged row, not a failed request.
-    row.map_err(|e| format!("the stored row cannot be read: {e}"))
+    let row = row.map_err(|e| format!("the stored row cannot be read: {e}"))?;
+    // Another id with the same hash (one chance in 2^64) is not this one.
+    Ok(row.filter(|r| &*r.id == id))
 }
 
 /// Bytes the table holds.
@@ -109,36 +123,40 @@ pub(super) fn held(conn: &Connection) -> rusqlite::Result<i64> {
 /// Deletes the conversations whose newest turn ended before `now_ms`.
 pub(super) fn expire(conn: &Connection, now_ms: i64) -> rusqlite::Result<usize> {
     conn.execute(
-        "DELETE FROM responses WHERE root IN (SELECT root FROM responses GROUP BY root HAVING max(until_ms) <= ?1)",
+        "DELETE FROM responses WHERE (started_ms, root) IN
+             (SELECT started_ms, root FROM responses GROUP BY started_ms, root HAVING max(until_ms) <= ?1)",
         params![now_ms],
     )
 }
 
-/// When the table holds more than [`KEPT_BYTES`], deletes whole
-/// conversations, the least recently continued first, until it holds at
-/// most [`PRUNED_TO`]; the bytes it holds after.
-pub(super) fn bound(conn: &Connection, bytes: i64) -> rusqlite::Result<i64> {
-    if bytes <= KEPT_BYTES {
+/// When the table holds more than `cap` bytes ([`KEPT_BYTES`]), deletes
+/// whole conversations, the least recently continued first, until it holds
+/// at most nine tenths of it (so pruning then waits for a good deal of new
+/// turns, not the next one); the bytes it holds after.
+pub(super) fn bound(conn: &Connection, bytes: i64, cap: i64) -> rusqlite::Result<i64> {
+    if bytes <= cap {
         return Ok(bytes);
     }
-    let mut to_free = bytes - PRUNED_TO;
-    let mut roots = Vec::new();
+    let mut to_free = bytes - cap / 10 * 9;
+    let mut conversations = Vec::new();
     {
-        let mut stmt =
-            conn.prepare("SELECT root, sum(size) FROM responses GROUP BY root ORDER BY max(until_ms), root")?;
+        let mut stmt = conn.prepare(
+            "SELECT started_ms, root, sum(size) FROM responses GROUP BY started_ms, root ORDER BY max(until_ms)",
+        )?;
         let mut rows = stmt.query([])?;
         while to_free > 0
             && let Some(row) = rows.next()?
         {
-            roots.push(row.get::<_, String>(0)?);
-            to_free -= row.get::<_, i64>(1)?;
+            conversations.push((row.get::<_, i64>(0)?, row.get::<_, String>(1)?));
+            to_free -= row.get::<_, i64>(2)?;
         }
     }
-    let mut stmt = conn.prepare_cached("DELETE FROM responses WHERE root = ?1")?;
-    for root in &roots {
-        stmt.execute(params![root])?;
+    let mut stmt = conn.prepare_cached("DELETE FROM responses WHERE started_ms = ?1 AND root = ?2")?;
+    for (started_ms, root) in &conversations {
+        stmt.execute(params![started_ms, root])?;
     }
-    tracing::info!(conversations = roots.len(), "stored responses passed their bound; the oldest were dropped");
+    let dropped = conversations.len();
+    tracing::info!(conversations = dropped, "stored responses passed their bound; the oldest were dropped");
     held(conn)
 }
 
@@ -153,6 +171,7 @@ struct Header<'a> {
     #[serde(borrow)]
     earlier: Option<&'a str>,
     root: &'a str,
+    started_ms: i64,
     until_ms: i64,
     /// Bytes of the request (the response follows it).
     request: usize,
@@ -164,6 +183,7 @@ pub(super) fn encode(response: &StoredResponse) -> Vec<u8> {
     let header = Header {
         earlier: response.earlier.as_deref(),
         root: &response.root,
+        started_ms: response.started_ms,
         until_ms: response.until_ms,
         request: response.request.len(),
     };
@@ -190,6 +210,7 @@ pub(super) fn decode(id: &str, value: &[u8]) -> Result<StoredResponse, String> {
         id: Arc::from(id),
         earlier: header.earlier.map(Arc::from),
         root: Arc::from(header.root),
+        started_ms: header.started_ms,
         until_ms: header.until_ms,
         request: Bytes::copy_from_slice(request),
         response: Bytes::copy_from_slice(response),
@@ -205,6 +226,7 @@ mod tests {
             id: Arc::from(id),
             earlier: earlier.map(Arc::from),
             root: Arc::from(root),
+            started_ms: 0,
             until_ms,
             request: Bytes::from(vec![b'q'; size / 2]),
             response: Bytes::from(vec![b'a'; size - size / 2]),
@@ -243,15 +265,27 @@ mod tests {
     #[test]
     fn past_the_bound_the_least_recently_continued_conversations_leave() {
         let (_dir, conn) = table();
-        let big = usize::try_from(KEPT_BYTES / 4).unwrap();
         let turns: Vec<StoredResponse> =
-            (0..5).map(|i| turn(&format!("r{i}"), None, &format!("r{i}"), 1_000 + i64::from(i), big)).collect();
+            (0..5).map(|i| turn(&format!("r{i}"), None, &format!("r{i}"), 1_000 + i64::from(i), 1000)).collect();
         let added = insert(&conn, &turns).unwrap();
-        let after = bound(&conn, added).unwrap();
-        assert!(after <= PRUNED_TO, "{after}");
+        assert_eq!(bound(&conn, added, 4000).unwrap(), 3000, "down to nine tenths of the cap or under");
         assert!(read(&conn, "r0").unwrap().is_none() && read(&conn, "r1").unwrap().is_none());
         assert!(read(&conn, "r4").unwrap().is_some() && read(&conn, "r3").unwrap().is_some());
-        assert_eq!(bound(&conn, after).unwrap(), after, "within the bound, nothing leaves");
+        assert_eq!(bound(&conn, 3000, 4000).unwrap(), 3000, "within the bound, nothing leaves");
+    }
+
+    #[test]
+    fn a_long_conversation_continued_lately_outlives_a_newer_short_one() {
+        let (_dir, conn) = table();
+        let turns = [
+            turn("c1", None, "c1", 1_000, 1000),
+            turn("s1", None, "s1", 2_000, 1000),
+            turn("c2", Some("c1"), "c1", 9_000, 1000),
+        ];
+        let added = insert(&conn, &turns).unwrap();
+        assert_eq!(bound(&conn, added, 2500).unwrap(), 2000);
+        assert!(read(&conn, "s1").unwrap().is_none());
+        assert!(read(&conn, "c1").unwrap().is_some(), "a conversation leaves whole or not at all");
     }
 
     #[test]
