@@ -9,8 +9,10 @@
 #   benches/dialects.sh                 # 3 rounds of 5 s each (~2 minutes)
 #   ROUNDS=1 DURATION=3 benches/dialects.sh
 #   STORE=false benches/dialects.sh     # Responses requests with store: false
+#   TOOLS=true benches/dialects.sh      # every request offers a tool, as agents'
+#                                       # do (streams then pass the tool-call check)
 #
-# Environment: ROUNDS (3), DURATION (5 s), STORE (true), KEEP_WORK=1.
+# Environment: ROUNDS (3), DURATION (5 s), STORE (true), TOOLS (false), KEEP_WORK=1.
 set -euo pipefail
 
 # shellcheck source=benches/lib.sh
@@ -19,6 +21,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
 STORE=${STORE:-true}
+TOOLS=${TOOLS:-false}
 need wrk python3 curl
 
 log "building freeway and the mock upstream (release)"
@@ -43,9 +46,10 @@ pid=$!
 track "$pid"
 wait_http "http://127.0.0.1:$port/health" "$pid" || die "freeway did not start (see $WORK_DIR/freeway.log)"
 
-WORK_DIR=$WORK_DIR STORE=$STORE python3 - <<'PY'
+WORK_DIR=$WORK_DIR STORE=$STORE TOOLS=$TOOLS python3 - <<'PY'
 import json, os
-work, store = os.environ["WORK_DIR"], os.environ["STORE"] == "true"
+work, store, tools = os.environ["WORK_DIR"], os.environ["STORE"] == "true", os.environ["TOOLS"] == "true"
+schema = {"type": "object", "properties": {"path": {"type": "string"}, "content": {"type": "string"}}}
 fill = "The quick brown fox jumps over the lazy dog. " * 18
 for stream in (False, True):
     mode = "stream" if stream else "whole"
@@ -58,6 +62,10 @@ for stream in (False, True):
         "responses": {"model": "mock/mock-model", "max_output_tokens": 256, "temperature": 0.2, "stream": stream,
                       "instructions": "You are a concise assistant.", "input": fill, "store": store},
     }
+    if tools:
+        bodies["chat"]["tools"] = [{"type": "function", "function": {"name": "write_file", "parameters": schema}}]
+        bodies["messages"]["tools"] = [{"name": "write_file", "input_schema": schema}]
+        bodies["responses"]["tools"] = [{"type": "function", "name": "write_file", "parameters": schema}]
     for name, body in bodies.items():
         text = json.dumps(body)
         open(f"{work}/{name}-{mode}.json", "w").write(text)
