@@ -45,6 +45,8 @@ pub enum Endpoint {
     Metrics,
     /// `GET /admin/api/status`
     AdminStatus,
+    /// `GET /admin/api/routes`
+    AdminRoutes,
     /// `POST /admin/api/cooldowns/reset`
     AdminCooldownsReset,
     /// Anything else.
@@ -63,6 +65,7 @@ impl Endpoint {
             "/health" | "/healthz" => Self::Health,
             "/metrics" => Self::Metrics,
             "/admin/api/status" => Self::AdminStatus,
+            "/admin/api/routes" => Self::AdminRoutes,
             "/admin/api/cooldowns/reset" => Self::AdminCooldownsReset,
             _ => Self::Other,
         }
@@ -80,6 +83,7 @@ impl Endpoint {
             Self::Health => "/health",
             Self::Metrics => "/metrics",
             Self::AdminStatus => "/admin/api/status",
+            Self::AdminRoutes => "/admin/api/routes",
             Self::AdminCooldownsReset => "/admin/api/cooldowns/reset",
             Self::Other => "other",
         }
@@ -143,6 +147,7 @@ where
             Endpoint::Health => health::health(gateway),
             Endpoint::Metrics => metrics::scrape(gateway),
             Endpoint::AdminStatus => admin::status(gateway),
+            Endpoint::AdminRoutes => admin::routes::routes(gateway),
             Endpoint::AdminCooldownsReset => admin::reset_cooldowns(gateway, request).await,
             Endpoint::Other => ApiError::UnknownEndpoint(path.to_owned()).into_response(),
         }

@@ -4,6 +4,8 @@
 //! the upstream's headers), what remains, when the quota resets, what is
 //! cooling down and why, which keys the upstream rejected and which
 //! circuits are open. `POST /admin/api/cooldowns/reset` ends cooldowns.
+//! `GET /admin/api/routes` (`routes.rs`) shows each route and pool in its
+//! current order, each candidate ready or why not.
 //!
 //! Keys never appear: a key is named by its position and fingerprint (the
 //! first 64 bits of its SHA-256, as state stores it).
@@ -22,6 +24,8 @@ use http_body::Body;
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use serde::{Deserialize, Serialize};
+
+pub mod routes;
 
 use super::{json_response, read_body};
 use crate::auth::Auth;

@@ -1,4 +1,5 @@
-//! The admin API (`/admin/api/status`, `/admin/api/cooldowns/reset`) and
+//! The admin API (`/admin/api/status`, `/admin/api/cooldowns/reset`,
+//! `/admin/api/routes`) and
 //! `freeway status`: who may call them, what they show after real traffic
 //! through mock upstreams, and that no provider key ever appears in them.
 
@@ -282,4 +283,39 @@ async fn freeway_status_prints_the_table_and_the_json_of_a_running_gateway() {
     let down = status_command(&["--url", &format!("http://{closed}"), "--admin-key", ADMIN]).await;
     assert!(!down.status.success());
     assert!(String::from_utf8_lossy(&down.stderr).contains("cannot reach the gateway"), "{down:?}");
+}
+
+/// A route's candidates in order, each ready or why not: after `a` says
+/// 429, `a/m1` cools (with its reason and when it frees) and `b/x` is ready.
+#[tokio::test]
+async fn routes_show_each_candidate_in_order_ready_or_why_not() {
+    let (a, b) = (Mock::start().await, Mock::start().await);
+    a.on_model("m1", Behavior::rate_limited("120"));
+    let yaml = config(&a, &b) + "routes:\n  pair:\n    targets: [a/m1, b/x]\n";
+    let gw = start(&yaml).await;
+    let client = gw.get("/admin/api/routes", &[("authorization", &bearer(CLIENT))]).await;
+    assert_eq!(client.status, 401, "a client token opened /admin/api/routes");
+    let before = admin_get(&gw, "/admin/api/routes").await;
+    assert_eq!(before.status, 200, "{}", before.text());
+    let pair = |answer: &Answer| {
+        let routes = answer.json()["routes"].as_array().unwrap().clone();
+        routes.into_iter().find(|r| r["name"] == "pair").unwrap()
+    };
+    let route = pair(&before);
+    assert_eq!(route["strategy"], "ordered");
+    let targets: Vec<&str> =
+        route["candidates"].as_array().unwrap().iter().map(|c| c["target"].as_str().unwrap()).collect();
+    assert_eq!(targets, ["a/m1", "b/x"]);
+    assert!(route["candidates"].as_array().unwrap().iter().all(|c| c["state"] == "ready"), "{route}");
+    // The 429 falls back to b and cools a/m1 on its only key.
+    assert_eq!(client_chat(&gw, "pair").await.status, 200);
+    let route = pair(&admin_get(&gw, "/admin/api/routes").await);
+    let cooled = &route["candidates"][0];
+    assert_eq!(cooled["state"], "cooling", "{route}");
+    assert_eq!(cooled["reason"], "rate_limited");
+    assert_eq!(cooled["keys_ready"], 0);
+    let free_in = cooled["free_in_seconds"].as_u64().unwrap();
+    assert!((100..=120).contains(&free_in), "{free_in}");
+    assert_eq!(route["candidates"][1]["state"], "ready");
+    assert!(!admin_get(&gw, "/admin/api/routes").await.text().contains(KEY_A), "no key in the answer");
 }
