@@ -47,6 +47,8 @@ pub enum Endpoint {
     AdminStatus,
     /// `GET /admin/api/routes`
     AdminRoutes,
+    /// `GET` or `PUT /admin/api/settings`
+    AdminSettings,
     /// `POST /admin/api/cooldowns/reset`
     AdminCooldownsReset,
     /// Anything else.
@@ -66,6 +68,7 @@ impl Endpoint {
             "/metrics" => Self::Metrics,
             "/admin/api/status" => Self::AdminStatus,
             "/admin/api/routes" => Self::AdminRoutes,
+            "/admin/api/settings" => Self::AdminSettings,
             "/admin/api/cooldowns/reset" => Self::AdminCooldownsReset,
             _ => Self::Other,
         }
@@ -84,6 +87,7 @@ impl Endpoint {
             Self::Metrics => "/metrics",
             Self::AdminStatus => "/admin/api/status",
             Self::AdminRoutes => "/admin/api/routes",
+            Self::AdminSettings => "/admin/api/settings",
             Self::AdminCooldownsReset => "/admin/api/cooldowns/reset",
             Self::Other => "other",
         }
@@ -130,10 +134,15 @@ where
         ApiError::UnknownEndpoint(path.to_owned()).into_response()
     } else if request.method() != endpoint.method()
         && !(request.method() == Method::HEAD && endpoint.method() == Method::GET)
+        && !(request.method() == Method::PUT && endpoint == Endpoint::AdminSettings)
     {
         let mut r =
             ApiError::MethodNotAllowed { method: request.method().to_string(), path: path.to_owned() }.into_response();
-        let allow = if endpoint.method() == Method::POST { "POST" } else { "GET, HEAD" };
+        let allow = match endpoint {
+            Endpoint::AdminSettings => "GET, HEAD, PUT",
+            _ if endpoint.method() == Method::POST => "POST",
+            _ => "GET, HEAD",
+        };
         r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
         r
     } else {
@@ -148,6 +157,7 @@ where
             Endpoint::Metrics => metrics::scrape(gateway),
             Endpoint::AdminStatus => admin::status(gateway),
             Endpoint::AdminRoutes => admin::routes::routes(gateway),
+            Endpoint::AdminSettings => admin::settings::settings(gateway, request).await,
             Endpoint::AdminCooldownsReset => admin::reset_cooldowns(gateway, request).await,
             Endpoint::Other => ApiError::UnknownEndpoint(path.to_owned()).into_response(),
         }

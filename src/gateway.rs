@@ -3,6 +3,7 @@
 //! ([`crate::server::serve`]) or call [`Gateway::handle`] from your own
 //! hyper service.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ use crate::config::{Config, Env};
 use crate::metrics::Metrics;
 use crate::plugin::{PluginHost, Target};
 use crate::policy::watch::PolicyWatcher;
-use crate::policy::{Pipeline, Policies, Source as PolicySource};
+use crate::policy::{Pipeline, Policies, Source as PolicySource, settings};
 use crate::proxy::Proxy;
 use crate::secret::Redactor;
 use crate::state::{Clock, MemoryState, PersistentState, SharedState, StateBounds, StateStore};
@@ -112,6 +113,15 @@ struct Inner {
     conversations: crate::api::responses::Conversations,
     /// The watch on the policies folder; it stops with the gateway.
     watcher: Mutex<Option<PolicyWatcher>>,
+    /// Policy settings changed through the admin API, and where they are
+    /// kept (`policy::settings`).
+    settings: Mutex<LiveSettings>,
+}
+
+/// The policy settings an operator changed, over the config's.
+struct LiveSettings {
+    changes: serde_json::Map<String, serde_json::Value>,
+    file: Option<PathBuf>,
 }
 
 impl Gateway {
@@ -141,7 +151,14 @@ impl Gateway {
         if restored > 0 {
             tracing::info!(providers = restored, "model lists from the last run restored; discovery refreshes them");
         }
-        let pipeline = Pipeline::compile(&policy_source(&config), &config.policies.disabled, &config.policies.settings)
+        let settings_file = config.state_path(env).map(|db| settings::file_beside(&db));
+        let changes = settings_file.as_deref().map(settings::load).unwrap_or_default();
+        let effective = settings::merged(&config.policies.settings, &changes).map_err(|e| vec![e])?;
+        if !changes.is_empty() {
+            let keys: Vec<&str> = changes.keys().map(String::as_str).collect();
+            tracing::info!(changed = %keys.join(", "), "policy settings changed through the admin API are in force");
+        }
+        let pipeline = Pipeline::compile(&policy_source(&config), &config.policies.disabled, &effective)
             .map_err(|errors| errors.iter().map(|e| format!("policy {e}")).collect::<Vec<_>>())?;
         let router = route_tables(enabled, disabled, &config, &catalog, &pipeline, &metrics);
         let proxy =
@@ -160,6 +177,7 @@ impl Gateway {
                 admission,
                 conversations: crate::api::responses::Conversations::default(),
                 watcher: Mutex::new(None),
+                settings: Mutex::new(LiveSettings { changes, file: settings_file }),
             }),
         })
     }
@@ -237,12 +255,55 @@ impl Gateway {
     /// rebuilds the routes, or keeps the last good pipeline and reports why.
     pub fn reload_policies(&self) -> bool {
         let config = &self.inner.config;
-        let compiled = Pipeline::compile(&policy_source(config), &config.policies.disabled, &config.policies.settings);
+        let live = self.inner.settings.lock().unwrap_or_else(|e| e.into_inner());
+        let effective = settings::merged(&config.policies.settings, &live.changes)
+            .unwrap_or_else(|_| config.policies.settings.clone());
+        let compiled = Pipeline::compile(&policy_source(config), &config.policies.disabled, &effective);
         let installed = self.policies().install(compiled);
+        drop(live);
         if installed {
             self.rebuild_routes();
         }
         installed
+    }
+
+    /// The policy settings in force (the config's with the admin API's
+    /// changes over them), the keys changed, and the file keeping them.
+    pub fn policy_settings(&self) -> (serde_json::Value, Vec<String>, Option<PathBuf>) {
+        let live = self.inner.settings.lock().unwrap_or_else(|e| e.into_inner());
+        let base = &self.inner.config.policies.settings;
+        let effective = settings::merged(base, &live.changes).unwrap_or_else(|_| base.clone());
+        let json = serde_json::to_value(&effective).unwrap_or_default();
+        (json, live.changes.keys().cloned().collect(), live.file.clone())
+    }
+
+    /// Changes policy settings (top-level keys; `null` takes a change
+    /// back): validated, kept in the settings file, then applied like a
+    /// policy reload. Nothing changes when any step fails; the error says
+    /// why (and is the client's fault when `.0` is true).
+    pub fn change_policy_settings(&self, change: &serde_json::Value) -> Result<(), (bool, String)> {
+        let change = settings::validate(change).map_err(|e| (true, e))?;
+        let config = &self.inner.config;
+        let mut live = self.inner.settings.lock().unwrap_or_else(|e| e.into_inner());
+        let mut changes = live.changes.clone();
+        for (key, value) in change {
+            if value.is_null() {
+                changes.remove(key);
+            } else {
+                changes.insert(key.clone(), value.clone());
+            }
+        }
+        let effective = settings::merged(&config.policies.settings, &changes).map_err(|e| (true, e))?;
+        let compiled = Pipeline::compile(&policy_source(config), &config.policies.disabled, &effective)
+            .map_err(|errors| (false, errors.iter().map(|e| format!("policy {e}")).collect::<Vec<_>>().join("; ")))?;
+        if let Some(file) = &live.file {
+            settings::save(file, &changes).map_err(|e| (false, format!("the settings could not be kept: {e}")))?;
+        }
+        live.changes = changes;
+        self.policies().install(Ok(compiled));
+        drop(live);
+        self.rebuild_routes();
+        Ok(())
     }
 
     /// Watches the policies folder (when there is one) and reloads on

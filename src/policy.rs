@@ -18,6 +18,7 @@ mod engine;
 mod model_set;
 pub mod prune;
 mod request;
+pub mod settings;
 pub mod watch;
 
 use std::collections::HashSet;

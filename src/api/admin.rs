@@ -5,7 +5,9 @@
 //! cooling down and why, which keys the upstream rejected and which
 //! circuits are open. `POST /admin/api/cooldowns/reset` ends cooldowns.
 //! `GET /admin/api/routes` (`routes.rs`) shows each route and pool in its
-//! current order, each candidate ready or why not.
+//! current order, each candidate ready or why not; `GET`/`PUT
+//! /admin/api/settings` (`settings.rs`) reads and changes the policy
+//! settings live.
 //!
 //! Keys never appear: a key is named by its position and fingerprint (the
 //! first 64 bits of its SHA-256, as state stores it).
@@ -26,6 +28,7 @@ use jiff::tz::TimeZone;
 use serde::{Deserialize, Serialize};
 
 pub mod routes;
+pub mod settings;
 
 use super::{json_response, read_body};
 use crate::auth::Auth;

@@ -1,5 +1,5 @@
 //! The admin API (`/admin/api/status`, `/admin/api/cooldowns/reset`,
-//! `/admin/api/routes`) and
+//! `/admin/api/routes`, `/admin/api/settings`) and
 //! `freeway status`: who may call them, what they show after real traffic
 //! through mock upstreams, and that no provider key ever appears in them.
 
@@ -318,4 +318,66 @@ async fn routes_show_each_candidate_in_order_ready_or_why_not() {
     assert!((100..=120).contains(&free_in), "{free_in}");
     assert_eq!(route["candidates"][1]["state"], "ready");
     assert!(!admin_get(&gw, "/admin/api/routes").await.text().contains(KEY_A), "no key in the answer");
+}
+
+/// Two free models of one provider, behind admin and client tokens, the
+/// built-in policies on, the state (and so the settings changes) in `dir`.
+fn free_pool_config(mock: &Mock, dir: &std::path::Path) -> String {
+    format!(
+        "server:\n  api_keys: [{CLIENT}]\n  admin_keys: [{ADMIN}]\nproviders:\n  or:\n    plugin: openai-compat\n    \
+         base_url: {}\n    keys: [{KEY_A}]\n    free: true\n    models:\n      - small-8b\n      - big-70b\nstate:\n  path: {}\npolicies:\n  settings: {{}}\n",
+        mock.base_url(),
+        dir.join("freeway.db").display()
+    )
+}
+
+async fn free_pool(gw: &TestGateway) -> Vec<String> {
+    let routes = admin_get(gw, "/admin/api/routes").await.json();
+    let free = routes["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "free")
+        .cloned()
+        .unwrap_or_else(|| panic!("{routes}"));
+    free["candidates"].as_array().unwrap().iter().map(|c| c["target"].as_str().unwrap().to_owned()).collect()
+}
+
+async fn admin_put(gw: &TestGateway, body: &str) -> Answer {
+    Answer::read(send(&gw.url("/admin/api/settings"), "PUT", body, &[("authorization", &bearer(ADMIN))]).await).await
+}
+
+/// Favorites changed through the API reorder the free pool at once, are
+/// kept across a restart, and a bad value changes nothing.
+#[tokio::test]
+async fn settings_change_live_are_validated_and_survive_a_restart() {
+    let mock = Mock::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start(&free_pool_config(&mock, dir.path())).await;
+    assert_eq!(free_pool(&gw).await, ["or/big-70b", "or/small-8b"], "best first");
+    let client = gw.get("/admin/api/settings", &[("authorization", &bearer(CLIENT))]).await;
+    assert_eq!(client.status, 401);
+
+    let changed = admin_put(&gw, r#"{"favorites": ["small-8b"]}"#).await;
+    assert_eq!(changed.status, 200, "{}", changed.text());
+    assert_eq!(changed.json()["settings"]["favorites"], serde_json::json!(["small-8b"]));
+    assert_eq!(changed.json()["changed"], serde_json::json!(["favorites"]));
+    assert_eq!(free_pool(&gw).await, ["or/small-8b", "or/big-70b"], "the favorite leads the free pool now");
+    let answer = client_chat(&gw, "free").await;
+    assert_eq!(answer.routed_via(), "or/small-8b");
+
+    let bad = admin_put(&gw, r#"{"favorites": "small-8b"}"#).await;
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    assert!(bad.json()["error"]["message"].as_str().unwrap().starts_with("favorites: "), "{}", bad.text());
+    let junk = admin_put(&gw, "{not json").await;
+    assert_eq!(junk.status, 400);
+    assert_eq!(free_pool(&gw).await, ["or/small-8b", "or/big-70b"], "nothing changed");
+
+    drop(gw);
+    let again = start(&free_pool_config(&mock, dir.path())).await;
+    assert_eq!(free_pool(&again).await, ["or/small-8b", "or/big-70b"], "kept across a restart");
+    // null takes the change back: the config's settings again.
+    let back = admin_put(&again, r#"{"favorites": null}"#).await;
+    assert_eq!(back.json()["changed"], serde_json::json!([]));
+    assert_eq!(free_pool(&again).await, ["or/big-70b", "or/small-8b"]);
 }
