@@ -147,7 +147,7 @@ impl Gateway {
         let proxy =
             Proxy::new(router, state, upstream, metrics.clone(), config.dispatch.clone(), Policies::new(pipeline))
                 .with_aliases(crate::catalog::aliases::Aliases::new(config.aliases.as_ref()));
-        let auth = Auth::new(&config.server.api_keys);
+        let auth = Auth::with_clients(&config.server.api_keys);
         let admission = crate::api::admission::Admission::new(&config.server);
         Ok(Self {
             inner: Arc::new(Inner {
