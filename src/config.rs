@@ -127,6 +127,15 @@ impl ApiKey {
         }
     }
 
+    /// Drops the token once the authenticator holds its digest, so the
+    /// running gateway keeps no client token in plain text.
+    pub fn forget_token(&mut self) {
+        match self {
+            Self::Token(t) => *t = Secret::new(""),
+            Self::Client(c) => c.token = None,
+        }
+    }
+
     /// The named client, for the object form.
     pub fn client(&self) -> Option<&ClientKey> {
         match self {

@@ -140,6 +140,8 @@ async fn bare_tokens_work_as_before_and_names_reach_the_log_and_metrics() {
     assert_eq!(chat(&gw, A, "p/cheap").await.status, 200);
     assert_eq!(chat(&gw, BARE, "p/cheap").await.status, 200);
     assert_eq!(chat(&gw, "not-a-token-0123456789", "p/cheap").await.status, 401);
+    let kept = &gw.gateway.config().server.api_keys;
+    assert!(kept.len() == 2 && kept.iter().all(|k| k.token().is_empty()), "tokens kept in plain text after load");
     assert!(gw.gateway.proxy().state().flush(Duration::from_secs(5)));
     let conn = rusqlite::Connection::open(&db).unwrap();
     let mut rows = conn.prepare("SELECT client FROM requests ORDER BY id").unwrap();
