@@ -68,8 +68,9 @@ pub struct ServerConfig {
     /// Bearer tokens clients must send on `/v1/` (and on
     /// `/health` and `/metrics` when protected). Empty: no
     /// authentication (allowed on loopback only, unless
-    /// `allow_unauthenticated` says otherwise).
-    pub api_keys: Vec<Secret>,
+    /// `allow_unauthenticated` says otherwise). Each a bare token or a
+    /// named client with budgets ([`ApiKey`]).
+    pub api_keys: Vec<ApiKey>,
     /// Bearer tokens for `/admin/` (the status API), distinct from
     /// `api_keys`: a client token does not open `/admin/` and an admin
     /// token does not open `/v1/`. Empty: `/admin/` is served only on a
@@ -103,6 +104,66 @@ pub struct ServerConfig {
     /// On SIGINT/SIGTERM, in-flight requests and streams get this long.
     /// 0 to 1h.
     pub shutdown_timeout: ConfigDuration,
+}
+
+/// One entry of `server.api_keys`: a bare token (no name, no budget), or a
+/// named client with its token, budgets and the models it may use.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ApiKey {
+    /// A bare token.
+    Token(Secret),
+    /// A named client.
+    Client(ClientKey),
+}
+
+impl ApiKey {
+    /// The token the client sends (empty when the object form has none,
+    /// which validation refuses).
+    pub fn token(&self) -> &str {
+        match self {
+            Self::Token(t) => t.expose(),
+            Self::Client(c) => c.token.as_ref().map_or("", Secret::expose),
+        }
+    }
+
+    /// Drops the token once the authenticator holds its digest, so the
+    /// running gateway keeps no client token in plain text.
+    pub fn forget_token(&mut self) {
+        match self {
+            Self::Token(t) => *t = Secret::new(""),
+            Self::Client(c) => c.token = None,
+        }
+    }
+
+    /// The named client, for the object form.
+    pub fn client(&self) -> Option<&ClientKey> {
+        match self {
+            Self::Token(_) => None,
+            Self::Client(c) => Some(c),
+        }
+    }
+}
+
+/// A named client of `server.api_keys`. Fields are optional to serde so
+/// that validation can say which is missing, with its line.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientKey {
+    /// How logs, metrics and errors name the client: unique, 1 to 64 of
+    /// `[A-Za-z0-9_.-]`.
+    pub name: Option<String>,
+    /// The bearer token (`${VAR}` expands as anywhere else).
+    pub token: Option<Secret>,
+    /// Requests per sliding minute.
+    pub rpm: Option<i64>,
+    /// Requests per rolling 24 hours.
+    pub rpd: Option<i64>,
+    /// Tokens (prompt + completion, as answers report them) per rolling 24 hours.
+    pub tpd: Option<i64>,
+    /// Globs of the freeway model names (after `aliases`) the client may
+    /// use; absent: every model.
+    pub models: Option<Vec<String>>,
 }
 
 /// The most requests `server.max_in_flight` may allow at once: half the

@@ -135,7 +135,12 @@ impl Gateway {
 
     /// [`Gateway::new`] on `clock`: tests start it just before a
     /// provider's quota reset instead of waiting for one.
-    pub async fn with_clock(config: Config, catalog: Catalog, env: &Env, clock: Clock) -> Result<Self, Vec<String>> {
+    pub async fn with_clock(
+        mut config: Config,
+        catalog: Catalog,
+        env: &Env,
+        clock: Clock,
+    ) -> Result<Self, Vec<String>> {
         let metrics = Arc::new(Metrics::new());
         let plugin_dir = config.plugins_dir();
         let plugins = PluginHost::load(&config.plugin_settings(), plugin_dir.as_deref(), metrics.clone())?;
@@ -164,7 +169,9 @@ impl Gateway {
         let proxy =
             Proxy::new(router, state, upstream, metrics.clone(), config.dispatch.clone(), Policies::new(pipeline))
                 .with_aliases(crate::catalog::aliases::Aliases::new(config.aliases.as_ref()));
-        let auth = Auth::new(&config.server.api_keys);
+        let auth = Auth::with_clients(&config.server.api_keys);
+        // The digests are all the gateway needs from now on.
+        config.server.api_keys.iter_mut().for_each(crate::config::ApiKey::forget_token);
         let admission = crate::api::admission::Admission::new(&config.server);
         Ok(Self {
             inner: Arc::new(Inner {

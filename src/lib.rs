@@ -32,6 +32,7 @@ pub mod auth;
 pub mod body;
 pub mod catalog;
 pub mod cli;
+pub mod clients;
 pub mod config;
 pub mod dialect;
 pub mod errors;

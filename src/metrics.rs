@@ -34,6 +34,25 @@ pub struct AttemptLabels {
     pub outcome: &'static str,
 }
 
+/// Requests of a client by status.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClientLabels {
+    /// A `server.api_keys` name, or `default` for bare tokens (names come
+    /// from the config only, so the series are bounded).
+    pub client: Arc<str>,
+    /// HTTP status answered.
+    pub status: u16,
+}
+
+/// Tokens of a client by kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClientTokenLabels {
+    /// As in [`ClientLabels`].
+    pub client: Arc<str>,
+    /// `prompt` or `completion`.
+    pub kind: &'static str,
+}
+
 /// Provider and model.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelLabels {
@@ -138,6 +157,8 @@ pub struct Metrics {
     pins: Gauge,
     streams: Gauge,
     tokens: Family<TokenLabels, Counter>,
+    client_requests: Family<ClientLabels, Counter>,
+    client_tokens: Family<ClientTokenLabels, Counter>,
     stream_failures: Family<ModelLabels, Counter>,
     stream_client_gone: Family<ModelLabels, Counter>,
     streams_cut: Family<CutLabels, Counter>,
@@ -232,6 +253,8 @@ impl Metrics {
             pins: Gauge::default(),
             streams: Gauge::default(),
             tokens: Family::default(),
+            client_requests: Family::default(),
+            client_tokens: Family::default(),
             stream_failures: Family::default(),
             stream_client_gone: Family::default(),
             streams_cut: Family::default(),
@@ -273,6 +296,12 @@ impl Metrics {
         );
         registry.register("cooldowns_active", "Model/key pairs cooling down now", m.cooldowns.clone());
         registry.register("tokens", "Tokens reported by upstreams", m.tokens.clone());
+        registry.register(
+            "client_requests",
+            "Model requests by client (server.api_keys name; default: bare tokens) and status",
+            m.client_requests.clone(),
+        );
+        registry.register("client_tokens", "Tokens reported by upstreams, by client", m.client_tokens.clone());
         registry.register("session_pins", "Sticky-session pins held", m.pins.clone());
         registry.register("redis_up", "1 while Redis (state.redis) answers, else 0", m.redis_up.clone());
         registry.register("redis_errors", "Redis commands that failed (state.redis)", m.redis_errors.clone());
@@ -356,6 +385,18 @@ impl Metrics {
         for (kind, n) in [("prompt", usage.prompt_tokens), ("completion", usage.completion_tokens)] {
             let labels = TokenLabels { provider: provider.clone(), model: model.clone(), kind };
             self.tokens.get_or_create(&labels).inc_by(n);
+        }
+    }
+
+    /// A model request of `client` answered with `status`.
+    pub fn client_request(&self, client: &Arc<str>, status: u16) {
+        self.client_requests.get_or_create(&ClientLabels { client: client.clone(), status }).inc();
+    }
+
+    /// Usage an upstream reported for `client`'s request.
+    pub fn client_tokens(&self, client: &Arc<str>, usage: Usage) {
+        for (kind, n) in [("prompt", usage.prompt_tokens), ("completion", usage.completion_tokens)] {
+            self.client_tokens.get_or_create(&ClientTokenLabels { client: client.clone(), kind }).inc_by(n);
         }
     }
 

@@ -171,6 +171,7 @@ impl Proxy {
         body: Bytes,
         session: Option<String>,
         client: Option<String>,
+        budget: Option<Arc<crate::clients::Client>>,
     ) -> Response<ResponseBody> {
         let started = Instant::now();
         let pipeline = self.policies.current();
@@ -184,6 +185,7 @@ impl Proxy {
             Ok(request) => request,
             Err(e) => return e.into_response(),
         };
+        request.client = budget;
         let asked = self.logging.then(|| {
             request.log_id = self.log_id();
             request.model.clone()

@@ -7,6 +7,7 @@ use http_body::Body;
 
 use super::admission::{self, InFlight};
 use super::read_body;
+use crate::auth::Caller;
 use crate::body::ResponseBody;
 use crate::errors::ApiError;
 use crate::gateway::Gateway;
@@ -50,8 +51,8 @@ pub(super) struct Accepted {
     pub body: Bytes,
     /// `X-Session-ID`.
     pub session: Option<String>,
-    /// How the request log names the client.
-    pub client: Option<String>,
+    /// Who sent it (`None`: authentication is off).
+    pub caller: Option<Caller>,
     /// Held until the answer's last byte.
     pub in_flight: InFlight,
     /// The body's bytes in flight: let go once the answer is ready.
@@ -70,14 +71,44 @@ impl Accepted {
         request: Bytes,
         finish: impl FnOnce(Response<ResponseBody>) -> Response<ResponseBody>,
     ) -> Response<ResponseBody> {
-        let Accepted { body, session, client, in_flight, claim } = self;
+        let Accepted { body, session, caller, in_flight, claim } = self;
         drop(body);
-        let response = gateway.proxy().serve(operation, request, session, client).await;
+        if let Some(refused) = caller.as_ref().and_then(|c| budget(gateway, c, &request)) {
+            return refused;
+        }
+        let (client, budget) = match caller {
+            Some(Caller { label, client }) => (Some(label), Some(client)),
+            None => (None, None),
+        };
+        let response = gateway.proxy().serve(operation, request, session, client, budget.clone()).await;
         drop(claim);
+        if let Some(budget) = &budget {
+            gateway.metrics().client_request(budget.name(), response.status().as_u16());
+        }
         let mut response = finish(response);
         response.body_mut().hold(in_flight);
         response
     }
+}
+
+/// The client's budgets, checked before any upstream is asked: 403 for a
+/// model outside its globs (the model it asked for, after `aliases`, before
+/// policies), 429 over `rpm`, `rpd` or `tpd`; a refused request counts
+/// against nothing. `None`: go on (the request is counted).
+fn budget(gateway: &Gateway, caller: &Caller, request: &[u8]) -> Option<Response<ResponseBody>> {
+    let client = &caller.client;
+    let refused = if client.checks_models()
+        && let Some(model) = crate::clients::model_of(request)
+        && !client.may_use(gateway.proxy().unalias(&model))
+    {
+        Some(crate::clients::model_refused(client.name(), gateway.proxy().unalias(&model)).into_response())
+    } else {
+        client.admit().err().map(|r| r.into_response(client.name()))
+    };
+    if let Some(response) = &refused {
+        gateway.metrics().client_request(client.name(), response.status().as_u16());
+    }
+    refused
 }
 
 /// Takes a request in (every inbound API): its session id checked, a place
@@ -89,12 +120,12 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let session = session_id(&request)?;
-    let client = gateway.auth().client(request.headers());
+    let caller = gateway.auth().caller(request.headers());
     let in_flight = gateway.admission().request()?;
     let server = &gateway.config().server;
     let mut claim = gateway.admission().bytes();
     let body = read_body(request, server.max_body_bytes, server.body_read_timeout.get(), &mut claim).await?;
-    Ok(Accepted { body, session, client, in_flight, claim })
+    Ok(Accepted { body, session, caller, in_flight, claim })
 }
 
 /// `X-Session-ID`: at most [`MAX_NAME_BYTES`] of visible text (DESIGN.md,

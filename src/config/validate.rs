@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{Config, ConfigDuration, Limits, ProviderSpec, RouteSpec, SourceMap, Strategy};
+use super::{ApiKey, Config, ConfigDuration, Limits, ProviderSpec, RouteSpec, SourceMap, Strategy};
 use crate::catalog::Catalog;
 use crate::config::Problem;
 
@@ -198,29 +198,38 @@ fn server(cfg: &Config, r: &mut Report<'_>) {
             None
         }
     };
-    for (list, keys) in [("api_keys", &s.api_keys), ("admin_keys", &s.admin_keys)] {
+    let admin: Vec<&str> = s.admin_keys.iter().map(|k| k.expose()).collect();
+    let client: Vec<&str> = s.api_keys.iter().map(|k| k.token()).collect();
+    for (list, keys) in [("api_keys", &client), ("admin_keys", &admin)] {
         for (i, key) in keys.iter().enumerate() {
-            let path = format!("server.{list}.{i}");
-            if key.is_empty() {
+            let path = match s.api_keys.get(i) {
+                Some(ApiKey::Client(_)) if list == "api_keys" => format!("server.{list}.{i}.token"),
+                _ => format!("server.{list}.{i}"),
+            };
+            if key.trim().is_empty() {
                 let why = match r.unset_vars(&path) {
                     Some(vars) => format!("is empty because {vars} is not set"),
+                    None if path.ends_with(".token") => "is required".to_owned(),
                     None => "is empty".to_owned(),
                 };
                 r.error(path, format!("{why}; an empty token would let any client in"));
-            } else if key.expose().len() < 16 {
+            } else if key.len() < 16 {
                 r.warn(path, "is shorter than 16 characters; a guessable token protects little");
+            } else if let Some(first) = keys[..i].iter().position(|k| k == key) {
+                r.error(path, format!("is the same token as server.{list}.{first}: each token names one client"));
             }
         }
     }
     // One token in both lists would make every client an administrator.
-    for (i, key) in s.admin_keys.iter().enumerate() {
-        if !key.is_empty() && s.api_keys.iter().any(|k| k.expose() == key.expose()) {
+    for (i, key) in admin.iter().enumerate() {
+        if !key.trim().is_empty() && client.contains(key) {
             r.error(
                 format!("server.admin_keys.{i}"),
                 "is also in server.api_keys: an admin token must differ from every client token",
             );
         }
     }
+    clients(&s.api_keys, r);
     if let Some(addr) = addr
         && let Err(e) = super::check_exposure(addr, s)
     {
@@ -279,6 +288,48 @@ fn server(cfg: &Config, r: &mut Report<'_>) {
     // 0 drops in-flight work at once; an hour is longer than any supervisor
     // waits before it kills the process anyway.
     within(r, "server.shutdown_timeout", s.shutdown_timeout, Duration::ZERO, HOUR);
+}
+
+/// The object entries of `server.api_keys`: a unique, well-formed name,
+/// positive limits, non-empty model globs.
+fn clients(keys: &[ApiKey], r: &mut Report<'_>) {
+    let mut seen: Vec<&str> = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let Some(c) = key.client() else { continue };
+        let at = format!("server.api_keys.{i}");
+        match c.name.as_deref() {
+            None => r.error(format!("{at}.name"), "is required: logs, metrics and errors name the client by it"),
+            Some(name) if !crate::clients::valid_name(name) => r.error(
+                format!("{at}.name"),
+                format!("`{name}` must be 1 to 64 characters of A-Z, a-z, 0-9, `_`, `.` and `-`"),
+            ),
+            Some(crate::clients::PLAIN) => r.error(
+                format!("{at}.name"),
+                format!("`{}` is the name metrics give bare tokens; choose another", crate::clients::PLAIN),
+            ),
+            Some(name) if seen.contains(&name) => {
+                r.error(format!("{at}.name"), format!("`{name}` names another client too; names must be unique"))
+            }
+            Some(name) => seen.push(name),
+        }
+        for (field, value) in [("rpm", c.rpm), ("rpd", c.rpd), ("tpd", c.tpd)] {
+            if let Some(v) = value
+                && !(1..=MAX_LIMIT as i64).contains(&v)
+            {
+                r.error(format!("{at}.{field}"), format!("`{v}` must be a whole number from 1 to {MAX_LIMIT}"));
+            }
+        }
+        if let Some(models) = &c.models {
+            if models.is_empty() {
+                r.error(format!("{at}.models"), "is empty: the client could use no model; leave it out to allow all");
+            }
+            for (j, glob) in models.iter().enumerate() {
+                if glob.trim().is_empty() {
+                    r.error(format!("{at}.models.{j}"), "is empty; a glob names models, `*` all of them");
+                }
+            }
+        }
+    }
 }
 
 /// Refuses a duration outside `min..=max`, naming the range.

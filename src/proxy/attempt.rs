@@ -135,6 +135,9 @@ async fn whole(
     if let Some(usage) = decoded.usage {
         proxy.metrics.tokens(&candidate.provider.name, &candidate.metric_model(), usage);
         proxy.state.settle(admission, usage.total());
+        if let Some(client) = &request.client {
+            client.spend(&proxy.metrics, usage);
+        }
         if request.log_id != 0 {
             proxy.state.log_tokens(request.log_id, usage.prompt_tokens, usage.completion_tokens);
         }
@@ -248,10 +251,14 @@ async fn stream(
     let (name, model) = (provider.name.clone(), candidate.metric_model());
     let admission = admission.clone();
     let log_id = request.log_id;
+    let client = request.client.clone();
     relay.on_end(move |outcome| {
         if let Some(usage) = outcome.usage {
             metrics.tokens(&name, &model, usage);
             state.settle(&admission, usage.total());
+            if let Some(client) = &client {
+                client.spend(&metrics, usage);
+            }
             if log_id != 0 {
                 state.log_tokens(log_id, usage.prompt_tokens, usage.completion_tokens);
             }

@@ -54,6 +54,8 @@ pub struct ClientRequest {
     pub messages: Option<Vec<Value>>,
     /// Its id in the request log (0: not logged).
     pub log_id: i64,
+    /// The client whose budgets its answer's tokens count against.
+    pub client: Option<std::sync::Arc<crate::clients::Client>>,
 }
 
 /// The fields the gateway reads. Everything else is skipped without
@@ -222,6 +224,7 @@ impl ClientRequest {
             raw: bytes,
             messages,
             log_id: 0,
+            client: None,
         })
     }
 
@@ -249,6 +252,7 @@ impl ClientRequest {
             raw: bytes,
             messages: None,
             log_id: 0,
+            client: None,
         })
     }
 

@@ -15,6 +15,7 @@ mod agents;
 mod api;
 mod bounds;
 mod cli;
+mod clients;
 mod discovery;
 mod embeddings;
 mod fallback;
