@@ -47,6 +47,10 @@ pub enum Endpoint {
     AdminStatus,
     /// `POST /admin/api/cooldowns/reset`
     AdminCooldownsReset,
+    /// `GET /admin/api/requests`
+    AdminRequests,
+    /// `GET /admin/api/usage`
+    AdminUsage,
     /// Anything else.
     Other,
 }
@@ -64,6 +68,8 @@ impl Endpoint {
             "/metrics" => Self::Metrics,
             "/admin/api/status" => Self::AdminStatus,
             "/admin/api/cooldowns/reset" => Self::AdminCooldownsReset,
+            "/admin/api/requests" => Self::AdminRequests,
+            "/admin/api/usage" => Self::AdminUsage,
             _ => Self::Other,
         }
     }
@@ -81,6 +87,8 @@ impl Endpoint {
             Self::Metrics => "/metrics",
             Self::AdminStatus => "/admin/api/status",
             Self::AdminCooldownsReset => "/admin/api/cooldowns/reset",
+            Self::AdminRequests => "/admin/api/requests",
+            Self::AdminUsage => "/admin/api/usage",
             Self::Other => "other",
         }
     }
@@ -144,6 +152,8 @@ where
             Endpoint::Metrics => metrics::scrape(gateway),
             Endpoint::AdminStatus => admin::status(gateway),
             Endpoint::AdminCooldownsReset => admin::reset_cooldowns(gateway, request).await,
+            Endpoint::AdminRequests => admin::requests::list(gateway, request.uri().query()).await,
+            Endpoint::AdminUsage => admin::usage::summary(gateway, request.uri().query()).await,
             Endpoint::Other => ApiError::UnknownEndpoint(path.to_owned()).into_response(),
         }
     };

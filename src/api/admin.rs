@@ -4,6 +4,7 @@
 //! the upstream's headers), what remains, when the quota resets, what is
 //! cooling down and why, which keys the upstream rejected and which
 //! circuits are open. `POST /admin/api/cooldowns/reset` ends cooldowns.
+//! The request log's endpoints are in [`requests`] and [`usage`].
 //!
 //! Keys never appear: a key is named by its position and fingerprint (the
 //! first 64 bits of its SHA-256, as state stores it).
@@ -11,6 +12,10 @@
 //! Access: `server.admin_keys` when set (client tokens do not open it);
 //! without them only a gateway that is open anyway (loopback, no
 //! `api_keys`) serves it.
+
+mod params;
+pub mod requests;
+pub mod usage;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -31,7 +36,7 @@ use crate::config::{Limits, ServerConfig};
 use crate::errors::ApiError;
 use crate::gateway::Gateway;
 use crate::proxy::quota;
-use crate::state::{Clock, Cooling, KeyId, Learned, Period, ResetPeriod, StateStore, Used, usage};
+use crate::state::{Clock, Cooling, KeyId, Learned, Period, ResetPeriod, StateStore, Used};
 
 /// Largest body `POST /admin/api/cooldowns/reset` reads: its JSON is three
 /// short fields.
@@ -257,7 +262,7 @@ impl View {
         let key_period = p
             .quota_reset
             .as_ref()
-            .filter(|_| usage::daily(&p.key_limits))
+            .filter(|_| crate::state::usage::daily(&p.key_limits))
             .and_then(|s| s.period(&self.clock, self.now));
         let models = p.models();
         let keys = p
