@@ -51,6 +51,10 @@ pub enum Endpoint {
     AdminSettings,
     /// `POST /admin/api/cooldowns/reset`
     AdminCooldownsReset,
+    /// `GET /admin/api/requests`
+    AdminRequests,
+    /// `GET /admin/api/usage`
+    AdminUsage,
     /// Anything else.
     Other,
 }
@@ -70,6 +74,8 @@ impl Endpoint {
             "/admin/api/routes" => Self::AdminRoutes,
             "/admin/api/settings" => Self::AdminSettings,
             "/admin/api/cooldowns/reset" => Self::AdminCooldownsReset,
+            "/admin/api/requests" => Self::AdminRequests,
+            "/admin/api/usage" => Self::AdminUsage,
             _ => Self::Other,
         }
     }
@@ -89,6 +95,8 @@ impl Endpoint {
             Self::AdminRoutes => "/admin/api/routes",
             Self::AdminSettings => "/admin/api/settings",
             Self::AdminCooldownsReset => "/admin/api/cooldowns/reset",
+            Self::AdminRequests => "/admin/api/requests",
+            Self::AdminUsage => "/admin/api/usage",
             Self::Other => "other",
         }
     }
@@ -159,6 +167,8 @@ where
             Endpoint::AdminRoutes => admin::routes::routes(gateway),
             Endpoint::AdminSettings => admin::settings::settings(gateway, request).await,
             Endpoint::AdminCooldownsReset => admin::reset_cooldowns(gateway, request).await,
+            Endpoint::AdminRequests => admin::requests::list(gateway, request.uri().query()).await,
+            Endpoint::AdminUsage => admin::usage::summary(gateway, request.uri().query()).await,
             Endpoint::Other => ApiError::UnknownEndpoint(path.to_owned()).into_response(),
         }
     };

@@ -1,7 +1,10 @@
 //! The request log: one record per served request, with the trail of
 //! attempts that led to its answer. Kept in the state database for
 //! `state.log_retention`, for the operator's analytics and for replaying
-//! traffic through other policies.
+//! traffic through other policies. [`query`] reads it back for the admin
+//! API.
+
+pub mod query;
 
 use std::sync::Arc;
 

@@ -11,6 +11,7 @@ mod support {
 }
 
 mod admin;
+mod admin_log;
 mod agents;
 mod api;
 mod bounds;
