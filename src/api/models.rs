@@ -1,7 +1,9 @@
 //! `GET /v1/models`: every routable name, built with the routing tables
 //! (no upstream call). A request carrying `anthropic-version` (Claude Code,
 //! the Anthropic SDKs) gets the list in Anthropic's shape; its client
-//! gives up on a slow list, and this one is answered from memory.
+//! gives up on a slow list, and this one is answered from memory. A named
+//! client restricted to some models (`server.api_keys[].models`) is shown
+//! only those.
 
 use bytes::Bytes;
 use http::{HeaderMap, Response};
@@ -11,13 +13,28 @@ use super::json_response;
 use crate::body::ResponseBody;
 use crate::gateway::Gateway;
 
-/// The model list.
+/// The model list (for a client whose `models` globs restrict it, only the
+/// names it may use).
 pub fn list(gateway: &Gateway, headers: &HeaderMap) -> Response<ResponseBody> {
-    let openai = gateway.router().models_json();
+    let mut openai = gateway.router().models_json();
+    if let Some(caller) = gateway.auth().caller(headers)
+        && caller.client.checks_models()
+    {
+        openai = only(&openai, |id| caller.client.may_use(id));
+    }
     if !headers.contains_key("anthropic-version") {
         return json_response(openai);
     }
     json_response(anthropic_shape(&openai))
+}
+
+/// OpenAI's model list with only the names `keep` keeps.
+fn only(openai: &[u8], keep: impl Fn(&str) -> bool) -> Bytes {
+    let mut list: Value = serde_json::from_slice(openai).unwrap_or_default();
+    if let Some(data) = list.get_mut("data").and_then(Value::as_array_mut) {
+        data.retain(|m| m["id"].as_str().is_some_and(&keep));
+    }
+    Bytes::from(list.to_string())
 }
 
 /// OpenAI's model list as Anthropic's: `{data: [{type, id, display_name,

@@ -124,6 +124,16 @@ async fn a_model_outside_the_globs_is_403_in_each_dialect() {
     assert_eq!(body["error"]["type"], "permission_error", "{body}");
     assert_eq!(mock.chats().len(), 2, "a refused model reached the upstream");
     assert_eq!(chat(&gw, BARE, "p/big").await.status, 200, "bare tokens use every model");
+    // The model list shows a restricted client only what it may use.
+    let ids = |answer: crate::support::gateway::Answer| -> Vec<String> {
+        answer.json()["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect()
+    };
+    let listed = ids(gw.get("/v1/models", &[("authorization", &format!("Bearer {A}"))]).await);
+    assert_eq!(listed, ["p/cheap"], "{listed:?}");
+    let anthropic = ids(gw.get("/v1/models", &[("x-api-key", A), ("anthropic-version", "2023-06-01")]).await);
+    assert_eq!(anthropic, ["p/cheap"]);
+    let everything = ids(gw.get("/v1/models", &[("authorization", &format!("Bearer {BARE}"))]).await);
+    assert!(everything.contains(&"p/big".to_owned()), "{everything:?}");
 }
 
 #[tokio::test]
