@@ -1048,9 +1048,26 @@ impl ResponsesStream {
             return;
         }
         self.started = true;
-        let response = self.object("in_progress", None, Value::Null);
-        self.emit("response.created", json!({"response": response}));
-        self.emit("response.in_progress", json!({"response": response}));
+        // The same object for both events: serialised once.
+        let response = self.object("in_progress", None, Value::Null).to_string();
+        self.emit_response("response.created", &response);
+        self.emit_response("response.in_progress", &response);
+    }
+
+    /// Writes an event whose one field is `response`, already serialised
+    /// (the response object echoes the request's settings, tools included:
+    /// the largest thing a stream writes).
+    fn emit_response(&mut self, kind: &str, response: &str) {
+        let head = json!({"type": kind, "sequence_number": self.sequence}).to_string();
+        self.sequence += 1;
+        self.out.extend_from_slice(b"event: ");
+        self.out.extend_from_slice(kind.as_bytes());
+        self.out.extend_from_slice(b"\ndata: ");
+        // `head` is an object: its closing brace gives way to the field.
+        self.out.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
+        self.out.extend_from_slice(b",\"response\":");
+        self.out.extend_from_slice(response.as_bytes());
+        self.out.extend_from_slice(b"}\n\n");
     }
 
     /// The open item of `kind` (for a call, of chat index `chat_index`),
@@ -1184,17 +1201,7 @@ impl ResponsesStream {
                     done(response.as_bytes());
                 }
                 let kind = if status == "completed" { "response.completed" } else { "response.incomplete" };
-                let head = json!({"type": kind, "sequence_number": self.sequence}).to_string();
-                self.sequence += 1;
-                self.out.extend_from_slice(b"event: ");
-                self.out.extend_from_slice(kind.as_bytes());
-                self.out.extend_from_slice(b"\ndata: ");
-                // `head` is an object: its closing brace gives way to the
-                // response field.
-                self.out.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
-                self.out.extend_from_slice(b",\"response\":");
-                self.out.extend_from_slice(response.as_bytes());
-                self.out.extend_from_slice(b"}\n\n");
+                self.emit_response(kind, &response);
                 self.ended = true;
             }
             ChatEvent::Error { message } => self.fail(&message),
