@@ -115,18 +115,25 @@ impl Endpoint {
 }
 
 /// Answers one request.
-pub async fn handle<B>(gateway: &Gateway, request: Request<B>) -> Response<ResponseBody>
+pub async fn handle<B>(gateway: &Gateway, mut request: Request<B>) -> Response<ResponseBody>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let started = Instant::now();
-    let path = request.uri().path();
-    let endpoint = Endpoint::of(path);
+    let endpoint = Endpoint::of(request.uri().path());
     let server = &gateway.config().server;
-    let protected = path.starts_with("/v1/")
+    let protected = request.uri().path().starts_with("/v1/")
         || (endpoint == Endpoint::Health && server.protect_health)
         || (endpoint == Endpoint::Metrics && server.protect_metrics);
+    // Who is asking, found once (a token's digest compared with every
+    // client's): the endpoints read it from the request's extensions.
+    let caller = if protected { gateway.auth().caller(request.headers()) } else { None };
+    let unknown_caller = protected && gateway.auth().enabled() && caller.is_none();
+    if let Some(caller) = caller {
+        request.extensions_mut().insert(caller);
+    }
+    let path = request.uri().path();
     // `/admin/` answers to admin tokens only (client tokens do not open
     // it), checked before anything else so its paths cannot be probed.
     let admin = if path.starts_with("/admin/") || path == "/admin" {
@@ -136,7 +143,7 @@ where
     };
     let response = if let Some(refused) = admin {
         refused.into_response()
-    } else if protected && !gateway.auth().allows(request.headers()) {
+    } else if unknown_caller {
         ApiError::Unauthorized.into_response()
     } else if endpoint == Endpoint::Other {
         ApiError::UnknownEndpoint(path.to_owned()).into_response()
@@ -160,7 +167,7 @@ where
             Endpoint::Messages => messages::messages(gateway, request).await,
             Endpoint::CountTokens => messages::count_tokens(gateway, request).await,
             Endpoint::Responses => responses::responses(gateway, request).await,
-            Endpoint::Models => models::list(gateway, request.headers()),
+            Endpoint::Models => models::list(gateway, &request),
             Endpoint::Health => health::health(gateway),
             Endpoint::Metrics => metrics::scrape(gateway),
             Endpoint::AdminStatus => admin::status(gateway),

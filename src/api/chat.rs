@@ -114,13 +114,14 @@ fn budget(gateway: &Gateway, caller: &Caller, request: &[u8]) -> Option<Response
 /// Takes a request in (every inbound API): its session id checked, a place
 /// in flight, its body read within `max_body_bytes` and the read timeout
 /// (the body's bytes count against the bytes in flight until read).
-pub(super) async fn accept<B>(gateway: &Gateway, request: Request<B>) -> Result<Accepted, ApiError>
+pub(super) async fn accept<B>(gateway: &Gateway, mut request: Request<B>) -> Result<Accepted, ApiError>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let session = session_id(&request)?;
-    let caller = gateway.auth().caller(request.headers());
+    // Found by `api::handle` when it checked the token.
+    let caller = request.extensions_mut().remove::<Caller>();
     let in_flight = gateway.admission().request()?;
     let server = &gateway.config().server;
     let mut claim = gateway.admission().bytes();

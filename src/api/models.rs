@@ -6,18 +6,20 @@
 //! only those.
 
 use bytes::Bytes;
-use http::{HeaderMap, Response};
+use http::{Request, Response};
 use serde_json::{Value, json};
 
 use super::json_response;
+use crate::auth::Caller;
 use crate::body::ResponseBody;
 use crate::gateway::Gateway;
 
 /// The model list (for a client whose `models` globs restrict it, only the
 /// names it may use).
-pub fn list(gateway: &Gateway, headers: &HeaderMap) -> Response<ResponseBody> {
+pub fn list<B>(gateway: &Gateway, request: &Request<B>) -> Response<ResponseBody> {
+    let headers = request.headers();
     let mut openai = gateway.router().models_json();
-    if let Some(caller) = gateway.auth().caller(headers)
+    if let Some(caller) = request.extensions().get::<Caller>()
         && caller.client.checks_models()
     {
         openai = only(&openai, |id| caller.client.may_use(id));
