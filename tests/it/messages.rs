@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 
-use crate::support::gateway::{Answer, TestGateway, provider, start};
+use crate::support::gateway::{Answer, TestGateway, named_events, provider, start};
 use crate::support::mock::{Behavior, Mock, agent};
 
 const TOKEN: &str = "sdk-test-token-0123456789";
@@ -34,18 +34,6 @@ fn ask(model: &str, stream: bool) -> Value {
         "tools": [{"name": "write_file", "input_schema": {"type": "object"}}],
         "messages": [{"role": "user", "content": "write hello.txt"}],
     })
-}
-
-/// Server-sent events as (event name, data).
-fn events(text: &str) -> Vec<(String, Value)> {
-    text.split("\n\n")
-        .filter(|e| !e.trim().is_empty())
-        .map(|e| {
-            let name = e.lines().find_map(|l| l.strip_prefix("event:")).unwrap_or_default().trim().to_owned();
-            let data = e.lines().find_map(|l| l.strip_prefix("data:")).unwrap_or("null").trim();
-            (name, serde_json::from_str(data).unwrap_or(Value::Null))
-        })
-        .collect()
 }
 
 #[tokio::test]
@@ -85,7 +73,7 @@ async fn a_streamed_message_follows_anthropics_event_sequence() {
     let answer = post(&gw, &ask("claude-sonnet-4-5", true)).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert!(answer.header("content-type").starts_with("text/event-stream"));
-    let events = events(&answer.text());
+    let events = named_events(&answer.text());
     let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names.first(), Some(&"message_start"), "{names:?}");
     assert_eq!(&names[names.len() - 2..], ["message_delta", "message_stop"], "{names:?}");
@@ -110,7 +98,7 @@ async fn a_stream_that_breaks_after_its_first_event_ends_with_anthropics_error_e
     let gw = gateway(&mock).await;
     let answer = post(&gw, &ask("p/cut", true)).await;
     assert_eq!(answer.status, 200);
-    let events = events(&answer.text());
+    let events = named_events(&answer.text());
     let (name, data) = events.last().unwrap();
     assert_eq!(name, "error", "{events:?}");
     assert_eq!(data["type"], "error");

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use crate::support::gateway::{Answer, TestGateway, provider, start};
+use crate::support::gateway::{Answer, TestGateway, named_events, provider, start};
 use crate::support::mock::{Behavior, Mock, Reply};
 
 const TOKEN: &str = "reasoning-test-token-0123";
@@ -96,19 +96,11 @@ fn assert_carried(turn: &Value) {
     assert_eq!(turn["reasoning_content"], "plan", "{turn}");
 }
 
-/// Server-sent events' data objects.
-fn events(text: &str) -> Vec<Value> {
-    text.split("\n\n")
-        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data:")))
-        .filter_map(|d| serde_json::from_str(d.trim()).ok())
-        .collect()
-}
-
 /// A Messages stream's content blocks, assembled as the Anthropic SDK does.
 fn blocks_of_stream(text: &str) -> Vec<Value> {
     let mut blocks: Vec<Value> = Vec::new();
     let mut json_input = String::new();
-    for event in events(text) {
+    for event in named_events(text).into_iter().map(|(_, data)| data) {
         match event["type"].as_str().unwrap_or_default() {
             "content_block_start" => {
                 blocks.push(event["content_block"].clone());
@@ -185,7 +177,11 @@ async fn a_responses_client_hands_back_what_the_target_needs_in_encrypted_conten
             "tools": [{"type": "function", "name": "write", "parameters": {"type": "object"}}]});
         let answer = post(&gw, "/v1/responses", &ask).await;
         let output = if stream {
-            let done = events(&answer.text()).into_iter().find(|e| e["type"] == "response.completed").unwrap();
+            let done = named_events(&answer.text())
+                .into_iter()
+                .map(|(_, data)| data)
+                .find(|e| e["type"] == "response.completed")
+                .unwrap();
             done["response"]["output"].as_array().unwrap().clone()
         } else {
             answer.json()["output"].as_array().unwrap().clone()

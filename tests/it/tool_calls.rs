@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::support::gateway::{Answer, TestGateway, next_frame, provider, send, start};
+use crate::support::gateway::{Answer, TestGateway, named_events, next_frame, provider, send, start};
 use crate::support::mock::{Behavior, Mock, MockBody, Reply};
 
 /// A chat answer calling `name` with `arguments` (as text).
@@ -312,18 +312,6 @@ async fn gated(before: Vec<String>, gate: Arc<Semaphore>, after: Vec<String>) ->
         }
     });
     format!("http://{addr}/v1")
-}
-
-/// Server-sent events as (event name, data).
-fn named_events(text: &str) -> Vec<(String, Value)> {
-    text.split("\n\n")
-        .filter(|e| !e.trim().is_empty())
-        .map(|e| {
-            let name = e.lines().find_map(|l| l.strip_prefix("event:")).unwrap_or_default().trim().to_owned();
-            let data = e.lines().find_map(|l| l.strip_prefix("data:")).unwrap_or("null").trim();
-            (name, serde_json::from_str(data).unwrap_or(Value::Null))
-        })
-        .collect()
 }
 
 #[tokio::test]

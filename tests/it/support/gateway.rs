@@ -168,6 +168,20 @@ pub fn sse_events(text: &str) -> Vec<String> {
     text.split("\n\n").filter_map(|e| e.trim().strip_prefix("data:").map(|d| d.trim().to_owned())).collect()
 }
 
+/// A stream's events as (event name, data JSON): the Anthropic and
+/// Responses dialects name each event (`Value::Null` for a data line that
+/// is not JSON).
+pub fn named_events(text: &str) -> Vec<(String, Value)> {
+    text.split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(|e| {
+            let name = e.lines().find_map(|l| l.strip_prefix("event:")).unwrap_or_default().trim().to_owned();
+            let data = e.lines().find_map(|l| l.strip_prefix("data:")).unwrap_or("null").trim();
+            (name, serde_json::from_str(data).unwrap_or(Value::Null))
+        })
+        .collect()
+}
+
 /// Reads the next data frame of a streaming response, with a deadline.
 pub async fn next_frame(body: &mut Incoming, within: Duration) -> Option<Bytes> {
     loop {
