@@ -1,15 +1,17 @@
 //! Named clients of `server.api_keys` and their budgets: requests per
-//! sliding minute (`rpm`) and per rolling 24 hours (`rpd`), tokens per
-//! rolling 24 hours (`tpd`, settled from the usage each answer reports), and
-//! the models they may use (`models`, globs of freeway model names).
+//! minute (`rpm`) and per rolling 24 hours (`rpd`), tokens per rolling 24
+//! hours (`tpd`, settled from the usage each answer reports), and the
+//! models they may use (`models`, globs of freeway model names).
 //!
-//! Counts live in memory only (a restart forgets them) and are bounded by
-//! the config: a client is a config entry, and each window keeps at most
-//! one counter per bucket (60 one-second buckets a minute, 1440 one-minute
-//! buckets a day), however busy the client.
+//! A client's counts are kept by the state store, as a provider key's
+//! are: under the pseudo-provider [`COUNTERS`] (a name no provider can
+//! have) and the fingerprint of the client's name. So they persist with
+//! `state.path` (a restart does not hand a client a fresh day) and are
+//! shared through `state.redis` (two gateways hold a client to one
+//! budget), and they are bounded like any counter: one per configured
+//! client, in fixed-size windows.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -18,63 +20,58 @@ use serde::Deserialize;
 use wildmatch::WildMatch;
 
 use crate::body::ResponseBody;
-use crate::config::ClientKey;
+use crate::config::{ClientKey, Limits};
 use crate::errors::ApiError;
 use crate::metrics::Metrics;
 use crate::plugin::Usage;
+use crate::state::usage::{Admission, Limit, LimitHit};
+use crate::state::{Budget, KeyId, StateStore};
 
 /// The name metrics give every bare-token client: bare tokens are not
 /// named, and labelling each by its hash would let config edits grow the
 /// series without bound.
 pub const PLAIN: &str = "default";
 
+/// The provider name clients' counters are kept under in the state store:
+/// `@` is in no provider name (config validation refuses it), so a
+/// client's counters never meet a provider's.
+pub const COUNTERS: &str = "@clients";
+
 /// Whether `name` may name a client: 1 to 64 of `[A-Za-z0-9_.-]`.
 pub fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
-const MINUTE_MS: u64 = 60_000;
-const DAY_MS: u64 = 24 * 60 * MINUTE_MS;
-
-/// One client: its name, its budgets and what it has spent of them.
+/// One client: its name, its budgets, and where the state store counts
+/// what it spent.
 #[derive(Debug)]
 pub struct Client {
     name: Arc<str>,
-    rpm: Option<u64>,
-    rpd: Option<u64>,
-    tpd: Option<u64>,
     models: Option<Vec<WildMatch>>,
-    epoch: Instant,
-    spent: Mutex<Spent>,
-}
-
-#[derive(Debug)]
-struct Spent {
-    minute: Window,
-    day: Window,
-    tokens: Window,
+    /// Its counters' key in the state store.
+    id: KeyId,
+    /// `rpm`, `rpd` and `tpd` as a model's limits on that key.
+    budget: Budget,
 }
 
 impl Client {
     /// The client every bare token shares: no budget, every model.
     pub fn plain() -> Self {
-        Self::build(PLAIN, None, None, None, None)
+        Self::build(PLAIN, Limits::default(), None)
     }
 
     /// From its config entry (validated: limits positive, name set).
     pub fn from_config(key: &ClientKey) -> Self {
         let limit = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok());
         let models = key.models.as_ref().map(|globs| globs.iter().map(|g| WildMatch::new(g)).collect());
-        Self::build(key.name.as_deref().unwrap_or(PLAIN), limit(key.rpm), limit(key.rpd), limit(key.tpd), models)
+        let limits = Limits { rpm: limit(key.rpm), rpd: limit(key.rpd), tpm: None, tpd: limit(key.tpd) };
+        Self::build(key.name.as_deref().unwrap_or(PLAIN), limits, models)
     }
 
-    fn build(name: &str, rpm: Option<u64>, rpd: Option<u64>, tpd: Option<u64>, models: Option<Vec<WildMatch>>) -> Self {
-        let spent = Spent {
-            minute: Window::new(MINUTE_MS, 1000),
-            day: Window::new(DAY_MS, MINUTE_MS),
-            tokens: Window::new(DAY_MS, MINUTE_MS),
-        };
-        Self { name: name.into(), rpm, rpd, tpd, models, epoch: Instant::now(), spent: Mutex::new(spent) }
+    fn build(name: &str, limits: Limits, models: Option<Vec<WildMatch>>) -> Self {
+        let id = KeyId::new(&Arc::from(COUNTERS), Some(name));
+        let budget = Budget { model: limits, key: Limits::default(), period: None };
+        Self { name: name.into(), models, id, budget }
     }
 
     /// Its name (metrics label: config names, or [`PLAIN`]).
@@ -93,55 +90,67 @@ impl Client {
         self.models.as_ref().is_none_or(|globs| globs.iter().any(|g| g.matches(model)))
     }
 
-    /// Counts one request against `rpm` and `rpd`, or says how long until
-    /// one of them (or `tpd`) leaves room, counting nothing.
-    pub fn admit(&self) -> Result<(), Refusal> {
-        self.admit_at(self.now_ms())
+    fn limited(&self) -> bool {
+        let l = &self.budget.model;
+        l.rpm.is_some() || l.rpd.is_some() || l.tpd.is_some()
     }
 
-    fn admit_at(&self, now: u64) -> Result<(), Refusal> {
-        // Bare tokens (one shared client) and clients without limits take
-        // no lock: there is nothing to count.
-        if self.rpm.is_none() && self.rpd.is_none() && self.tpd.is_none() {
-            return Ok(());
+    /// Counts one request against `rpm` and `rpd` in `state` (and the
+    /// instances it shares counters with), or says how long until one of
+    /// them (or `tpd`) leaves room, counting nothing.
+    pub async fn admit(self: &Arc<Self>, state: &dyn StateStore) -> Result<Spender, Refusal> {
+        // Bare tokens (one shared client) and clients without limits are
+        // not counted: there is nothing to hold them to.
+        if !self.limited() {
+            return Ok(Spender { client: Arc::clone(self), admission: None });
         }
-        let mut spent = self.spent.lock().unwrap_or_else(PoisonError::into_inner);
-        let Spent { minute, day, tokens } = &mut *spent;
-        for (limit, window, what) in
-            [(self.rpm, &mut *minute, "requests a minute"), (self.rpd, &mut *day, "requests a day")]
+        let now = Instant::now();
+        // One token booked up front makes a client whose day holds exactly
+        // `tpd` tokens wait, not send one more; the answer's usage replaces it.
+        let booked = u64::from(self.budget.model.tpd.is_some());
+        let refused = |hit: LimitHit| self.refusal(hit.limit, hit.until.saturating_duration_since(now));
+        let admission = state.admit(&self.id, &self.name, &self.budget, booked, now).map_err(refused)?;
+        if let Some(shared) = state.shared() {
+            shared.admit(&admission, &self.budget, now).await.map_err(refused)?;
+        }
+        Ok(Spender { client: Arc::clone(self), admission: Some(admission) })
+    }
+
+    fn refusal(&self, limit: Limit, wait: Duration) -> Refusal {
+        let l = &self.budget.model;
+        let (value, what) = match limit {
+            Limit::Rpm => (l.rpm, "requests a minute"),
+            Limit::Rpd => (l.rpd, "requests a day"),
+            Limit::Tpm => (l.tpm, "tokens a minute"),
+            Limit::Tpd => (l.tpd, "tokens a day"),
+        };
+        Refusal { limit: value.unwrap_or_default(), what, wait }
+    }
+}
+
+/// A client's admitted request: what its answer's tokens are charged to.
+#[derive(Debug, Clone)]
+pub struct Spender {
+    client: Arc<Client>,
+    /// Its charge in the state store (`None` for a client without limits).
+    admission: Option<Admission>,
+}
+
+impl Spender {
+    /// The client.
+    pub fn client(&self) -> &Arc<Client> {
+        &self.client
+    }
+
+    /// Settles the answer's usage: its tokens replace what was booked
+    /// against `tpd`, and count in the client's token metric.
+    pub fn spend(&self, metrics: &Metrics, state: &dyn StateStore, usage: Usage) {
+        metrics.client_tokens(&self.client.name, usage);
+        if let Some(admission) = &self.admission
+            && self.client.budget.model.tpd.is_some()
         {
-            if let Some(limit) = limit
-                && let Some(wait) = window.full(now, limit)
-            {
-                return Err(Refusal { limit, what, wait });
-            }
+            state.settle(admission, usage.total());
         }
-        if let Some(limit) = self.tpd
-            && let Some(wait) = tokens.full(now, limit)
-        {
-            return Err(Refusal { limit, what: "tokens a day", wait });
-        }
-        if self.rpm.is_some() {
-            minute.add(now, 1);
-        }
-        if self.rpd.is_some() {
-            day.add(now, 1);
-        }
-        Ok(())
-    }
-
-    /// Settles an answer's usage: its tokens count against `tpd`, and the
-    /// client's token metric.
-    pub fn spend(&self, metrics: &Metrics, usage: Usage) {
-        metrics.client_tokens(&self.name, usage);
-        if self.tpd.is_some() {
-            let now = self.now_ms();
-            self.spent.lock().unwrap_or_else(PoisonError::into_inner).tokens.add(now, usage.total());
-        }
-    }
-
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 }
 
@@ -188,109 +197,58 @@ pub fn model_of(body: &[u8]) -> Option<String> {
     serde_json::from_slice::<Head>(body).ok()?.model
 }
 
-/// A sliding window of `span` ms in buckets of `bucket` ms. A bucket
-/// leaves the window once all of it is older than `span`, so the window
-/// never lets more than the limit through in any `span`.
-#[derive(Debug)]
-struct Window {
-    span: u64,
-    bucket: u64,
-    buckets: VecDeque<(u64, u64)>,
-    total: u64,
-}
-
-impl Window {
-    fn new(span: u64, bucket: u64) -> Self {
-        Self { span, bucket, buckets: VecDeque::new(), total: 0 }
-    }
-
-    fn expire(&mut self, now: u64) {
-        while let Some(&(index, count)) = self.buckets.front() {
-            if self.leaves(index) > now {
-                break;
-            }
-            self.total -= count;
-            self.buckets.pop_front();
-        }
-    }
-
-    /// When the bucket `index` leaves the window.
-    fn leaves(&self, index: u64) -> u64 {
-        (index + 1).saturating_mul(self.bucket).saturating_add(self.span)
-    }
-
-    /// `None` when below `limit`; else how long until it is.
-    fn full(&mut self, now: u64, limit: u64) -> Option<Duration> {
-        self.expire(now);
-        let mut total = self.total;
-        for &(index, count) in &self.buckets {
-            if total < limit {
-                break;
-            }
-            total -= count;
-            if total < limit {
-                return Some(Duration::from_millis(self.leaves(index) - now));
-            }
-        }
-        (total >= limit).then(|| Duration::from_millis(self.span))
-    }
-
-    fn add(&mut self, now: u64, n: u64) {
-        self.expire(now);
-        let index = now / self.bucket;
-        match self.buckets.back_mut() {
-            Some((last, count)) if *last == index => *count = count.saturating_add(n),
-            _ => self.buckets.push_back((index, n)),
-        }
-        self.total = self.total.saturating_add(n);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::MemoryState;
 
-    fn client(rpm: Option<u64>, rpd: Option<u64>) -> Client {
-        Client::build("c", rpm, rpd, None, None)
+    fn client(rpm: Option<u64>, rpd: Option<u64>, tpd: Option<u64>) -> Arc<Client> {
+        Arc::new(Client::build("c", Limits { rpm, rpd, tpm: None, tpd }, None))
     }
 
-    #[test]
-    fn a_minute_slides() {
-        let c = client(Some(2), None);
-        assert!(c.admit_at(0).is_ok());
-        assert!(c.admit_at(30_500).is_ok());
-        let refused = c.admit_at(40_000).err().map(|r| r.wait);
-        // The first request's second bucket leaves at 61 s.
-        assert_eq!(refused, Some(Duration::from_millis(21_000)));
-        assert!(c.admit_at(61_000).is_ok());
-        assert!(c.admit_at(61_001).is_err());
-    }
-
-    #[test]
-    fn a_day_rolls_and_counts_only_admitted_requests() {
-        let c = client(Some(1000), Some(1));
-        assert!(c.admit_at(5).is_ok());
-        for _ in 0..10 {
-            assert!(c.admit_at(10).is_err());
+    #[tokio::test]
+    async fn a_client_is_held_to_its_minute_and_only_admitted_requests_count() {
+        let state = MemoryState::default();
+        let c = client(Some(2), Some(1000), None);
+        assert!(c.admit(&state).await.is_ok() && c.admit(&state).await.is_ok());
+        for _ in 0..5 {
+            let refused = c.admit(&state).await.err().map(|r| (r.limit, r.what, r.wait.as_secs()));
+            assert!(matches!(refused, Some((2, "requests a minute", 59..=60))), "{refused:?}");
         }
-        assert_eq!(c.admit_at(DAY_MS).err().map(|r| r.wait), Some(Duration::from_millis(MINUTE_MS)));
-        assert!(c.admit_at(DAY_MS + MINUTE_MS).is_ok());
+        let used = state.used(&c.id, Some(&c.name), None, Instant::now()).map(|u| u.requests_day);
+        assert_eq!(used, Some(2), "refused requests count against nothing");
     }
 
-    #[test]
-    fn windows_stay_bounded() {
-        let mut w = Window::new(MINUTE_MS, 1000);
-        for t in 0..1_000_000 {
-            w.add(t, 1);
+    #[tokio::test]
+    async fn tokens_settle_from_the_answer_and_a_full_day_refuses() {
+        let (state, metrics) = (MemoryState::default(), Metrics::new());
+        let c = client(None, None, Some(25));
+        for _ in 0..2 {
+            let spender = c.admit(&state).await.unwrap_or_else(|r| panic!("refused: {r:?}"));
+            spender.spend(&metrics, &state, Usage { prompt_tokens: 7, completion_tokens: 5 });
         }
-        assert!(w.buckets.len() <= 61);
+        // 24 of 25: one more may go, and settles past the budget.
+        let spender = c.admit(&state).await.unwrap_or_else(|r| panic!("refused: {r:?}"));
+        spender.spend(&metrics, &state, Usage { prompt_tokens: 1, completion_tokens: 0 });
+        let refused = c.admit(&state).await.err().map(|r| (r.limit, r.what));
+        assert_eq!(refused, Some((25, "tokens a day")));
+    }
+
+    #[tokio::test]
+    async fn a_client_without_limits_counts_nothing() {
+        let state = MemoryState::default();
+        let c = Arc::new(Client::plain());
+        for _ in 0..3 {
+            assert!(c.admit(&state).await.is_ok_and(|s| s.admission.is_none()));
+        }
+        assert!(state.used(&c.id, Some(&c.name), None, Instant::now()).is_none());
     }
 
     #[test]
     fn names_and_globs() {
         assert!(valid_name("team-a.bot_1"));
         assert!(!valid_name("") && !valid_name("a b") && !valid_name(&"x".repeat(65)));
-        let c = Client::build("c", None, None, None, Some(vec![WildMatch::new("cheap/*")]));
+        let c = Client::build("c", Limits::default(), Some(vec![WildMatch::new("cheap/*")]));
         assert!(c.may_use("cheap/llama") && !c.may_use("big/gpt"));
     }
 }

@@ -171,7 +171,7 @@ impl Proxy {
         body: Bytes,
         session: Option<String>,
         client: Option<String>,
-        budget: Option<Arc<crate::clients::Client>>,
+        budget: Option<crate::clients::Spender>,
     ) -> Response<ResponseBody> {
         let started = Instant::now();
         let pipeline = self.policies.current();

@@ -9,6 +9,7 @@ use super::admission::{self, InFlight};
 use super::read_body;
 use crate::auth::Caller;
 use crate::body::ResponseBody;
+use crate::clients::Spender;
 use crate::errors::ApiError;
 use crate::gateway::Gateway;
 use crate::proxy::{MAX_NAME_BYTES, Operation};
@@ -73,17 +74,17 @@ impl Accepted {
     ) -> Response<ResponseBody> {
         let Accepted { body, session, caller, in_flight, claim } = self;
         drop(body);
-        if let Some(refused) = caller.as_ref().and_then(|c| budget(gateway, c, &request)) {
-            return refused;
-        }
         let (client, budget) = match caller {
-            Some(Caller { label, client }) => (Some(label), Some(client)),
+            Some(caller) => match budget(gateway, &caller, &request).await {
+                Ok(spender) => (Some(caller.label), Some(spender)),
+                Err(refused) => return refused,
+            },
             None => (None, None),
         };
         let response = gateway.proxy().serve(operation, request, session, client, budget.clone()).await;
         drop(claim);
         if let Some(budget) = &budget {
-            gateway.metrics().client_request(budget.name(), response.status().as_u16());
+            gateway.metrics().client_request(budget.client().name(), response.status().as_u16());
         }
         let mut response = finish(response);
         response.body_mut().hold(in_flight);
@@ -94,21 +95,23 @@ impl Accepted {
 /// The client's budgets, checked before any upstream is asked: 403 for a
 /// model outside its globs (the model it asked for, after `aliases`, before
 /// policies), 429 over `rpm`, `rpd` or `tpd`; a refused request counts
-/// against nothing. `None`: go on (the request is counted).
-fn budget(gateway: &Gateway, caller: &Caller, request: &[u8]) -> Option<Response<ResponseBody>> {
+/// against nothing. `Ok`: go on (the request is counted, and its answer's
+/// tokens go to the spender).
+async fn budget(gateway: &Gateway, caller: &Caller, request: &[u8]) -> Result<Spender, Response<ResponseBody>> {
     let client = &caller.client;
     let refused = if client.checks_models()
         && let Some(model) = crate::clients::model_of(request)
         && !client.may_use(gateway.proxy().unalias(&model))
     {
-        Some(crate::clients::model_refused(client.name(), gateway.proxy().unalias(&model)).into_response())
+        crate::clients::model_refused(client.name(), gateway.proxy().unalias(&model)).into_response()
     } else {
-        client.admit().err().map(|r| r.into_response(client.name()))
+        match client.admit(&**gateway.proxy().state()).await {
+            Ok(spender) => return Ok(spender),
+            Err(refusal) => refusal.into_response(client.name()),
+        }
     };
-    if let Some(response) = &refused {
-        gateway.metrics().client_request(client.name(), response.status().as_u16());
-    }
-    refused
+    gateway.metrics().client_request(client.name(), refused.status().as_u16());
+    Err(refused)
 }
 
 /// Takes a request in (every inbound API): its session id checked, a place

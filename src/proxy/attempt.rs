@@ -136,7 +136,7 @@ async fn whole(
         proxy.metrics.tokens(&candidate.provider.name, &candidate.metric_model(), usage);
         proxy.state.settle(admission, usage.total());
         if let Some(client) = &request.client {
-            client.spend(&proxy.metrics, usage);
+            client.spend(&proxy.metrics, &*proxy.state, usage);
         }
         if request.log_id != 0 {
             proxy.state.log_tokens(request.log_id, usage.prompt_tokens, usage.completion_tokens);
@@ -257,7 +257,7 @@ async fn stream(
             metrics.tokens(&name, &model, usage);
             state.settle(&admission, usage.total());
             if let Some(client) = &client {
-                client.spend(&metrics, usage);
+                client.spend(&metrics, &*state, usage);
             }
             if log_id != 0 {
                 state.log_tokens(log_id, usage.prompt_tokens, usage.completion_tokens);

@@ -55,7 +55,7 @@ pub struct ClientRequest {
     /// Its id in the request log (0: not logged).
     pub log_id: i64,
     /// The client whose budgets its answer's tokens count against.
-    pub client: Option<std::sync::Arc<crate::clients::Client>>,
+    pub client: Option<crate::clients::Spender>,
 }
 
 /// The fields the gateway reads. Everything else is skipped without
