@@ -10,6 +10,7 @@
 pub mod aliases;
 pub mod discovery;
 pub mod models;
+pub mod prices;
 pub mod provider;
 pub mod routes;
 

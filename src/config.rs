@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 pub(crate) use document::parse_document;
 pub use duration::ConfigDuration;
@@ -292,6 +292,25 @@ pub struct ModelSpec {
     pub limits: Option<Limits>,
     /// Capabilities and traits: chat, tools, reasoning, code, vision, fast.
     pub tags: Vec<String>,
+    /// The provider's paid list price, for the usage API's "saved".
+    pub price: Option<Price>,
+}
+
+/// A paid list price, in US dollars per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    /// Per million prompt tokens.
+    pub input: f64,
+    /// Per million completion tokens (thinking included, as providers bill it).
+    pub output: f64,
+}
+
+impl Price {
+    /// What `tokens_in` and `tokens_out` cost at this price.
+    pub fn cost(&self, tokens_in: u64, tokens_out: u64) -> f64 {
+        (tokens_in as f64 * self.input + tokens_out as f64 * self.output) / 1e6
+    }
 }
 
 /// A route alias.

@@ -16,6 +16,10 @@ const DAY: Duration = Duration::from_secs(24 * 3600);
 /// free tier, and small enough that a day of counters summed against it
 /// stays far from `u64::MAX`.
 const MAX_LIMIT: u64 = 1_000_000_000_000;
+/// The highest price a model may list, in US dollars per million tokens:
+/// ten times the dearest model's today, so a misplaced decimal is caught.
+const MAX_PRICE: f64 = 2000.0;
+
 /// The largest context window: a hundred times the largest model's today,
 /// and exact as a Rhai integer and a JSON number (below 2^53).
 const MAX_CONTEXT: u64 = 1_000_000_000;
@@ -432,6 +436,16 @@ fn provider(
         }
         if let Some(limits) = &model.limits {
             check_limits(limits, &format!("{model_path}.limits"), r);
+        }
+        if let Some(price) = &model.price {
+            for (key, value) in [("input", price.input), ("output", price.output)] {
+                if !(0.0..=MAX_PRICE).contains(&value) {
+                    r.error(
+                        format!("{model_path}.price.{key}"),
+                        format!("`{value}` is out of range: US dollars per million tokens, 0 to {MAX_PRICE}"),
+                    );
+                }
+            }
         }
     }
     for (header, value) in spec.headers.iter().flatten() {
