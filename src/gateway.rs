@@ -203,6 +203,11 @@ impl Gateway {
         &self.inner.config
     }
 
+    /// The catalog it was built from.
+    pub fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
+    }
+
     /// The request path: routes, state, policies, the upstream client.
     pub fn proxy(&self) -> &Proxy {
         &self.inner.proxy

@@ -25,7 +25,8 @@ fn config(a: &Mock, b: &Mock, db: &Path) -> String {
     format!(
         "server:\n  api_keys: [{CLIENT_1}, {CLIENT_2}]\n  admin_keys: [{ADMIN}]\nproviders:\n{}{}routes:\n  r:\n    targets: [a/m, b/n]\nstate:\n  path: {}\n",
         provider("a", &a.base_url(), &["ka-secret-1"], &["m", "x"]),
-        provider("b", &b.base_url(), &["kb-secret-2"], &["n"]),
+        // A paid list price: what "saved" weighs b's tokens with.
+        provider("b", &b.base_url(), &["kb-secret-2"], &["{ id: n, price: { input: 2.0, output: 4.0 } }"]),
         db.display()
     )
 }
@@ -187,7 +188,7 @@ async fn usage_sums_match_the_requests_sent() {
     assert_eq!(answer.status, 200, "{}", answer.text());
     let usage = answer.json();
     assert_eq!((usage["scanned"].as_u64(), usage["capped"].as_bool()), (Some(6), Some(false)));
-    assert!(usage["saved_note"].as_str().unwrap().contains("no paid list prices"));
+    assert!(usage["saved_note"].as_str().unwrap().contains("paid list price"));
     let groups = usage["groups"].as_array().unwrap();
     assert_eq!(groups.len(), 2, "{usage}");
     let group = |p: Value| groups.iter().find(|g| g["provider"] == p).unwrap().clone();
@@ -197,7 +198,10 @@ async fn usage_sums_match_the_requests_sent() {
     assert_eq!(b_group["success_rate"], 1.0);
     assert_eq!(b_group["fallbacks"], 2);
     assert_eq!((b_group["tokens_in"].as_u64(), b_group["tokens_out"].as_u64()), (Some(35), Some(15)));
-    assert_eq!(b_group["saved_usd"], Value::Null);
+    // 35 prompt tokens at $2 and 15 completion tokens at $4 a million.
+    assert_eq!(b_group["saved_usd"].as_f64(), Some(0.00013), "{b_group}");
+    assert_eq!(b_group["unpriced"], 0);
+    assert_eq!(group(Value::Null)["saved_usd"], Value::Null, "no tokens, nothing saved");
     let mut latencies: Vec<u64> = all
         .iter()
         .filter(|r| r["answered_by"].as_str().is_some_and(|a| a.starts_with("b/")))

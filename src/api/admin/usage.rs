@@ -7,9 +7,10 @@
 //! The work is bounded: at most [`query::USAGE_SCAN_CAP`] rows are summed,
 //! the newest of the range; past it the answer says `capped: true`.
 //!
-//! "Saved" (what the tokens would have cost at paid list prices) is
-//! `null`: the catalog records free-tier limits, not prices, and a price
-//! that no source backs would be a made-up figure. `saved_note` says so.
+//! "Saved" (`saved_usd`) is what the tokens would have cost at the paid
+//! list price of the model that answered, where the catalog or the config
+//! names one (`price`); requests answered by a model without one are
+//! counted in `unpriced` instead, as no source backs a price for them.
 
 use bytes::Bytes;
 use http::Response;
@@ -18,14 +19,16 @@ use serde::Serialize;
 use super::params;
 use crate::api::json_response;
 use crate::body::ResponseBody;
+use crate::catalog::prices::prices;
 use crate::errors::ApiError;
 use crate::gateway::Gateway;
 use crate::state::log::query::{self, Dimension, Filter, UsageGroup};
 
 const PARAMS: &[&str] = &["by", "since", "until"];
 
-/// Why `saved_usd` is `null`.
-const SAVED_NOTE: &str = "not computed: the catalog lists no paid list prices for its models";
+/// What `saved_usd` counts.
+const SAVED_NOTE: &str = "the tokens of requests answered by a model with a paid list price (`price` in the catalog \
+                          or config), at that price; `unpriced` counts the requests whose model has none";
 
 /// The answer.
 #[derive(Debug, Serialize)]
@@ -52,7 +55,9 @@ pub async fn summary(gateway: &Gateway, query: Option<&str>) -> Response<Respons
         return params::no_log();
     };
     let dims = by.clone();
-    let read = params::read(path, move |conn| query::usage(conn, &filter, &dims, query::USAGE_SCAN_CAP)).await;
+    let prices = prices(gateway.config(), gateway.catalog());
+    let price = move |target: &str| prices.get(target).copied();
+    let read = params::read(path, move |conn| query::usage(conn, &filter, &dims, query::USAGE_SCAN_CAP, &price)).await;
     match read {
         Ok(usage) => {
             let summary = Summary {

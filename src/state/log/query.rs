@@ -19,6 +19,8 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OpenFlags, params_from_iter};
 use serde::Serialize;
 
+use crate::config::Price;
+
 /// Rows `usage` sums at most: past it the oldest rows of the range are
 /// left out and the answer says so. A million rows take about a second
 /// to read and 100 MB would be far past any page; 200k keeps an answer
@@ -228,9 +230,12 @@ pub struct UsageGroup {
     /// 95th percentile, ms (nearest rank).
     pub latency_p95_ms: u64,
     /// What the tokens would have cost at paid list prices, in US
-    /// dollars; `null` when the catalog knows no price (see the answer's
-    /// `saved_note`).
+    /// dollars: the requests answered by a model with a known price
+    /// (`price` in the catalog or config); `null` when none was.
     pub saved_usd: Option<f64>,
+    /// Requests with tokens whose answering model has no known price (not
+    /// in `saved_usd`).
+    pub unpriced: u64,
 }
 
 /// What `usage` read.
@@ -245,8 +250,14 @@ pub struct Usage {
 }
 
 /// The rows matching `filter`'s times (newest first, at most `cap`),
-/// summed per value of `by`.
-pub fn usage(conn: &Connection, filter: &Filter, by: &[Dimension], cap: usize) -> rusqlite::Result<Usage> {
+/// summed per value of `by`; `price` knows what a `provider/model` costs.
+pub fn usage(
+    conn: &Connection,
+    filter: &Filter,
+    by: &[Dimension],
+    cap: usize,
+    price: &dyn Fn(&str) -> Option<Price>,
+) -> rusqlite::Result<Usage> {
     let (clause, values) = filter.clause(None);
     let sql = format!(
         "SELECT at_ms, client, model, answered_by, status, json_array_length(attempts), tokens_in, tokens_out,
@@ -282,8 +293,16 @@ pub fn usage(conn: &Connection, filter: &Filter, by: &[Dimension], cap: usize) -
         sums.requests += 1;
         sums.succeeded += u64::from(status < 400);
         sums.fallbacks += u64::from(r.get::<_, Option<i64>>(5)?.unwrap_or(0) > 1);
-        sums.tokens_in = sums.tokens_in.saturating_add(r.get::<_, Option<i64>>(6)?.map_or(0, unsigned));
-        sums.tokens_out = sums.tokens_out.saturating_add(r.get::<_, Option<i64>>(7)?.map_or(0, unsigned));
+        let tokens_in = r.get::<_, Option<i64>>(6)?.map_or(0, unsigned);
+        let tokens_out = r.get::<_, Option<i64>>(7)?.map_or(0, unsigned);
+        sums.tokens_in = sums.tokens_in.saturating_add(tokens_in);
+        sums.tokens_out = sums.tokens_out.saturating_add(tokens_out);
+        if tokens_in + tokens_out > 0 {
+            match answered_by.as_deref().and_then(price) {
+                Some(p) => *sums.saved.get_or_insert(0.0) += p.cost(tokens_in, tokens_out),
+                None => sums.unpriced += 1,
+            }
+        }
         sums.latencies.push(unsigned(r.get(8)?));
     }
     let groups = groups
@@ -300,7 +319,9 @@ pub fn usage(conn: &Connection, filter: &Filter, by: &[Dimension], cap: usize) -
                 tokens_out: s.tokens_out,
                 latency_p50_ms: nearest_rank(&s.latencies, 50),
                 latency_p95_ms: nearest_rank(&s.latencies, 95),
-                saved_usd: None,
+                // Cents are the useful precision; float sums leave noise below.
+                saved_usd: s.saved.map(|usd| (usd * 1e6).round() / 1e6),
+                unpriced: s.unpriced,
             }
         })
         .collect();
@@ -316,6 +337,8 @@ struct Sums {
     tokens_in: u64,
     tokens_out: u64,
     latencies: Vec<u64>,
+    saved: Option<f64>,
+    unpriced: u64,
 }
 
 /// The `p`th percentile of `sorted` by nearest rank (0 when empty): the
