@@ -9,10 +9,14 @@ use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use freeway::catalog::provider::{self as providers, LocalModels};
 use freeway::catalog::routes::Router;
+use freeway::clients::Client;
 use freeway::metrics::Metrics;
+use freeway::plugin::Usage;
 use freeway::plugin::{PluginHost, PluginSettings, StreamEvent, Target};
 use freeway::proxy::ClientRequest;
+use freeway::state::MemoryState;
 use freeway::{Catalog, Config, Env};
+use std::sync::Arc;
 
 /// A realistic ~1 KB chat request.
 fn request_body() -> Bytes {
@@ -152,5 +156,33 @@ fn hot_path(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, hot_path);
+/// A named client's budget check, as each of its requests takes it: the
+/// state store's counters (rpm, rpd and tpd set, far from full) charged
+/// and the answer's tokens settled; and a client without limits.
+fn client_budgets(c: &mut Criterion) {
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().build() else { return };
+    let state = MemoryState::default();
+    let metrics = Metrics::new();
+    let entry = |limits: &str| {
+        let yaml = format!("server:\n  api_keys:\n    - {{ name: bench, token: bench-token-0123456789{limits} }}\n");
+        let catalog = Catalog::default();
+        Config::from_yaml(&yaml, "bench.yaml", &Env::default(), &catalog).ok()?.config.server.api_keys.first().cloned()
+    };
+    let (Some(limited), Some(open)) = (entry(", rpm: 1000000000, rpd: 1000000000, tpd: 1000000000"), entry("")) else {
+        return;
+    };
+    let usage = Usage { prompt_tokens: 700, completion_tokens: 40 };
+    for (name, key) in [("client_budget_limited", limited), ("client_budget_unlimited", open)] {
+        let Some(client) = key.client().map(|k| Arc::new(Client::from_config(k))) else { return };
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                if let Ok(spender) = runtime.block_on(client.admit(&state)) {
+                    spender.spend(&metrics, &state, black_box(usage));
+                }
+            })
+        });
+    }
+}
+
+criterion_group!(benches, hot_path, client_budgets);
 criterion_main!(benches);
