@@ -138,6 +138,7 @@ function routeList(listed, addFavorite) {
         'article',
         { class: 'card route', 'data-route': r.name },
         h('header', {}, h('h3', {}, r.name), h('span', { class: 'muted' }, ` ${r.strategy}${r.free ? ' · free' : ''}`)),
+        r.candidates.length ? null : h('p', { class: 'muted' }, 'No candidate: no model fits this pool now.'),
         table(
           ['#', 'Candidate', 'State', 'Keys ready', ''],
           r.candidates.map((c, i) =>
