@@ -6,7 +6,8 @@ tests/it/dashboard.rs started, checking what the page renders.
     dashboard.py BASE_URL ADMIN_TOKEN SCREENSHOT_DIR SCENARIO
 
 SCENARIO is `main` (login, overview, log with a trail, favorites, a
-cooldown reset, policies, playground, phone width, logout) or `add-key`.
+cooldown reset, policies, playground, phone width, logout), `open` (a
+gateway without admin tokens on loopback: no login) or `add-key`.
 Prints `<scenario> ok` at the end; any failed check raises (exit 1) after
 saving a screenshot of the page as it was.
 """
@@ -25,6 +26,17 @@ BASE, TOKEN, SHOTS, SCENARIO = sys.argv[1:5]
 WAIT = 10
 DESKTOP = (1280, 900)
 PHONE = (390, 844)
+# An HTML5 drag of arguments[0] onto arguments[1].
+DRAG = """
+const [from, to] = arguments;
+const data = new DataTransfer();
+const fire = (el, type) => el.dispatchEvent(new DragEvent(type, {bubbles: true, cancelable: true, dataTransfer: data}));
+fire(from, 'dragstart');
+fire(to, 'dragenter');
+fire(to, 'dragover');
+fire(to, 'drop');
+fire(from, 'dragend');
+"""
 PAGES = ["overview", "providers", "routes", "log", "policies", "playground"]
 
 
@@ -160,10 +172,18 @@ def main_scenario(c):
             if b.get_attribute("aria-label") == "Add or/small-8b to favorites"]
     assert star, "no star for or/small-8b"
     star[0].click()
-    item = c.find("#favorites-list li[data-name='or/small-8b']")
-    item.find_element(By.CSS_SELECTOR, "button.up").click()
-    names = [el.get_attribute("data-name") for el in d.find_elements(By.CSS_SELECTOR, "#favorites-list li")]
-    assert names == ["or/small-8b", "big-70b"], names
+    favorites = lambda: [el.get_attribute("data-name") for el in d.find_elements(By.CSS_SELECTOR, "#favorites-list li")]
+    assert favorites() == ["big-70b", "or/small-8b"], favorites()
+    # Dragged onto the first (the events a browser fires for a mouse drag;
+    # WebDriver's own drag does not fire HTML5 drag events).
+    d.execute_script(DRAG, c.find("#favorites-list li[data-name='or/small-8b']"),
+                     c.find("#favorites-list li[data-name='big-70b']"))
+    assert favorites() == ["or/small-8b", "big-70b"], favorites()
+    # And with the buttons, as on a phone: down, then up again.
+    c.find("#favorites-list li[data-name='or/small-8b'] button.down").click()
+    assert favorites() == ["big-70b", "or/small-8b"], favorites()
+    c.find("#favorites-list li[data-name='or/small-8b'] button.up").click()
+    assert favorites() == ["or/small-8b", "big-70b"], favorites()
     c.find("#save-favorites").click()
     c.find("#routes-message .ok", "saved")
     order = [el.text for el in d.find_elements(By.CSS_SELECTOR, "#free-order li")]
@@ -252,6 +272,18 @@ def main_scenario(c):
     c.console()
 
 
+def open_scenario(c):
+    """A gateway open on loopback without admin_keys: no login, no logout."""
+    d = c.d
+    d.get(f"{BASE}/admin/")
+    c.find("#page-overview h1")
+    assert not d.find_element(By.ID, "login").is_displayed()
+    assert not d.find_element(By.ID, "logout").is_displayed(), "nothing to log out of"
+    c.page("log")
+    c.find("#log-table tr.request")
+    c.console()
+
+
 def add_key_scenario(c):
     d = c.d
     c.login()
@@ -274,7 +306,7 @@ def run():
     driver = browser()
     c = Check(driver)
     try:
-        {"main": main_scenario, "add-key": add_key_scenario}[SCENARIO](c)
+        {"main": main_scenario, "open": open_scenario, "add-key": add_key_scenario}[SCENARIO](c)
     except BaseException:
         try:
             c.shot(f"failed-{SCENARIO}")

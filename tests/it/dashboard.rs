@@ -275,6 +275,17 @@ async fn dashboard_in_a_real_browser() {
     assert_eq!(settings["settings"]["favorites"], json!(["or/small-8b", "big-70b"]));
     assert!(cooling(&admin_get(gw, "/admin/api/status").await.json(), "a", "x").is_null(), "the reset ended it");
     assert!(screenshots().join("log-phone.png").exists());
+
+    // Open on loopback without admin tokens: the page needs no login.
+    let open_yaml = format!(
+        "providers:\n{}routes:\n  r:\n    targets: [b/n]\nstate:\n  path: {}\n",
+        provider("b", &s._mocks.1.base_url(), &["kb-secret-2"], &["n"]),
+        s._dir.path().join("open.db").display()
+    );
+    let open = start(&open_yaml).await;
+    assert_eq!(open.chat("r").await.status, 200);
+    assert!(open.gateway.proxy().state().flush(std::time::Duration::from_secs(5)));
+    browse(&open, "open").await;
 }
 
 /// Adding a provider key from the page: the key is validated, stored and
