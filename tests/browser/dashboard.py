@@ -261,8 +261,19 @@ def main_scenario(c):
     d.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
     c.width = "desktop"
 
-    # Logging out forgets the token.
+    # A token that stops working (rotated admin_keys) brings the login
+    # back with the reason.
     c.page("overview")
+    d.execute_script("sessionStorage.setItem('freeway.admin.token', 'rotated-away')")
+    c.find("#nav a[data-page=routes]").click()
+    c.find("#login-message", "refused")
+    assert not d.find_element(By.ID, "main").is_displayed()
+    assert d.execute_script("return sessionStorage.length") == 0
+    c.find("#token").send_keys(TOKEN)
+    c.find("#login-button").click()
+    c.find("#page-routes h1")  # back where the operator was
+
+    # Logging out forgets the token.
     c.find("#logout").click()
     c.find("#login-message", "Logged out")
     assert d.execute_script("return sessionStorage.length") == 0
