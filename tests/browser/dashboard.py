@@ -292,6 +292,12 @@ def open_scenario(c):
     assert not d.find_element(By.ID, "logout").is_displayed(), "nothing to log out of"
     c.page("log")
     c.find("#log-table tr.request")
+    # Its policies: the refused reload's error, with file and line.
+    c.page("policies")
+    c.find("#policy-errors li", "20-bad.rhai:2")
+    c.find("#page-policies .badge", "last reload refused")
+    c.find("#policy-list li", "10-ok")
+    c.shot("policies-errors")
     c.console()
 
 

@@ -132,6 +132,55 @@ async fn policies_endpoint_names_the_scripts_and_the_last_reload() {
     assert_eq!(s.gw.get("/admin/api/policies", &[]).await.status, 401);
 }
 
+/// A policies folder with one good script, watched; then a script that
+/// does not compile (line 2) is saved into it and refused.
+async fn refused_reload(gw: &TestGateway, dir: &Path) -> Value {
+    gw.gateway.watch_policies().unwrap();
+    let tmp = dir.join(".20-bad.rhai.swp");
+    std::fs::write(&tmp, "fn request(req, settings) {\n  let x = ;\n}\n").unwrap();
+    std::fs::rename(&tmp, dir.join("20-bad.rhai")).unwrap();
+    let started = Instant::now();
+    loop {
+        let body = admin_get(gw, "/admin/api/policies").await.json();
+        if !body["status"]["errors"].as_array().unwrap().is_empty() {
+            return body;
+        }
+        assert!(started.elapsed().as_secs() < 20, "the broken script was not noticed: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The open gateway (no tokens, loopback) with its policies in `dir`.
+fn open_config(b: &Mock, dir: &Path) -> String {
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(policies.join("10-ok.rhai"), "fn request(req, settings) { }\n").unwrap();
+    format!(
+        "providers:\n{}routes:\n  r:\n    targets: [b/n]\nstate:\n  path: {}\npolicies:\n  dir: {}\n",
+        provider("b", &b.base_url(), &["kb-secret-2"], &["n"]),
+        dir.join("open.db").display(),
+        policies.display()
+    )
+}
+
+#[tokio::test]
+async fn policies_endpoint_shows_a_refused_reload_with_its_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Mock::start().await;
+    let gw = start(&open_config(&b, dir.path())).await;
+    let before = admin_get(&gw, "/admin/api/policies").await.json();
+    let loaded: jiff::Timestamp = before["status"]["last_reload"].as_str().unwrap().parse().unwrap();
+    let after = refused_reload(&gw, &dir.path().join("policies")).await;
+    let status = &after["status"];
+    assert_eq!(status["ok"], false, "{after}");
+    assert_eq!(status["policies"], json!(["10-ok"]), "the last good pipeline stays");
+    let error = &status["errors"][0];
+    assert!(error["file"].as_str().unwrap().ends_with("20-bad.rhai"), "{after}");
+    assert_eq!(error["line"], 2, "{after}");
+    let refused: jiff::Timestamp = status["last_reload"].as_str().unwrap().parse().unwrap();
+    assert!(refused > loaded, "a refused reload is a reload too: {loaded} then {refused}");
+}
+
 #[tokio::test]
 async fn playground_chats_as_admin_and_shows_the_route_and_trail() {
     let s = setup().await;
@@ -277,14 +326,11 @@ async fn dashboard_in_a_real_browser() {
     assert!(screenshots().join("log-phone.png").exists());
 
     // Open on loopback without admin tokens: the page needs no login.
-    let open_yaml = format!(
-        "providers:\n{}routes:\n  r:\n    targets: [b/n]\nstate:\n  path: {}\n",
-        provider("b", &s._mocks.1.base_url(), &["kb-secret-2"], &["n"]),
-        s._dir.path().join("open.db").display()
-    );
-    let open = start(&open_yaml).await;
+    // It shows the policies' compile errors with their file and line.
+    let open = start(&open_config(&s._mocks.1, s._dir.path())).await;
     assert_eq!(open.chat("r").await.status, 200);
     assert!(open.gateway.proxy().state().flush(std::time::Duration::from_secs(5)));
+    refused_reload(&open, &s._dir.path().join("policies")).await;
     browse(&open, "open").await;
 }
 
