@@ -179,6 +179,14 @@ async function cooldownSection(section, message, refresh) {
           h('span', { class: 'muted' }, p.reset ? ` resets in ${duration(p.reset.in_seconds)} (${p.reset.zone})` : ' rolling 24 hours'),
           button('Reset all cooldowns', () => reset({ provider: p.name }, p.name), { class: 'reset-provider' }),
         ),
+        // A key cooling on several models: all of them at once.
+        p.keys
+          .filter((k) => k.fingerprint && k.models.filter((m) => m.cooling).length > 1)
+          .map((k) =>
+            button(`Reset key ${k.key} on every model`, () => reset({ provider: p.name, key: k.fingerprint }, `${p.name} key ${k.key}`), {
+              class: 'reset-key',
+            }),
+          ),
         table(['Key', 'Model', 'Used', 'State', ''], rows),
       ),
     );
