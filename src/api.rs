@@ -55,6 +55,12 @@ pub enum Endpoint {
     AdminRequests,
     /// `GET /admin/api/usage`
     AdminUsage,
+    /// `GET /admin/api/policies`
+    AdminPolicies,
+    /// `POST /admin/api/playground`
+    AdminPlayground,
+    /// `GET /admin` and `/admin/...` outside `/admin/api/`: the dashboard.
+    AdminDashboard,
     /// Anything else.
     Other,
 }
@@ -76,6 +82,11 @@ impl Endpoint {
             "/admin/api/cooldowns/reset" => Self::AdminCooldownsReset,
             "/admin/api/requests" => Self::AdminRequests,
             "/admin/api/usage" => Self::AdminUsage,
+            "/admin/api/policies" => Self::AdminPolicies,
+            "/admin/api/playground" => Self::AdminPlayground,
+            p if p == "/admin" || (p.starts_with("/admin/") && !p.starts_with("/admin/api/") && p != "/admin/api") => {
+                Self::AdminDashboard
+            }
             _ => Self::Other,
         }
     }
@@ -97,6 +108,9 @@ impl Endpoint {
             Self::AdminCooldownsReset => "/admin/api/cooldowns/reset",
             Self::AdminRequests => "/admin/api/requests",
             Self::AdminUsage => "/admin/api/usage",
+            Self::AdminPolicies => "/admin/api/policies",
+            Self::AdminPlayground => "/admin/api/playground",
+            Self::AdminDashboard => "/admin/",
             Self::Other => "other",
         }
     }
@@ -108,7 +122,8 @@ impl Endpoint {
             | Self::Messages
             | Self::CountTokens
             | Self::Responses
-            | Self::AdminCooldownsReset => Method::POST,
+            | Self::AdminCooldownsReset
+            | Self::AdminPlayground => Method::POST,
             _ => Method::GET,
         }
     }
@@ -134,13 +149,11 @@ where
         request.extensions_mut().insert(caller);
     }
     let path = request.uri().path();
-    // `/admin/` answers to admin tokens only (client tokens do not open
-    // it), checked before anything else so its paths cannot be probed.
-    let admin = if path.starts_with("/admin/") || path == "/admin" {
-        admin::authorize(server, request.headers()).err()
-    } else {
-        None
-    };
+    // `/admin/api/` answers to admin tokens only (client tokens do not
+    // open it), checked before anything else so its paths cannot be
+    // probed; the dashboard's files hold no data and load without one.
+    let admin_api = path.starts_with("/admin/api/") || path.trim_end_matches('/') == "/admin/api";
+    let admin = if admin_api { admin::authorize(server, request.headers()).err() } else { None };
     let response = if let Some(refused) = admin {
         refused.into_response()
     } else if unknown_caller {
@@ -176,6 +189,9 @@ where
             Endpoint::AdminCooldownsReset => admin::reset_cooldowns(gateway, request).await,
             Endpoint::AdminRequests => admin::requests::list(gateway, request.uri().query()).await,
             Endpoint::AdminUsage => admin::usage::summary(gateway, request.uri().query()).await,
+            Endpoint::AdminPolicies => admin::policies::policies(gateway),
+            Endpoint::AdminPlayground => admin::playground::playground(gateway, request).await,
+            Endpoint::AdminDashboard => admin::dashboard::serve(path, request.headers()),
             Endpoint::Other => ApiError::UnknownEndpoint(path.to_owned()).into_response(),
         }
     };
@@ -187,6 +203,12 @@ where
         }
         _ => response,
     };
+    // What the admin API answers is the gateway's state at one moment,
+    // some of it sensitive: never kept by a browser or a proxy.
+    let mut response = response;
+    if admin_api {
+        response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
     let elapsed = started.elapsed();
     gateway.metrics().request(endpoint.label(), response.status().as_u16(), elapsed);
     tracing::debug!(endpoint = endpoint.label(), status = response.status().as_u16(), ?elapsed, "answered");

@@ -322,6 +322,9 @@ pub struct Status {
     pub errors: Vec<CompileError>,
     /// Reloads since start-up (installed or refused).
     pub reloads: u64,
+    /// When the policies were last loaded or reloaded (installed or
+    /// refused), RFC 3339 UTC.
+    pub last_reload: String,
 }
 
 /// The pipeline in force and its status.
@@ -339,6 +342,7 @@ impl Policies {
             policies: pipeline.names().iter().map(|n| (*n).to_owned()).collect(),
             errors: Vec::new(),
             reloads: 0,
+            last_reload: jiff::Timestamp::now().to_string(),
         };
         Self { current: arc_swap::ArcSwap::from_pointee(pipeline), status: Mutex::new(status) }
     }
@@ -361,6 +365,7 @@ impl Policies {
                     policies: pipeline.names().iter().map(|n| (*n).to_owned()).collect(),
                     errors: Vec::new(),
                     reloads,
+                    last_reload: jiff::Timestamp::now().to_string(),
                 };
                 tracing::info!(policies = %status.policies.join(", "), "policies loaded");
                 self.current.store(Arc::new(pipeline));
@@ -373,6 +378,7 @@ impl Policies {
                 status.ok = false;
                 status.errors = errors;
                 status.reloads = reloads;
+                status.last_reload = jiff::Timestamp::now().to_string();
                 false
             }
         }

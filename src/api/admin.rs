@@ -4,18 +4,23 @@
 //! cooldowns), [`routes`] (each route and pool in its current order, each
 //! candidate ready or why not), [`settings`] (the policy settings, read
 //! and changed live), [`requests`] (the request log with each attempt
-//! trail) and [`usage`] (the log summed per provider, model, client and
-//! day).
+//! trail), [`usage`] (the log summed per provider, model, client and
+//! day), [`policies`] (the scripts in force and their errors) and
+//! [`playground`] (a chat sent from the dashboard, with how it routed).
+//! [`dashboard`] serves the page at `/admin/` that uses them.
 //!
 //! Keys never appear: a key is named by its position and fingerprint (the
 //! first 64 bits of its SHA-256, as state stores it).
 //!
-//! Access: `server.admin_keys` when set (client tokens do not open it);
+//! Access to `/admin/api/`: `server.admin_keys` when set (client tokens do not open it);
 //! without them only a gateway that is open anyway (loopback, no
 //! `api_keys`) serves it.
 
 mod cooldowns;
+pub mod dashboard;
 mod params;
+pub mod playground;
+pub mod policies;
 pub mod requests;
 pub mod routes;
 pub mod settings;

@@ -17,6 +17,7 @@ mod api;
 mod bounds;
 mod cli;
 mod clients;
+mod dashboard;
 mod discovery;
 mod embeddings;
 mod fallback;

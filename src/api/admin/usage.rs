@@ -1,8 +1,8 @@
 //! `GET /admin/api/usage`: the request log summed per group: requests,
 //! success rate, fallbacks, tokens in and out, latency p50/p95. `by`
 //! chooses the grouping among `provider` (the one that answered), `model`
-//! (as asked), `client` and `day` (UTC), comma-separated, all four by
-//! default; `since` and `until` bound the time as for `/requests`.
+//! (as asked), `client`, `day` (UTC) and `hour` (UTC, for a chart over
+//! time), comma-separated, the first four by default; `since` and `until` bound the time as for `/requests`.
 //!
 //! The work is bounded: at most [`query::USAGE_SCAN_CAP`] rows are summed,
 //! the newest of the range; past it the answer says `capped: true`.
@@ -87,14 +87,14 @@ fn parse(query: Option<&str>, now_ms: i64) -> Result<(Filter, Vec<Dimension>), A
     Ok((filter, by))
 }
 
-/// `provider,model,client,day` in any order and subset (not empty, no
+/// `provider,model,client,day,hour` in any order and subset (not empty, no
 /// repeats).
 fn dimensions(value: &str) -> Result<Vec<Dimension>, ApiError> {
     let bad = |why: String| ApiError::bad_request(format!("`by` is `{value}`: {why}"), Some("by"));
     let mut by = Vec::new();
     for name in value.split(',').map(str::trim) {
         let d = Dimension::from_name(name)
-            .ok_or_else(|| bad(format!("`{name}` is not one of provider, model, client, day")))?;
+            .ok_or_else(|| bad(format!("`{name}` is not one of provider, model, client, day, hour")))?;
         if by.contains(&d) {
             return Err(bad(format!("`{name}` is given twice")));
         }

@@ -188,6 +188,9 @@ pub enum Dimension {
     Client,
     /// The UTC day it arrived.
     Day,
+    /// The UTC hour it arrived (`2026-12-01T13:00Z`): the dashboard's
+    /// requests-over-time chart.
+    Hour,
 }
 
 impl Dimension {
@@ -198,12 +201,13 @@ impl Dimension {
             Self::Model => "model",
             Self::Client => "client",
             Self::Day => "day",
+            Self::Hour => "hour",
         }
     }
 
     /// The dimension named `name`.
     pub fn from_name(name: &str) -> Option<Self> {
-        [Self::Provider, Self::Model, Self::Client, Self::Day].into_iter().find(|d| d.name() == name)
+        [Self::Provider, Self::Model, Self::Client, Self::Day, Self::Hour].into_iter().find(|d| d.name() == name)
     }
 }
 
@@ -286,6 +290,7 @@ pub fn usage(
                 Dimension::Model => r.get(2).ok(),
                 Dimension::Client => r.get::<_, Option<String>>(1).ok().flatten(),
                 Dimension::Day => Some(day(r.get(0).unwrap_or(0))),
+                Dimension::Hour => Some(hour(r.get(0).unwrap_or(0))),
             })
             .collect();
         let sums = groups.entry(key).or_default();
@@ -359,6 +364,10 @@ fn rfc3339(ms: i64) -> String {
 /// The UTC day of wall-clock ms, `YYYY-MM-DD`.
 fn day(ms: i64) -> String {
     Timestamp::from_millisecond(ms).map(|t| t.strftime("%Y-%m-%d").to_string()).unwrap_or_default()
+}
+
+fn hour(ms: i64) -> String {
+    Timestamp::from_millisecond(ms).map(|t| t.strftime("%Y-%m-%dT%H:00Z").to_string()).unwrap_or_default()
 }
 
 /// Counts are stored as SQLite's signed integers, never negative.
