@@ -338,6 +338,74 @@ fn day(ms: i64) -> String {
     Timestamp::from_millisecond(ms).map(|t| t.strftime("%Y-%m-%d").to_string()).unwrap_or_default()
 }
 
+/// One logged request as `freeway replay` runs it again: what the
+/// policies looked at. Columns an older freeway did not write are `None`.
+#[derive(Debug, Clone)]
+pub struct ReplayRow {
+    /// Its log id.
+    pub id: i64,
+    /// When it arrived, wall-clock ms.
+    pub at_ms: i64,
+    /// The model the client asked for.
+    pub model: String,
+    /// `stream: true`.
+    pub stream: bool,
+    /// Tags the policies set (the tier `auto` was classified into...).
+    pub tags: Vec<(String, String)>,
+    /// `chat` or `embeddings`.
+    pub operation: Option<String>,
+    /// The prompt's token estimate.
+    pub prompt_estimate: Option<u64>,
+    /// Tools were offered.
+    pub has_tools: Option<bool>,
+    /// A session id was sent.
+    pub has_session: Option<bool>,
+    /// The messages as JSON (`state.log_bodies`).
+    pub messages: Option<String>,
+    /// The messages were too large to keep.
+    pub messages_dropped: bool,
+}
+
+/// Calls `each` with every logged request from `since_ms` on, oldest
+/// first, one row in memory at a time (a week of logged bodies would not
+/// fit); `each` returning false stops. Reads a file of any schema: the
+/// columns replay added (schema 4) read as `None` on an older one.
+pub fn replay_rows(
+    conn: &Connection,
+    since_ms: i64,
+    mut each: impl FnMut(ReplayRow) -> bool,
+) -> rusqlite::Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let extra = if version >= 4 {
+        "operation, prompt_estimate, has_tools, has_session, messages, messages_dropped"
+    } else {
+        "NULL, NULL, NULL, NULL, NULL, NULL"
+    };
+    let sql = format!("SELECT id, at_ms, model, stream, tags, {extra} FROM requests WHERE id >= ?1 ORDER BY id");
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query([since_ms.saturating_mul(1000)])?;
+    while let Some(r) = rows.next()? {
+        let tags: String = r.get(4)?;
+        let row = ReplayRow {
+            id: r.get(0)?,
+            at_ms: r.get(1)?,
+            model: r.get(2)?,
+            stream: r.get(3)?,
+            tags: serde_json::from_str(&tags).unwrap_or_default(),
+            operation: r.get(5)?,
+            prompt_estimate: r.get::<_, Option<i64>>(6)?.map(unsigned),
+            has_tools: r.get(7)?,
+            has_session: r.get(8)?,
+            messages: r.get(9)?,
+            messages_dropped: r.get::<_, Option<bool>>(10)?.unwrap_or(false),
+        };
+        if !each(row) {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// Counts are stored as SQLite's signed integers, never negative.
 fn unsigned(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
