@@ -49,8 +49,8 @@ use bytes::Bytes;
 use http::Response;
 
 pub use classify::{MAX_COOLDOWN, retry_after};
-pub use policies::put_first;
 pub use dispatch::Outcome;
+pub use policies::put_first;
 pub use request::{ClientRequest, MAX_NAME_BYTES, Operation};
 pub use respond::{FALLBACK_ATTEMPTS, ROUTED_VIA};
 

@@ -370,11 +370,7 @@ pub struct ReplayRow {
 /// first, one row in memory at a time (a week of logged bodies would not
 /// fit); `each` returning false stops. Reads a file of any schema: the
 /// columns replay added (schema 4) read as `None` on an older one.
-pub fn replay_rows(
-    conn: &Connection,
-    since_ms: i64,
-    mut each: impl FnMut(ReplayRow) -> bool,
-) -> rusqlite::Result<()> {
+pub fn replay_rows(conn: &Connection, since_ms: i64, mut each: impl FnMut(ReplayRow) -> bool) -> rusqlite::Result<()> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let extra = if version >= 4 {
         "operation, prompt_estimate, has_tools, has_session, messages, messages_dropped"
