@@ -23,10 +23,12 @@ const MEDIUM: &str = "if tokens > (config.medium_tokens ?? 1000) || req.turns > 
 const REASONING: &str = "let reasoning = config.reasoning_words ?? [\"prove\",";
 
 /// A recorded log: the state file's folder and the config the gateway ran
-/// with (its policies folder a copy of the built-in policies).
+/// with (its policies folder a copy of the built-in policies), and the
+/// gateway when it was left running on the file.
 struct Recorded {
     dir: tempfile::TempDir,
     config: PathBuf,
+    running: Option<TestGateway>,
 }
 
 /// Copies the repository's `policies/` to `to`; with `edit` = (a unique
@@ -101,8 +103,9 @@ async fn send(gw: &TestGateway, body: &str, headers: &[(&str, &str)]) {
 
 /// Ten requests: `auto` "hello" three times (lite), `auto` asking for a
 /// haiku twice (lite: no rule knows the word), `auto` with tools twice
-/// (large), `free` twice with a session id, `a/llama-3.3-70b` once.
-async fn record(log_bodies: bool) -> Recorded {
+/// (large), `free` twice with a session id, `a/llama-3.3-70b` once. With
+/// `stop`, the gateway is stopped and dropped (its file closed).
+async fn record(log_bodies: bool, stop: bool) -> Recorded {
     let dir = tempfile::tempdir().unwrap();
     let policies = dir.path().join("policies-live");
     copy_policies(&policies, None);
@@ -130,10 +133,12 @@ async fn record(log_bodies: bool) -> Recorded {
     }
     send(&gw, &chat("a/llama-3.3-70b", "hello", false), &[]).await;
     assert!(gw.gateway.proxy().state().flush(Duration::from_secs(5)));
-    // Stopped and dropped: replay reads a file no gateway holds open.
+    if !stop {
+        return Recorded { dir, config, running: Some(gw) };
+    }
     gw.shutdown().await.unwrap().unwrap();
     drop(gw);
-    Recorded { dir, config }
+    Recorded { dir, config, running: None }
 }
 
 /// Runs `freeway replay ARGS` with the recorded config in force, in an
@@ -174,7 +179,7 @@ fn provider<'a>(report: &'a Value, name: &str) -> &'a Value {
 
 #[tokio::test]
 async fn a_one_line_threshold_edit_reports_exactly_the_requests_it_moves() {
-    let recorded = record(false).await;
+    let recorded = record(false, true).await;
     let edited = recorded.dir.path().join("policies-edited");
     copy_policies(&edited, Some((MEDIUM, "?? 1000", "?? 10")));
     let r = report(&recorded, &edited);
@@ -218,10 +223,13 @@ async fn a_one_line_threshold_edit_reports_exactly_the_requests_it_moves() {
 
 #[tokio::test]
 async fn an_unedited_copy_changes_nothing_and_a_broken_one_names_its_line() {
-    let recorded = record(false).await;
+    let recorded = record(false, true).await;
+    let db = recorded.dir.path().join("freeway.db");
+    let before = std::fs::read(&db).unwrap();
     let same = recorded.dir.path().join("policies-same");
     copy_policies(&same, None);
     let r = report(&recorded, &same);
+    assert!(std::fs::read(&db).unwrap() == before, "replay wrote the state database");
     assert_eq!(
         (r["requests"].as_u64(), r["first_changed"].as_u64(), r["order_only"].as_u64()),
         (Some(10), Some(0), Some(0))
@@ -251,7 +259,9 @@ async fn an_unedited_copy_changes_nothing_and_a_broken_one_names_its_line() {
 
 #[tokio::test]
 async fn with_log_bodies_a_rule_on_the_prompts_words_is_replayed() {
-    let recorded = record(true).await;
+    // The gateway still runs on the file: replay reads beside it.
+    let recorded = record(true, false).await;
+    assert!(recorded.running.is_some());
     let words = recorded.dir.path().join("policies-words");
     copy_policies(&words, Some((REASONING, "[\"prove\",", "[\"haiku\", \"prove\",")));
     let r = report(&recorded, &words);
@@ -271,7 +281,7 @@ fn a_memory_only_state_is_a_clear_error() {
     std::fs::write(&config, "state:\n  path: \"\"\n").unwrap();
     let policies = dir.path().join("p");
     copy_policies(&policies, None);
-    let recorded = Recorded { config, dir };
+    let recorded = Recorded { config, dir, running: None };
     let out = replay(&recorded, &["--policies", policies.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("memory only"), "{}", String::from_utf8_lossy(&out.stderr));

@@ -412,6 +412,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn rows_of_an_older_schema_replay_on_what_they_have() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(crate::state::db::MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO requests (id, at_ms, model, status, attempts, stream, tags, latency_ms)
+                 VALUES (5000000, 5000, 'auto', 200, '[]', 1, '[[\"tier\",\"auto:lite\"]]', 3)",
+                [],
+            )
+            .unwrap();
+        }
+        let conn = open(&path).unwrap();
+        let mut rows = Vec::new();
+        replay_rows(&conn, 0, |r| {
+            rows.push(r);
+            true
+        })
+        .unwrap();
+        assert_eq!(rows.len(), 1);
+        let r = &rows[0];
+        assert_eq!((r.model.as_str(), r.stream, r.at_ms), ("auto", true, 5000));
+        assert_eq!(r.tags, vec![("tier".to_owned(), "auto:lite".to_owned())]);
+        assert!(r.operation.is_none() && r.prompt_estimate.is_none() && r.has_tools.is_none() && r.messages.is_none());
+        let mut later = 0;
+        replay_rows(&conn, 5001, |_| {
+            later += 1;
+            true
+        })
+        .unwrap();
+        assert_eq!(later, 0, "the range starts at `since`");
+    }
+
+    #[test]
     fn nearest_rank_percentiles() {
         let v: Vec<u64> = (1..=20).collect();
         assert_eq!(nearest_rank(&v, 50), 10);
