@@ -76,7 +76,7 @@ enum Command {
         /// The policies folder to replay with.
         #[arg(long)]
         policies: PathBuf,
-        /// The config to replay with (default: the config in force).
+        /// The config to replay with (default: the config in force; its state settings are not used).
         #[arg(long)]
         config: Option<PathBuf>,
         /// The config in force: its state database holds the log, its policies are the baseline.

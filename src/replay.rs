@@ -25,7 +25,9 @@
 //! are compared in their written order. A request logged without its
 //! messages is seen by the policies as its token estimate, whether it had
 //! tools and a session, with an empty conversation (`mentions`, `turns`,
-//! `last_user_length` see nothing).
+//! `last_user_length` see nothing). The `prepare` hooks are not run: they
+//! shape the conversation for the chosen model after routing and cannot
+//! change the order.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
