@@ -351,6 +351,10 @@ pub struct Report {
     pub order_only: u64,
     /// Requests replayed on their logged messages (`state.log_bodies`).
     pub with_messages: u64,
+    /// Requests the baseline tags with another tier than the one logged:
+    /// the live request had what replay lacks (its messages, a
+    /// classifier's answer, cooldowns), so their comparison is approximate.
+    pub baseline_off_log: u64,
     /// Per requested model and baseline tier, ordered by them.
     pub groups: Vec<Group>,
     /// Per provider that any request goes to first, by name.
@@ -370,11 +374,20 @@ pub struct Tally {
 }
 
 impl Tally {
-    /// Counts one request (asked as `model`) routed `before` and `after`.
-    pub fn add(&mut self, model: &str, with_messages: bool, before: &Routed, after: &Routed) {
+    /// Counts one request (asked as `model`, tagged `logged_tier` live)
+    /// routed `before` and `after`.
+    pub fn add(
+        &mut self,
+        model: &str,
+        with_messages: bool,
+        logged_tier: Option<&str>,
+        before: &Routed,
+        after: &Routed,
+    ) {
         let r = &mut self.report;
         r.requests += 1;
         r.with_messages += u64::from(with_messages);
+        r.baseline_off_log += u64::from(logged_tier.is_some() && logged_tier != before.tier.as_deref());
         let mut key = (model.to_owned(), before.tier.clone());
         if self.groups.len() >= MAX_GROUPS && !self.groups.contains_key(&key) {
             key = ("(other models)".to_owned(), None);
@@ -447,7 +460,8 @@ pub fn run(
     let mut tally = Tally::default();
     rows(&mut |row: ReplayRow| {
         let (before, after) = (baseline.route(&row, &state), replay.route(&row, &state));
-        tally.add(&row.model, row.messages.is_some(), &before, &after);
+        let logged_tier = row.tags.iter().rev().find(|(k, _)| k == "tier").map(|(_, v)| v.as_str());
+        tally.add(&row.model, row.messages.is_some(), logged_tier, &before, &after);
         true
     })?;
     Ok(tally)
@@ -485,13 +499,14 @@ mod tests {
         let mut tally = Tally::default();
         let lite = routed(&["a/small", "b/big"], Some("auto:lite"));
         let standard = routed(&["b/big", "a/small"], Some("auto:standard"));
-        tally.add("auto", false, &lite, &standard);
-        tally.add("auto", true, &lite, &standard);
-        tally.add("auto", false, &lite, &routed(&["a/small"], Some("auto:lite")));
-        tally.add("free", false, &lite, &lite);
+        tally.add("auto", false, Some("auto:lite"), &lite, &standard);
+        tally.add("auto", true, Some("auto:large"), &lite, &standard);
+        tally.add("auto", false, None, &lite, &routed(&["a/small"], Some("auto:lite")));
+        tally.add("free", false, None, &lite, &lite);
         let limits = HashMap::from([(Arc::from("a"), 100)]);
         let report = tally.finish("s".into(), "u".into(), 0.5, &limits);
         assert_eq!((report.requests, report.first_changed, report.order_only, report.with_messages), (4, 2, 1, 1));
+        assert_eq!(report.baseline_off_log, 1, "logged large, replayed lite");
         assert_eq!(report.groups.len(), 2);
         let auto = &report.groups[0];
         assert_eq!((auto.model.as_str(), auto.tier.as_deref()), ("auto", Some("auto:lite")));
@@ -511,7 +526,7 @@ mod tests {
         let mut tally = Tally::default();
         let same = routed(&["a/x"], None);
         for i in 0..MAX_GROUPS + 5 {
-            tally.add(&format!("made-up-{i}"), false, &same, &same);
+            tally.add(&format!("made-up-{i}"), false, None, &same, &same);
         }
         let report = tally.finish(String::new(), String::new(), 1.0, &HashMap::new());
         assert_eq!(report.groups.len(), MAX_GROUPS + 1);

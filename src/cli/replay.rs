@@ -142,6 +142,13 @@ fn print_report(report: &Report, dir: &Path, baseline: &Source) {
              policies saw their token estimate, tools and session only."
         );
     }
+    if report.baseline_off_log > 0 {
+        println!(
+            "{} of them get another tier on the baseline than the one logged (the live request had what replay \
+             lacks: its messages, a classifier's answer, cooldowns): their comparison is approximate.",
+            report.baseline_off_log
+        );
+    }
     println!();
     println!(
         "{:<28} {:<16} {:>8} {:>13} {:>10}  NOW FIRST",

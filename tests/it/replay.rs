@@ -185,6 +185,7 @@ async fn a_one_line_threshold_edit_reports_exactly_the_requests_it_moves() {
     let r = report(&recorded, &edited);
     assert_eq!((r["requests"].as_u64(), r["with_messages"].as_u64()), (Some(10), Some(0)), "{r:#}");
     assert_eq!((r["first_changed"].as_u64(), r["order_only"].as_u64()), (Some(5), Some(0)), "{r:#}");
+    assert_eq!(r["baseline_off_log"], 0, "the baseline decides the tiers the gateway logged: {r:#}");
     // The five short `auto` requests (12 and 17 tokens, over 10) become
     // standard: from b's lite model to a's standard one.
     let lite = group(&r, "auto", Some("auto:lite"));
