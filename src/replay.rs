@@ -4,7 +4,8 @@
 //!
 //! Nothing here calls an upstream or writes the state database. Both sides
 //! of the comparison are built the same way, from the same logged model
-//! state (the `models` table: discovery's last lists):
+//! state (the `models` table: discovery's last lists; a provider with a
+//! list, or tried by a logged request, was enabled and is enabled here):
 //!
 //! ```text
 //!  baseline: the config in force + its policies ─┐
@@ -58,10 +59,12 @@ pub enum SideError {
     Setup(String),
 }
 
-/// The model lists discovery saved, by provider (the `models` table).
+/// The model lists discovery saved, by provider (the `models` table), and
+/// the providers the log shows were tried: what the gateway had enabled.
 #[derive(Debug, Default, Clone)]
 pub struct SavedModels {
     lists: HashMap<String, String>,
+    tried: Vec<String>,
 }
 
 impl SavedModels {
@@ -69,12 +72,14 @@ impl SavedModels {
     pub fn read(conn: &rusqlite::Connection) -> rusqlite::Result<Self> {
         let mut stmt = conn.prepare("SELECT provider, models FROM models")?;
         let lists = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
-        Ok(Self { lists })
+        Ok(Self { lists, tried: Vec::new() })
     }
 
-    /// Lists given directly (tests).
-    pub fn from_lists(lists: impl IntoIterator<Item = (String, String)>) -> Self {
-        Self { lists: lists.into_iter().collect() }
+    /// Also enables `providers` (those the log shows were tried), with
+    /// their configured models when no list of theirs was saved.
+    pub fn with_tried(mut self, providers: Vec<String>) -> Self {
+        self.tried = providers;
+        self
     }
 
     fn get(&self, provider: &str) -> Option<String> {
@@ -232,11 +237,14 @@ fn providers(
 ) -> (Vec<Arc<Provider>>, Vec<DisabledProvider>) {
     let listed = saved.ids();
     let (enabled, disabled) = provider::build(config, catalog, env, &listed, plugins);
-    // The providers with a saved list, enabled with stand-in keys: the
-    // variables they need are set to a placeholder no request ever carries.
+    // The providers with a saved list or tried in the log, enabled with
+    // stand-in keys: the variables they need are set to a placeholder no
+    // request ever carries.
+    let wanted: std::collections::BTreeSet<&str> =
+        listed.keys().map(String::as_str).chain(saved.tried.iter().map(String::as_str)).collect();
     let mut stand_ins = Vec::new();
-    for name in listed.keys() {
-        let spec = provider::merge(config.providers.get(name), catalog.providers.get(name));
+    for name in &wanted {
+        let spec = provider::merge(config.providers.get(*name), catalog.providers.get(*name));
         for var in spec.key_env.iter().flatten().chain(spec.requires_env.iter().flatten()) {
             stand_ins.push((var.clone(), "freeway-replay-sends-nothing".to_owned()));
         }
@@ -244,7 +252,7 @@ fn providers(
     let (more, _) = provider::build(config, catalog, &Env::from_map(stand_ins), &listed, plugins);
     let mut by_name: HashMap<Arc<str>, Arc<Provider>> = enabled.into_iter().map(|p| (p.name.clone(), p)).collect();
     for p in more {
-        if listed.contains_key(&*p.name) && !by_name.contains_key(&p.name) {
+        if wanted.contains(&*p.name) && !by_name.contains_key(&p.name) {
             by_name.insert(p.name.clone(), p);
         }
     }

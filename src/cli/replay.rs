@@ -61,7 +61,8 @@ pub fn run(args: &Args<'_>) -> Result<ExitCode, String> {
             db.display()
         ));
     }
-    let saved = SavedModels::read(&conn).map_err(|e| format!("{}: {e}", db.display()))?;
+    let tried = query::attempted_providers(&conn, since_ms).map_err(|e| format!("{}: {e}", db.display()))?;
+    let saved = SavedModels::read(&conn).map_err(|e| format!("{}: {e}", db.display()))?.with_tried(tried);
     let changes = settings::load(&settings::file_beside(&db));
     let baseline = Side::build(&current, &catalog, &env, &policy_source(&current), &changes, &saved)
         .map_err(|e| format!("the policies in force: {e}"))?;

@@ -104,8 +104,9 @@ async fn send(gw: &TestGateway, body: &str, headers: &[(&str, &str)]) {
 /// Ten requests: `auto` "hello" three times (lite), `auto` asking for a
 /// haiku twice (lite: no rule knows the word), `auto` with tools twice
 /// (large), `free` twice with a session id, `a/llama-3.3-70b` once. With
-/// `stop`, the gateway is stopped and dropped (its file closed).
-async fn record(log_bodies: bool, stop: bool) -> Recorded {
+/// `stop`, the gateway is stopped and dropped (its file closed); with
+/// `discover`, the providers' model lists are listed (and saved) first.
+async fn record(log_bodies: bool, stop: bool, discover: bool) -> Recorded {
     let dir = tempfile::tempdir().unwrap();
     let policies = dir.path().join("policies-live");
     copy_policies(&policies, None);
@@ -116,8 +117,10 @@ async fn record(log_bodies: bool, stop: bool) -> Recorded {
     let env = Env::from_map([("REPLAY_B_KEY", "kb-secret-4567")]);
     let mut gw = start_with(&text, Catalog::empty(), env).await;
     // Discovery's lists are the model state replay routes over.
-    for (provider, outcome) in gw.gateway.refresh_models().await {
-        assert!(outcome.is_ok(), "{provider}: {outcome:?}");
+    if discover {
+        for (provider, outcome) in gw.gateway.refresh_models().await {
+            assert!(outcome.is_ok(), "{provider}: {outcome:?}");
+        }
     }
     for _ in 0..3 {
         send(&gw, &chat("auto", "hello", false), &[]).await;
@@ -179,37 +182,11 @@ fn provider<'a>(report: &'a Value, name: &str) -> &'a Value {
 
 #[tokio::test]
 async fn a_one_line_threshold_edit_reports_exactly_the_requests_it_moves() {
-    let recorded = record(false, true).await;
+    let recorded = record(false, true, true).await;
     let edited = recorded.dir.path().join("policies-edited");
     copy_policies(&edited, Some((MEDIUM, "?? 1000", "?? 10")));
     let r = report(&recorded, &edited);
-    assert_eq!((r["requests"].as_u64(), r["with_messages"].as_u64()), (Some(10), Some(0)), "{r:#}");
-    assert_eq!((r["first_changed"].as_u64(), r["order_only"].as_u64()), (Some(5), Some(0)), "{r:#}");
-    assert_eq!(r["baseline_off_log"], 0, "the baseline decides the tiers the gateway logged: {r:#}");
-    // The five short `auto` requests (12 and 17 tokens, over 10) become
-    // standard: from b's lite model to a's standard one.
-    let lite = group(&r, "auto", Some("auto:lite"));
-    assert_eq!((lite["requests"].as_u64(), lite["first_changed"].as_u64()), (Some(5), Some(5)));
-    assert_eq!(lite["to"], json!({"a/llama-3.3-70b": 5}));
-    assert_eq!(lite["new_tiers"], json!({"auto:standard": 5}));
-    for (model, tier, n) in [("auto", Some("auto:large"), 2), ("free", None, 2), ("a/llama-3.3-70b", None, 1)] {
-        let g = group(&r, model, tier);
-        assert_eq!(
-            (g["requests"].as_u64(), g["first_changed"].as_u64(), g["order_only"].as_u64()),
-            (Some(n), Some(0), Some(0))
-        );
-    }
-    assert_eq!(r["groups"].as_array().unwrap().len(), 4);
-    // First choices: b took 9 (5 lite, 2 large, 2 free), a 1; after, b 4, a 6.
-    let (a, b) = (provider(&r, "a"), provider(&r, "b"));
-    assert_eq!((a["baseline_first"].as_u64(), a["replay_first"].as_u64()), (Some(1), Some(6)));
-    assert_eq!((b["baseline_first"].as_u64(), b["replay_first"].as_u64()), (Some(9), Some(4)));
-    // Over one hour: a day is 24 of them; a's limit is 1000 a day.
-    assert!((a["replay_per_day"].as_f64().unwrap() - 144.0).abs() < 1e-6, "{a}");
-    assert_eq!(a["daily_limit"], 1000);
-    assert!((a["baseline_share"].as_f64().unwrap() - 0.024).abs() < 1e-9, "{a}");
-    assert!((a["replay_share"].as_f64().unwrap() - 0.144).abs() < 1e-9, "{a}");
-    assert_eq!(b["daily_limit"], Value::Null);
+    assert_threshold_edit(&r);
 
     // The text report says the same.
     let out = replay(&recorded, &["--since", "1h", "--policies", edited.to_str().unwrap()]);
@@ -223,8 +200,49 @@ async fn a_one_line_threshold_edit_reports_exactly_the_requests_it_moves() {
 }
 
 #[tokio::test]
+async fn a_provider_the_log_shows_tried_is_enabled_without_its_key_or_a_saved_list() {
+    // No discovery: only the attempts in the log tell replay that `b`
+    // (whose key this shell lacks) was enabled.
+    let recorded = record(false, true, false).await;
+    let edited = recorded.dir.path().join("policies-edited");
+    copy_policies(&edited, Some((MEDIUM, "?? 1000", "?? 10")));
+    assert_threshold_edit(&report(&recorded, &edited));
+}
+
+/// What the threshold edit must report on the recorded traffic.
+fn assert_threshold_edit(r: &Value) {
+    assert_eq!((r["requests"].as_u64(), r["with_messages"].as_u64()), (Some(10), Some(0)), "{r:#}");
+    assert_eq!((r["first_changed"].as_u64(), r["order_only"].as_u64()), (Some(5), Some(0)), "{r:#}");
+    assert_eq!(r["baseline_off_log"], 0, "the baseline decides the tiers the gateway logged: {r:#}");
+    // The five short `auto` requests (12 and 17 tokens, over 10) become
+    // standard: from b's lite model to a's standard one.
+    let lite = group(r, "auto", Some("auto:lite"));
+    assert_eq!((lite["requests"].as_u64(), lite["first_changed"].as_u64()), (Some(5), Some(5)));
+    assert_eq!(lite["to"], json!({"a/llama-3.3-70b": 5}));
+    assert_eq!(lite["new_tiers"], json!({"auto:standard": 5}));
+    for (model, tier, n) in [("auto", Some("auto:large"), 2), ("free", None, 2), ("a/llama-3.3-70b", None, 1)] {
+        let g = group(r, model, tier);
+        assert_eq!(
+            (g["requests"].as_u64(), g["first_changed"].as_u64(), g["order_only"].as_u64()),
+            (Some(n), Some(0), Some(0))
+        );
+    }
+    assert_eq!(r["groups"].as_array().unwrap().len(), 4);
+    // First choices: b took 9 (5 lite, 2 large, 2 free), a 1; after, b 4, a 6.
+    let (a, b) = (provider(r, "a"), provider(r, "b"));
+    assert_eq!((a["baseline_first"].as_u64(), a["replay_first"].as_u64()), (Some(1), Some(6)));
+    assert_eq!((b["baseline_first"].as_u64(), b["replay_first"].as_u64()), (Some(9), Some(4)));
+    // Over one hour: a day is 24 of them; a's limit is 1000 a day.
+    assert!((a["replay_per_day"].as_f64().unwrap() - 144.0).abs() < 1e-6, "{a}");
+    assert_eq!(a["daily_limit"], 1000);
+    assert!((a["baseline_share"].as_f64().unwrap() - 0.024).abs() < 1e-9, "{a}");
+    assert!((a["replay_share"].as_f64().unwrap() - 0.144).abs() < 1e-9, "{a}");
+    assert_eq!(b["daily_limit"], Value::Null);
+}
+
+#[tokio::test]
 async fn an_unedited_copy_changes_nothing_and_a_broken_one_names_its_line() {
-    let recorded = record(false, true).await;
+    let recorded = record(false, true, true).await;
     let db = recorded.dir.path().join("freeway.db");
     let before = std::fs::read(&db).unwrap();
     let same = recorded.dir.path().join("policies-same");
@@ -261,7 +279,7 @@ async fn an_unedited_copy_changes_nothing_and_a_broken_one_names_its_line() {
 #[tokio::test]
 async fn with_log_bodies_a_rule_on_the_prompts_words_is_replayed() {
     // The gateway still runs on the file: replay reads beside it.
-    let recorded = record(true, false).await;
+    let recorded = record(true, false, true).await;
     assert!(recorded.running.is_some());
     let words = recorded.dir.path().join("policies-words");
     copy_policies(&words, Some((REASONING, "[\"prove\",", "[\"haiku\", \"prove\",")));

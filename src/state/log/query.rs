@@ -402,6 +402,17 @@ pub fn replay_rows(conn: &Connection, since_ms: i64, mut each: impl FnMut(Replay
     Ok(())
 }
 
+/// The providers tried by requests logged from `since_ms` on (they were
+/// enabled then, whether or not their model list was saved).
+pub fn attempted_providers(conn: &Connection, since_ms: i64) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare(
+        "SELECT DISTINCT value ->> 'provider' FROM requests, json_each(requests.attempts)
+         WHERE requests.id >= ?1 AND value ->> 'provider' IS NOT NULL",
+    )?;
+    let names = stmt.query_map([since_ms.saturating_mul(1000)], |r| r.get(0))?;
+    names.collect()
+}
+
 /// Counts are stored as SQLite's signed integers, never negative.
 fn unsigned(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
