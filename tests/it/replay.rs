@@ -29,6 +29,8 @@ struct Recorded {
     dir: tempfile::TempDir,
     config: PathBuf,
     running: Option<TestGateway>,
+    /// The upstreams, still listening: replay must not call them.
+    upstreams: Vec<Mock>,
 }
 
 /// Copies the repository's `policies/` to `to`; with `edit` = (a unique
@@ -137,11 +139,11 @@ async fn record(log_bodies: bool, stop: bool, discover: bool) -> Recorded {
     send(&gw, &chat("a/llama-3.3-70b", "hello", false), &[]).await;
     assert!(gw.gateway.proxy().state().flush(Duration::from_secs(5)));
     if !stop {
-        return Recorded { dir, config, running: Some(gw) };
+        return Recorded { dir, config, running: Some(gw), upstreams: vec![a, b] };
     }
     gw.shutdown().await.unwrap().unwrap();
     drop(gw);
-    Recorded { dir, config, running: None }
+    Recorded { dir, config, running: None, upstreams: vec![a, b] }
 }
 
 /// Runs `freeway replay ARGS` with the recorded config in force, in an
@@ -185,8 +187,11 @@ async fn a_one_line_threshold_edit_reports_exactly_the_requests_it_moves() {
     let recorded = record(false, true, true).await;
     let edited = recorded.dir.path().join("policies-edited");
     copy_policies(&edited, Some((MEDIUM, "?? 1000", "?? 10")));
+    let seen: Vec<usize> = recorded.upstreams.iter().map(|m| m.seen().len()).collect();
     let r = report(&recorded, &edited);
     assert_threshold_edit(&r);
+    let after: Vec<usize> = recorded.upstreams.iter().map(|m| m.seen().len()).collect();
+    assert_eq!(after, seen, "replay called an upstream");
 
     // The text report says the same.
     let out = replay(&recorded, &["--since", "1h", "--policies", edited.to_str().unwrap()]);
@@ -300,7 +305,7 @@ fn a_memory_only_state_is_a_clear_error() {
     std::fs::write(&config, "state:\n  path: \"\"\n").unwrap();
     let policies = dir.path().join("p");
     copy_policies(&policies, None);
-    let recorded = Recorded { config, dir, running: None };
+    let recorded = Recorded { config, dir, running: None, upstreams: Vec::new() };
     let out = replay(&recorded, &["--policies", policies.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("memory only"), "{}", String::from_utf8_lossy(&out.stderr));
@@ -309,4 +314,42 @@ fn a_memory_only_state_is_a_clear_error() {
     let out = replay(&recorded, &["--policies", policies.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no state database at"));
+}
+
+/// What a request leaves in the log for replay, through real HTTP: its
+/// shape always, its messages with `log_bodies` up to 256 KB, a mark past it.
+#[tokio::test]
+async fn the_log_keeps_each_requests_shape_and_with_log_bodies_its_bounded_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    copy_policies(&policies, None);
+    let (a, b) = (Mock::start().await, Mock::start().await);
+    let db = dir.path().join("freeway.db");
+    let env = Env::from_map([("REPLAY_B_KEY", "kb-secret-4567")]);
+    let gw = start_with(&yaml(&a, &b, &policies, &db, true), Catalog::empty(), env).await;
+    send(&gw, &chat("auto", "hello", true), &[("x-session-id", "s-9")]).await;
+    let big = "many words ".repeat(30_000);
+    send(&gw, &chat("a/llama-3.3-70b", &big, false), &[]).await;
+    assert!(gw.gateway.proxy().state().flush(Duration::from_secs(5)));
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let rows: Vec<(String, i64, bool, bool, Option<String>, bool)> = conn
+        .prepare(
+            "SELECT operation, prompt_estimate, has_tools, has_session, messages, messages_dropped FROM requests
+             ORDER BY id",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(rows.len(), 2);
+    let (op, estimate, tools, session, messages, dropped) = &rows[0];
+    assert_eq!((op.as_str(), *estimate, *tools, *session, *dropped), ("chat", 12, true, true, false));
+    let messages: Value = serde_json::from_str(messages.as_deref().unwrap()).unwrap();
+    assert_eq!(messages[1]["content"], "hello");
+    let (_, estimate, tools, session, messages, dropped) = &rows[1];
+    assert_eq!(
+        (*estimate, *tools, *session, messages.is_none(), *dropped),
+        (330_000 / 4 + 4 + 6, false, false, true, true)
+    );
 }
