@@ -1,4 +1,4 @@
-//! The `freeway` command line: `serve`, `check`, `models`, `status`.
+//! The `freeway` command line: `serve`, `check`, `models`, `status`, `replay`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,6 +13,7 @@ use crate::gateway::Gateway;
 use crate::plugin::Target;
 use crate::server::{serve, shutdown_signal};
 
+mod replay;
 mod status;
 
 /// How long `check --probe` waits for one key's model listing.
@@ -67,6 +68,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the logged requests through another policies folder (no upstream is called) and show what would route differently.
+    Replay {
+        /// How far back: a duration (24h, 7d) or an RFC 3339 time.
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// The policies folder to replay with.
+        #[arg(long)]
+        policies: PathBuf,
+        /// The config to replay with (default: the config in force; its state settings are not used).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The config in force: its state database holds the log, its policies are the baseline.
+        #[arg(long, env = "FREEWAY_CONFIG")]
+        current: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs the command line; the binary's `main` is only this.
@@ -87,6 +106,13 @@ pub fn main() -> ExitCode {
         Command::Status { url, admin_key, all, json } => {
             runtime.block_on(status::run(&url, admin_key.as_deref(), all, json))
         }
+        Command::Replay { since, policies, config, current, json } => replay::run(&replay::Args {
+            current: current.as_deref(),
+            since: &since,
+            policies: &policies,
+            config: config.as_deref(),
+            json,
+        }),
     };
     match result {
         Ok(code) => code,

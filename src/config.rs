@@ -514,6 +514,13 @@ pub struct StateConfig {
     /// its turn (1h to 400 days; `0`: never written there, kept an hour in
     /// memory only).
     pub responses_retention: ConfigDuration,
+    /// Keep each request's messages in the request log, for `freeway
+    /// replay` to run content-based policies on (default false: prompts
+    /// are private and large). Only chat requests whose messages serialize
+    /// to at most [`crate::state::log::MAX_LOGGED_BODY`] bytes are kept;
+    /// larger ones are logged without them and marked so. Needs a state
+    /// database (a memory-only `state.path: ""` with it is refused).
+    pub log_bodies: bool,
 }
 
 impl Default for StateConfig {
@@ -526,6 +533,7 @@ impl Default for StateConfig {
             // for as long as it expects. The disk is bounded apart
             // (`state::responses::KEPT_BYTES`).
             responses_retention: ConfigDuration::secs(30 * 24 * 3600),
+            log_bodies: false,
         }
     }
 }

@@ -168,7 +168,8 @@ impl Gateway {
         let router = route_tables(enabled, disabled, &config, &catalog, &pipeline, &metrics);
         let proxy =
             Proxy::new(router, state, upstream, metrics.clone(), config.dispatch.clone(), Policies::new(pipeline))
-                .with_aliases(crate::catalog::aliases::Aliases::new(config.aliases.as_ref()));
+                .with_aliases(crate::catalog::aliases::Aliases::new(config.aliases.as_ref()))
+                .with_log_bodies(config.state.log_bodies);
         let auth = Auth::with_clients(&config.server.api_keys);
         // The digests are all the gateway needs from now on.
         config.server.api_keys.iter_mut().for_each(crate::config::ApiKey::forget_token);

@@ -41,6 +41,7 @@ pub mod metrics;
 pub mod plugin;
 pub mod policy;
 pub mod proxy;
+pub mod replay;
 pub mod secret;
 pub mod server;
 pub mod state;

@@ -30,7 +30,7 @@ use indexmap::IndexMap;
 use rhai::{AST, Dynamic, Map};
 use serde::Serialize;
 
-pub use request::{PolicyRequest, Prefer, RequestState, fingerprint};
+pub use request::{Derived, PolicyRequest, Prefer, RequestState, fingerprint};
 
 use crate::metrics::Metrics;
 

@@ -50,6 +50,7 @@ use http::Response;
 
 pub use classify::{MAX_COOLDOWN, retry_after};
 pub use dispatch::Outcome;
+pub use policies::put_first;
 pub use request::{ClientRequest, MAX_NAME_BYTES, Operation};
 pub use respond::{FALLBACK_ATTEMPTS, ROUTED_VIA};
 
@@ -82,6 +83,8 @@ pub struct Proxy {
     clock: Clock,
     /// Served requests go to the request log.
     logging: bool,
+    /// The log keeps each request's messages (`state.log_bodies`).
+    log_bodies: bool,
     /// Makes log ids unique within a millisecond.
     log_sequence: AtomicI64,
     /// Requests waiting for capacity.
@@ -133,6 +136,7 @@ impl Proxy {
             rebuilding: Mutex::new(()),
             clock: state.clock(),
             logging: state.logs_requests(),
+            log_bodies: false,
             log_sequence: AtomicI64::new(0),
             queue: queue::Queue::new(settings.queue_timeout.get(), settings.queue_max),
             probes: quota::Probes::default(),
@@ -150,6 +154,12 @@ impl Proxy {
     /// Maps the model names clients hard-code through `aliases`.
     pub fn with_aliases(mut self, aliases: Aliases) -> Self {
         self.aliases = aliases;
+        self
+    }
+
+    /// Keeps each logged request's messages in the log (`state.log_bodies`).
+    pub fn with_log_bodies(mut self, log_bodies: bool) -> Self {
+        self.log_bodies = log_bodies;
         self
     }
 
@@ -175,8 +185,12 @@ impl Proxy {
     ) -> Response<ResponseBody> {
         let started = Instant::now();
         let pipeline = self.policies.current();
-        // parse
-        let keep_messages = operation == Operation::Chat && pipeline.has_request_hooks();
+        // parse; the conversation is read for the policies, and for a log
+        // that keeps it (`state.log_bodies`). Without either, the log's
+        // token estimate comes from the body's length: no request pays
+        // for a parse only the log would use.
+        let keep_messages =
+            operation == Operation::Chat && (pipeline.has_request_hooks() || (self.logging && self.log_bodies));
         let parsed = match operation {
             Operation::Chat => ClientRequest::parse(body, keep_messages),
             Operation::Embeddings => ClientRequest::parse_embeddings(body),
@@ -188,7 +202,17 @@ impl Proxy {
         request.client = budget;
         let asked = self.logging.then(|| {
             request.log_id = self.log_id();
-            request.model.clone()
+            let shape = match operation {
+                Operation::Chat => crate::state::log::RequestShape::chat(
+                    request.messages.as_deref(),
+                    request.raw.len(),
+                    request.has_tools,
+                    session.is_some(),
+                    self.log_bodies,
+                ),
+                Operation::Embeddings => crate::state::log::RequestShape::embeddings(session.is_some()),
+            };
+            (request.model.clone(), shape)
         });
         let unaliased = self.unalias(&request.model);
         if unaliased != request.model {
@@ -204,8 +228,8 @@ impl Proxy {
         }
         let mut outcome = queue::dispatch(self, &ctx).await;
         policies::record(self, &ctx, &outcome);
-        if let Some(asked) = asked {
-            self.log(&ctx, &mut outcome, asked, client);
+        if let Some((asked, shape)) = asked {
+            self.log(&ctx, &mut outcome, asked, shape, client);
         }
         let capacity = match ctx.request.operation {
             Operation::Chat => quota::capacity(self, &ctx.candidates, Instant::now()),
@@ -222,7 +246,14 @@ impl Proxy {
 
     /// The record phase's log entry: who asked for what, every attempt,
     /// who answered (tokens follow when the answer ends).
-    fn log(&self, ctx: &Context, outcome: &mut Outcome, asked: String, client: Option<String>) {
+    fn log(
+        &self,
+        ctx: &Context,
+        outcome: &mut Outcome,
+        asked: String,
+        shape: crate::state::log::RequestShape,
+        client: Option<String>,
+    ) {
         let status = match &outcome.result {
             Ok(response) => response.status().as_u16(),
             Err(e) => e.classify().0.as_u16(),
@@ -242,6 +273,7 @@ impl Proxy {
             stream: ctx.request.stream,
             tags: policies::tags(ctx),
             latency_ms: u64::try_from(ctx.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            shape,
         });
     }
 

@@ -162,9 +162,15 @@ pub async fn refresh(
 /// the state database, so that a restart routes to discovered models before
 /// the first refresh has answered. Returns how many providers got one.
 pub fn restore(providers: &[Arc<Provider>], state: &Arc<dyn StateStore>) -> usize {
+    restore_from(providers, |name| state.saved_models(name))
+}
+
+/// [`restore`] from any source of saved lists (`freeway replay` reads them
+/// from a database it opens read-only).
+pub fn restore_from(providers: &[Arc<Provider>], saved: impl Fn(&str) -> Option<String>) -> usize {
     let mut restored = 0;
     for provider in providers {
-        let Some(json) = state.saved_models(&provider.name) else { continue };
+        let Some(json) = saved(&provider.name) else { continue };
         match serde_json::from_str::<Vec<ModelRecord>>(&json) {
             Ok(records) => {
                 provider.set_models(merge(provider, records));

@@ -146,6 +146,9 @@ fn state(cfg: &Config, r: &mut Report<'_>) {
     {
         r.error("state.path", format!("`{path}` is a URL; state.path is a file (put a Redis URL in state.redis)"));
     }
+    if cfg.state.log_bodies && cfg.state.path.as_deref() == Some("") {
+        r.error("state.log_bodies", "needs a state database; state.path is \"\" (memory only)".to_owned());
+    }
     if let Some(url) = cfg.state.redis.as_deref() {
         if url.starts_with("rediss://") {
             // The redis client is built without TLS (it would bring a second

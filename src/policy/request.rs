@@ -75,6 +75,15 @@ pub struct Derived {
     tokens: Option<i64>,
 }
 
+impl Derived {
+    /// A request whose messages are not at hand but whose token estimate
+    /// is (a logged request replayed without its body): `req.tokens`
+    /// answers `tokens` instead of counting an empty conversation.
+    pub fn with_tokens(tokens: i64) -> Self {
+        Self { lower_last_user: None, tokens: Some(tokens) }
+    }
+}
+
 /// A request, as a handle scripts hold: every clone shares one state.
 #[derive(Clone)]
 pub struct PolicyRequest(pub Arc<Mutex<RequestState>>);

@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::dispatch::{self, Outcome};
 use super::request::ClientRequest;
 use super::{Context, Proxy};
-use crate::catalog::routes::Candidate;
+use crate::catalog::routes::{Candidate, Router};
 use crate::errors::ApiError;
 use crate::policy::{PolicyRequest, Prefer, RequestState};
 
@@ -85,28 +85,7 @@ pub fn after_routing(proxy: &Proxy, ctx: &mut Context) -> Result<(), ApiError> {
     let Some(run) = &ctx.policy else { return Ok(()) };
     let prefer = run.req.state().prefer.clone();
     if !prefer.is_empty() {
-        let routes = proxy.routes();
-        let free_pool = routes.is_free_pool(&ctx.request.model);
-        for wish in prefer.iter().rev() {
-            let (name, may_add) = match wish {
-                Prefer::Pinned(name) => (name, false),
-                Prefer::Policy(name) => (name, true),
-            };
-            let Some(first) = routes.resolve(name).ok().and_then(|c| c.into_iter().next()) else { continue };
-            let same = |c: &Candidate| Arc::ptr_eq(&c.provider, &first.provider) && c.model == first.model;
-            match ctx.candidates.iter().position(same) {
-                Some(at) => {
-                    let found = ctx.candidates.remove(at);
-                    ctx.candidates.insert(0, found);
-                }
-                None if may_add
-                    && (!free_pool || first.provider.models().get(&first.model).is_some_and(|m| m.free)) =>
-                {
-                    ctx.candidates.insert(0, first);
-                }
-                None => {}
-            }
-        }
+        put_first(&proxy.routes(), &ctx.request.model, &mut ctx.candidates, &prefer);
     }
     if let Some(first) = ctx.candidates.first() {
         let window = first.provider.context_window(&first.model).unwrap_or(0);
@@ -125,6 +104,32 @@ pub fn after_routing(proxy: &Proxy, ctx: &mut Context) -> Result<(), ApiError> {
         ctx.request.replace_messages(&messages)?;
     }
     Ok(())
+}
+
+/// Puts the models of `prefer` (the policies' wishes for a request to
+/// `model`, in order) first among `candidates`: a pin only reorders, a
+/// policy's preference may add a model, but never a paid one to a pool of
+/// free models. Shared with `freeway replay`, which must order exactly so.
+pub fn put_first(routes: &Router, model: &str, candidates: &mut Vec<Candidate>, prefer: &[Prefer]) {
+    let free_pool = routes.is_free_pool(model);
+    for wish in prefer.iter().rev() {
+        let (name, may_add) = match wish {
+            Prefer::Pinned(name) => (name, false),
+            Prefer::Policy(name) => (name, true),
+        };
+        let Some(first) = routes.resolve(name).ok().and_then(|c| c.into_iter().next()) else { continue };
+        let same = |c: &Candidate| Arc::ptr_eq(&c.provider, &first.provider) && c.model == first.model;
+        match candidates.iter().position(same) {
+            Some(at) => {
+                let found = candidates.remove(at);
+                candidates.insert(0, found);
+            }
+            None if may_add && (!free_pool || first.provider.models().get(&first.model).is_some_and(|m| m.free)) => {
+                candidates.insert(0, first);
+            }
+            None => {}
+        }
+    }
 }
 
 /// Record: pins the session to whoever answered, when a policy asked for it.

@@ -62,6 +62,19 @@ pub const MIGRATIONS: &[&str] = &[
          request BLOB NOT NULL, response BLOB NOT NULL);
      CREATE UNIQUE INDEX responses_by_key ON responses (key);
      CREATE INDEX responses_by_conversation ON responses (started_ms, root, until_ms, size);",
+    // 3: placeholder for the keys table (h/keys)
+    "CREATE TABLE provider_keys (provider TEXT NOT NULL, fingerprint INTEGER NOT NULL, PRIMARY KEY (provider, fingerprint)) WITHOUT ROWID;",
+    // 4: what `freeway replay` runs the policies on when no body is kept:
+    // the kind of request, the prompt's token estimate, whether tools were
+    // offered and a session id sent; and, with `state.log_bodies`, the
+    // messages (JSON) or a mark that they were too large to keep. Older
+    // rows keep NULLs and replay on what they have.
+    "ALTER TABLE requests ADD COLUMN operation TEXT;
+     ALTER TABLE requests ADD COLUMN prompt_estimate INTEGER;
+     ALTER TABLE requests ADD COLUMN has_tools INTEGER;
+     ALTER TABLE requests ADD COLUMN has_session INTEGER;
+     ALTER TABLE requests ADD COLUMN messages TEXT;
+     ALTER TABLE requests ADD COLUMN messages_dropped INTEGER;",
 ];
 
 /// The schema version this freeway writes.

@@ -428,8 +428,9 @@ fn write_batch(db: &mut Db, batch: Batch) -> rusqlite::Result<i64> {
         }
         let mut stmt = tx.prepare_cached(
             "INSERT OR REPLACE INTO requests (id, at_ms, client, model, route, answered_by, status, attempts,
-                                              tokens_in, tokens_out, stream, tags, latency_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                                              tokens_in, tokens_out, stream, tags, latency_ms, operation,
+                                              prompt_estimate, has_tools, has_session, messages, messages_dropped)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
         )?;
         for r in &batch.requests {
             let attempts = serde_json::to_string(&r.attempts).unwrap_or_else(|_| "[]".to_owned());
@@ -452,6 +453,12 @@ fn write_batch(db: &mut Db, batch: Batch) -> rusqlite::Result<i64> {
                 r.stream,
                 tags,
                 saturate(r.latency_ms),
+                r.shape.operation,
+                r.shape.prompt_estimate.map(saturate),
+                r.shape.has_tools,
+                r.shape.has_session,
+                r.shape.messages.as_deref(),
+                r.shape.messages_dropped,
             ])?;
         }
         let mut stmt = tx.prepare_cached("UPDATE requests SET tokens_in = ?2, tokens_out = ?3 WHERE id = ?1")?;

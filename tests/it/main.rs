@@ -38,6 +38,7 @@ mod quota;
 mod reasoning;
 mod redaction;
 mod redis;
+mod replay;
 mod responses;
 mod responses_store;
 mod sdk;

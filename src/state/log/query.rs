@@ -366,8 +366,84 @@ fn day(ms: i64) -> String {
     Timestamp::from_millisecond(ms).map(|t| t.strftime("%Y-%m-%d").to_string()).unwrap_or_default()
 }
 
+/// The UTC hour of wall-clock ms, `YYYY-MM-DDTHH:00Z`.
 fn hour(ms: i64) -> String {
     Timestamp::from_millisecond(ms).map(|t| t.strftime("%Y-%m-%dT%H:00Z").to_string()).unwrap_or_default()
+}
+
+/// One logged request as `freeway replay` runs it again: what the
+/// policies looked at. Columns an older freeway did not write are `None`.
+#[derive(Debug, Clone)]
+pub struct ReplayRow {
+    /// Its log id.
+    pub id: i64,
+    /// When it arrived, wall-clock ms.
+    pub at_ms: i64,
+    /// The model the client asked for.
+    pub model: String,
+    /// `stream: true`.
+    pub stream: bool,
+    /// Tags the policies set (the tier `auto` was classified into...).
+    pub tags: Vec<(String, String)>,
+    /// `chat` or `embeddings`.
+    pub operation: Option<String>,
+    /// The prompt's token estimate.
+    pub prompt_estimate: Option<u64>,
+    /// Tools were offered.
+    pub has_tools: Option<bool>,
+    /// A session id was sent.
+    pub has_session: Option<bool>,
+    /// The messages as JSON (`state.log_bodies`).
+    pub messages: Option<String>,
+    /// The messages were too large to keep.
+    pub messages_dropped: bool,
+}
+
+/// Calls `each` with every logged request from `since_ms` on, oldest
+/// first, one row in memory at a time (a week of logged bodies would not
+/// fit); `each` returning false stops. Reads a file of any schema: the
+/// columns replay added (schema 4) read as `None` on an older one.
+pub fn replay_rows(conn: &Connection, since_ms: i64, mut each: impl FnMut(ReplayRow) -> bool) -> rusqlite::Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let extra = if version >= 4 {
+        "operation, prompt_estimate, has_tools, has_session, messages, messages_dropped"
+    } else {
+        "NULL, NULL, NULL, NULL, NULL, NULL"
+    };
+    let sql = format!("SELECT id, at_ms, model, stream, tags, {extra} FROM requests WHERE id >= ?1 ORDER BY id");
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query([since_ms.saturating_mul(1000)])?;
+    while let Some(r) = rows.next()? {
+        let tags: String = r.get(4)?;
+        let row = ReplayRow {
+            id: r.get(0)?,
+            at_ms: r.get(1)?,
+            model: r.get(2)?,
+            stream: r.get(3)?,
+            tags: serde_json::from_str(&tags).unwrap_or_default(),
+            operation: r.get(5)?,
+            prompt_estimate: r.get::<_, Option<i64>>(6)?.map(unsigned),
+            has_tools: r.get(7)?,
+            has_session: r.get(8)?,
+            messages: r.get(9)?,
+            messages_dropped: r.get::<_, Option<bool>>(10)?.unwrap_or(false),
+        };
+        if !each(row) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The providers tried by requests logged from `since_ms` on (they were
+/// enabled then, whether or not their model list was saved).
+pub fn attempted_providers(conn: &Connection, since_ms: i64) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare(
+        "SELECT DISTINCT value ->> 'provider' FROM requests, json_each(requests.attempts)
+         WHERE requests.id >= ?1 AND value ->> 'provider' IS NOT NULL",
+    )?;
+    let names = stmt.query_map([since_ms.saturating_mul(1000)], |r| r.get(0))?;
+    names.collect()
 }
 
 /// Counts are stored as SQLite's signed integers, never negative.
@@ -378,6 +454,42 @@ fn unsigned(n: i64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_of_an_older_schema_replay_on_what_they_have() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(crate::state::db::MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO requests (id, at_ms, model, status, attempts, stream, tags, latency_ms)
+                 VALUES (5000000, 5000, 'auto', 200, '[]', 1, '[[\"tier\",\"auto:lite\"]]', 3)",
+                [],
+            )
+            .unwrap();
+        }
+        let conn = open(&path).unwrap();
+        let mut rows = Vec::new();
+        replay_rows(&conn, 0, |r| {
+            rows.push(r);
+            true
+        })
+        .unwrap();
+        assert_eq!(rows.len(), 1);
+        let r = &rows[0];
+        assert_eq!((r.model.as_str(), r.stream, r.at_ms), ("auto", true, 5000));
+        assert_eq!(r.tags, vec![("tier".to_owned(), "auto:lite".to_owned())]);
+        assert!(r.operation.is_none() && r.prompt_estimate.is_none() && r.has_tools.is_none() && r.messages.is_none());
+        let mut later = 0;
+        replay_rows(&conn, 5001, |_| {
+            later += 1;
+            true
+        })
+        .unwrap();
+        assert_eq!(later, 0, "the range starts at `since`");
+    }
 
     #[test]
     fn nearest_rank_percentiles() {
