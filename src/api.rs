@@ -55,6 +55,12 @@ pub enum Endpoint {
     AdminRequests,
     /// `GET /admin/api/usage`
     AdminUsage,
+    /// `GET` or `POST /admin/api/keys`
+    AdminKeys,
+    /// `PATCH` or `DELETE /admin/api/keys/{provider}/{fingerprint}`
+    AdminKey,
+    /// `POST /admin/api/keys/{provider}/{fingerprint}/test`
+    AdminKeyTest,
     /// Anything else.
     Other,
 }
@@ -76,6 +82,9 @@ impl Endpoint {
             "/admin/api/cooldowns/reset" => Self::AdminCooldownsReset,
             "/admin/api/requests" => Self::AdminRequests,
             "/admin/api/usage" => Self::AdminUsage,
+            "/admin/api/keys" => Self::AdminKeys,
+            p if p.starts_with("/admin/api/keys/") && p.ends_with("/test") => Self::AdminKeyTest,
+            p if p.starts_with("/admin/api/keys/") => Self::AdminKey,
             _ => Self::Other,
         }
     }
@@ -97,6 +106,10 @@ impl Endpoint {
             Self::AdminCooldownsReset => "/admin/api/cooldowns/reset",
             Self::AdminRequests => "/admin/api/requests",
             Self::AdminUsage => "/admin/api/usage",
+            Self::AdminKeys => "/admin/api/keys",
+            // One label for every key: fingerprints are not label values.
+            Self::AdminKey => "/admin/api/keys/{provider}/{fingerprint}",
+            Self::AdminKeyTest => "/admin/api/keys/{provider}/{fingerprint}/test",
             Self::Other => "other",
         }
     }
@@ -108,9 +121,25 @@ impl Endpoint {
             | Self::Messages
             | Self::CountTokens
             | Self::Responses
-            | Self::AdminCooldownsReset => Method::POST,
+            | Self::AdminCooldownsReset
+            | Self::AdminKeyTest => Method::POST,
             _ => Method::GET,
         }
+    }
+
+    /// The methods it answers, as the `Allow` header lists them.
+    fn allow(self) -> &'static str {
+        match self {
+            Self::AdminSettings => "GET, HEAD, PUT",
+            Self::AdminKeys => "GET, HEAD, POST",
+            Self::AdminKey => "PATCH, DELETE",
+            _ if self.method() == Method::POST => "POST",
+            _ => "GET, HEAD",
+        }
+    }
+
+    fn allows(self, method: &Method) -> bool {
+        self.allow().split(", ").any(|m| m == method.as_str())
     }
 }
 
@@ -147,18 +176,10 @@ where
         ApiError::Unauthorized.into_response()
     } else if endpoint == Endpoint::Other {
         ApiError::UnknownEndpoint(path.to_owned()).into_response()
-    } else if request.method() != endpoint.method()
-        && !(request.method() == Method::HEAD && endpoint.method() == Method::GET)
-        && !(request.method() == Method::PUT && endpoint == Endpoint::AdminSettings)
-    {
+    } else if !endpoint.allows(request.method()) {
         let mut r =
             ApiError::MethodNotAllowed { method: request.method().to_string(), path: path.to_owned() }.into_response();
-        let allow = match endpoint {
-            Endpoint::AdminSettings => "GET, HEAD, PUT",
-            _ if endpoint.method() == Method::POST => "POST",
-            _ => "GET, HEAD",
-        };
-        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(endpoint.allow()));
         r
     } else {
         match endpoint {
@@ -176,6 +197,9 @@ where
             Endpoint::AdminCooldownsReset => admin::reset_cooldowns(gateway, request).await,
             Endpoint::AdminRequests => admin::requests::list(gateway, request.uri().query()).await,
             Endpoint::AdminUsage => admin::usage::summary(gateway, request.uri().query()).await,
+            Endpoint::AdminKeys => admin::keys::keys(gateway, request).await,
+            Endpoint::AdminKey => admin::keys::key(gateway, request).await,
+            Endpoint::AdminKeyTest => admin::keys::test(gateway, path).await,
             Endpoint::Other => ApiError::UnknownEndpoint(path.to_owned()).into_response(),
         }
     };

@@ -1,7 +1,7 @@
 //! `/admin/api/...`: what an operator needs to see, undo and change. This
 //! file holds who may call it; each endpoint has its file: [`status`]
 //! (quota state per provider, key and model), [`cooldowns`] (ending
-//! cooldowns), [`routes`] (each route and pool in its current order, each
+//! cooldowns), [`keys`] (provider keys: listed, added, turned off, deleted), [`routes`] (each route and pool in its current order, each
 //! candidate ready or why not), [`settings`] (the policy settings, read
 //! and changed live), [`requests`] (the request log with each attempt
 //! trail) and [`usage`] (the log summed per provider, model, client and
@@ -15,6 +15,7 @@
 //! `api_keys`) serves it.
 
 mod cooldowns;
+pub mod keys;
 mod params;
 pub mod requests;
 pub mod routes;
