@@ -86,10 +86,10 @@ fn open_state(config: &Config, env: &Env, clock: Clock) -> Result<Arc<dyn StateS
 /// The key store beside the state database, with what it holds; `None`
 /// with memory-only state (a malformed `FREEWAY_MASTER_KEY` is refused
 /// all the same). Keys that do not open are reported here, once.
-fn open_vault(config: &Config, env: &Env) -> Result<(Option<Arc<Vault>>, Vec<StoredKey>), Vec<String>> {
+fn open_vault(config: &Config, env: &Env) -> Result<ApiKeys, Vec<String>> {
     let Some(path) = config.state_path(env) else {
         vault::master_from_env(env).map_err(|e| vec![e])?;
-        return Ok((None, Vec::new()));
+        return Ok(ApiKeys::new(None, Vec::new()));
     };
     let store = Vault::open(&path, env).map_err(|e| vec![e])?;
     let stored = store.load().map_err(|e| vec![format!("{}: {e}", path.display())])?;
@@ -102,7 +102,7 @@ fn open_vault(config: &Config, env: &Env) -> Result<(Option<Arc<Vault>>, Vec<Sto
              used (restore the master key it was stored under, or delete it in /admin/api/keys)"
         );
     }
-    Ok((Some(Arc::new(store)), stored))
+    Ok(ApiKeys::new(Some(Arc::new(store)), stored))
 }
 
 /// The stored keys in use: not turned off, and readable.
@@ -170,6 +170,12 @@ struct ApiKeys {
     stored: Mutex<Vec<StoredKey>>,
     /// Key changes one at a time: each is stored, then the providers rebuilt.
     changing: tokio::sync::Mutex<()>,
+}
+
+impl ApiKeys {
+    fn new(vault: Option<Arc<Vault>>, stored: Vec<StoredKey>) -> Self {
+        Self { vault, stored: Mutex::new(stored), changing: tokio::sync::Mutex::new(()) }
+    }
 }
 
 /// How long the listing that validates or tests a key may take.
@@ -253,8 +259,9 @@ impl Gateway {
         let local = probe_local(&upstream, &plugins, &config, &catalog).await;
         let state = open_state(&config, env, clock)?;
         // After the state: the database is migrated by then.
-        let (vault, stored) = open_vault(&config, env)?;
-        let (enabled, disabled) = provider::build_with(&config, &catalog, env, &local, &plugins, &keys_in_use(&stored));
+        let keys = open_vault(&config, env)?;
+        let in_use = keys_in_use(&keys.stored.lock().unwrap_or_else(|e| e.into_inner()));
+        let (enabled, disabled) = provider::build_with(&config, &catalog, env, &local, &plugins, &in_use);
         let restored = discovery::restore(&enabled, &state);
         if restored > 0 {
             tracing::info!(providers = restored, "model lists from the last run restored; discovery refreshes them");
@@ -291,7 +298,7 @@ impl Gateway {
                 env: env.clone(),
                 local,
                 plugins,
-                keys: ApiKeys { vault, stored: Mutex::new(stored), changing: tokio::sync::Mutex::new(()) },
+                keys,
             }),
         })
     }

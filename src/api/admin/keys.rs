@@ -54,7 +54,7 @@ where
 {
     let (provider, fingerprint) = match named(request.uri().path(), false) {
         Ok(named) => named,
-        Err(refused) => return refused,
+        Err((status, code, message, param)) => return error(status, code, message, param),
     };
     if request.method() == Method::DELETE {
         return match gateway.remove_key(&provider, fingerprint).await {
@@ -98,7 +98,7 @@ where
 pub async fn test(gateway: &Gateway, path: &str) -> Response<ResponseBody> {
     let (provider, fingerprint) = match named(path, true) {
         Ok(named) => named,
-        Err(refused) => return refused,
+        Err((status, code, message, param)) => return error(status, code, message, param),
     };
     let live = gateway
         .router()
@@ -311,13 +311,16 @@ fn fields(body: &[u8]) -> Result<(String, Secret), (String, &'static str)> {
     Ok((provider, Secret::new(key)))
 }
 
+/// What is wrong with a path: status, code, message, field.
+type BadPath = (StatusCode, &'static str, &'static str, Option<&'static str>);
+
 /// The provider and fingerprint a path names:
 /// `/admin/api/keys/{provider}/{fingerprint}[/test]`.
-fn named(path: &str, test: bool) -> Result<(String, u64), Response<ResponseBody>> {
+fn named(path: &str, test: bool) -> Result<(String, u64), BadPath> {
     let rest = path.trim_end_matches('/').strip_prefix("/admin/api/keys/").unwrap_or_default();
     let rest = if test { rest.strip_suffix("/test").unwrap_or_default() } else { rest };
     let Some((provider, fingerprint)) = rest.split_once('/').filter(|(p, f)| !p.is_empty() && !f.contains('/')) else {
-        return Err(error(
+        return Err((
             StatusCode::NOT_FOUND,
             "unknown_endpoint",
             "expected /admin/api/keys/{provider}/{fingerprint}",
@@ -325,7 +328,7 @@ fn named(path: &str, test: bool) -> Result<(String, u64), Response<ResponseBody>
         ));
     };
     let Some(fingerprint) = parse_fingerprint(fingerprint) else {
-        return Err(error(
+        return Err((
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "a key is named by its fingerprint: 16 hex digits, as GET /admin/api/keys shows them",
