@@ -130,8 +130,9 @@ async fn a_key_added_through_the_api_serves_at_once_and_survives_a_restart_unrea
         let answer = gw.chat("p/m").await;
         assert_eq!(answer.status, 200, "the added key did not serve at once: {}", answer.text());
         assert_eq!(chat_keys(&mock), [ADDED]);
-        let discovered = gw.chat("p/listed-model").await;
-        assert_eq!(discovered.status, 200, "the provider's models were not discovered: {}", discovered.text());
+        let models = gw.get("/v1/models", &[]).await.json();
+        let ids: Vec<&str> = models["data"].as_array().unwrap().iter().filter_map(|m| m["id"].as_str()).collect();
+        assert!(ids.contains(&"p/listed-model"), "the provider's models were not discovered: {ids:?}");
 
         let keys = keys_of(&listed(&gw).await, "p");
         assert_eq!(keys.len(), 1, "{keys:?}");
@@ -167,11 +168,17 @@ async fn a_key_added_through_the_api_serves_at_once_and_survives_a_restart_unrea
     let gw = gateway(&mock, &db, &[]).await;
     let answer = gw.chat("p/m").await;
     assert_eq!(answer.status, 200, "the added key did not survive the restart: {}", answer.text());
-    assert_eq!(chat_keys(&mock), [ADDED, ADDED, ADDED]);
+    assert_eq!(chat_keys(&mock), [ADDED, ADDED]);
     assert_eq!(keys_of(&listed(&gw).await, "p")[0]["source"], "api");
     let tested = call(&gw, "POST", &format!("/admin/api/keys/p/{}/test", fingerprint(ADDED)), "").await;
     assert_eq!(tested.status, 200, "{}", tested.text());
     assert_eq!(tested.json(), json!({"ok": true, "models": 2}));
+
+    // Its last key deleted, the provider is off again, at once.
+    assert_eq!(call(&gw, "DELETE", &format!("/admin/api/keys/p/{}", fingerprint(ADDED)), "").await.status, 204);
+    assert_ne!(gw.chat("p/m").await.status, 200, "a provider whose last key was deleted still served");
+    let after = listed(&gw).await;
+    assert_eq!(after["providers"].as_array().unwrap().iter().find(|p| p["name"] == "p").unwrap()["enabled"], false);
 }
 
 #[tokio::test]
@@ -254,7 +261,11 @@ async fn a_disabled_key_is_not_used_and_a_deleted_one_is_gone_after_a_restart() 
     let path = format!("/admin/api/keys/p/{}", fingerprint(ADDED));
     {
         let gw = gateway(&mock, &db, &vars).await;
+        gw.gateway.refresh_models().await;
         assert_eq!(add(&gw, ADDED).await.status, 201);
+        let models = gw.get("/v1/models", &[]).await.json();
+        let ids: Vec<&str> = models["data"].as_array().unwrap().iter().filter_map(|m| m["id"].as_str()).collect();
+        assert!(ids.contains(&"p/listed-model"), "the provider lost its discovered models to the new key: {ids:?}");
         for _ in 0..4 {
             assert_eq!(gw.chat("p/m").await.status, 200);
         }
