@@ -534,6 +534,15 @@ impl Gateway {
             .map(|records| Some(records.len()))
     }
 
+    /// Whether `provider` has the key `fingerprint` already: from the
+    /// environment or the config, or stored (even turned off or unreadable).
+    pub fn has_key(&self, provider: &str, fingerprint: u64) -> bool {
+        let router = self.router();
+        let mut live = router.providers().iter().filter(|p| *p.name == *provider).flat_map(|p| p.keys.iter());
+        live.any(|k| k.secret().is_some() && k.id.fingerprint == fingerprint)
+            || self.stored_keys().iter().any(|k| k.provider == provider && k.fingerprint == fingerprint)
+    }
+
     /// Stores `key` for `provider` (encrypted, on disk before this
     /// returns) and puts it to use at once: the providers and the route
     /// tables are rebuilt, a provider it enables has its models
@@ -541,11 +550,7 @@ impl Gateway {
     pub async fn add_key(&self, provider: &str, key: Secret) -> Result<u64, KeyError> {
         let vault = self.inner.keys.vault.clone().ok_or(KeyError::NoStorage)?;
         let _one_at_a_time = self.inner.keys.changing.lock().await;
-        let fingerprint = crate::state::fingerprint(key.expose());
-        let known = self.router().providers().iter().any(|p| {
-            *p.name == *provider && p.keys.iter().any(|k| k.secret().is_some() && k.id.fingerprint == fingerprint)
-        }) || self.stored_keys().iter().any(|k| k.provider == provider && k.fingerprint == fingerprint);
-        if known {
+        if self.has_key(provider, crate::state::fingerprint(key.expose())) {
             return Err(KeyError::Duplicate(provider.to_owned()));
         }
         let added_ms = wall_ms();

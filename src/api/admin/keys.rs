@@ -244,11 +244,7 @@ where
     }
     // Checked before the listing too, so a key already known costs no
     // call upstream (and again, under the lock, when it is stored).
-    let fingerprint = crate::state::fingerprint(key.expose());
-    let known = gateway.router().providers().iter().any(|p| {
-        *p.name == *provider && p.keys.iter().any(|k| k.secret().is_some() && k.id.fingerprint == fingerprint)
-    }) || gateway.stored_keys().iter().any(|k| k.provider == provider && k.fingerprint == fingerprint);
-    if known {
+    if gateway.has_key(&provider, crate::state::fingerprint(key.expose())) {
         return refusal(&KeyError::Duplicate(provider));
     }
     let models = match gateway.list_models_with(&provider, key.expose()).await {
