@@ -61,6 +61,12 @@ pub enum Endpoint {
     AdminPlayground,
     /// `GET /admin` and `/admin/...` outside `/admin/api/`: the dashboard.
     AdminDashboard,
+    /// `GET` or `POST /admin/api/keys`
+    AdminKeys,
+    /// `PATCH` or `DELETE /admin/api/keys/{provider}/{fingerprint}`
+    AdminKey,
+    /// `POST /admin/api/keys/{provider}/{fingerprint}/test`
+    AdminKeyTest,
     /// Anything else.
     Other,
 }
@@ -87,6 +93,9 @@ impl Endpoint {
             p if p == "/admin" || (p.starts_with("/admin/") && !p.starts_with("/admin/api/") && p != "/admin/api") => {
                 Self::AdminDashboard
             }
+            "/admin/api/keys" => Self::AdminKeys,
+            p if p.starts_with("/admin/api/keys/") && p.ends_with("/test") => Self::AdminKeyTest,
+            p if p.starts_with("/admin/api/keys/") => Self::AdminKey,
             _ => Self::Other,
         }
     }
@@ -111,6 +120,10 @@ impl Endpoint {
             Self::AdminPolicies => "/admin/api/policies",
             Self::AdminPlayground => "/admin/api/playground",
             Self::AdminDashboard => "/admin/",
+            Self::AdminKeys => "/admin/api/keys",
+            // One label for every key: fingerprints are not label values.
+            Self::AdminKey => "/admin/api/keys/{provider}/{fingerprint}",
+            Self::AdminKeyTest => "/admin/api/keys/{provider}/{fingerprint}/test",
             Self::Other => "other",
         }
     }
@@ -123,9 +136,25 @@ impl Endpoint {
             | Self::CountTokens
             | Self::Responses
             | Self::AdminCooldownsReset
-            | Self::AdminPlayground => Method::POST,
+            | Self::AdminPlayground
+            | Self::AdminKeyTest => Method::POST,
             _ => Method::GET,
         }
+    }
+
+    /// The methods it answers, as the `Allow` header lists them.
+    fn allow(self) -> &'static str {
+        match self {
+            Self::AdminSettings => "GET, HEAD, PUT",
+            Self::AdminKeys => "GET, HEAD, POST",
+            Self::AdminKey => "PATCH, DELETE",
+            _ if self.method() == Method::POST => "POST",
+            _ => "GET, HEAD",
+        }
+    }
+
+    fn allows(self, method: &Method) -> bool {
+        self.allow().split(", ").any(|m| m == method.as_str())
     }
 }
 
@@ -160,18 +189,10 @@ where
         ApiError::Unauthorized.into_response()
     } else if endpoint == Endpoint::Other {
         ApiError::UnknownEndpoint(path.to_owned()).into_response()
-    } else if request.method() != endpoint.method()
-        && !(request.method() == Method::HEAD && endpoint.method() == Method::GET)
-        && !(request.method() == Method::PUT && endpoint == Endpoint::AdminSettings)
-    {
+    } else if !endpoint.allows(request.method()) {
         let mut r =
             ApiError::MethodNotAllowed { method: request.method().to_string(), path: path.to_owned() }.into_response();
-        let allow = match endpoint {
-            Endpoint::AdminSettings => "GET, HEAD, PUT",
-            _ if endpoint.method() == Method::POST => "POST",
-            _ => "GET, HEAD",
-        };
-        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(endpoint.allow()));
         r
     } else {
         match endpoint {
@@ -192,6 +213,9 @@ where
             Endpoint::AdminPolicies => admin::policies::policies(gateway),
             Endpoint::AdminPlayground => admin::playground::playground(gateway, request).await,
             Endpoint::AdminDashboard => admin::dashboard::serve(path, request.headers()),
+            Endpoint::AdminKeys => admin::keys::keys(gateway, request).await,
+            Endpoint::AdminKey => admin::keys::key(gateway, request).await,
+            Endpoint::AdminKeyTest => admin::keys::test(gateway, path).await,
             Endpoint::Other => ApiError::UnknownEndpoint(path.to_owned()).into_response(),
         }
     };

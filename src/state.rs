@@ -31,6 +31,7 @@
 //! | `responses.rs` | stored Responses-API turns: their table, their Redis values |
 //! | `persistent.rs` | [`PersistentState`]: memory, loaded from and written to the file |
 //! | `shared.rs` | [`SharedState`]: any of the above, shared with other instances through Redis |
+//! | `vault.rs` | provider keys added through the admin API, sealed with AES-256-GCM |
 
 mod calendar;
 mod circuits;
@@ -47,6 +48,7 @@ mod pins;
 pub mod responses;
 mod shared;
 pub mod usage;
+pub mod vault;
 
 use std::fmt;
 use std::sync::Arc;

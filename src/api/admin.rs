@@ -1,7 +1,8 @@
 //! `/admin/api/...`: what an operator needs to see, undo and change. This
 //! file holds who may call it; each endpoint has its file: [`status`]
 //! (quota state per provider, key and model), [`cooldowns`] (ending
-//! cooldowns), [`routes`] (each route and pool in its current order, each
+//! cooldowns), [`keys`] (provider keys: listed, added, turned off,
+//! deleted), [`routes`] (each route and pool in its current order, each
 //! candidate ready or why not), [`settings`] (the policy settings, read
 //! and changed live), [`requests`] (the request log with each attempt
 //! trail), [`usage`] (the log summed per provider, model, client and
@@ -18,6 +19,7 @@
 
 mod cooldowns;
 pub mod dashboard;
+pub mod keys;
 mod params;
 pub mod playground;
 pub mod policies;

@@ -61,8 +61,37 @@ pub struct Key {
     pub index: usize,
     /// How state knows this key.
     pub id: KeyId,
+    /// Where it came from.
+    pub source: KeySource,
     secret: Option<Secret>,
 }
+
+/// Where a provider key came from: what an operator must edit to change it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// A variable of the environment (or `.env`), named.
+    Environment(String),
+    /// The config's `keys` list (the keyless slot of a provider without
+    /// keys is counted here too).
+    Config,
+    /// Added through the admin API (kept in the state database).
+    Api,
+}
+
+impl KeySource {
+    /// `environment`, `config` or `api`, as the admin API shows it.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Environment(_) => "environment",
+            Self::Config => "config",
+            Self::Api => "api",
+        }
+    }
+}
+
+/// Keys added through the admin API (in use: not turned off, readable),
+/// by provider, in the order they were added.
+pub type AddedKeys = HashMap<String, Vec<Secret>>;
 
 impl Key {
     /// The key, for the upstream request.
@@ -144,6 +173,17 @@ impl Provider {
     /// The context window of `model`, when known.
     pub fn context_window(&self, model: &str) -> Option<u64> {
         self.models.load().get(model).and_then(|m| m.context)
+    }
+
+    /// Takes over what `earlier` (the same provider before its keys
+    /// changed) learned while it ran: its model table (discovered lists
+    /// included), its retired models and its place in the key rotation.
+    pub fn carry_over(&self, earlier: &Provider) {
+        self.models.store(earlier.models());
+        let strikes = earlier.retired.lock().clone();
+        self.retired.any.store(!strikes.is_empty(), Ordering::Relaxed);
+        *self.retired.lock() = strikes;
+        self.next_key.store(earlier.next_key.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 }
 
@@ -281,13 +321,33 @@ pub fn build(
     local: &LocalModels,
     plugins: &PluginHost,
 ) -> (Vec<Arc<Provider>>, Vec<DisabledProvider>) {
+    build_with(config, catalog, env, local, plugins, &AddedKeys::new())
+}
+
+/// The names of every provider of the catalog and the config, in the order
+/// [`build`] lists them.
+pub fn names<'a>(config: &'a Config, catalog: &'a Catalog) -> impl Iterator<Item = &'a String> {
+    catalog.providers.keys().chain(config.providers.keys().filter(|n| !catalog.providers.contains_key(*n)))
+}
+
+/// [`build`], with the keys `added` through the admin API after each
+/// provider's environment or config keys: a provider that lacked a key is
+/// enabled by one.
+pub fn build_with(
+    config: &Config,
+    catalog: &Catalog,
+    env: &Env,
+    local: &LocalModels,
+    plugins: &PluginHost,
+    added: &AddedKeys,
+) -> (Vec<Arc<Provider>>, Vec<DisabledProvider>) {
     let mut enabled = Vec::new();
     let mut disabled = Vec::new();
-    let names = catalog.providers.keys().chain(config.providers.keys().filter(|n| !catalog.providers.contains_key(*n)));
-    for name in names {
+    for name in names(config, catalog) {
         let in_config = config.providers.get(name);
         let spec = merge(in_config, catalog.providers.get(name));
-        match enable(name, &spec, in_config.is_some(), env, local, plugins) {
+        let extra = added.get(name).map_or(&[][..], Vec::as_slice);
+        match enable(name, &spec, in_config.is_some(), env, local, plugins, extra) {
             Ok(provider) => enabled.push(Arc::new(provider)),
             Err(off) => disabled.push(off),
         }
@@ -302,6 +362,7 @@ fn enable(
     env: &Env,
     local: &LocalModels,
     plugins: &PluginHost,
+    added: &[Secret],
 ) -> Result<Provider, DisabledProvider> {
     let off = |key_vars: Vec<String>, missing: Vec<String>, switched_off: bool| DisabledProvider {
         name: name.to_owned(),
@@ -317,16 +378,28 @@ fn enable(
         spec.requires_env.iter().flatten().filter(|v| env.get_nonempty(v).is_none()).cloned().collect();
     let key_vars = spec.key_env.clone().unwrap_or_default();
     let is_local = spec.local == Some(true);
-    let keys: Vec<Secret> = match &spec.keys {
-        Some(keys) => keys.iter().filter(|k| !k.is_empty()).cloned().collect(),
+    let mut keys: Vec<(Secret, KeySource)> = match &spec.keys {
+        Some(keys) => keys.iter().filter(|k| !k.is_empty()).map(|k| (k.clone(), KeySource::Config)).collect(),
         None => key_vars
             .iter()
-            .filter_map(|var| env.get_nonempty(var))
-            .flat_map(|value| {
-                value.split(',').map(str::trim).filter(|k| !k.is_empty()).map(Secret::new).collect::<Vec<_>>()
+            .filter_map(|var| Some((var, env.get_nonempty(var)?)))
+            .flat_map(|(var, value)| {
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+                    .map(|k| (Secret::new(k), KeySource::Environment(var.clone())))
+                    .collect::<Vec<_>>()
             })
             .collect(),
     };
+    // Added keys come after the operator's files' keys; one that is
+    // already there (added before it was also exported) is not doubled.
+    for key in added.iter().filter(|k| !k.is_empty()) {
+        if !keys.iter().any(|(k, _)| k == key) {
+            keys.push((key.clone(), KeySource::Api));
+        }
+    }
     let needs_key = !is_local && (spec.keys.is_some() || !key_vars.is_empty());
     if !missing.is_empty() || (needs_key && keys.is_empty()) {
         let key_vars = if needs_key && keys.is_empty() { key_vars } else { Vec::new() };
@@ -366,14 +439,15 @@ fn enable(
     let name: Arc<str> = Arc::from(name);
     // Configured header values (`HTTP-Referer`, an account id in a header)
     // are secrets too: an upstream that echoes its request leaks them.
-    let redactor =
-        Redactor::new(keys.iter().map(Secret::expose).chain(spec.headers.iter().flatten().map(|(_, v)| v.as_str())));
+    let redactor = Redactor::new(
+        keys.iter().map(|(k, _)| k.expose()).chain(spec.headers.iter().flatten().map(|(_, v)| v.as_str())),
+    );
     let slots: Vec<Key> = if keys.is_empty() {
-        vec![Key { index: 0, id: KeyId::new(&name, None), secret: None }]
+        vec![Key { index: 0, id: KeyId::new(&name, None), source: KeySource::Config, secret: None }]
     } else {
         keys.into_iter()
             .enumerate()
-            .map(|(index, k)| Key { index, id: KeyId::new(&name, Some(k.expose())), secret: Some(k) })
+            .map(|(index, (k, source))| Key { index, id: KeyId::new(&name, Some(k.expose())), source, secret: Some(k) })
             .collect()
     };
     Ok(Provider {

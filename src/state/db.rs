@@ -5,6 +5,8 @@
 //!
 //! Only the write-behind thread ([`super::journal`]) writes, in one
 //! transaction per batch; the request path never touches the file. The
+//! one exception is the key vault ([`super::vault`]), which writes the
+//! rare operator changes to its own table on its own connection. The
 //! schema is versioned with SQLite's `user_version`: [`MIGRATIONS`] brings
 //! an older file up to date, a file from a newer freeway is refused (it may
 //! hold what this version cannot read), and a file that is not a database
@@ -62,8 +64,16 @@ pub const MIGRATIONS: &[&str] = &[
          request BLOB NOT NULL, response BLOB NOT NULL);
      CREATE UNIQUE INDEX responses_by_key ON responses (key);
      CREATE INDEX responses_by_conversation ON responses (started_ms, root, until_ms, size);",
-    // 3: placeholder for the keys table (h/keys)
-    "CREATE TABLE provider_keys (provider TEXT NOT NULL, fingerprint INTEGER NOT NULL, PRIMARY KEY (provider, fingerprint)) WITHOUT ROWID;",
+    // 3: provider keys added through the admin API (`super::vault`), each
+    // sealed with AES-256-GCM under the master key; the fingerprint is in
+    // the clear so a row that no longer opens can still be listed and
+    // deleted.
+    "CREATE TABLE provider_keys (
+         provider TEXT NOT NULL, fingerprint INTEGER NOT NULL,
+         sealed BLOB NOT NULL,         -- the 96-bit nonce, then the sealed key and its tag
+         disabled INTEGER NOT NULL DEFAULT 0,
+         added_ms INTEGER NOT NULL,    -- wall clock
+         PRIMARY KEY (provider, fingerprint)) WITHOUT ROWID;",
     // 4: what `freeway replay` runs the policies on when no body is kept:
     // the kind of request, the prompt's token estimate, whether tools were
     // offered and a session id sent; and, with `state.log_bodies`, the

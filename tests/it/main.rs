@@ -11,6 +11,7 @@ mod support {
 }
 
 mod admin;
+mod admin_keys;
 mod admin_log;
 mod agents;
 mod api;
