@@ -116,6 +116,8 @@ struct Inner {
     /// Policy settings changed through the admin API, and where they are
     /// kept (`policy::settings`).
     settings: Mutex<LiveSettings>,
+    /// The trace export, when `telemetry.otlp_endpoint` is set.
+    telemetry: Option<crate::telemetry::Telemetry>,
 }
 
 /// The policy settings an operator changed, over the config's.
@@ -149,6 +151,7 @@ impl Gateway {
             Vec::new()
         });
         let upstream = Upstream::new(config.dispatch.connect_timeout.get(), &extra_roots);
+        let telemetry = crate::telemetry::Telemetry::new(&config.telemetry, upstream.clone()).map_err(|e| vec![e])?;
         let local = probe_local(&upstream, &plugins, &config, &catalog).await;
         let (enabled, disabled) = provider::build(&config, &catalog, env, &local, &plugins);
         let state = open_state(&config, env, clock)?;
@@ -185,6 +188,7 @@ impl Gateway {
                 conversations: crate::api::responses::Conversations::default(),
                 watcher: Mutex::new(None),
                 settings: Mutex::new(LiveSettings { changes, file: settings_file }),
+                telemetry,
             }),
         })
     }
@@ -195,7 +199,17 @@ impl Gateway {
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        api::handle(self, request).await
+        match &self.inner.telemetry {
+            Some(telemetry) => telemetry.traced(request, |request| api::handle(self, request)).await,
+            None => api::handle(self, request).await,
+        }
+    }
+
+    /// Sends the trace spans still waiting (graceful shutdown).
+    pub async fn flush_telemetry(&self) {
+        if let Some(telemetry) = &self.inner.telemetry {
+            telemetry.shutdown().await;
+        }
     }
 
     /// The config it runs on.

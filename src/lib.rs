@@ -44,6 +44,7 @@ pub mod proxy;
 pub mod secret;
 pub mod server;
 pub mod state;
+pub mod telemetry;
 pub mod upstream;
 
 pub use catalog::Catalog;
