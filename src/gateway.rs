@@ -151,7 +151,8 @@ impl Gateway {
             Vec::new()
         });
         let upstream = Upstream::new(config.dispatch.connect_timeout.get(), &extra_roots);
-        let telemetry = crate::telemetry::Telemetry::new(&config.telemetry, upstream.clone()).map_err(|e| vec![e])?;
+        let telemetry = crate::telemetry::Telemetry::new(&config.telemetry, upstream.clone(), metrics.clone())
+            .map_err(|e| vec![e])?;
         let local = probe_local(&upstream, &plugins, &config, &catalog).await;
         let (enabled, disabled) = provider::build(&config, &catalog, env, &local, &plugins);
         let state = open_state(&config, env, clock)?;

@@ -34,7 +34,8 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -47,11 +48,16 @@ use opentelemetry::{Context, KeyValue};
 use opentelemetry_http::{HeaderExtractor, HttpClient, HttpError};
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, SpanData, SpanExporter,
+    SpanProcessor,
+};
 
 use crate::body::ResponseBody;
 use crate::config::TelemetryConfig;
+use crate::metrics::Metrics;
 use crate::plugin::UpstreamRequest;
 use crate::upstream::{Upstream, read_body};
 
@@ -74,8 +80,8 @@ impl Telemetry {
     /// The exporter `config` describes, sending through `upstream` (so a
     /// collector behind `dispatch.ca_file` is trusted like a provider);
     /// `None` when export is off. Needs a Tokio runtime (the exports run
-    /// on it).
-    pub fn new(config: &TelemetryConfig, upstream: Upstream) -> Result<Option<Self>, String> {
+    /// on it). Spans dropped (queue full, export failed) count in `metrics`.
+    pub fn new(config: &TelemetryConfig, upstream: Upstream, metrics: Arc<Metrics>) -> Result<Option<Self>, String> {
         let Some(base) = config.endpoint() else { return Ok(None) };
         let endpoint = if base.trim_end_matches('/').ends_with("/v1/traces") {
             base.to_owned()
@@ -96,11 +102,20 @@ impl Telemetry {
             .with_headers(headers)
             .build()
             .map_err(|e| format!("telemetry.otlp_endpoint: {e}"))?;
+        let max = config.max_queue as usize;
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let exporter = Counted {
+            inner: exporter,
+            waiting: waiting.clone(),
+            metrics: metrics.clone(),
+            failing: AtomicBool::new(false),
+        };
         let batch = BatchConfigBuilder::default()
-            .with_max_queue_size(config.max_queue as usize)
+            .with_max_queue_size(max)
             .with_scheduled_delay(config.export_interval.get())
             .build();
-        let processor = BatchSpanProcessor::builder(exporter).with_batch_config(batch).build();
+        let inner = BatchSpanProcessor::builder(exporter).with_batch_config(batch).build();
+        let processor = Bounded { inner, waiting, max, metrics };
         // An inbound `traceparent` carries its caller's sampling decision;
         // the ratio decides for requests that start a trace here.
         let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(config.sample_ratio)));
@@ -325,6 +340,101 @@ impl AttemptSpan {
             span.set_status(Status::Error { description: Cow::Owned(reason.to_owned()) });
         }
         span.end();
+    }
+}
+
+/// The batch processor behind a bound of its own: the SDK drops spans
+/// when its queue is full but keeps the count to itself; here a span past
+/// `max` waiting (queued or being exported) is dropped and counted, so the
+/// SDK's queue (as large) never fills.
+struct Bounded {
+    inner: BatchSpanProcessor,
+    /// Spans handed to `inner` and not yet exported (or failed).
+    waiting: Arc<AtomicUsize>,
+    max: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Bounded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bounded").field("inner", &self.inner).field("max", &self.max).finish_non_exhaustive()
+    }
+}
+
+impl SpanProcessor for Bounded {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &Context) {
+        self.inner.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: SpanData) {
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.trace_spans_dropped(1);
+            return;
+        }
+        self.inner.on_end(span);
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// The OTLP exporter, counting what leaves the queue and what is lost;
+/// says once when the collector starts failing and once when it is back
+/// (the SDK's own diagnostics are not built in).
+struct Counted<E> {
+    inner: E,
+    waiting: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+    failing: AtomicBool,
+}
+
+impl<E: std::fmt::Debug> std::fmt::Debug for Counted<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Counted").field("inner", &self.inner).finish_non_exhaustive()
+    }
+}
+
+impl<E: SpanExporter> SpanExporter for Counted<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let n = batch.len();
+        let result = self.inner.export(batch).await;
+        self.waiting.fetch_sub(n, Ordering::AcqRel);
+        match &result {
+            Err(e) => {
+                self.metrics.trace_spans_dropped(n as u64);
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, spans = n, "telemetry: an export to the collector failed; spans are dropped until it answers");
+                }
+            }
+            Ok(()) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("telemetry: the collector answers again");
+                }
+            }
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
     }
 }
 

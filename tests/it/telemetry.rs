@@ -242,6 +242,7 @@ async fn a_fallback_is_exported_as_a_request_span_with_its_phases_and_two_attemp
     let services: Vec<String> = collector.spans.lock().unwrap().iter().map(|(s, _)| s.clone()).collect();
     assert!(services.iter().all(|s| s == "freeway-test"), "{services:?}");
     assert_eq!(collector.authorization.lock().unwrap().as_deref(), Some("Bearer collector-secret"));
+    assert_eq!(dropped_spans(&gw).await, 0, "a collector that answers loses nothing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -319,8 +320,25 @@ async fn a_collector_down_or_stuck_never_delays_a_request() {
         }
         assert!(slowest < Duration::from_millis(500), "{endpoint}: a request took {slowest:?}");
         assert!(started.elapsed() < Duration::from_secs(5), "{endpoint}: 40 requests took {:?}", started.elapsed());
+        // 40 requests of 9 spans each, into a queue of 64 that empties
+        // nowhere (stuck) or fails (closed): the loss is counted.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let dropped = dropped_spans(&gw).await;
+            if dropped >= 40 * 9 - 64 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{endpoint}: {dropped} spans counted as dropped");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     assert!(stuck.posts.load(Ordering::SeqCst) > 0, "the stuck collector was sent exports");
+}
+
+async fn dropped_spans(gw: &TestGateway) -> u64 {
+    let metrics = gw.get("/metrics", &[]).await.text();
+    let line = metrics.lines().find(|l| l.starts_with("freeway_trace_spans_dropped_total ")).expect("the counter");
+    line.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
