@@ -357,3 +357,20 @@ async fn a_graceful_shutdown_sends_the_spans_still_waiting() {
         spans.iter().map(|s| &s.name).collect::<Vec<_>>()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sample_ratio_of_zero_traces_only_what_a_sampled_caller_asks_for() {
+    let collector = Collector::start(false).await;
+    let telemetry = format!("{}  sample_ratio: 0\n", exporting_to(&collector, "10ms"));
+    let (_a, _b, gw) = gateway(&telemetry).await;
+    assert_eq!(chat(&gw, None).await.status, 200);
+    let unsampled = "00-11111111111111111111111111111111-2222222222222222-00";
+    assert_eq!(chat(&gw, Some(unsampled)).await.status, 200);
+    assert_eq!(chat(&gw, Some(&format!("00-{TRACE_ID}-{PARENT_ID}-01"))).await.status, 200);
+    let spans = collector.trace(TRACE_ID).await;
+    assert!(spans.len() >= 8, "the sampled caller's trace is whole: {}", spans.len());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let others: Vec<String> =
+        collector.spans().iter().map(|s| hex::encode(&s.trace_id)).filter(|t| t != TRACE_ID).collect();
+    assert!(others.is_empty(), "requests nobody sampled were exported: {others:?}");
+}
