@@ -209,7 +209,7 @@ impl Proxy {
             return e.into_response();
         }
         let mut outcome = trace.within("dispatch", queue::dispatch(self, &ctx)).await;
-        trace.routed(outcome.via.as_ref().map(|c| format!("{}/{}", c.provider.name, c.model)), outcome.attempts.len());
+        trace.routed(outcome.via.as_ref().map(|c| (&*c.provider.name, &*c.model)), outcome.attempts.len());
         policies::record(self, &ctx, &outcome);
         if let Some(asked) = asked {
             self.log(&ctx, &mut outcome, asked, client);

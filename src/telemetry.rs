@@ -273,12 +273,12 @@ impl Trace {
         }
     }
 
-    /// Who answered (`provider/model`), after how many failed attempts.
-    pub fn routed(&self, via: Option<String>, failed_attempts: usize) {
+    /// Who answered (provider and model), after how many failed attempts.
+    pub fn routed(&self, via: Option<(&str, &str)>, failed_attempts: usize) {
         let Some((_, active)) = self.active() else { return };
         let span = active.request.span();
-        if let Some(via) = via {
-            span.set_attribute(KeyValue::new("freeway.routed_via", via));
+        if let Some((provider, model)) = via {
+            span.set_attribute(KeyValue::new("freeway.routed_via", format!("{provider}/{model}")));
         }
         span.set_attribute(KeyValue::new("freeway.fallback_attempts", failed_attempts as i64));
     }
