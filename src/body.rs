@@ -77,6 +77,13 @@ impl ResponseBody {
         }
     }
 
+    /// Keeps `guard` until the body itself is dropped, besides whatever
+    /// [`ResponseBody::hold`] holds (the trace's request span).
+    pub fn attach(&mut self, guard: impl Any + Send) {
+        let held = self._guard.take();
+        self._guard = Some(Box::new((held, guard)));
+    }
+
     /// Keeps `guard` alive until the body ends: dropped, or, for a stream,
     /// cut by the watchdog while its client still holds the connection.
     pub fn hold(&mut self, guard: impl Any + Send) {

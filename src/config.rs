@@ -53,6 +53,9 @@ pub struct Config {
     pub state: StateConfig,
     /// Provider plugins: an extra folder, and the limits every call runs under.
     pub plugins: PluginsConfig,
+    /// OpenTelemetry trace export (OTLP over HTTP); off unless
+    /// `telemetry.otlp_endpoint` is set.
+    pub telemetry: TelemetryConfig,
     /// The folder of the file this config was read from; relative paths in
     /// the config are relative to it.
     #[serde(skip)]
@@ -495,6 +498,58 @@ impl Config {
             },
             fresh_instances: self.plugins.fresh_instances,
         }
+    }
+}
+
+/// `telemetry:`: each request's trace (its phases and upstream attempts)
+/// sent to an OpenTelemetry collector over OTLP/HTTP (protobuf). Off by
+/// default: with no `otlp_endpoint` nothing is built. The standard
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` does not turn it on by itself (a variable
+/// meant for another program must not start sending traces); write
+/// `otlp_endpoint: ${OTEL_EXPORTER_OTLP_ENDPOINT:-}` to follow it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct TelemetryConfig {
+    /// The collector's base URL (`http://127.0.0.1:4318`): traces go to
+    /// its `/v1/traces`, unless the URL already ends with that path.
+    /// Unset or empty: no export.
+    pub otlp_endpoint: Option<String>,
+    /// Headers sent with every export (a collector's auth token): kept
+    /// as secrets, never logged.
+    pub headers: IndexMap<String, Secret>,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+    /// Share of requests traced, 0 to 1; a request that arrives with a
+    /// W3C `traceparent` follows its caller's sampling decision instead.
+    pub sample_ratio: f64,
+    /// How long one export to the collector may take. 100ms to 1m.
+    pub timeout: ConfigDuration,
+    /// How often the spans waiting are sent (sooner when a batch of 512
+    /// is ready). 10ms to 1m.
+    pub export_interval: ConfigDuration,
+    /// Spans waiting for export, at most: past it new spans are dropped
+    /// (a slow collector never holds memory or a request). 64 to 1000000.
+    pub max_queue: u32,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            headers: IndexMap::new(),
+            service_name: "freeway".to_owned(),
+            sample_ratio: 1.0,
+            timeout: ConfigDuration::secs(10),
+            export_interval: ConfigDuration::secs(5),
+            max_queue: 2048,
+        }
+    }
+}
+
+impl TelemetryConfig {
+    /// The collector's base URL when export is on.
+    pub fn endpoint(&self) -> Option<&str> {
+        self.otlp_endpoint.as_deref().map(str::trim).filter(|e| !e.is_empty())
     }
 }
 

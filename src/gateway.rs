@@ -223,6 +223,8 @@ struct Inner {
     plugins: PluginHost,
     /// Provider keys added through the admin API.
     keys: ApiKeys,
+    /// The trace export, when `telemetry.otlp_endpoint` is set.
+    telemetry: Option<crate::telemetry::Telemetry>,
 }
 
 /// The policy settings an operator changed, over the config's.
@@ -256,6 +258,8 @@ impl Gateway {
             Vec::new()
         });
         let upstream = Upstream::new(config.dispatch.connect_timeout.get(), &extra_roots);
+        let telemetry = crate::telemetry::Telemetry::new(&config.telemetry, upstream.clone(), metrics.clone())
+            .map_err(|e| vec![e])?;
         let local = probe_local(&upstream, &plugins, &config, &catalog).await;
         let state = open_state(&config, env, clock)?;
         // After the state: the database is migrated by then.
@@ -300,6 +304,7 @@ impl Gateway {
                 local,
                 plugins,
                 keys,
+                telemetry,
             }),
         })
     }
@@ -310,7 +315,17 @@ impl Gateway {
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        api::handle(self, request).await
+        match &self.inner.telemetry {
+            Some(telemetry) => telemetry.traced(request, |request| api::handle(self, request)).await,
+            None => api::handle(self, request).await,
+        }
+    }
+
+    /// Sends the trace spans still waiting (graceful shutdown).
+    pub async fn flush_telemetry(&self) {
+        if let Some(telemetry) = &self.inner.telemetry {
+            telemetry.shutdown().await;
+        }
     }
 
     /// The config it runs on.

@@ -45,6 +45,7 @@ pub mod replay;
 pub mod secret;
 pub mod server;
 pub mod state;
+pub mod telemetry;
 pub mod upstream;
 
 pub use catalog::Catalog;

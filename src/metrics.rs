@@ -168,6 +168,7 @@ pub struct Metrics {
     queue_outcomes: Family<QueueLabels, Counter>,
     redis_up: Gauge,
     redis_errors: Counter,
+    trace_spans_dropped: Counter,
     plugin_failures: Family<PluginLabels, Counter>,
     limit_skips: Family<LimitLabels, Counter>,
     policy_duration: HistogramFamily<PolicyLabels>,
@@ -264,6 +265,7 @@ impl Metrics {
             queue_outcomes: Family::default(),
             redis_up: Gauge::default(),
             redis_errors: Counter::default(),
+            trace_spans_dropped: Counter::default(),
             plugin_failures: Family::default(),
             limit_skips: Family::default(),
             policy_duration: Family::new_with_constructor(fast_histogram),
@@ -305,6 +307,11 @@ impl Metrics {
         registry.register("session_pins", "Sticky-session pins held", m.pins.clone());
         registry.register("redis_up", "1 while Redis (state.redis) answers, else 0", m.redis_up.clone());
         registry.register("redis_errors", "Redis commands that failed (state.redis)", m.redis_errors.clone());
+        registry.register(
+            "trace_spans_dropped",
+            "Trace spans not exported: the queue was full or the collector failed (telemetry)",
+            m.trace_spans_dropped.clone(),
+        );
         registry.register("streams_active", "Streams being relayed now", m.streams.clone());
         registry.register(
             "stream_failures",
@@ -425,6 +432,11 @@ impl Metrics {
     /// A provider's circuit opened.
     pub fn circuit_opened(&self, provider: &Arc<str>) {
         self.circuit_opens.get_or_create(&ProviderLabels { provider: provider.clone() }).inc();
+    }
+
+    /// Trace spans that will never reach the collector.
+    pub fn trace_spans_dropped(&self, n: u64) {
+        self.trace_spans_dropped.inc_by(n);
     }
 
     /// The watchdog closed a stream.

@@ -62,6 +62,7 @@ use crate::errors::ApiError;
 use crate::metrics::Metrics;
 use crate::policy::{Pipeline, Policies};
 use crate::state::{CircuitPolicy, Clock, StateStore};
+use crate::telemetry::Trace;
 use crate::upstream::Upstream;
 use crate::upstream::relay::Watchdog;
 
@@ -185,10 +186,12 @@ impl Proxy {
     ) -> Response<ResponseBody> {
         let started = Instant::now();
         let pipeline = self.policies.current();
+        let trace = Trace::current();
         // parse; the conversation is read for the policies, and for a log
         // that keeps it (`state.log_bodies`). Without either, the log's
         // token estimate comes from the body's length: no request pays
         // for a parse only the log would use.
+        let parse = trace.phase("parse");
         let keep_messages =
             operation == Operation::Chat && (pipeline.has_request_hooks() || (self.logging && self.log_bodies));
         let parsed = match operation {
@@ -200,6 +203,8 @@ impl Proxy {
             Err(e) => return e.into_response(),
         };
         request.client = budget;
+        trace.asked(&request.model, client.as_deref(), request.stream);
+        drop(parse);
         let asked = self.logging.then(|| {
             request.log_id = self.log_id();
             let shape = match operation {
@@ -219,14 +224,16 @@ impl Proxy {
             request.model = unaliased.to_owned();
         }
         let mut ctx = Context { request, session, pipeline, candidates: Vec::new(), policy: None, started };
-        policies::before_routing(self, &mut ctx).await;
-        if let Err(e) = self.resolve(&mut ctx) {
+        trace.within("policies.before_routing", policies::before_routing(self, &mut ctx)).await;
+        if let Err(e) = trace.within("resolve", async { self.resolve(&mut ctx) }).await {
             return e.into_response();
         }
-        if let Err(e) = policies::after_routing(self, &mut ctx) {
+        if let Err(e) = trace.within("policies.after_routing", async { policies::after_routing(self, &mut ctx) }).await
+        {
             return e.into_response();
         }
-        let mut outcome = queue::dispatch(self, &ctx).await;
+        let mut outcome = trace.within("dispatch", queue::dispatch(self, &ctx)).await;
+        trace.routed(outcome.via.as_ref().map(|c| (&*c.provider.name, &*c.model)), outcome.attempts.len());
         policies::record(self, &ctx, &outcome);
         if let Some((asked, shape)) = asked {
             self.log(&ctx, &mut outcome, asked, shape, client);

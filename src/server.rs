@@ -95,6 +95,7 @@ pub async fn serve(gateway: Gateway, listener: TcpListener, shutdown: impl Futur
     }
     connections.abort_all();
     while connections.join_next().await.is_some() {}
+    gateway.flush_telemetry().await;
     Ok(())
 }
 

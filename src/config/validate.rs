@@ -119,6 +119,40 @@ pub(super) fn config(
     // milliseconds; 10s is a runaway holding a worker thread.
     within(&mut r, "plugins.call_timeout", cfg.plugins.call_timeout, MS, 10 * Duration::from_secs(1));
     state(cfg, &mut r);
+    telemetry(cfg, &mut r);
+}
+
+/// `telemetry:`: an endpoint freeway can post to, a ratio, headers an
+/// HTTP request can carry. A header's value is never repeated (it is
+/// usually a token).
+fn telemetry(cfg: &Config, r: &mut Report<'_>) {
+    let t = &cfg.telemetry;
+    if let Some(endpoint) = t.endpoint() {
+        match endpoint.parse::<http::Uri>() {
+            Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => {}
+            _ => r.error(
+                "telemetry.otlp_endpoint",
+                format!("`{endpoint}` is not an http:// or https:// URL (e.g. http://127.0.0.1:4318)"),
+            ),
+        }
+    }
+    if !(0.0..=1.0).contains(&t.sample_ratio) {
+        r.error("telemetry.sample_ratio", format!("{} is out of range: must be between 0 and 1", t.sample_ratio));
+    }
+    if t.service_name.trim().is_empty() {
+        r.error("telemetry.service_name", "must not be empty");
+    }
+    for (name, value) in &t.headers {
+        let path = format!("telemetry.headers.{name}");
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            r.error(&path, "not a valid HTTP header name");
+        } else if http::HeaderValue::from_str(value.expose()).is_err() {
+            r.error(&path, "the value is not valid in an HTTP header (visible ASCII only)");
+        }
+    }
+    within(r, "telemetry.timeout", t.timeout, 100 * MS, MINUTE);
+    within(r, "telemetry.export_interval", t.export_interval, 10 * MS, MINUTE);
+    count_within(r, "telemetry.max_queue", u64::from(t.max_queue), 64, 1_000_000);
 }
 
 /// `aliases:`: globs and names within the name bound, a target that is
@@ -738,5 +772,32 @@ mod tests {
         let p = problems("server:\n  api_keys: [\"${K}\"]\n  admin_keys: [\"${K}\"]\n");
         assert!(has(&p, "server.admin_keys.0: is also in server.api_keys"), "{p:?}");
         assert!(problems("server:\n  api_keys: [\"${K}\"]\n  admin_keys: [an-admin-token-0123456789]\n").is_empty());
+    }
+
+    #[test]
+    fn telemetry_is_off_by_default_and_each_bad_value_names_its_field() {
+        let d = Config::default();
+        assert_eq!(d.telemetry.endpoint(), None, "no export unless the config asks");
+        assert_eq!(d.telemetry.sample_ratio, 1.0);
+        assert!(problems("telemetry:\n  otlp_endpoint: \"\"\n").is_empty(), "empty is off, not an error");
+        assert!(problems("telemetry:\n  otlp_endpoint: https://otel.example:4318\n  sample_ratio: 0\n").is_empty());
+        let p = problems(
+            "telemetry:\n  otlp_endpoint: otel.example:4318\n  sample_ratio: 1.5\n  service_name: \" \"\n  \
+             timeout: 2m\n  export_interval: 1ms\n  max_queue: 10\n  headers:\n    \"bad header\": x\n    \
+             authorization: \"Bearer s\\ncret\"\n",
+        );
+        for expected in [
+            "line 2: telemetry.otlp_endpoint: `otel.example:4318` is not an http:// or https:// URL",
+            "line 3: telemetry.sample_ratio: 1.5 is out of range: must be between 0 and 1",
+            "line 4: telemetry.service_name: must not be empty",
+            "line 5: telemetry.timeout: `2m` is out of range: must be between 100ms and 1m",
+            "line 6: telemetry.export_interval: `1ms` is out of range: must be between 10ms and 1m",
+            "line 7: telemetry.max_queue:",
+            "line 9: telemetry.headers.bad header: not a valid HTTP header name",
+            "line 10: telemetry.headers.authorization: the value is not valid in an HTTP header",
+        ] {
+            assert!(has(&p, expected), "missing `{expected}` in {p:#?}");
+        }
+        assert!(!p.iter().any(|m| m.contains("cret")), "a header's value is never repeated: {p:?}");
     }
 }

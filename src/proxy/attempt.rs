@@ -20,6 +20,7 @@ use crate::catalog::provider::Key;
 use crate::catalog::routes::Candidate;
 use crate::plugin::{ErrorKind, PluginError, PluginErrorKind, PluginSession, RateReport, Target, UpstreamRequest};
 use crate::state::{Admission, Refund};
+use crate::telemetry::Trace;
 use crate::upstream::relay::{Hold, Relay, RelaySettings};
 use crate::upstream::{MAX_ANSWER_BYTES, UpstreamError, read_body};
 
@@ -141,6 +142,7 @@ async fn whole(
         if request.log_id != 0 {
             proxy.state.log_tokens(request.log_id, usage.prompt_tokens, usage.completion_tokens);
         }
+        Trace::current().tokens(usage.prompt_tokens, usage.completion_tokens);
     }
     let mut body = decoded.body;
     // An agent must never get a tool call it cannot run: mend what is
@@ -252,6 +254,7 @@ async fn stream(
     let admission = admission.clone();
     let log_id = request.log_id;
     let client = request.client.clone();
+    let trace = Trace::current();
     relay.on_end(move |outcome| {
         if let Some(usage) = outcome.usage {
             metrics.tokens(&name, &model, usage);
@@ -262,6 +265,7 @@ async fn stream(
             if log_id != 0 {
                 state.log_tokens(log_id, usage.prompt_tokens, usage.completion_tokens);
             }
+            trace.tokens(usage.prompt_tokens, usage.completion_tokens);
         }
         match &outcome.error {
             Some(_) if outcome.client_gone => metrics.stream_client_gone(&name, &model),

@@ -26,6 +26,7 @@ use crate::errors::{ApiError, Attempt, ceil_secs};
 use crate::plugin::ErrorKind;
 use crate::state::usage::estimate_tokens;
 use crate::state::{Admission, AttemptRecord, Circuit, CircuitChange, Cooling, Learned};
+use crate::telemetry::Trace;
 
 /// How long a request skips a key whose probe is in flight before it looks
 /// again (the admission queue's head looks again then).
@@ -180,8 +181,13 @@ pub async fn run(
             let started = Instant::now();
             let span =
                 tracing::debug_span!("attempt", provider = %provider.name, model = %candidate.model, key = key.index);
+            let traced = Trace::current().attempt(&provider.name, &candidate.model, key.id.fingerprint);
             let result = attempt::attempt(proxy, request, candidate, key, &admission).instrument(span).await;
             let elapsed = started.elapsed();
+            match &result {
+                Ok(success) => traced.end(Some(success.response.status().as_u16()), "ok", elapsed),
+                Err(f) => traced.end(f.status, &f.reason, elapsed),
+            }
             let reports = match &result {
                 Ok(success) => &success.limits,
                 Err(failure) => &failure.limits,

@@ -46,5 +46,6 @@ mod sdk;
 mod stalls;
 mod state;
 mod streaming;
+mod telemetry;
 mod tool_calls;
 mod walls;
