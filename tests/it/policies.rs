@@ -307,7 +307,9 @@ async fn hot_reload_follows_every_kind_of_change_without_a_failed_request() {
             assert!(health["policies"]["errors"][0]["file"].as_str().unwrap().contains("10-route.rhai"), "{health}");
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(5), "the broken file was not reported: {health}");
+        // A bound on "reported at all", not a speed target: a busy 2-core
+        // machine compiling beside the suite has taken over 5 s.
+        assert!(started.elapsed() < Duration::from_secs(20), "the broken file was not reported: {health}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(gw.chat("r").await.routed_via(), "p/third", "the last good pipeline stays");
@@ -333,9 +335,9 @@ async fn hot_reload_follows_every_kind_of_change_without_a_failed_request() {
     let (ok, failed) = flow.await.unwrap();
     assert_eq!(failed, 0, "{failed} requests failed during the reloads ({ok} succeeded)");
     assert!(ok > 10, "requests did flow: {ok}");
-    for (change, took) in [("edit", edit), ("fix", fix), ("add", add), ("delete", delete), ("empty", empty)] {
-        assert!(took < Duration::from_secs(2), "{change} took {took:?}");
-    }
+    // How quickly each change is seen is printed, not asserted (speed
+    // belongs in benchmarks); `until_routed` fails one never seen.
+    eprintln!("reloads seen after: edit {edit:?}, fix {fix:?}, add {add:?}, delete {delete:?}, empty {empty:?}");
 }
 
 #[tokio::test]
