@@ -306,7 +306,7 @@ async fn a_collector_down_or_stuck_never_delays_a_request() {
     };
     for endpoint in [stuck.url(), closed] {
         let telemetry = format!(
-            "telemetry:\n  otlp_endpoint: {endpoint}\n  export_interval: 10ms\n  timeout: 1s\n  max_queue: 64\n"
+            "telemetry:\n  otlp_endpoint: {endpoint}\n  export_interval: 10ms\n  timeout: 5s\n  max_queue: 64\n"
         );
         let (a, _b, gw) = gateway(&telemetry).await;
         a.on_model("m1", Behavior::rate_limited("120"));
@@ -318,8 +318,10 @@ async fn a_collector_down_or_stuck_never_delays_a_request() {
             assert_eq!(answer.status, 200, "{endpoint}: {}", answer.text());
             slowest = slowest.max(one.elapsed());
         }
-        assert!(slowest < Duration::from_millis(500), "{endpoint}: a request took {slowest:?}");
-        assert!(started.elapsed() < Duration::from_secs(5), "{endpoint}: 40 requests took {:?}", started.elapsed());
+        // A request that waited on an export would take the export's 5 s
+        // timeout; the bounds leave room for a loaded 2-core machine.
+        assert!(slowest < Duration::from_secs(2), "{endpoint}: a request took {slowest:?}");
+        assert!(started.elapsed() < Duration::from_secs(20), "{endpoint}: 40 requests took {:?}", started.elapsed());
         // 40 requests of 9 spans each, into a queue of 64 that empties
         // nowhere (stuck) or fails (closed): the loss is counted.
         let deadline = Instant::now() + Duration::from_secs(10);
