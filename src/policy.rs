@@ -9,6 +9,22 @@
 //! | `fn request(req, settings)` | per request, before routing | a `Request` handle | changes `req.model`, prefers a model (`req.prefer(id)`: first if it is a candidate, added if free), sticks to a session's pin (`req.stick(id)`: first only if already a candidate), pins the session (`req.pin(key, seconds)`), tags |
 //! | `fn prepare(req, settings)` | per request, after routing | `req.context_window` of the first candidate | prunes messages (`req.fit_tokens(n)`...) |
 //!
+//! A per-request hook may declare what it acts on, in functions read once
+//! when the pipeline compiles (see [`scope`]); a hook without one runs on
+//! every request, so scripts written before declarations keep working:
+//!
+//! | declaration | returns | `request`/`prepare` runs only when |
+//! |---|---|---|
+//! | `fn request_models()` | array of model globs, `!glob` excludes | `req.model` is in scope |
+//! | `fn prepare_models()` | same | `req.model` after routing is in scope |
+//! | `fn prepare_tokens(settings)` | `#{above: n, window_less: r}` | the token estimate exceeds `n` or the window less `r` |
+//!
+//! Model globs, not a predicate in Rhai: a predicate would be a call into
+//! Rhai per request, the cost declarations exist to avoid. Globs over the
+//! model name cover what the built-ins check (`auto`, not `provider/model`);
+//! the size bound covers pruning, the one hook whose trigger is length.
+//! When no hook acts, the request's view is never built.
+//!
 //! `settings` is `policies.settings` from the config. A script that throws
 //! or runs past its operation budget is skipped for that call, logged once
 //! with its file and line, and counted; the request goes on. Work that needs
@@ -18,7 +34,7 @@ mod engine;
 mod model_set;
 pub mod prune;
 mod request;
-mod scope;
+pub mod scope;
 pub mod settings;
 pub mod watch;
 
