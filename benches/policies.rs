@@ -1,6 +1,10 @@
 //! The routing policies' cost: the whole per-request pipeline with the
 //! built-in policies on a realistic request (10 turns, 60 candidate
 //! models), and a rebuild of the route tables when the model set changes.
+//! The policy phase of a request no hook acts on (an explicit
+//! `provider/model`) is measured twice in one run: with the built-in
+//! scripts' scope declarations, and with the same scripts stripped of them
+//! (every hook entered, as before declarations existed).
 //! Run with `cargo bench --bench policies`.
 
 use std::hint::black_box;
@@ -89,6 +93,44 @@ fn bench(c: &mut Criterion) {
             black_box(req.state().model.clone())
         })
     });
+    // The built-in scripts without their declarations, from a folder.
+    let Ok(undeclared_dir) = tempfile::tempdir() else { panic!("tempdir") };
+    for (name, text) in freeway::policy::EMBEDDED {
+        let stripped = text
+            .replace("fn request_models(", "fn undeclared_request_models(")
+            .replace("fn prepare_tokens(", "fn undeclared_prepare_tokens(");
+        let Ok(()) = std::fs::write(undeclared_dir.path().join(name), stripped) else { panic!("write") };
+    }
+    let Ok(undeclared) = Pipeline::compile(&Source::Dir(undeclared_dir.path().to_owned()), &[], &settings) else {
+        panic!("undeclared pipeline")
+    };
+    // The whole policy phase as the proxy runs it for `p0/model-0-8b` (a
+    // 10-turn body, a 128 K window): decide, and only when a hook acts, build
+    // the view and enter Rhai.
+    let body_len = serde_json::to_vec(&conversation).map_or(0, |b| b.len());
+    let phase = |pipeline: &Pipeline| {
+        let model = "p0/model-0-8b";
+        let bound = i64::try_from(body_len / 2 + 1).unwrap_or(i64::MAX);
+        if !pipeline.requests_for(model) && !pipeline.prepares_for(model, || bound, 131_072) {
+            return black_box(model.to_owned());
+        }
+        let router = router.clone();
+        let available_in = pins.clone();
+        let req = PolicyRequest::new(RequestState {
+            model: model.to_owned(),
+            requested: model.to_owned(),
+            messages: conversation.clone(),
+            availability: Some(Arc::new(move |name: &str| router.available(name, &*available_in))),
+            pins: Some(pins.clone()),
+            context_window: 131_072,
+            ..RequestState::default()
+        });
+        pipeline.on_request(&req, &metrics);
+        pipeline.on_prepare(&req, &metrics);
+        black_box(req.state().model.clone())
+    };
+    c.bench_function("policies/phase_explicit_model_declared", |b| b.iter(|| phase(&pipeline)));
+    c.bench_function("policies/phase_explicit_model_undeclared", |b| b.iter(|| phase(&undeclared)));
     c.bench_function("policies/copy_request_only", |b| {
         b.iter(|| {
             black_box(PolicyRequest::new(RequestState { messages: conversation.clone(), ..RequestState::default() }))

@@ -9,6 +9,22 @@
 //! | `fn request(req, settings)` | per request, before routing | a `Request` handle | changes `req.model`, prefers a model (`req.prefer(id)`: first if it is a candidate, added if free), sticks to a session's pin (`req.stick(id)`: first only if already a candidate), pins the session (`req.pin(key, seconds)`), tags |
 //! | `fn prepare(req, settings)` | per request, after routing | `req.context_window` of the first candidate | prunes messages (`req.fit_tokens(n)`...) |
 //!
+//! A per-request hook may declare what it acts on, in functions read once
+//! when the pipeline compiles (see [`scope`]); a hook without one runs on
+//! every request, so scripts written before declarations keep working:
+//!
+//! | declaration | returns | `request`/`prepare` runs only when |
+//! |---|---|---|
+//! | `fn request_models()` | array of model globs, `!glob` excludes | `req.model` is in scope |
+//! | `fn prepare_models()` | same | `req.model` after routing is in scope |
+//! | `fn prepare_tokens(settings)` | `#{above: n, window_less: r}` | the token estimate exceeds `n` or the window less `r` |
+//!
+//! Model globs, not a predicate in Rhai: a predicate would be a call into
+//! Rhai per request, the cost declarations exist to avoid. Globs over the
+//! model name cover what the built-ins check (`auto`, not `provider/model`);
+//! the size bound covers pruning, the one hook whose trigger is length.
+//! When no hook acts, the request's view is never built.
+//!
 //! `settings` is `policies.settings` from the config. A script that throws
 //! or runs past its operation budget is skipped for that call, logged once
 //! with its file and line, and counted; the request goes on. Work that needs
@@ -18,6 +34,7 @@ mod engine;
 mod model_set;
 pub mod prune;
 mod request;
+pub mod scope;
 pub mod settings;
 pub mod watch;
 
@@ -81,6 +98,8 @@ pub struct Policy {
     models: bool,
     request: bool,
     prepare: bool,
+    /// What its per-request hooks declare they act on.
+    declared: scope::Declared,
     /// Errors already logged (each is logged once).
     logged: Mutex<HashSet<String>>,
 }
@@ -130,6 +149,7 @@ impl Pipeline {
             Source::Dir(dir) => Some(dir.as_path()),
             Source::Embedded => None,
         });
+        let settings = engine::to_dynamic(&serde_yaml::Value::Mapping(settings.clone())).into_shared();
         let mut policies = Vec::new();
         let mut errors = Vec::new();
         for (file, text) in files {
@@ -137,27 +157,29 @@ impl Pipeline {
             if disabled.iter().any(|d| d.as_str() == &*name || d == &file || strip_order(&name) == d) {
                 continue;
             }
-            match engines.request.compile(&text) {
-                Ok(ast) => policies.push(Policy {
+            // The declarations are read here, once: a request only compares.
+            let compiled = engines.request.compile(&text).map_err(|e| CompileError {
+                file: file.clone(),
+                line: e.position().line(),
+                message: e.err_type().to_string(),
+            });
+            match compiled.and_then(|ast| Ok((scope::read(&engines.build, &ast, &file, &text, &settings)?, ast))) {
+                Ok((declared, ast)) => policies.push(Policy {
                     models: defines(&ast, MODELS),
                     request: defines(&ast, REQUEST),
                     prepare: defines(&ast, PREPARE),
+                    declared,
                     name,
                     file,
                     ast,
                     logged: Mutex::new(HashSet::new()),
                 }),
-                Err(e) => errors.push(CompileError {
-                    file: file.clone(),
-                    line: e.position().line(),
-                    message: e.err_type().to_string(),
-                }),
+                Err(e) => errors.push(e),
             }
         }
         if !errors.is_empty() {
             return Err(errors);
         }
-        let settings = engine::to_dynamic(&serde_yaml::Value::Mapping(settings.clone())).into_shared();
         Ok(Self { engines, policies, settings, source: source.clone() })
     }
 
@@ -174,6 +196,33 @@ impl Pipeline {
     /// Whether any policy has per-request hooks (else requests skip the pipeline).
     pub fn has_request_hooks(&self) -> bool {
         self.policies.iter().any(|p| p.request || p.prepare)
+    }
+
+    /// Whether a `request` hook acts on requests for `model` (the model
+    /// asked for, after aliases). When none does, none runs: a hook only
+    /// runs on a model in its scope, so no hook changes the model first.
+    pub fn requests_for(&self, model: &str) -> bool {
+        self.policies.iter().any(|p| p.request && p.declared.request.as_ref().is_none_or(|m| m.matches(model)))
+    }
+
+    /// Whether a `prepare` hook may act on a request for `model` of at most
+    /// `tokens` (estimated), `window` the first candidate's context window.
+    /// `tokens` is asked only of a hook that declares a size.
+    pub fn prepares_for(&self, model: &str, tokens: impl Fn() -> i64, window: i64) -> bool {
+        self.policies.iter().any(|p| p.prepares(model, &tokens, window))
+    }
+
+    /// Whether a request for `model` needs its conversation parsed into
+    /// values before routing: a `request` hook acts on it, or a `prepare`
+    /// hook does whatever its size (a size-bound one is decided after
+    /// routing, and rarely needs it).
+    pub fn needs_messages(&self, model: &str) -> bool {
+        self.requests_for(model)
+            || self.policies.iter().any(|p| {
+                p.prepare
+                    && p.declared.prepare_size.is_none()
+                    && p.declared.prepare.as_ref().is_none_or(|m| m.matches(model))
+            })
     }
 
     /// Runs every `models` hook in order over `router`'s routes and models.
@@ -220,17 +269,43 @@ impl Pipeline {
     }
 
     /// Runs every `request` hook.
+    /// Runs every `request` hook whose scope holds the request's model
+    /// (as the earlier hooks left it).
     pub fn on_request(&self, req: &PolicyRequest, metrics: &Metrics) {
-        self.run(REQUEST, req, |p| p.request, metrics);
+        self.run(
+            REQUEST,
+            req,
+            |p, s| p.request && p.declared.request.as_ref().is_none_or(|m| m.matches(&s.model)),
+            metrics,
+        );
     }
 
-    /// Runs every `prepare` hook.
+    /// Runs every `prepare` hook whose scope holds the request's model and
+    /// size (`req.context_window` set first).
     pub fn on_prepare(&self, req: &PolicyRequest, metrics: &Metrics) {
-        self.run(PREPARE, req, |p| p.prepare, metrics);
+        self.run(
+            PREPARE,
+            req,
+            |p, s| {
+                let window = s.context_window;
+                let model = s.model.clone();
+                p.prepares(&model, || PolicyRequest::estimate(s), window)
+            },
+            metrics,
+        );
     }
 
-    fn run(&self, hook: (&'static str, usize), req: &PolicyRequest, has: fn(&Policy) -> bool, metrics: &Metrics) {
-        for policy in self.policies.iter().filter(|p| has(p)) {
+    fn run(
+        &self,
+        hook: (&'static str, usize),
+        req: &PolicyRequest,
+        acts: impl Fn(&Policy, &mut RequestState) -> bool,
+        metrics: &Metrics,
+    ) {
+        for policy in &self.policies {
+            if !acts(policy, &mut req.state()) {
+                continue;
+            }
             let started = Instant::now();
             let result = self.engines.request.call_fn_with_options::<Dynamic>(
                 rhai::CallFnOptions::new().eval_ast(false),
@@ -248,6 +323,14 @@ impl Pipeline {
 }
 
 impl Policy {
+    /// Whether its `prepare` hook acts on `model` with `tokens()` (asked
+    /// only when its size is declared) and `window`.
+    fn prepares(&self, model: &str, tokens: impl FnOnce() -> i64, window: i64) -> bool {
+        self.prepare
+            && self.declared.prepare.as_ref().is_none_or(|m| m.matches(model))
+            && self.declared.prepare_size.is_none_or(|size| size.may_act(tokens(), window))
+    }
+
     /// A hook failed: count it, and log it the first time.
     fn fault(&self, hook: &'static str, kind: &'static str, message: &str, metrics: &Metrics) {
         metrics.policy_error(&self.name, kind);

@@ -193,9 +193,9 @@ impl Proxy {
         // for a parse only the log would use.
         let parse = trace.phase("parse");
         let keep_messages =
-            operation == Operation::Chat && (pipeline.has_request_hooks() || (self.logging && self.log_bodies));
+            |model: &str| (self.logging && self.log_bodies) || pipeline.needs_messages(self.unalias(model));
         let parsed = match operation {
-            Operation::Chat => ClientRequest::parse(body, keep_messages),
+            Operation::Chat => ClientRequest::parse_keeping(body, keep_messages),
             Operation::Embeddings => ClientRequest::parse_embeddings(body),
         };
         let mut request = match parsed {

@@ -113,7 +113,8 @@ impl PolicyRequest {
         state.derived.lower_last_user.as_deref().unwrap_or_default()
     }
 
-    fn estimate(state: &mut RequestState) -> i64 {
+    /// The token estimate of the conversation, counted once until it changes.
+    pub(crate) fn estimate(state: &mut RequestState) -> i64 {
         if state.derived.tokens.is_none() || state.messages_changed {
             state.derived.tokens = Some(prune::tokens(&state.messages) as i64);
         }

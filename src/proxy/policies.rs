@@ -29,27 +29,13 @@ pub struct PolicyRun {
 /// Before routing: runs the `request` hooks. They may change the model to
 /// route to (`ctx.request.model`), prefer or pin models, and tag; the
 /// conversation moves into the policies' view until [`after_routing`] puts
-/// it back. A request no hook runs on skips this (and the next) phase.
+/// it back. A request no `request` hook acts on (by the models each
+/// declares) skips this phase without building the view.
 pub async fn before_routing(proxy: &Proxy, ctx: &mut Context) {
-    if !ctx.pipeline.has_request_hooks() {
+    if !ctx.pipeline.requests_for(&ctx.request.model) {
         return;
     }
-    let Some(messages) = ctx.request.messages.take() else { return };
-    let routes = proxy.routes();
-    let state = Arc::clone(proxy.state());
-    let availability_state = Arc::clone(&state);
-    let view = RequestState {
-        model: ctx.request.model.clone(),
-        requested: ctx.request.model.clone(),
-        stream: ctx.request.stream,
-        has_tools: ctx.request.has_tools,
-        messages,
-        session_header: ctx.session.clone(),
-        availability: Some(Arc::new(move |name: &str| routes.available(name, &*availability_state))),
-        pins: Some(state),
-        ..RequestState::default()
-    };
-    let req = PolicyRequest::new(view);
+    let Some(req) = view(proxy, ctx) else { return };
     let metrics = proxy.metrics();
     ctx.pipeline.on_request(&req, metrics);
     let questions = std::mem::take(&mut req.state().questions);
@@ -73,23 +59,80 @@ pub async fn before_routing(proxy: &Proxy, ctx: &mut Context) {
     ctx.policy = Some(PolicyRun { req });
 }
 
+/// The policies' view of the request, its conversation moved in: the one
+/// parsed with the body, or (when the body was parsed without it because
+/// no hook looked likely to need it) parsed now. `None` when it cannot be.
+fn view(proxy: &Proxy, ctx: &mut Context) -> Option<PolicyRequest> {
+    let messages = match ctx.request.messages.take() {
+        Some(messages) => messages,
+        None => {
+            /// Only the conversation of a body already checked whole.
+            #[derive(serde::Deserialize)]
+            struct Conversation {
+                messages: Vec<Value>,
+            }
+            serde_json::from_slice::<Conversation>(&ctx.request.raw).ok()?.messages
+        }
+    };
+    let routes = proxy.routes();
+    let state = Arc::clone(proxy.state());
+    let availability_state = Arc::clone(&state);
+    Some(PolicyRequest::new(RequestState {
+        model: ctx.request.model.clone(),
+        requested: ctx.request.model.clone(),
+        stream: ctx.request.stream,
+        has_tools: ctx.request.has_tools,
+        messages,
+        session_header: ctx.session.clone(),
+        availability: Some(Arc::new(move |name: &str| routes.available(name, &*availability_state))),
+        pins: Some(state),
+        ..RequestState::default()
+    }))
+}
+
+/// An upper bound of the token estimate of a conversation read from its
+/// raw body: every message costs at least 11 bytes of JSON (`{"role":""}`)
+/// and counts 4 tokens plus a quarter of its text, whose characters each
+/// take at least a byte, so half the body's bytes is never less.
+fn tokens_at_most(raw: &[u8]) -> i64 {
+    i64::try_from(raw.len() / 2 + 1).unwrap_or(i64::MAX)
+}
+
 /// After routing: puts preferred and pinned models first among the
 /// candidates, runs the `prepare` hooks against the first candidate's
 /// context window, and writes a changed conversation back into the body.
+/// A request no hook acts on (no `request` hook ran, and no `prepare` hook
+/// acts on its model at its size) builds no view here either.
 ///
 /// A pin only reorders the request's own candidates: a conversation first
 /// answered by a paid model is never steered there by a later `free` or
 /// `auto` request. A policy's preference may add a model the request would
 /// not have tried, but never a paid one to a pool of free models.
 pub fn after_routing(proxy: &Proxy, ctx: &mut Context) -> Result<(), ApiError> {
+    let window = ctx
+        .candidates
+        .first()
+        .map_or(0, |first| i64::try_from(first.provider.context_window(&first.model).unwrap_or(0)).unwrap_or(i64::MAX));
+    if ctx.policy.is_none() {
+        // The body's length bounds the estimate: the conversation is read
+        // only when a size-bound hook might act (or a hook acts on any size).
+        let tokens = || match &ctx.request.messages {
+            Some(messages) => i64::try_from(crate::policy::prune::tokens(messages)).unwrap_or(i64::MAX),
+            None => tokens_at_most(&ctx.request.raw),
+        };
+        if !ctx.pipeline.prepares_for(&ctx.request.model, tokens, window) {
+            return Ok(());
+        }
+        let Some(req) = view(proxy, ctx) else { return Ok(()) };
+        ctx.policy = Some(PolicyRun { req });
+    }
     let Some(run) = &ctx.policy else { return Ok(()) };
     let prefer = run.req.state().prefer.clone();
     if !prefer.is_empty() {
         put_first(&proxy.routes(), &ctx.request.model, &mut ctx.candidates, &prefer);
     }
-    if let Some(first) = ctx.candidates.first() {
-        let window = first.provider.context_window(&first.model).unwrap_or(0);
-        run.req.state().context_window = i64::try_from(window).unwrap_or(i64::MAX);
+    if !ctx.candidates.is_empty() {
+        run.req.state().context_window = window;
     }
     ctx.pipeline.on_prepare(&run.req, proxy.metrics());
     let mut state = run.req.state();

@@ -543,3 +543,131 @@ async fn reading_the_policies_is_not_a_change() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(reloads().await, before + 1, "one change, one reload");
 }
+
+/// How many times `policy`'s `hook` was called, from `/metrics` (0 when
+/// it never was: the series is absent).
+async fn calls(gw: &TestGateway, policy: &str, hook: &str) -> u64 {
+    let metrics = gw.get("/metrics", &[]).await.text();
+    let series = format!("freeway_policy_duration_seconds_count{{policy=\"{policy}\",hook=\"{hook}\"}} ");
+    metrics.lines().find_map(|l| l.strip_prefix(series.as_str())).map_or(0, |n| n.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn a_hook_runs_only_on_the_models_it_declares() {
+    let (_m, _dir, gw) = with_policies(&[
+        // Acts on the route `r` only, and sends it to p/second.
+        ("10-scoped.rhai", "fn request_models() { [\"r\"] }\nfn request(req, settings) { req.model = \"p/second\"; }"),
+        // Anything but provider/model: sees `r` as the earlier hook left it.
+        (
+            "20-except.rhai",
+            "fn request_models() { [\"*\", \"!p/*\"] }\nfn request(req, settings) { req.tag(\"except\", req.model); }",
+        ),
+        // No declaration: every request, as before declarations existed.
+        ("30-plain.rhai", "fn request(req, settings) { }\nfn prepare(req, settings) { }"),
+        // After routing, on the model the request hooks left.
+        (
+            "40-prepare.rhai",
+            "fn prepare_models() { [\"p/second\"] }\nfn prepare(req, settings) { req.tag(\"prepared\", req.model); }",
+        ),
+    ])
+    .await;
+    assert_eq!(gw.chat("r").await.routed_via(), "p/second");
+    for model in ["p/first", "p/third", "p/first"] {
+        let answer = gw.chat(model).await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        assert_eq!(answer.routed_via(), model);
+    }
+    assert_eq!(gw.chat("p/second").await.status, 200);
+    assert_eq!(calls(&gw, "10-scoped", "request").await, 1, "only `r` entered the scoped hook");
+    assert_eq!(calls(&gw, "20-except", "request").await, 0, "provider/model is excluded, `r` had become one");
+    assert_eq!(calls(&gw, "30-plain", "request").await, 5, "an undeclared hook runs on every request");
+    assert_eq!(calls(&gw, "30-plain", "prepare").await, 5);
+    assert_eq!(calls(&gw, "40-prepare", "prepare").await, 2, "`r` (now p/second) and p/second");
+    let metrics = gw.get("/metrics", &[]).await.text();
+    assert!(metrics.contains("freeway_policy_tags_total{tag=\"prepared\",value=\"p/second\"} 2"), "{metrics}");
+    assert!(!metrics.contains("tag=\"except\""), "{metrics}");
+}
+
+#[tokio::test]
+async fn an_exclusion_keeps_a_model_out_of_a_wider_glob() {
+    let (_m, _dir, gw) = with_policies(&[(
+        "10-except.rhai",
+        "fn request_models() { [\"!p/third\", \"p/*\"] }\nfn request(req, settings) { req.tag(\"seen\", req.model); }",
+    )])
+    .await;
+    for model in ["p/first", "p/third", "p/second", "p/third"] {
+        assert_eq!(gw.chat(model).await.status, 200);
+    }
+    assert_eq!(calls(&gw, "10-except", "request").await, 2);
+    let metrics = gw.get("/metrics", &[]).await.text();
+    assert!(metrics.contains("freeway_policy_tags_total{tag=\"seen\",value=\"p/first\"} 1"), "{metrics}");
+    assert!(!metrics.contains("value=\"p/third\""), "{metrics}");
+}
+
+#[tokio::test]
+async fn the_built_in_policies_leave_an_explicit_model_alone_and_still_act_on_auto() {
+    let (_p, _q, gw) = fleet("    {}\n").await;
+    for _ in 0..3 {
+        let answer = ask(&gw, &json!({"model": "p/mid-32b", "messages": user("hi")}).to_string(), &[]).await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+    }
+    let metrics = gw.get("/metrics", &[]).await.text();
+    assert!(!metrics.contains("hook=\"request\"") && !metrics.contains("hook=\"prepare\""), "{metrics}");
+    // `auto` is classified, and pinned by sticky-session.
+    assert_eq!(ask(&gw, &body(user("hi there"), json!({})), &[]).await.routed_via(), "q/q-8b");
+    assert_eq!(calls(&gw, "10-auto-tier", "request").await, 1);
+    assert_eq!(calls(&gw, "50-sticky-session", "request").await, 1);
+    assert_eq!(calls(&gw, "40-context-prune", "prepare").await, 0, "a short conversation is not pruned");
+}
+
+#[tokio::test]
+async fn pruning_still_follows_the_window_of_an_explicit_model() {
+    let m = Mock::start().await;
+    let yaml = format!(
+        "providers:\n  p:\n    plugin: openai-compat\n    base_url: {}\n    keys: [k]\n    models:\n      - {{ id: small, context: 2048 }}\npolicies:\n  settings: {{}}\n",
+        m.base_url()
+    );
+    let gw = start(&yaml).await;
+    let long = conversation(8);
+    let n = long.as_array().unwrap().len();
+    assert!(tokens(long.as_array().unwrap()) > 1024, "longer than the window less the reserve");
+    for messages in [user("hi"), long] {
+        let answer = ask(&gw, &json!({"model": "p/small", "messages": messages}).to_string(), &[]).await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+    }
+    let chats = m.chats();
+    assert_eq!(chats[0].body["messages"].as_array().unwrap().len(), 1);
+    let pruned = chats[1].body["messages"].as_array().unwrap();
+    assert!(pruned.len() < n && tokens(pruned) <= 1024, "{} of {n} messages, {} tokens", pruned.len(), tokens(pruned));
+    assert_eq!(calls(&gw, "40-context-prune", "prepare").await, 1, "only the long conversation entered Rhai");
+}
+
+#[tokio::test]
+async fn a_declaration_that_is_not_an_array_of_strings_is_refused_with_its_line() {
+    for (text, line) in [
+        ("fn request(req, settings) { }\n\nfn request_models() { \"auto\" }\n", 3),
+        ("fn prepare(req, settings) { }\nfn prepare_models() { [\"auto\", 42] }\n", 2),
+        ("fn prepare(req, settings) { }\nfn prepare_tokens(settings) { \"big\" }\n", 2),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("10-bad.rhai"), text).unwrap();
+        let env = freeway::Env::from_map(Vec::<(String, String)>::new());
+        let yaml = format!("policies:\n  dir: {}\n", dir.path().display());
+        let loaded = freeway::Config::from_yaml(&yaml, "t", &env, &freeway::Catalog::empty()).unwrap();
+        let Err(problems) = freeway::Gateway::new(loaded.config, freeway::Catalog::empty(), &env).await else {
+            panic!("a wrong declaration was accepted: {text}")
+        };
+        assert!(problems.join("\n").contains(&format!("10-bad.rhai:{line}")), "{problems:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_reload_reads_the_declarations_again() {
+    let scoped = |glob: &str| format!("fn request_models() {{ [\"{glob}\"] }}\n{ROUTE_TO}").replace("MODEL", "second");
+    let (_m, dir, gw) = with_policies(&[("10-route.rhai", &scoped("r"))]).await;
+    assert_eq!(gw.chat("r").await.routed_via(), "p/second");
+    save(dir.path(), "10-route.rhai", &scoped("other"));
+    until_routed(&gw, "p/first").await;
+    save(dir.path(), "10-route.rhai", &scoped("r*"));
+    until_routed(&gw, "p/second").await;
+}
