@@ -203,6 +203,9 @@ impl Mock {
                     return;
                 };
                 accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                // As real servers do: without it, an answer written in two
+                // pieces waits for the client's delayed ACK (~40 ms).
+                let _ = stream.set_nodelay(true);
                 let state = shared.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
