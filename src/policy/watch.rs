@@ -83,15 +83,20 @@ pub fn spawn(dir: PathBuf, on_change: impl Fn() -> bool + Send + 'static) -> Res
                         Err(RecvTimeoutError::Disconnected) => return,
                     }
                 }
+                // The folder may be a new one under the same name: watch it
+                // again first, then reload. A change while the watch is
+                // down is read by this reload; one after it sends an event.
+                // (Re-arming after the reload lost a save made in between.)
+                {
+                    let Some(watcher) = weak.upgrade() else { return };
+                    let mut watcher = watcher.lock().unwrap_or_else(|e| e.into_inner());
+                    let _ = watcher.unwatch(&dir);
+                    if let Err(e) = arm(&mut *watcher, &dir) {
+                        tracing::warn!("{e}");
+                    }
+                }
                 if !on_change() {
                     return;
-                }
-                // The folder may be a new one under the same name.
-                let Some(watcher) = weak.upgrade() else { return };
-                let mut watcher = watcher.lock().unwrap_or_else(|e| e.into_inner());
-                let _ = watcher.unwatch(&dir);
-                if let Err(e) = arm(&mut *watcher, &dir) {
-                    tracing::warn!("{e}");
                 }
             }
         })
