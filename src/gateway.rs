@@ -17,7 +17,7 @@ use crate::auth::Auth;
 use crate::body::ResponseBody;
 use crate::catalog::Catalog;
 use crate::catalog::discovery::{self, Discovery};
-use crate::catalog::provider::{self, DisabledProvider, LocalModels, Provider, merge};
+use crate::catalog::provider::{self, LocalModels, merge};
 use crate::catalog::routes::Router;
 use crate::config::{Config, Env};
 use crate::metrics::Metrics;
@@ -45,24 +45,6 @@ pub fn policy_source(config: &Config) -> PolicySource {
         }
         None => PolicySource::Embedded,
     }
-}
-
-/// The routing tables: the config's and catalog's routes, then what the
-/// policies' `models` hooks add or reorder (`free`, `auto:*`...).
-fn route_tables(
-    providers: Vec<Arc<Provider>>,
-    disabled: Vec<DisabledProvider>,
-    config: &Config,
-    catalog: &Catalog,
-    pipeline: &Pipeline,
-    metrics: &Metrics,
-) -> Router {
-    let base = Router::new(providers.clone(), disabled.clone(), config, catalog, &indexmap::IndexMap::new());
-    if !pipeline.has_models_hooks() {
-        return base;
-    }
-    let overrides = pipeline.build_pools(&base, metrics);
-    Router::new(providers, disabled, config, catalog, &overrides)
 }
 
 /// The state store `config` asks for: the database file (loaded), or
@@ -186,7 +168,7 @@ impl Gateway {
         }
         let pipeline = Pipeline::compile(&policy_source(&config), &config.policies.disabled, &effective)
             .map_err(|errors| errors.iter().map(|e| format!("policy {e}")).collect::<Vec<_>>())?;
-        let router = route_tables(enabled, disabled, &config, &catalog, &pipeline, &metrics);
+        let router = pipeline.route_tables(enabled, disabled, &config, &catalog, &metrics);
         let proxy =
             Proxy::new(router, state, upstream, metrics.clone(), config.dispatch.clone(), Policies::new(pipeline))
                 .with_aliases(crate::catalog::aliases::Aliases::new(config.aliases.as_ref()))
@@ -296,7 +278,7 @@ impl Gateway {
     pub fn rebuild_routes(&self) {
         let (config, catalog, metrics) = (&self.inner.config, &self.inner.catalog, &self.inner.metrics);
         self.inner.proxy.rebuild_routes(|current, pipeline| {
-            route_tables(current.providers().to_vec(), current.disabled().to_vec(), config, catalog, pipeline, metrics)
+            pipeline.route_tables(current.providers().to_vec(), current.disabled().to_vec(), config, catalog, metrics)
         });
     }
 
@@ -422,8 +404,7 @@ async fn probe_local(upstream: &Upstream, plugins: &PluginHost, config: &Config,
         else {
             continue;
         };
-        let options: Vec<(String, String)> =
-            spec.options.iter().flatten().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let options = provider::options_of(&spec);
         let target = Target { base_url: base_url.trim_end_matches('/'), model: "", key: None, options: &options };
         let listed =
             discovery::list_models(upstream, &plugin, &target, &[], &Redactor::default(), LOCAL_PROBE_TIMEOUT).await;

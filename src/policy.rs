@@ -225,6 +225,26 @@ impl Pipeline {
             })
     }
 
+    /// The routing tables over `providers`: the config's and catalog's
+    /// routes, then what the `models` hooks add or reorder (`free`,
+    /// `auto:*`...). The gateway and `freeway replay` build them so.
+    pub fn route_tables(
+        &self,
+        providers: Vec<Arc<crate::catalog::provider::Provider>>,
+        disabled: Vec<crate::catalog::provider::DisabledProvider>,
+        config: &crate::config::Config,
+        catalog: &crate::catalog::Catalog,
+        metrics: &Metrics,
+    ) -> crate::catalog::routes::Router {
+        use crate::catalog::routes::Router;
+        let base = Router::new(providers.clone(), disabled.clone(), config, catalog, &IndexMap::new());
+        if !self.has_models_hooks() {
+            return base;
+        }
+        let overrides = self.build_pools(&base, metrics);
+        Router::new(providers, disabled, config, catalog, &overrides)
+    }
+
     /// Runs every `models` hook in order over `router`'s routes and models.
     /// Returns the pools that changed or were added.
     pub fn build_pools(

@@ -129,13 +129,7 @@ impl Side {
                 .map_err(|problems| SideError::Setup(problems.join("\n")))?;
         let (providers, disabled) = providers(config, catalog, env, &plugins, saved);
         discovery::restore_from(&providers, |name| saved.get(name));
-        let base = Router::new(providers.clone(), disabled.clone(), config, catalog, &indexmap::IndexMap::new());
-        let router = if pipeline.has_models_hooks() {
-            let overrides = pipeline.build_pools(&base, &metrics);
-            Router::new(providers, disabled, config, catalog, &overrides)
-        } else {
-            base
-        };
+        let router = pipeline.route_tables(providers, disabled, config, catalog, &metrics);
         Ok(Self { router: Arc::new(router), pipeline, aliases: Aliases::new(config.aliases.as_ref()), metrics })
     }
 

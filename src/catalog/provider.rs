@@ -272,6 +272,21 @@ impl DisabledProvider {
 /// listed.
 pub type LocalModels = HashMap<String, Vec<String>>;
 
+/// A provider's `options` as the plugin takes them.
+pub fn options_of(spec: &ProviderSpec) -> Vec<(String, String)> {
+    spec.options.iter().flatten().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// A provider's configured `headers` (those that are valid HTTP; the
+/// config check reports the others).
+pub fn headers_of(spec: &ProviderSpec) -> Vec<(HeaderName, HeaderValue)> {
+    spec.headers
+        .iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((HeaderName::from_bytes(k.as_bytes()).ok()?, HeaderValue::from_str(v).ok()?)))
+        .collect()
+}
+
 /// Merges a config entry over its catalog entry, field by field.
 pub fn merge(config: Option<&ProviderSpec>, catalog: Option<&ProviderSpec>) -> ProviderSpec {
     let c = config.cloned().unwrap_or_default();
@@ -430,12 +445,7 @@ fn enable(
         found.discovered = true;
         models.push(found);
     }
-    let headers = spec
-        .headers
-        .iter()
-        .flatten()
-        .filter_map(|(k, v)| Some((HeaderName::from_bytes(k.as_bytes()).ok()?, HeaderValue::from_str(v).ok()?)))
-        .collect();
+    let headers = headers_of(spec);
     let name: Arc<str> = Arc::from(name);
     // Configured header values (`HTTP-Referer`, an account id in a header)
     // are secrets too: an upstream that echoes its request leaks them.
@@ -455,7 +465,7 @@ fn enable(
         name,
         base_url: spec.base_url.clone().unwrap_or_default().trim_end_matches('/').to_owned(),
         plugin,
-        options: spec.options.iter().flatten().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        options: options_of(spec),
         keys: slots,
         next_key: AtomicUsize::new(0),
         retired: Retired::default(),

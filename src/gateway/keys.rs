@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{Gateway, route_tables};
+use super::Gateway;
 use crate::catalog::discovery;
 use crate::catalog::provider::{self, AddedKeys, KeySource, merge};
 use crate::config::{Config, Env, ProviderSpec};
@@ -155,16 +155,7 @@ impl Gateway {
         if !plugin.capabilities().models {
             return Ok(None);
         }
-        let options: Vec<(String, String)> =
-            spec.options.iter().flatten().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let headers: Vec<(http::HeaderName, http::HeaderValue)> = spec
-            .headers
-            .iter()
-            .flatten()
-            .filter_map(|(k, v)| {
-                Some((http::HeaderName::from_bytes(k.as_bytes()).ok()?, http::HeaderValue::from_str(v).ok()?))
-            })
-            .collect();
+        let (options, headers) = (provider::options_of(&spec), provider::headers_of(&spec));
         let redactor =
             Redactor::new(std::iter::once(key).chain(spec.headers.iter().flatten().map(|(_, v)| v.as_str())));
         let base_url = spec.base_url.as_deref().unwrap_or_default().trim_end_matches('/');
@@ -286,7 +277,7 @@ impl Gateway {
                     None => fresh.push(provider.clone()),
                 }
             }
-            route_tables(enabled, disabled, &inner.config, &inner.catalog, pipeline, &inner.metrics)
+            pipeline.route_tables(enabled, disabled, &inner.config, &inner.catalog, &inner.metrics)
         });
         if fresh.is_empty() {
             return;
