@@ -14,7 +14,7 @@ const PLUGINS: &[&str] = &["openai-compat", "gemini", "cohere", "anthropic"];
 /// Plugins built for the tests only (misbehaving on purpose, or built
 /// against another interface version); never embedded. The tests find them
 /// through `FREEWAY_TEST_PLUGINS`.
-const TEST_PLUGINS: &[&str] = &["misbehave", "old-interface", "interface-0-1", "minimal-plugin"];
+const TEST_PLUGINS: &[&str] = &["misbehave", "old-interface", "interface-0-1", "interface-0-2", "minimal-plugin"];
 
 const TARGET: &str = "wasm32-wasip2";
 

@@ -1,7 +1,9 @@
 //! The gateway's own CPU work per request, without the network: parsing the
 //! client's request, resolving the model name, and the plugin round trip
-//! (a fresh instance, building the upstream request, decoding the answer,
-//! or decoding a stream). Run with `cargo bench --bench hot_path`.
+//! (an instance, building the upstream request, decoding the answer, or
+//! decoding a stream), and the same under the plugin's plan (interface
+//! 0.3: the host applies the plugin's edits and checks itself). Run with
+//! `cargo bench --bench hot_path`.
 
 use std::hint::black_box;
 
@@ -12,7 +14,7 @@ use freeway::catalog::routes::Router;
 use freeway::clients::Client;
 use freeway::metrics::Metrics;
 use freeway::plugin::Usage;
-use freeway::plugin::{PluginHost, PluginSettings, StreamEvent, Target};
+use freeway::plugin::{PluginHost, PluginSettings, PluginStream, StreamEvent, Target, check_answer};
 use freeway::proxy::ClientRequest;
 use freeway::state::MemoryState;
 use freeway::{Catalog, Config, Env};
@@ -95,6 +97,32 @@ fn hot_path(c: &mut Criterion) {
             let Ok(mut decoder) = plugin.session().and_then(|s| s.into_stream(&target)) else { return Vec::new() };
             let mut out: Vec<StreamEvent> = Vec::with_capacity(32);
             // Upstreams deliver chunks in pieces; feed ~512-byte reads.
+            for piece in stream.chunks(512) {
+                let _ = decoder.push(black_box(piece), &mut out);
+            }
+            let _ = decoder.finish(&mut out);
+            out
+        })
+    });
+    // The same under the plugin's plan: the cached plan looked up, the
+    // request searched and edited, the answer searched and checked.
+    let plans = &provider.plans;
+    group.bench_function("plan_round_trip", |b| {
+        b.iter(|| {
+            let Some(plan) = plans.get(&plugin, &target, 0) else { return };
+            if plan.serves(black_box(&request.raw)) {
+                let _ = black_box(plan.build(&request.raw, false));
+            }
+            if plan.passes(black_box(&answer)) {
+                let _ = black_box(check_answer(answer.clone()));
+            }
+        })
+    });
+    group.bench_function("plan_stream_20_chunks", |b| {
+        b.iter(|| {
+            let Some(plan) = plans.get(&plugin, &target, 0) else { return Vec::new() };
+            let mut decoder = PluginStream::planned(plugin.clone(), plan);
+            let mut out: Vec<StreamEvent> = Vec::with_capacity(32);
             for piece in stream.chunks(512) {
                 let _ = decoder.push(black_box(piece), &mut out);
             }

@@ -23,7 +23,7 @@
 #   - before: the freeway binary named by FREEWAY_BEFORE;
 #   - after: this tree's freeway (built here; FREEWAY_AFTER overrides it).
 # Both freeways run their built-in policies (the default) and get a
-# `mock/mock-model` request. Each run reports req/s and the CPU time per
+# `mock/mock-model` request (`MODEL` below). Each run reports req/s and the CPU time per
 # request of the server's whole process tree (utime + stime of the process
 # and its descendants, from /proc/PID/stat), then a summary with the median
 # of the rounds. The load generator is wrk (Debian's package), not oha: it
@@ -40,6 +40,9 @@
 #   CONCURRENCY     space-separated connection counts (default "1 16 64";
 #                   --compare: "16")
 #   ROUNDS          --compare: rounds (default 3)
+#   MODEL           the model the requests name (default `mock/mock-model`,
+#                   which no built-in policy acts on; `mock-model`, a bare
+#                   id, goes through the sticky-session policy)
 #   FREEWAY_BEFORE  --compare: the freeway binary to compare against (required)
 #   FREEWAY_AFTER   --compare: the freeway binary to compare (default: built here)
 #   BEFORE_STATE, AFTER_STATE  --compare: the `state:` line of each freeway's
@@ -236,8 +239,8 @@ main_default() {
     build
     ensure_oha
 
-    make_body false >"$WORK_DIR/body-non-stream.json"
-    make_body true >"$WORK_DIR/body-stream.json"
+    make_body false "${MODEL:-mock/mock-model}" >"$WORK_DIR/body-non-stream.json"
+    make_body true "${MODEL:-mock/mock-model}" >"$WORK_DIR/body-stream.json"
     log "request bodies: $(wc -c <"$WORK_DIR/body-non-stream.json") bytes (non-stream), $(wc -c <"$WORK_DIR/body-stream.json") bytes (stream)"
 
     start_mock
@@ -407,7 +410,7 @@ main_compare() {
 
     local mode
     for mode in non-stream stream; do
-        make_body "$([[ $mode == stream ]] && echo true || echo false)" >"$WORK_DIR/body-$mode.json"
+        make_body "$([[ $mode == stream ]] && echo true || echo false)" "${MODEL:-mock/mock-model}" >"$WORK_DIR/body-$mode.json"
         write_wrk_script "$WORK_DIR/body-$mode.json" "$WORK_DIR/wrk-$mode.lua"
     done
 

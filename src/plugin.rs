@@ -1,8 +1,8 @@
 //! Provider plugins: WebAssembly components, run by wasmtime, that
 //! translate between OpenAI's API and a provider's wire format.
 //!
-//! The host side of `providers/wit/0.2.0/provider.wit` (and of 0.1.0, whose
-//! plugins still load, their calls adapted to 0.2's shapes):
+//! The host side of `providers/wit/0.3.0/provider.wit` (and of 0.2.0 and
+//! 0.1.0, whose plugins still load, their calls adapted to 0.3's shapes):
 //!
 //! - one process-wide [`wasmtime::Engine`] with the pooling allocator and
 //!   epoch interruption (a ticker thread holding only a weak handle);
@@ -26,6 +26,7 @@ mod bindings;
 mod cache;
 mod engine;
 mod host;
+mod plan;
 mod types;
 mod versions;
 
@@ -33,22 +34,27 @@ pub use engine::{DEFAULT_MEMORY_LIMIT, MAX_INSTANCES, MAX_MEMORY, min_memory_lim
 pub use host::{
     Plugin, PluginError, PluginErrorKind, PluginHost, PluginSession, PluginSettings, PluginStream, available_names,
 };
+pub use plan::{ChatPlan, PlanCache, Planned, PlannedStream, check_answer, error_message};
 pub use types::{
     Capabilities, Decoded, ErrorKind, ModelRecord, QuotaWindow, RateReport, RateUnit, StreamEvent, Target,
     UpstreamRequest, Usage,
 };
 
 /// The interface version this build implements: the WIT package version,
-/// read from `providers/wit/0.2.0/` (each version keeps its own folder
+/// read from `providers/wit/0.3.0/` (each version keeps its own folder
 /// there). The guest SDK, `providers/sdk`, has the same constant.
-pub const INTERFACE_VERSION: &str = "0.2.0";
+pub const INTERFACE_VERSION: &str = "0.3.0";
 
 /// Every interface version this build loads, newest first: plugins built
-/// against 0.1.0 keep working (without the `limits` capability).
-pub const LOADED_VERSIONS: &[&str] = &[INTERFACE_VERSION, "0.1.0"];
+/// against 0.2.0 keep working (without plans), and so do those built
+/// against 0.1.0 (without the `limits` capability either).
+pub const LOADED_VERSIONS: &[&str] = &[INTERFACE_VERSION, "0.2.0", "0.1.0"];
 
 /// The name under which a plugin exports the translator.
-pub const TRANSLATOR_EXPORT: &str = "freeway:provider/translator@0.2.0";
+pub const TRANSLATOR_EXPORT: &str = "freeway:provider/translator@0.3.0";
+
+/// The same export in interface 0.2.0.
+pub const TRANSLATOR_EXPORT_0_2: &str = "freeway:provider/translator@0.2.0";
 
 /// The same export in interface 0.1.0.
 pub const TRANSLATOR_EXPORT_0_1: &str = "freeway:provider/translator@0.1.0";

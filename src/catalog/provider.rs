@@ -13,7 +13,7 @@ use http::{HeaderName, HeaderValue};
 use super::models::{ModelInfo, ModelTable};
 use crate::catalog::Catalog;
 use crate::config::{Config, Env, Limits, ProviderSpec};
-use crate::plugin::{Plugin, PluginHost};
+use crate::plugin::{PlanCache, Plugin, PluginHost};
 use crate::secret::{Redactor, Secret};
 use crate::state::{Budget, Clock, KeyId, QuotaReset, Schedule};
 
@@ -53,6 +53,8 @@ pub struct Provider {
     /// Removes this provider's keys and configured header values from any
     /// text that came back from its upstream or plugin.
     pub redactor: Redactor,
+    /// Its plugin's chat plans, by model and key.
+    pub plans: PlanCache,
 }
 
 /// One API key of a provider.
@@ -482,6 +484,7 @@ fn enable(
             .map(|r| Arc::new(Schedule::new(r))),
         free: provider_free,
         redactor,
+        plans: PlanCache::default(),
     })
 }
 

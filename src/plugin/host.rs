@@ -13,7 +13,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use wasmtime::component::{Component, Linker, ResourceAny};
 use wasmtime::{ResourceLimiter, Store, Trap};
 
-use super::bindings::v02::api;
+use super::bindings::v03::api;
+use super::plan::{ChatPlan, MAX_PLAN_ITEMS, Planned, PlannedStream};
 use super::types::{
     Capabilities, Decoded, ErrorKind, ModelRecord, QuotaWindow, RateReport, RateUnit, StreamEvent, Target,
     UpstreamRequest, Usage,
@@ -290,6 +291,7 @@ impl Plugin {
             embeddings: c.contains(api::Capabilities::EMBEDDINGS),
             models: c.contains(api::Capabilities::MODELS),
             limits: c.contains(api::Capabilities::LIMITS),
+            plan: c.contains(api::Capabilities::PLAN),
         };
         plugin.name = descriptor.name;
         Ok(plugin)
@@ -321,8 +323,9 @@ impl Plugin {
         self.capabilities
     }
 
-    /// The interface version it was built against (`0.2.0`, or `0.1.0` for
-    /// a plugin that predates [`Plugin::read_limits`]).
+    /// The interface version it was built against (`0.3.0`; `0.2.0` for a
+    /// plugin that predates [`Plugin::plan_chat`], `0.1.0` for one that
+    /// predates [`Plugin::read_limits`] too).
     pub fn interface_version(&self) -> &'static str {
         self.version.as_str()
     }
@@ -479,7 +482,7 @@ impl Plugin {
         PluginError { plugin: self.name.clone(), kind, message }
     }
 
-    fn refused(&self, message: String) -> PluginError {
+    pub(crate) fn refused(&self, message: String) -> PluginError {
         PluginError { plugin: self.name.clone(), kind: PluginErrorKind::Refused, message }
     }
 
@@ -499,10 +502,21 @@ impl Plugin {
         purpose: Purpose,
     ) -> Result<UpstreamRequest, PluginError> {
         allowed_url(&r.url, target, purpose).map_err(|why| self.refused(format!("built a URL outside {why}")))?;
-        let method = Method::from_bytes(r.method.as_bytes())
-            .map_err(|_| self.refused(format!("built a request with method {:?}", r.method)))?;
-        let mut headers = Vec::with_capacity(r.headers.len());
-        for (name, value) in r.headers {
+        let method = self.method(&r.method)?;
+        let headers = self.headers(r.headers)?;
+        Ok(UpstreamRequest { method, url: r.url, headers, body: Bytes::from(r.body) })
+    }
+
+    fn method(&self, method: &str) -> Result<Method, PluginError> {
+        Method::from_bytes(method.as_bytes())
+            .map_err(|_| self.refused(format!("built a request with method {method:?}")))
+    }
+
+    /// A plugin's headers, checked; those that may carry a secret marked
+    /// sensitive.
+    fn headers(&self, headers: api::Headers) -> Result<Vec<(HeaderName, HeaderValue)>, PluginError> {
+        let mut out = Vec::with_capacity(headers.len());
+        for (name, value) in headers {
             let name = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| self.refused(format!("built a request with header name {name:?}")))?;
             let mut value = HeaderValue::from_str(&value)
@@ -510,9 +524,50 @@ impl Plugin {
             if name == http::header::AUTHORIZATION || name.as_str().contains("key") || name.as_str().contains("token") {
                 value.set_sensitive(true);
             }
-            headers.push((name, value));
+            out.push((name, value));
         }
-        Ok(UpstreamRequest { method, url: r.url, headers, body: Bytes::from(r.body) })
+        Ok(out)
+    }
+
+    /// The plugin's chat plan for `target` (interface 0.3, the `plan`
+    /// capability), checked as a built request is: its URL under the base
+    /// URL, its method and headers valid, the values it sets JSON, at most
+    /// [`MAX_PLAN_ITEMS`] of each list. `None`: every request is built by
+    /// the plugin. Runs on a fresh instance; callers keep the answer
+    /// ([`super::PlanCache`]).
+    pub fn plan_chat(&self, target: &Target<'_>) -> Result<Option<ChatPlan>, PluginError> {
+        if !self.capabilities.plan {
+            return Ok(None);
+        }
+        let t = wit_target(target);
+        let Some(p) = self.call(|s, i| i.plan_chat(s, &t))? else { return Ok(None) };
+        allowed_url(&p.url, target, Purpose::Request)
+            .map_err(|why| self.refused(format!("planned a URL outside {why}")))?;
+        let lists = [p.set_fields.len(), p.drop_fields.len(), p.request_unless.len(), p.answer_unless.len()];
+        if lists.iter().any(|n| *n > MAX_PLAN_ITEMS) {
+            return Err(self.refused(format!("planned more than {MAX_PLAN_ITEMS} fields or texts in a list")));
+        }
+        let mut set = Vec::with_capacity(p.set_fields.len());
+        for (name, json) in p.set_fields {
+            let value = serde_json::value::RawValue::from_string(json)
+                .map_err(|e| self.refused(format!("planned field `{name}` with a value that is not JSON: {e}")))?;
+            set.push((name, value));
+        }
+        let finders = |texts: Vec<String>| {
+            texts.iter().map(|t| memchr::memmem::Finder::new(t.as_bytes()).into_owned()).collect::<Vec<_>>()
+        };
+        Ok(Some(ChatPlan {
+            target: t.clone(),
+            method: self.method(&p.method)?,
+            url: p.url,
+            headers: self.headers(p.headers)?,
+            stream_headers: self.headers(p.stream_headers)?,
+            set,
+            drop: p.drop_fields,
+            stream_usage: p.stream_usage,
+            request_unless: finders(p.request_unless),
+            answer_unless: finders(p.answer_unless),
+        }))
     }
 }
 
@@ -715,10 +770,13 @@ impl PluginSession {
     }
 
     /// Turns the session into a decoder for one streamed answer.
-    pub fn into_stream(mut self, target: &Target<'_>) -> Result<PluginStream, PluginError> {
-        let t = wit_target(target);
-        let resource = self.call(0, |s, p| p.stream_new(s, &t))?;
-        Ok(PluginStream { session: self, resource })
+    pub fn into_stream(self, target: &Target<'_>) -> Result<PluginStream, PluginError> {
+        Ok(PluginStream(Decoding::Plugin(Box::new(self.decoder(&wit_target(target))?))))
+    }
+
+    fn decoder(mut self, target: &api::Target) -> Result<PluginDecoder, PluginError> {
+        let resource = self.call(0, |s, p| p.stream_new(s, target))?;
+        Ok(PluginDecoder { session: self, resource })
     }
 }
 
@@ -896,13 +954,84 @@ fn decoded(a: api::Answer) -> Decoded {
     Decoded { body: Bytes::from(a.body), usage: a.usage.map(usage) }
 }
 
+/// A streamed answer's decoder: the plugin's, or the host's under the
+/// plugin's plan (which hands the plugin only the events the plan names).
+pub struct PluginStream(Decoding);
+
+enum Decoding {
+    Plugin(Box<PluginDecoder>),
+    Planned(Box<PlannedDecoding>),
+}
+
+struct PlannedDecoding {
+    reader: PlannedStream,
+    plugin: Arc<Plugin>,
+    plan: Arc<ChatPlan>,
+    /// The plugin's decoder, made for the first event it must translate.
+    decoder: Option<PluginDecoder>,
+    scratch: Vec<Planned>,
+}
+
+impl PluginStream {
+    /// A stream read by the host under `plan`, a plan of `plugin`.
+    pub fn planned(plugin: Arc<Plugin>, plan: Arc<ChatPlan>) -> Self {
+        let reader = PlannedStream::new(plan.clone());
+        Self(Decoding::Planned(Box::new(PlannedDecoding { reader, plugin, plan, decoder: None, scratch: Vec::new() })))
+    }
+
+    /// Feeds upstream bytes; decoded events are appended to `out`.
+    pub fn push(&mut self, bytes: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), PluginError> {
+        match &mut self.0 {
+            Decoding::Plugin(decoder) => decoder.push(bytes, out),
+            Decoding::Planned(planned) => {
+                planned.reader.push(bytes, &mut planned.scratch);
+                self.deliver(out, false)
+            }
+        }
+    }
+
+    /// The upstream body ended.
+    pub fn finish(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), PluginError> {
+        match &mut self.0 {
+            Decoding::Plugin(decoder) => decoder.finish(out),
+            Decoding::Planned(planned) => {
+                planned.reader.finish(&mut planned.scratch);
+                self.deliver(out, true)
+            }
+        }
+    }
+
+    /// A planned stream's events to `out`, those the plan names translated
+    /// by the plugin, each given to its decoder as an event of its own.
+    fn deliver(&mut self, out: &mut Vec<StreamEvent>, end: bool) -> Result<(), PluginError> {
+        let Decoding::Planned(planned) = &mut self.0 else { return Ok(()) };
+        let PlannedDecoding { plugin, plan, decoder, scratch, .. } = &mut **planned;
+        for planned in scratch.drain(..) {
+            match planned {
+                Planned::Event(event) => out.push(event),
+                Planned::ToPlugin(data) => {
+                    let decoder = match decoder {
+                        Some(decoder) => decoder,
+                        None => decoder.insert(plugin.session()?.decoder(&plan.target)?),
+                    };
+                    decoder.push(format!("data: {data}\n\n").as_bytes(), out)?;
+                }
+            }
+        }
+        match decoder {
+            Some(decoder) if end => decoder.finish(out),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// A plugin's stream decoder with the instance it lives in.
-pub struct PluginStream {
+struct PluginDecoder {
     session: PluginSession,
     resource: ResourceAny,
 }
 
-impl Drop for PluginStream {
+impl Drop for PluginDecoder {
     /// Drops the decoder inside the instance, so that the instance can serve
     /// another attempt.
     fn drop(&mut self) {
@@ -917,17 +1046,15 @@ impl Drop for PluginStream {
     }
 }
 
-impl PluginStream {
-    /// Feeds upstream bytes; decoded events are appended to `out`.
-    pub fn push(&mut self, bytes: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), PluginError> {
+impl PluginDecoder {
+    fn push(&mut self, bytes: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), PluginError> {
         let resource = self.resource;
         let events = self.session.call(bytes.len(), |s, p| p.stream_push(s, resource, bytes))?;
         out.extend(events.into_iter().map(event));
         Ok(())
     }
 
-    /// The upstream body ended.
-    pub fn finish(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), PluginError> {
+    fn finish(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), PluginError> {
         let resource = self.resource;
         let events = self.session.call(0, |s, p| p.stream_finish(s, resource))?;
         out.extend(events.into_iter().map(event));

@@ -85,6 +85,8 @@ pub struct Capabilities {
     /// Reads the upstream's rate-limit headers ([`super::Plugin::read_limits`];
     /// interface 0.2 on).
     pub limits: bool,
+    /// May give a chat plan ([`super::Plugin::plan_chat`]; interface 0.3 on).
+    pub plan: bool,
 }
 
 /// A decoded non-stream answer.

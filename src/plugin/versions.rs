@@ -1,23 +1,27 @@
 //! The interface versions this build loads, behind one face: a component
-//! built against 0.2.0 is called as it is; one built against 0.1.0 is
-//! called through its own bindings and its answers are put into 0.2's
-//! shapes (a 429 about an unknown window, a build error that is a plain
-//! failure, no limits read, `decode-embeddings` without the request). The
-//! rest of the host only ever sees 0.2's types.
+//! built against 0.3.0 is called as it is; one built against 0.2.0 or
+//! 0.1.0 is called through its own bindings and its answers are put into
+//! 0.3's shapes (0.2: the same records, and no plan; 0.1 besides: a 429
+//! about an unknown window, a build error that is a plain failure, no
+//! limits read, `decode-embeddings` without the request). The rest of the
+//! host only ever sees 0.3's types.
 
 use wasmtime::Store;
 use wasmtime::component::{Component, Linker, ResourceAny};
 
 use super::bindings::v01::api as old;
-use super::bindings::v02::api;
-use super::bindings::{v01, v02};
+use super::bindings::v02::api as v02api;
+use super::bindings::v03::api;
+use super::bindings::{v01, v02, v03};
 use super::host::State;
-use super::{INTERFACE_VERSION, TRANSLATOR_EXPORT, TRANSLATOR_EXPORT_0_1};
+use super::{INTERFACE_VERSION, TRANSLATOR_EXPORT, TRANSLATOR_EXPORT_0_1, TRANSLATOR_EXPORT_0_2};
 
 /// The interface version a component was built against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Version {
-    /// 0.2.0, the current one.
+    /// 0.3.0, the current one.
+    V03,
+    /// 0.2.0, still loaded.
     V02,
     /// 0.1.0, still loaded.
     V01,
@@ -27,7 +31,8 @@ impl Version {
     /// Its version string.
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::V02 => INTERFACE_VERSION,
+            Self::V03 => INTERFACE_VERSION,
+            Self::V02 => "0.2.0",
             Self::V01 => "0.1.0",
         }
     }
@@ -39,6 +44,9 @@ impl Version {
         let mut other = None;
         for (name, _) in ty.exports(engine) {
             if name == TRANSLATOR_EXPORT {
+                return Ok(Self::V03);
+            }
+            if name == TRANSLATOR_EXPORT_0_2 {
                 return Ok(Self::V02);
             }
             if name == TRANSLATOR_EXPORT_0_1 {
@@ -52,8 +60,10 @@ impl Version {
     }
 }
 
-/// A pre-instantiated component of either version.
+/// A pre-instantiated component of any loaded version.
 pub enum Pre {
+    /// Interface 0.3.0.
+    V03(v03::ProviderPre<State>),
     /// Interface 0.2.0.
     V02(v02::ProviderPre<State>),
     /// Interface 0.1.0.
@@ -65,6 +75,7 @@ impl Pre {
     pub fn new(linker: &Linker<State>, component: &Component, version: Version) -> wasmtime::Result<Self> {
         let pre = linker.instantiate_pre(component)?;
         Ok(match version {
+            Version::V03 => Self::V03(v03::ProviderPre::new(pre)?),
             Version::V02 => Self::V02(v02::ProviderPre::new(pre)?),
             Version::V01 => Self::V01(v01::ProviderPre::new(pre)?),
         })
@@ -73,14 +84,17 @@ impl Pre {
     /// A new instance in `store`.
     pub fn instantiate(&self, store: &mut Store<State>) -> wasmtime::Result<Instance> {
         Ok(match self {
+            Self::V03(pre) => Instance::V03(pre.instantiate(store)?),
             Self::V02(pre) => Instance::V02(pre.instantiate(store)?),
             Self::V01(pre) => Instance::V01(pre.instantiate(store)?),
         })
     }
 }
 
-/// An instance of either version, called with 0.2's types.
+/// An instance of any loaded version, called with 0.3's types.
 pub enum Instance {
+    /// Interface 0.3.0.
+    V03(v03::Provider),
     /// Interface 0.2.0.
     V02(v02::Provider),
     /// Interface 0.1.0.
@@ -95,7 +109,12 @@ impl Instance {
     /// `describe`.
     pub fn describe(&self, s: &mut Store<State>) -> Call<api::Descriptor> {
         match self {
-            Self::V02(p) => p.freeway_provider_translator().call_describe(s),
+            Self::V03(p) => p.freeway_provider_translator().call_describe(s),
+            Self::V02(p) => p.freeway_provider_translator().call_describe(s).map(|d| api::Descriptor {
+                name: d.name,
+                interface_version: d.interface_version,
+                capabilities: capabilities_0_2(d.capabilities),
+            }),
             Self::V01(p) => p.freeway_provider_translator().call_describe(s).map(|d| api::Descriptor {
                 name: d.name,
                 interface_version: d.interface_version,
@@ -112,7 +131,8 @@ impl Instance {
         t: &api::Target,
     ) -> Call<Result<api::HttpRequest, api::BuildError>> {
         match self {
-            Self::V02(p) => p.freeway_provider_translator().call_build_chat(s, request, t),
+            Self::V03(p) => p.freeway_provider_translator().call_build_chat(s, request, t),
+            Self::V02(p) => p.freeway_provider_translator().call_build_chat(s, request, &target_0_2(t)).map(built_0_2),
             Self::V01(p) => p.freeway_provider_translator().call_build_chat(s, request, &target(t)).map(built),
         }
     }
@@ -120,7 +140,10 @@ impl Instance {
     /// `decode-chat`.
     pub fn decode_chat(&self, s: &mut Store<State>, body: &[u8], t: &api::Target) -> Call<Result<api::Answer, String>> {
         match self {
-            Self::V02(p) => p.freeway_provider_translator().call_decode_chat(s, body, t),
+            Self::V03(p) => p.freeway_provider_translator().call_decode_chat(s, body, t),
+            Self::V02(p) => {
+                p.freeway_provider_translator().call_decode_chat(s, body, &target_0_2(t)).map(|r| r.map(answer_0_2))
+            }
             Self::V01(p) => {
                 p.freeway_provider_translator().call_decode_chat(s, body, &target(t)).map(|r| r.map(answer))
             }
@@ -135,7 +158,10 @@ impl Instance {
         t: &api::Target,
     ) -> Call<Result<api::HttpRequest, api::BuildError>> {
         match self {
-            Self::V02(p) => p.freeway_provider_translator().call_build_embeddings(s, request, t),
+            Self::V03(p) => p.freeway_provider_translator().call_build_embeddings(s, request, t),
+            Self::V02(p) => {
+                p.freeway_provider_translator().call_build_embeddings(s, request, &target_0_2(t)).map(built_0_2)
+            }
             Self::V01(p) => p.freeway_provider_translator().call_build_embeddings(s, request, &target(t)).map(built),
         }
     }
@@ -149,7 +175,11 @@ impl Instance {
         t: &api::Target,
     ) -> Call<Result<api::Answer, String>> {
         match self {
-            Self::V02(p) => p.freeway_provider_translator().call_decode_embeddings(s, request, body, t),
+            Self::V03(p) => p.freeway_provider_translator().call_decode_embeddings(s, request, body, t),
+            Self::V02(p) => p
+                .freeway_provider_translator()
+                .call_decode_embeddings(s, request, body, &target_0_2(t))
+                .map(|r| r.map(answer_0_2)),
             Self::V01(p) => {
                 p.freeway_provider_translator().call_decode_embeddings(s, body, &target(t)).map(|r| r.map(answer))
             }
@@ -160,7 +190,10 @@ impl Instance {
     /// plugin's client error there is a failure like any other).
     pub fn build_models(&self, s: &mut Store<State>, t: &api::Target) -> Call<Result<api::HttpRequest, String>> {
         match self {
-            Self::V02(p) => p.freeway_provider_translator().call_build_models(s, t),
+            Self::V03(p) => p.freeway_provider_translator().call_build_models(s, t),
+            Self::V02(p) => {
+                p.freeway_provider_translator().call_build_models(s, &target_0_2(t)).map(|r| r.map(request_0_2))
+            }
             Self::V01(p) => p.freeway_provider_translator().call_build_models(s, &target(t)).map(|r| r.map(request)),
         }
     }
@@ -173,7 +206,11 @@ impl Instance {
         t: &api::Target,
     ) -> Call<Result<Vec<api::ModelRecord>, String>> {
         match self {
-            Self::V02(p) => p.freeway_provider_translator().call_decode_models(s, body, t),
+            Self::V03(p) => p.freeway_provider_translator().call_decode_models(s, body, t),
+            Self::V02(p) => p
+                .freeway_provider_translator()
+                .call_decode_models(s, body, &target_0_2(t))
+                .map(|r| r.map(|records| records.into_iter().map(model_0_2).collect())),
             Self::V01(p) => p
                 .freeway_provider_translator()
                 .call_decode_models(s, body, &target(t))
@@ -190,7 +227,8 @@ impl Instance {
         body: &[u8],
     ) -> Call<api::ErrorKind> {
         match self {
-            Self::V02(p) => p.freeway_provider_translator().call_classify_error(s, status, headers, body),
+            Self::V03(p) => p.freeway_provider_translator().call_classify_error(s, status, headers, body),
+            Self::V02(p) => p.freeway_provider_translator().call_classify_error(s, status, headers, body).map(kind_0_2),
             Self::V01(p) => {
                 p.freeway_provider_translator().call_classify_error(s, status, headers, body).map(|k| match k {
                     old::ErrorKind::RateLimited(ms) => api::ErrorKind::RateLimited(api::RateLimit {
@@ -210,15 +248,28 @@ impl Instance {
     /// lacks the `limits` capability).
     pub fn read_limits(&self, s: &mut Store<State>, status: u16, headers: &api::Headers) -> Call<Vec<api::RateReport>> {
         match self {
-            Self::V02(p) => p.freeway_provider_translator().call_read_limits(s, status, headers),
+            Self::V03(p) => p.freeway_provider_translator().call_read_limits(s, status, headers),
+            Self::V02(p) => p
+                .freeway_provider_translator()
+                .call_read_limits(s, status, headers)
+                .map(|reports| reports.into_iter().map(report_0_2).collect()),
             Self::V01(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// `plan-chat`: plugins before 0.3 plan nothing.
+    pub fn plan_chat(&self, s: &mut Store<State>, t: &api::Target) -> Call<Option<api::ChatPlan>> {
+        match self {
+            Self::V03(p) => p.freeway_provider_translator().call_plan_chat(s, t),
+            Self::V02(_) | Self::V01(_) => Ok(None),
         }
     }
 
     /// A new stream decoder.
     pub fn stream_new(&self, s: &mut Store<State>, t: &api::Target) -> Call<ResourceAny> {
         match self {
-            Self::V02(p) => p.freeway_provider_translator().stream_decoder().call_constructor(s, t),
+            Self::V03(p) => p.freeway_provider_translator().stream_decoder().call_constructor(s, t),
+            Self::V02(p) => p.freeway_provider_translator().stream_decoder().call_constructor(s, &target_0_2(t)),
             Self::V01(p) => p.freeway_provider_translator().stream_decoder().call_constructor(s, &target(t)),
         }
     }
@@ -226,7 +277,12 @@ impl Instance {
     /// The stream decoder's `push`.
     pub fn stream_push(&self, s: &mut Store<State>, decoder: ResourceAny, bytes: &[u8]) -> Call<Vec<api::StreamEvent>> {
         match self {
-            Self::V02(p) => p.freeway_provider_translator().stream_decoder().call_push(s, decoder, bytes),
+            Self::V03(p) => p.freeway_provider_translator().stream_decoder().call_push(s, decoder, bytes),
+            Self::V02(p) => p
+                .freeway_provider_translator()
+                .stream_decoder()
+                .call_push(s, decoder, bytes)
+                .map(|events| events.into_iter().map(event_0_2).collect()),
             Self::V01(p) => p
                 .freeway_provider_translator()
                 .stream_decoder()
@@ -238,7 +294,12 @@ impl Instance {
     /// The stream decoder's `finish`.
     pub fn stream_finish(&self, s: &mut Store<State>, decoder: ResourceAny) -> Call<Vec<api::StreamEvent>> {
         match self {
-            Self::V02(p) => p.freeway_provider_translator().stream_decoder().call_finish(s, decoder),
+            Self::V03(p) => p.freeway_provider_translator().stream_decoder().call_finish(s, decoder),
+            Self::V02(p) => p
+                .freeway_provider_translator()
+                .stream_decoder()
+                .call_finish(s, decoder)
+                .map(|events| events.into_iter().map(event_0_2).collect()),
             Self::V01(p) => p
                 .freeway_provider_translator()
                 .stream_decoder()
@@ -248,7 +309,114 @@ impl Instance {
     }
 }
 
-// 0.1's types into 0.2's (and a target the other way): the same records,
+// 0.2's types into 0.3's (and a target the other way): the same records,
+// generated twice.
+
+fn target_0_2(t: &api::Target) -> v02api::Target {
+    v02api::Target {
+        base_url: t.base_url.clone(),
+        model: t.model.clone(),
+        key: t.key.clone(),
+        options: t.options.clone(),
+    }
+}
+
+fn capabilities_0_2(c: v02api::Capabilities) -> api::Capabilities {
+    let mut out = api::Capabilities::empty();
+    for (from, to) in [
+        (v02api::Capabilities::CHAT, api::Capabilities::CHAT),
+        (v02api::Capabilities::STREAM, api::Capabilities::STREAM),
+        (v02api::Capabilities::TOOLS, api::Capabilities::TOOLS),
+        (v02api::Capabilities::EMBEDDINGS, api::Capabilities::EMBEDDINGS),
+        (v02api::Capabilities::MODELS, api::Capabilities::MODELS),
+        (v02api::Capabilities::LIMITS, api::Capabilities::LIMITS),
+    ] {
+        if c.contains(from) {
+            out |= to;
+        }
+    }
+    out
+}
+
+fn request_0_2(r: v02api::HttpRequest) -> api::HttpRequest {
+    api::HttpRequest { method: r.method, url: r.url, headers: r.headers, body: r.body }
+}
+
+fn built_0_2(r: Result<v02api::HttpRequest, v02api::BuildError>) -> Result<api::HttpRequest, api::BuildError> {
+    r.map(request_0_2).map_err(|e| match e {
+        v02api::BuildError::ClientError(message) => api::BuildError::ClientError(message),
+        v02api::BuildError::Failed(message) => api::BuildError::Failed(message),
+    })
+}
+
+fn usage_0_2(u: v02api::Usage) -> api::Usage {
+    api::Usage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens }
+}
+
+fn answer_0_2(a: v02api::Answer) -> api::Answer {
+    api::Answer { body: a.body, usage: a.usage.map(usage_0_2) }
+}
+
+fn model_0_2(r: v02api::ModelRecord) -> api::ModelRecord {
+    api::ModelRecord {
+        id: r.id,
+        context_length: r.context_length,
+        free: r.free,
+        parameters: r.parameters,
+        active_parameters: r.active_parameters,
+        capabilities: r.capabilities,
+    }
+}
+
+fn window_0_2(w: v02api::QuotaWindow) -> api::QuotaWindow {
+    match w {
+        v02api::QuotaWindow::Unknown => api::QuotaWindow::Unknown,
+        v02api::QuotaWindow::Minute => api::QuotaWindow::Minute,
+        v02api::QuotaWindow::Day => api::QuotaWindow::Day,
+        v02api::QuotaWindow::Month => api::QuotaWindow::Month,
+    }
+}
+
+fn kind_0_2(k: v02api::ErrorKind) -> api::ErrorKind {
+    match k {
+        v02api::ErrorKind::RateLimited(limit) => api::ErrorKind::RateLimited(api::RateLimit {
+            retry_after_ms: limit.retry_after_ms,
+            window: window_0_2(limit.window),
+        }),
+        v02api::ErrorKind::QuotaExhausted => api::ErrorKind::QuotaExhausted,
+        v02api::ErrorKind::InvalidKey => api::ErrorKind::InvalidKey,
+        v02api::ErrorKind::ClientError => api::ErrorKind::ClientError,
+        v02api::ErrorKind::Transient => api::ErrorKind::Transient,
+    }
+}
+
+fn report_0_2(r: v02api::RateReport) -> api::RateReport {
+    api::RateReport {
+        unit: match r.unit {
+            v02api::RateUnit::Requests => api::RateUnit::Requests,
+            v02api::RateUnit::Tokens => api::RateUnit::Tokens,
+        },
+        window: window_0_2(r.window),
+        limit: r.limit,
+        remaining: r.remaining,
+        reset: r.reset.map(|reset| match reset {
+            v02api::ResetTime::AfterMs(ms) => api::ResetTime::AfterMs(ms),
+            v02api::ResetTime::AtUnixMs(ms) => api::ResetTime::AtUnixMs(ms),
+        }),
+    }
+}
+
+fn event_0_2(e: v02api::StreamEvent) -> api::StreamEvent {
+    match e {
+        v02api::StreamEvent::Chunk(c) => {
+            api::StreamEvent::Chunk(api::Chunk { json: c.json, usage: c.usage.map(usage_0_2) })
+        }
+        v02api::StreamEvent::Done => api::StreamEvent::Done,
+        v02api::StreamEvent::Error(message) => api::StreamEvent::Error(message),
+    }
+}
+
+// 0.1's types into 0.3's (and a target the other way): the same records,
 // generated twice.
 
 fn target(t: &api::Target) -> old::Target {

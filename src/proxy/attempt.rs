@@ -18,7 +18,10 @@ use super::request::{ClientRequest, Operation};
 use crate::body::ResponseBody;
 use crate::catalog::provider::Key;
 use crate::catalog::routes::Candidate;
-use crate::plugin::{ErrorKind, PluginError, PluginErrorKind, PluginSession, RateReport, Target, UpstreamRequest};
+use crate::plugin::{
+    ChatPlan, ErrorKind, Plugin, PluginError, PluginErrorKind, PluginSession, PluginStream, RateReport, Target,
+    UpstreamRequest, check_answer,
+};
 use crate::state::{Admission, Refund};
 use crate::telemetry::Trace;
 use crate::upstream::relay::{Hold, Relay, RelaySettings};
@@ -50,11 +53,25 @@ pub async fn attempt(
     let target =
         Target { base_url: &provider.base_url, model: &candidate.model, key: key.secret(), options: &provider.options };
     let result = async {
-        // build, in this attempt's own plugin instance
-        let mut session = provider.plugin.session().map_err(Failure::plugin)?;
-        let built = match request.operation {
-            Operation::Chat => session.build_chat(&request.raw, &target),
-            Operation::Embeddings => session.build_embeddings(&request.raw, &target),
+        // build: by the plugin's plan for this target when it has one that
+        // serves this request, else in this attempt's own plugin instance
+        let plan = match request.operation {
+            Operation::Chat => provider.plans.get(&provider.plugin, &target, key.index),
+            Operation::Embeddings => None,
+        };
+        let (mut translator, built) = match plan.filter(|plan| plan.serves(&request.raw)) {
+            Some(plan) => {
+                let built = plan.build(&request.raw, request.stream).map_err(|e| provider.plugin.refused(e));
+                (Translator::Planned { plan, session: None }, built)
+            }
+            None => {
+                let mut session = provider.plugin.session().map_err(Failure::plugin)?;
+                let built = match request.operation {
+                    Operation::Chat => session.build_chat(&request.raw, &target),
+                    Operation::Embeddings => session.build_embeddings(&request.raw, &target),
+                };
+                (Translator::Called(session), built)
+            }
         };
         let mut upstream_request = built.map_err(|e| match e.kind {
             PluginErrorKind::ClientRequest => unexpressible(&provider.name, e),
@@ -62,13 +79,40 @@ pub async fn attempt(
         })?;
         upstream_request.headers.extend(provider.headers.iter().cloned());
         if request.stream {
-            stream(proxy, session, upstream_request, candidate, &target, request, admission).await
+            stream(proxy, &mut translator, upstream_request, candidate, &target, request, admission).await
         } else {
-            whole(proxy, session, upstream_request, request, candidate, &target, admission).await
+            whole(proxy, &mut translator, upstream_request, request, candidate, &target, admission).await
         }
     }
     .await;
     result.map_err(|failure| failure.redacted(&provider.redactor))
+}
+
+/// How an attempt translates: under the plugin's plan (an instance only
+/// when an answer needs the plugin after all), or in its own instance.
+enum Translator {
+    Planned {
+        plan: Arc<ChatPlan>,
+        session: Option<PluginSession>,
+    },
+    Called(PluginSession),
+    /// Its instance became a stream's decoder.
+    Gone,
+}
+
+impl Translator {
+    /// The attempt's plugin instance, taken now if the plan did without.
+    fn session(&mut self, plugin: &Arc<Plugin>) -> Result<&mut PluginSession, PluginError> {
+        match self {
+            Self::Called(session) => Ok(session),
+            Self::Planned { session: Some(session), .. } => Ok(session),
+            Self::Planned { session, .. } => Ok(session.insert(plugin.session()?)),
+            Self::Gone => {
+                *self = Self::Called(plugin.session()?);
+                self.session(plugin)
+            }
+        }
+    }
 }
 
 /// The plugin cannot express the client's request for its provider (a
@@ -95,7 +139,7 @@ fn unexpressible(provider: &str, e: PluginError) -> Failure {
 /// A non-stream attempt: send, read the whole answer, decode it.
 async fn whole(
     proxy: &Proxy,
-    mut session: PluginSession,
+    translator: &mut Translator,
     upstream_request: UpstreamRequest,
     request: &ClientRequest,
     candidate: &Candidate,
@@ -115,18 +159,23 @@ async fn whole(
         Ok(Err(e)) => return Err(Failure::from_upstream(e)),
         Ok(Ok(answer)) => answer,
     };
-    let limits = session.read_limits(parts.status, &parts.headers);
+    let provider = &candidate.provider;
+    let limits = provider.plugin.read_limits(parts.status.as_u16(), &parts.headers);
     if !parts.status.is_success() {
-        let provider = &candidate.provider;
-        let mut failure =
-            classify(&mut session, &provider.name, &provider.redactor, parts.status, &parts.headers, bytes);
+        let session = translator.session(&provider.plugin);
+        let mut failure = classify(session, &provider.name, &provider.redactor, parts.status, &parts.headers, bytes);
         failure.limits = limits;
         return Err(failure);
     }
-    // decode
-    let decoded = match request.operation {
-        Operation::Chat => session.decode_chat(&bytes, target),
-        Operation::Embeddings => session.decode_embeddings(&request.raw, &bytes, target),
+    // decode: under the plan, an answer it passes is only checked
+    let decoded = match (request.operation, &*translator) {
+        (Operation::Chat, Translator::Planned { plan, .. }) if plan.passes(&bytes) => {
+            check_answer(bytes).map_err(|e| provider.plugin.refused(e))
+        }
+        (Operation::Chat, _) => translator.session(&provider.plugin).and_then(|s| s.decode_chat(&bytes, target)),
+        (Operation::Embeddings, _) => {
+            translator.session(&provider.plugin).and_then(|s| s.decode_embeddings(&request.raw, &bytes, target))
+        }
     }
     .map_err(|e| {
         let mut failure = Failure::undecodable(e, parts.status);
@@ -176,7 +225,7 @@ async fn whole(
 /// that a call that cannot be mended falls back too.
 async fn stream(
     proxy: &Proxy,
-    mut session: PluginSession,
+    translator: &mut Translator,
     upstream_request: UpstreamRequest,
     candidate: &Candidate,
     target: &Target<'_>,
@@ -185,7 +234,7 @@ async fn stream(
 ) -> Result<Success, Failure> {
     enum Start {
         Relay(Box<Relay>, Vec<RateReport>),
-        Status(http::response::Parts, Bytes, Box<PluginSession>),
+        Status(http::response::Parts, Bytes),
         Plugin(PluginError, Vec<RateReport>),
     }
     let provider = &candidate.provider;
@@ -205,11 +254,15 @@ async fn stream(
         if !response.status().is_success() {
             let (parts, body) = response.into_parts();
             let bytes = read_body(body, MAX_ERROR_BODY).await.unwrap_or_default();
-            return Ok(Start::Status(parts, bytes, Box::new(session)));
+            return Ok(Start::Status(parts, bytes));
         }
-        // Read before the session becomes the stream's decoder.
-        let limits = session.read_limits(response.status(), response.headers());
-        let decoder = match session.into_stream(target) {
+        let limits = provider.plugin.read_limits(response.status().as_u16(), response.headers());
+        let decoder = match std::mem::replace(translator, Translator::Gone) {
+            Translator::Planned { plan, .. } => Ok(PluginStream::planned(provider.plugin.clone(), plan)),
+            Translator::Called(session) => session.into_stream(target),
+            Translator::Gone => provider.plugin.session().and_then(|s| s.into_stream(target)),
+        };
+        let decoder = match decoder {
             Ok(decoder) => decoder,
             Err(e) => return Ok(Start::Plugin(e, limits)),
         };
@@ -220,10 +273,11 @@ async fn stream(
     let (mut relay, limits) = match timeout(limit, start).await {
         Err(_) => return Err(Failure::timeout("waiting for the first event", limit)),
         Ok(Err(e)) => return Err(Failure::from_upstream(e)),
-        Ok(Ok(Start::Status(parts, bytes, mut session))) => {
-            let limits = session.read_limits(parts.status, &parts.headers);
+        Ok(Ok(Start::Status(parts, bytes))) => {
+            let limits = provider.plugin.read_limits(parts.status.as_u16(), &parts.headers);
+            let session = translator.session(&provider.plugin);
             let mut failure =
-                classify(&mut session, &provider.name, &provider.redactor, parts.status, &parts.headers, bytes);
+                classify(session, &provider.name, &provider.redactor, parts.status, &parts.headers, bytes);
             failure.limits = limits;
             return Err(failure);
         }

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode, header};
 
-use crate::plugin::{ErrorKind, PluginError, PluginSession, QuotaWindow, RateReport};
+use crate::plugin::{ErrorKind, PluginError, PluginSession, QuotaWindow, RateReport, error_message};
 use crate::secret::Redactor;
 use crate::state::Refund;
 use crate::upstream::UpstreamError;
@@ -117,19 +117,21 @@ impl Failure {
 
 /// An upstream error status becomes a decision: the plugin says what it
 /// means (a rate limit with its delay, an exhausted quota, a bad key, the
-/// client's own mistake, or something worth trying elsewhere).
+/// client's own mistake, or something worth trying elsewhere). `session`
+/// is the attempt's plugin instance, or why none could be had: then the
+/// status alone decides.
 ///
 /// The body is redacted before anything is cut from it: a summary that ends
 /// in the middle of a key would keep the half a redactor could miss.
 pub fn classify(
-    session: &mut PluginSession,
+    session: Result<&mut PluginSession, PluginError>,
     provider: &str,
     redactor: &Redactor,
     status: StatusCode,
     headers: &HeaderMap,
     body: Bytes,
 ) -> Failure {
-    let mut kind = session.classify_error(status, headers, &body).unwrap_or_else(|_| {
+    let mut kind = session.and_then(|s| s.classify_error(status, headers, &body)).unwrap_or_else(|_| {
         // The plugin failed (and was counted); the status still tells a lot.
         match status.as_u16() {
             429 => ErrorKind::RateLimited { retry_after: None, window: QuotaWindow::Unknown },
@@ -182,14 +184,6 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     }
     let when = httpdate::parse_http_date(value).ok()?;
     Some(when.duration_since(now).unwrap_or(Duration::ZERO).min(MAX_COOLDOWN))
-}
-
-/// The message of an OpenAI-style error value (`{"message": ...}` or a string).
-fn error_message(error: &serde_json::Value) -> String {
-    match error {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.get("message").and_then(|m| m.as_str()).map(str::to_owned).unwrap_or_else(|| other.to_string()),
-    }
 }
 
 /// A short, single-line description of an upstream error body.

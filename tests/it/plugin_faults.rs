@@ -115,7 +115,10 @@ async fn a_plugin_of_another_interface_version_is_refused_with_both_versions() {
     };
     let text = problems.join("\n");
     assert!(text.contains("old-interface.wasm"), "{text}");
-    assert!(text.contains("0.0.9") && text.contains("0.2.0") && text.contains("0.1.0"), "{text}");
+    assert!(
+        text.contains("0.0.9") && text.contains("0.3.0") && text.contains("0.2.0") && text.contains("0.1.0"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

@@ -44,7 +44,7 @@ fn report(unit: RateUnit, window: QuotaWindow, limit: u64, remaining: u64, reset
 fn openai_compat_reads_groq_headers_as_requests_per_day_and_tokens_per_minute() {
     let plugin = plugins::builtin("openai-compat");
     assert!(plugin.capabilities().limits);
-    assert_eq!(plugin.interface_version(), "0.2.0");
+    assert_eq!(plugin.interface_version(), "0.3.0");
     // Groq's documented example (console.groq.com/docs/rate-limits).
     let groq = headers(&[
         ("retry-after", "2"),
@@ -277,6 +277,47 @@ async fn every_response_head_is_read_for_limits_and_a_fault_there_costs_the_atte
         metrics.contains(line),
         "read-limits ran once per response head (answer, stream, 429): missing `{line}` in:\n{metrics}"
     );
+}
+
+#[tokio::test]
+async fn a_plugin_built_against_interface_0_2_still_loads_and_serves_without_a_plan() {
+    let dir = test_plugins("interface-0-2");
+    let host = PluginHost::load(&PluginSettings::default(), Some(&dir), Arc::new(Metrics::new())).unwrap();
+    let plugin = host.get("interface-0-2").unwrap();
+    assert_eq!(plugin.interface_version(), "0.2.0");
+    let caps = plugin.capabilities();
+    assert!(caps.chat && caps.stream && caps.embeddings && caps.limits && !caps.plan, "{caps:?}");
+    let reports = plugin.read_limits(200, &headers(&[("x-ratelimit-remaining-requests", "7")]));
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!((reports[0].remaining, reports[0].window), (Some(7), QuotaWindow::Day));
+    let options = Vec::new();
+    let target = Target { base_url: "http://x/v1", model: "refuse", key: None, options: &options };
+    assert!(plugin.plan_chat(&target).unwrap().is_none(), "0.2 has no plans");
+    let mut session = plugin.session().unwrap();
+    // 0.2's client error stays one.
+    let error = session.build_chat(br#"{"model":"a","messages":[]}"#, &target).unwrap_err();
+    assert_eq!(error.kind, PluginErrorKind::ClientRequest, "{error}");
+    let kind = session.classify_error(StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new(), b"{}").unwrap();
+    assert_eq!(kind, ErrorKind::RateLimited { retry_after: Some(Duration::from_secs(2)), window: QuotaWindow::Minute });
+
+    // Through a gateway: chat, stream and embeddings.
+    let m = Mock::start().await;
+    m.on_model("e", Behavior::Custom(Arc::new(|seen| {
+        Reply::json(200, json!({"object": "list", "model": seen.model, "data": [{"object": "embedding", "index": 0, "embedding": [0.5]}]}).to_string())
+    })));
+    let yaml = format!(
+        "plugins:\n  dir: {}\nproviders:\n  old:\n    plugin: interface-0-2\n    base_url: {}\n    keys: [k]\n    models: [m, e]\n",
+        dir.display(),
+        m.base_url(),
+    );
+    let gw = start(&yaml).await;
+    let answer = gw.chat("old/m").await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.routed_via(), "old/m");
+    let stream = Answer::read(gw.stream("old/m").await).await;
+    assert_eq!(stream.events().last().unwrap(), "[DONE]", "{:?}", stream.events());
+    let embedded = gw.post("/v1/embeddings", &json!({"model": "old/e", "input": "hi"}).to_string(), &[]).await;
+    assert_eq!(embedded.status, 200, "{}", embedded.text());
 }
 
 #[tokio::test]

@@ -1,10 +1,13 @@
 //! The `openai-compat` plugin: what it changes in a request on its way
 //! upstream, through the real component, then end to end through a gateway
 //! in front of a mock that streams usage only when asked, as OpenAI does.
+//! Its chat plan (interface 0.3) is held to the same: wherever the plan
+//! serves a request or passes an answer, the host's result is the one the
+//! plugin's own calls give.
 
 use std::sync::Arc;
 
-use freeway::plugin::{Plugin, Target};
+use freeway::plugin::{ChatPlan, Plugin, PluginStream, StreamEvent, Target, UpstreamRequest, check_answer};
 use serde_json::{Value, json};
 
 use crate::support::gateway::{provider, start};
@@ -22,11 +25,32 @@ fn options(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
 }
 
-/// The body the plugin sends upstream for this chat request.
+/// The plugin's plan for `MODEL` with these options.
+fn plan(options: &[(String, String)]) -> ChatPlan {
+    let target = Target { base_url: BASE, model: MODEL, key: Some("sk-test"), options };
+    plugin().plan_chat(&target).unwrap().expect("openai-compat gives a plan")
+}
+
+/// Method, URL, headers (sorted) and body (as JSON) of a built request.
+fn shape(r: &UpstreamRequest) -> (String, String, Vec<(String, Vec<u8>)>, Value) {
+    let mut headers: Vec<(String, Vec<u8>)> =
+        r.headers.iter().map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec())).collect();
+    headers.sort();
+    (r.method.to_string(), r.url.clone(), headers, serde_json::from_slice(&r.body).unwrap())
+}
+
+/// The body the plugin sends upstream for this chat request. Where the
+/// plan serves the request, the request it builds is the same.
 fn chat_body(request: Value, options: &[(String, String)]) -> Value {
     let target = Target { base_url: BASE, model: MODEL, key: Some("sk-test"), options };
-    let built = plugin().session().unwrap().build_chat(request.to_string().as_bytes(), &target).unwrap();
+    let text = request.to_string();
+    let built = plugin().session().unwrap().build_chat(text.as_bytes(), &target).unwrap();
     assert_eq!(built.url, format!("{BASE}/chat/completions"));
+    let plan = plan(options);
+    if plan.serves(text.as_bytes()) {
+        let planned = plan.build(text.as_bytes(), request["stream"].as_bool().unwrap_or(false)).unwrap();
+        assert_eq!(shape(&planned), shape(&built), "the plan builds what build-chat builds, for {request}");
+    }
     serde_json::from_slice(&built.body).unwrap()
 }
 
@@ -109,6 +133,11 @@ fn reasoning_goes_back_only_as_the_provider_takes_it() {
             "function": {"name": "f", "arguments": "{}"}}]},
         {"role": "tool", "tool_call_id": "c2", "content": "ok"},
     ]});
+    // The plan leaves requests with reasoning fields to the plugin.
+    for keep in ["", "reasoning_content", "reasoning_details, extra_content"] {
+        let plan = plan(&options(&[("reasoning_back", keep)]));
+        assert!(!plan.serves(request.to_string().as_bytes()), "reasoning_back {keep:?}");
+    }
     // Unset: strict providers refuse fields they do not know.
     let body = chat_body(request.clone(), &[]);
     assert_eq!(
@@ -224,4 +253,113 @@ async fn reasoning_under_any_name_reaches_chat_clients_as_reasoning_content() {
         .filter_map(|c| c["choices"][0]["delta"]["reasoning_content"].as_str().map(str::to_owned))
         .collect();
     assert_eq!(reasoning, "thinking harder");
+}
+
+#[test]
+fn answers_the_plan_passes_are_what_decode_chat_returns() {
+    let target = Target { base_url: BASE, model: MODEL, key: Some("sk-test"), options: &[] };
+    let plan = plan(&[]);
+    let answers = [
+        json!({"id": "a", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}]}),
+        json!({"choices": [{"message": {"content": "x", "reasoning_content": "r"}}], "usage": {"prompt_tokens": 3, "completion_tokens": 4}}),
+        json!({"choices": [{"message": {"content": "x", "reasoning": "r"}}]}),
+        json!({"choices": [{"message": {"content": "x", "reasoning_details": [{"type": "reasoning.text", "text": "r"}]}}]}),
+        json!({"error": {"message": "over quota"}}),
+        json!({"data": []}),
+    ];
+    let mut passed = 0;
+    for answer in answers {
+        let body = answer.to_string();
+        let by_plugin = plugin().session().unwrap().decode_chat(body.as_bytes(), &target);
+        if !plan.passes(body.as_bytes()) {
+            assert!(body.contains("\"reasoning\"") || body.contains("\"reasoning_details\""), "{body}");
+            continue;
+        }
+        passed += 1;
+        match (check_answer(body.clone().into()), by_plugin) {
+            (Ok(host), Ok(plugin)) => {
+                assert_eq!(host.usage, plugin.usage, "{body}");
+                let (host, plugin): (Value, Value) =
+                    (serde_json::from_slice(&host.body).unwrap(), serde_json::from_slice(&plugin.body).unwrap());
+                assert_eq!(host, plugin, "{body}");
+            }
+            (Err(_), Err(_)) => {}
+            (host, plugin) => panic!("{body}: host {:?}, plugin {:?}", host.map(|d| d.usage), plugin.map(|d| d.usage)),
+        }
+    }
+    assert_eq!(passed, 4, "the answers with reasoning under another name go to the plugin");
+}
+
+/// What a decoder makes of `pieces`, as text.
+fn decode_stream(mut decoder: PluginStream, pieces: &[&str]) -> Vec<String> {
+    let mut events = Vec::new();
+    for piece in pieces {
+        decoder.push(piece.as_bytes(), &mut events).unwrap();
+    }
+    decoder.finish(&mut events).unwrap();
+    events
+        .into_iter()
+        .map(|e| match e {
+            StreamEvent::Chunk { json, usage } => {
+                format!("{} {usage:?}", serde_json::from_slice::<Value>(&json).unwrap())
+            }
+            StreamEvent::Done => "done".to_owned(),
+            StreamEvent::Error { message } => format!("error {message}"),
+        })
+        .collect()
+}
+
+#[test]
+fn a_planned_stream_decodes_as_the_plugins_decoder_does() {
+    let target = Target { base_url: BASE, model: MODEL, key: Some("sk-test"), options: &[] };
+    let chunk =
+        |delta: Value| json!({"id": "c", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta}]});
+    let usage = json!({"id": "c", "choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 3}});
+    let text = format!(
+        "data: {}\n\n: keep-alive\n\ndata: {}\n\ndata: {}\r\n\r\ndata: {}\n\ndata: {usage}\n\ndata: [DONE]\n\n",
+        chunk(json!({"role": "assistant", "content": ""})),
+        chunk(json!({"reasoning": "thinking"})),
+        chunk(json!({"reasoning_details": [{"type": "reasoning.text", "text": "more"}]})),
+        chunk(json!({"content": "answer"})),
+    );
+    let error = format!(
+        "data: {}\n\ndata: {{\"error\":{{\"message\":\"upstream broke\"}}}}\n\n",
+        chunk(json!({"content": "a"}))
+    );
+    for (text, splits) in [(text.as_str(), [1, 40, 90, 200]), (error.as_str(), [3, 5, 60, 61])] {
+        let mut pieces = Vec::new();
+        let mut at = 0;
+        for split in splits.into_iter().filter(|s| *s < text.len()) {
+            pieces.push(&text[at..split]);
+            at = split;
+        }
+        pieces.push(&text[at..]);
+        let by_plugin = decode_stream(plugin().session().unwrap().into_stream(&target).unwrap(), &pieces);
+        let planned = PluginStream::planned(plugin(), Arc::new(plan(&[])));
+        assert_eq!(decode_stream(planned, &pieces), by_plugin);
+        assert!(by_plugin.len() >= 2, "{by_plugin:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_planned_request_reaches_the_upstream_as_the_client_wrote_it() {
+    let m = Mock::start().await;
+    let gw = start(&format!("providers:\n{}", provider("p", &m.base_url(), &["k"], &["m"]))).await;
+    // The plan edits top-level fields only: the rest arrives byte for byte
+    // (`0.50` stays `0.50`, the order stays).
+    let body = r#"{"model":"p/m","messages":[{"role":"user","content":"hi"}],"temperature":0.50,"seed":7}"#;
+    let answer = gw.post("/v1/chat/completions", body, &[]).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let raw = String::from_utf8(m.chats()[0].raw.to_vec()).unwrap();
+    assert_eq!(raw, r#"{"messages":[{"role":"user","content":"hi"}],"temperature":0.50,"seed":7,"model":"m"}"#);
+    // A request with a field the plugin edits inside the messages is built
+    // by the plugin, which parses and writes it whole.
+    let body = r#"{"model":"p/m","messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"a","reasoning":"r"},{"role":"user","content":"go"}],"temperature":0.50}"#;
+    let answer = gw.post("/v1/chat/completions", body, &[]).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let seen = &m.chats()[1];
+    let raw = String::from_utf8(seen.raw.to_vec()).unwrap();
+    assert!(raw.contains("\"temperature\":0.5,") || raw.contains("\"temperature\":0.5}"), "{raw}");
+    assert!(seen.body["messages"][1].get("reasoning").is_none(), "{raw}");
+    assert_eq!(seen.body["model"], "m");
 }

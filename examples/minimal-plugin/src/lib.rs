@@ -9,7 +9,7 @@
 //! send; then it gets the answer's bytes and returns OpenAI's shape.
 //!
 //! The types come from freeway's plugin SDK (`providers/sdk`), generated
-//! from the interface freeway loads, `providers/wit/0.2.0/provider.wit`.
+//! from the interface freeway loads, `providers/wit/0.3.0/provider.wit`.
 
 use freeway_plugin_sdk::{
     self as sdk, Answer, BuildError, Capabilities, Descriptor, ErrorKind, Guest, Headers, HttpRequest,
@@ -49,6 +49,14 @@ impl Guest for Minimal {
         let body = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
         let url = target.url("/chat/completions");
         Ok(HttpRequest::post_json(url, body, stream).with_key(&target, KEY_HEADER))
+    }
+
+    /// A plan lets freeway apply a translation that is only edits (set
+    /// `model`, drop fields, the URL and headers) itself, without calling
+    /// this plugin per request (see `providers/openai-compat`). `None`:
+    /// every request comes to `build_chat`.
+    fn plan_chat(_target: Target) -> Option<sdk::ChatPlan> {
+        None
     }
 
     /// The answer is already OpenAI's shape; refuse anything that is not,

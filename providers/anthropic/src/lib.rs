@@ -717,6 +717,11 @@ impl Guest for Plugin {
         Ok(with_headers(HttpRequest::post_json(url, body, stream), &target))
     }
 
+    /// Anthropic's wire format is its own: every request is translated here.
+    fn plan_chat(_target: Target) -> Option<sdk::ChatPlan> {
+        None
+    }
+
     fn decode_chat(body: Vec<u8>, target: Target) -> Result<Answer, String> {
         decode_message(&body, &target)
     }

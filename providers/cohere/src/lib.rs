@@ -62,6 +62,11 @@ impl Guest for Plugin {
         Ok(sdk::post(&target, target.option("chat_path").unwrap_or("/chat"), body, stream))
     }
 
+    /// Cohere's wire format is its own: every request is translated here.
+    fn plan_chat(_target: Target) -> Option<sdk::ChatPlan> {
+        None
+    }
+
     fn decode_chat(body: Vec<u8>, target: Target) -> Result<Answer, String> {
         let (body, usage) = chat::decode(&body, &target.model)?;
         Ok(Answer { body, usage })

@@ -82,6 +82,11 @@ impl Guest for Plugin {
         Ok(post(&target, method, built.body, built.stream)?)
     }
 
+    /// Gemini's wire format is its own: every request is translated here.
+    fn plan_chat(_target: Target) -> Option<sdk::ChatPlan> {
+        None
+    }
+
     fn decode_chat(body: Vec<u8>, target: Target) -> Result<Answer, String> {
         let (body, usage) = response::decode(&body, &target.model)?;
         Ok(Answer { body, usage })

@@ -41,7 +41,7 @@
 //! (<https://console.groq.com/docs/rate-limits>).
 
 use freeway_plugin_sdk::{
-    self as sdk, Answer, BuildError, Capabilities, Descriptor, ErrorKind, Guest, Headers, HttpRequest,
+    self as sdk, Answer, BuildError, Capabilities, ChatPlan, Descriptor, ErrorKind, Guest, Headers, HttpRequest,
     INTERFACE_VERSION, ModelRecord, PassThrough, QuotaWindow, RateReport, Target, Usage,
 };
 use serde::Deserialize;
@@ -69,6 +69,45 @@ fn rewrite(request: &[u8], target: &Target, chat: bool) -> Result<(Vec<u8>, bool
     }
     let bytes = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
     Ok((bytes, stream))
+}
+
+/// What `build-chat` and `decode-chat` do, as a plan freeway applies
+/// itself: `model` set, `drop_params` dropped, usage asked for on a stream;
+/// requests that hold a reasoning field this provider is not sent back (or
+/// a tool call, when an empty `reasoning_content` may have to be added) go
+/// to `build-chat`, and answers with reasoning under another name to
+/// `decode-chat`, since those need edits inside the messages.
+fn plan(target: &Target) -> Option<ChatPlan> {
+    let dropped = target.option_list("drop_params");
+    // A request whose `stream` is dropped is built as a non-stream one.
+    if dropped.contains(&"stream") {
+        return None;
+    }
+    let path = target.option("chat_path").unwrap_or("/chat/completions");
+    let plain = sdk::post(target, path, Vec::new(), false);
+    let streamed = sdk::post(target, path, Vec::new(), true);
+    let keep = target.option_list("reasoning_back");
+    let quoted = |field: &str| format!("\"{field}\"");
+    let mut request_unless: Vec<String> =
+        REASONING_FIELDS.iter().filter(|f| !keep.contains(f)).map(|f| quoted(f)).collect();
+    if !keep.contains(&"extra_content") {
+        request_unless.push(quoted("extra_content"));
+    }
+    if keep.contains(&"reasoning_content") {
+        request_unless.push(quoted("tool_calls"));
+    }
+    let usage_off = target.option("stream_usage").is_some_and(|v| v.trim().eq_ignore_ascii_case("false"));
+    Some(ChatPlan {
+        method: plain.method,
+        url: plain.url,
+        headers: plain.headers,
+        stream_headers: streamed.headers,
+        set_fields: vec![("model".to_owned(), serde_json::to_string(&target.model).ok()?)],
+        drop_fields: dropped.iter().map(|d| (*d).to_owned()).collect(),
+        stream_usage: !usage_off && !dropped.contains(&"stream_options"),
+        request_unless,
+        answer_unless: vec![quoted("reasoning"), quoted("reasoning_details")],
+    })
 }
 
 /// The reasoning fields an assistant turn may carry (freeway's and other
@@ -152,7 +191,8 @@ impl Guest for Plugin {
                 | Capabilities::TOOLS
                 | Capabilities::EMBEDDINGS
                 | Capabilities::MODELS
-                | Capabilities::LIMITS,
+                | Capabilities::LIMITS
+                | Capabilities::PLAN,
         }
     }
 
@@ -163,6 +203,10 @@ impl Guest for Plugin {
 
     fn decode_chat(body: Vec<u8>, _target: Target) -> Result<Answer, String> {
         check_answer(body, "chat completion")
+    }
+
+    fn plan_chat(target: Target) -> Option<ChatPlan> {
+        plan(&target)
     }
 
     fn build_embeddings(request: Vec<u8>, target: Target) -> Result<HttpRequest, BuildError> {

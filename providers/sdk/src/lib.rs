@@ -1,6 +1,6 @@
 //! The freeway plugin SDK: what every provider plugin shares.
 //!
-//! - The bindings of the plugin interface, `providers/wit/0.2.0`, generated
+//! - The bindings of the plugin interface, `providers/wit/0.3.0`, generated
 //!   once here. A plugin implements [`Guest`] (and [`GuestStreamDecoder`],
 //!   or uses [`PassThrough`]) on these types and exports itself with
 //!   [`export_plugin!`]; it needs no `wit-bindgen` of its own.
@@ -35,7 +35,7 @@ pub mod reasoning;
 mod stream;
 
 wit_bindgen::generate!({
-    path: "../wit/0.2.0",
+    path: "../wit/0.3.0",
     world: "provider",
     // The export macro is called from the plugin crates, and finds the
     // types here rather than beside the call.
@@ -45,8 +45,8 @@ wit_bindgen::generate!({
 });
 
 pub use exports::freeway::provider::translator::{
-    Answer, BuildError, Capabilities, Chunk, Descriptor, ErrorKind, Guest, GuestStreamDecoder, Headers, HttpRequest,
-    ModelRecord, QuotaWindow, RateLimit, RateReport, RateUnit, ResetTime, StreamEvent, Target, Usage,
+    Answer, BuildError, Capabilities, ChatPlan, Chunk, Descriptor, ErrorKind, Guest, GuestStreamDecoder, Headers,
+    HttpRequest, ModelRecord, QuotaWindow, RateLimit, RateReport, RateUnit, ResetTime, StreamEvent, Target, Usage,
 };
 pub use http::{DEFAULT_AUTH_HEADER, classify_status, get, path_segment, post};
 pub use limits::{
@@ -58,9 +58,9 @@ pub use sse_parse::SseParser;
 pub use stream::{MAX_EVENT_BYTES, PassThrough, sse_parser};
 
 /// The interface version these bindings implement: the version of the WIT
-/// package in `providers/wit/0.2.0/provider.wit`. freeway refuses a plugin
+/// package in `providers/wit/0.3.0/provider.wit`. freeway refuses a plugin
 /// whose `describe()` reports another.
-pub const INTERFACE_VERSION: &str = "0.2.0";
+pub const INTERFACE_VERSION: &str = "0.3.0";
 
 /// A build error given as text is a plain failure (freeway tries the next
 /// candidate), so that `?` on a `Result<_, String>` works in `build-chat`.

@@ -132,6 +132,8 @@ pub struct Seen {
     pub key: Option<String>,
     pub stream: bool,
     pub body: Value,
+    /// The body's bytes as they arrived.
+    pub raw: bytes::Bytes,
 }
 
 struct Rule {
@@ -311,6 +313,7 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp
         key: key.clone(),
         stream,
         body,
+        raw: bytes.clone(),
     };
     let behavior = {
         let mut s = state.lock().unwrap();

@@ -85,6 +85,11 @@ impl Guest for Plugin {
         })
     }
 
+    /// No plan: the misbehaviours live in `build-chat` and the decoders.
+    fn plan_chat(_target: Target) -> Option<sdk::ChatPlan> {
+        None
+    }
+
     fn decode_chat(body: Vec<u8>, _target: Target) -> Result<Answer, String> {
         Ok(Answer { body, usage: None })
     }

@@ -1,0 +1,449 @@
+//! Chat plans (interface 0.3): a plugin's chat translation for one target,
+//! given once as edits and checks that the host applies itself, instead of
+//! a `build-chat`, a `decode-chat` and a stream decoder per request.
+//!
+//! The plugin decides: [`super::Plugin::plan_chat`] asks it for the plan
+//! of a target, and the plan names the texts ([`ChatPlan::serves`],
+//! [`ChatPlan::passes`]) on which a request or an answer must go to the
+//! plugin after all. What the host does with a plan is exactly what the
+//! interface says (`providers/wit/0.3.0/provider.wit`, `chat-plan`):
+//! top-level fields set and dropped with the rest of the request kept byte
+//! for byte, answers and stream events passed as they are once checked.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderName, HeaderValue, Method};
+use memchr::memmem::Finder;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::value::RawValue;
+use sse_parse::SseParser;
+
+use super::types::{Decoded, StreamEvent, Target, UpstreamRequest, Usage};
+
+/// Longest stream event read (as the SDK's pass-through decoder).
+const MAX_EVENT_BYTES: usize = 8 << 20;
+
+/// A plugin's plan for chat requests to one target, checked and ready.
+#[derive(Debug)]
+pub struct ChatPlan {
+    /// The target it was given for, as the plugin is called with it (for
+    /// the events and answers that go to the plugin after all).
+    pub(super) target: super::bindings::v03::api::Target,
+    pub(super) method: Method,
+    pub(super) url: String,
+    pub(super) headers: Vec<(HeaderName, HeaderValue)>,
+    pub(super) stream_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Top-level fields set, with their JSON.
+    pub(super) set: Vec<(String, Box<RawValue>)>,
+    /// Top-level fields taken off.
+    pub(super) drop: Vec<String>,
+    pub(super) stream_usage: bool,
+    pub(super) request_unless: Vec<Finder<'static>>,
+    pub(super) answer_unless: Vec<Finder<'static>>,
+}
+
+/// Longest list of texts or fields a plan may name: a plan is a handful of
+/// edits, and every request is searched for each text.
+pub const MAX_PLAN_ITEMS: usize = 64;
+
+impl ChatPlan {
+    /// Whether the plan serves a request with this body (it holds none of
+    /// the texts the plugin named).
+    pub fn serves(&self, body: &[u8]) -> bool {
+        !self.request_unless.iter().any(|f| f.find(body).is_some())
+    }
+
+    /// Whether an answer or a stream event's data passes as it is (it holds
+    /// none of the texts the plugin named).
+    pub fn passes(&self, body: &[u8]) -> bool {
+        !self.answer_unless.iter().any(|f| f.find(body).is_some())
+    }
+
+    /// The upstream request for `body`, a client's JSON object (checked by
+    /// the parse phase): its top-level fields in order, those set or
+    /// dropped left out, then those set, and `stream_options` given
+    /// `include_usage` when the plan says so and the request streams.
+    pub fn build(&self, body: &[u8], stream: bool) -> Result<UpstreamRequest, String> {
+        let fields: Vec<(&str, &RawValue)> =
+            serde_json::from_slice::<TopLevel<'_>>(body).map_err(|e| format!("the request is not valid JSON: {e}"))?.0;
+        let ask_usage = stream && self.stream_usage;
+        let mut out = BytesMut::with_capacity(body.len() + 64);
+        out.put_u8(b'{');
+        let mut first = true;
+        let mut field = |out: &mut BytesMut, name: &[u8], value: &[u8]| {
+            if !first {
+                out.put_u8(b',');
+            }
+            first = false;
+            out.put_slice(name);
+            out.put_u8(b':');
+            out.put_slice(value);
+        };
+        let mut usage_asked = false;
+        for (name, value) in &fields {
+            let key = unquoted(name);
+            if self.dropped(&key) || self.set.iter().any(|(n, _)| *n == key) {
+                continue;
+            }
+            if ask_usage && key == "stream_options" {
+                if let Some(merged) = with_usage(value) {
+                    field(&mut out, name.as_bytes(), merged.as_bytes());
+                    usage_asked = true;
+                    continue;
+                }
+                // Neither an object nor null: the client's mistake, left
+                // for the upstream to refuse (as the plugin would).
+                usage_asked = true;
+            }
+            field(&mut out, name.as_bytes(), value.get().as_bytes());
+        }
+        for (name, value) in &self.set {
+            if self.dropped(name) {
+                continue;
+            }
+            let quoted = serde_json::to_string(name).map_err(|e| e.to_string())?;
+            field(&mut out, quoted.as_bytes(), value.get().as_bytes());
+        }
+        if ask_usage && !usage_asked && !self.dropped("stream_options") {
+            field(&mut out, b"\"stream_options\"", b"{\"include_usage\":true}");
+        }
+        out.put_u8(b'}');
+        let headers = if stream { &self.stream_headers } else { &self.headers };
+        Ok(UpstreamRequest {
+            method: self.method.clone(),
+            url: self.url.clone(),
+            headers: headers.clone(),
+            body: out.freeze(),
+        })
+    }
+
+    fn dropped(&self, name: &str) -> bool {
+        self.drop.iter().any(|d| d == name)
+    }
+}
+
+/// A JSON object's top-level fields, names as written (quoted, escapes
+/// kept) and values as raw JSON, in order.
+struct TopLevel<'a>(Vec<(&'a str, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for TopLevel<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Fields<'a> {
+            type Value = TopLevel<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let mut fields = Vec::new();
+                // The name as raw JSON keeps its quotes and escapes, so it
+                // is written back exactly as the client wrote it.
+                while let Some(name) = map.next_key::<&'de RawValue>()? {
+                    fields.push((name.get(), map.next_value::<&'de RawValue>()?));
+                }
+                Ok(TopLevel(fields))
+            }
+        }
+        deserializer.deserialize_map(Fields(std::marker::PhantomData))
+    }
+}
+
+/// A field name as raw JSON (with its quotes) → its text.
+fn unquoted(name: &str) -> std::borrow::Cow<'_, str> {
+    match name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+        Some(plain) if !plain.contains('\\') => plain.into(),
+        _ => serde_json::from_str::<String>(name).map(Into::into).unwrap_or(name.into()),
+    }
+}
+
+/// `stream_options` with `include_usage: true`, the client's other options
+/// kept; `None` when it is neither an object nor null.
+fn with_usage(value: &RawValue) -> Option<String> {
+    let text = value.get().trim();
+    if text == "null" {
+        return Some("{\"include_usage\":true}".to_owned());
+    }
+    let options: TopLevel<'_> = serde_json::from_str(text).ok()?;
+    let mut out = String::with_capacity(text.len() + 24);
+    out.push('{');
+    for (name, value) in options.0.iter().filter(|(name, _)| unquoted(name) != "include_usage") {
+        out.push_str(name);
+        out.push(':');
+        out.push_str(value.get());
+        out.push(',');
+    }
+    out.push_str("\"include_usage\":true}");
+    Some(out)
+}
+
+/// The fields of an answer or a chunk the host checks.
+#[derive(Deserialize)]
+struct Check {
+    choices: Option<IgnoredAny>,
+    error: Option<serde_json::Value>,
+    usage: Option<Usage>,
+}
+
+/// A chat completion passed as it is: checked to be one (an object with
+/// `choices` and no `error`), its usage read.
+pub fn check_answer(body: Bytes) -> Result<Decoded, String> {
+    let check: Check =
+        serde_json::from_slice(&body).map_err(|e| format!("the answer is not a chat completion: {e}"))?;
+    if let Some(error) = check.error {
+        return Err(format!("the answer is an error: {}", error_message(&error)));
+    }
+    if check.choices.is_none() {
+        return Err("the answer is not a chat completion".to_owned());
+    }
+    Ok(Decoded { body, usage: check.usage })
+}
+
+/// The message of an OpenAI-style error value (`{"message": ...}` or a
+/// string; otherwise its JSON).
+pub fn error_message(error: &serde_json::Value) -> String {
+    match error {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.get("message").and_then(|m| m.as_str()).map(str::to_owned).unwrap_or_else(|| other.to_string()),
+    }
+}
+
+/// A stream's event data passed as it is, unless it ends the stream or is
+/// an error; the usage read from a chunk that may carry it.
+pub fn stream_event(data: &str) -> StreamEvent {
+    let usage = if data.contains("\"error\"") || data.contains("\"usage\"") {
+        match serde_json::from_str::<Check>(data) {
+            Ok(Check { error: Some(error), .. }) => {
+                return StreamEvent::Error { message: error_message(&error) };
+            }
+            Ok(check) => check.usage,
+            Err(e) => return StreamEvent::Error { message: format!("undecodable chunk: {e}") },
+        }
+    } else {
+        None
+    };
+    StreamEvent::Chunk { json: Bytes::copy_from_slice(data.as_bytes()), usage }
+}
+
+/// The host's side of a planned stream: SSE events read here, each passed
+/// as it is or, when it holds one of the plan's texts, handed on its own
+/// to the plugin's decoder (made on first need).
+pub struct PlannedStream {
+    parser: SseParser,
+    plan: Arc<ChatPlan>,
+}
+
+/// What a planned stream found in the bytes it was given.
+pub enum Planned {
+    /// An event for the client.
+    Event(StreamEvent),
+    /// An event's data that the plugin must translate.
+    ToPlugin(String),
+}
+
+impl PlannedStream {
+    /// A reader for one stream under `plan`.
+    pub fn new(plan: Arc<ChatPlan>) -> Self {
+        Self { parser: SseParser::new().max_buffer(MAX_EVENT_BYTES), plan }
+    }
+
+    /// The events that `bytes` complete.
+    pub fn push(&mut self, bytes: &[u8], out: &mut Vec<Planned>) {
+        self.parser.feed(bytes);
+        self.drain(out);
+    }
+
+    /// The events left when the body ends.
+    pub fn finish(&mut self, out: &mut Vec<Planned>) {
+        self.parser.finish();
+        self.drain(out);
+    }
+
+    fn drain(&mut self, out: &mut Vec<Planned>) {
+        while let Some(event) = self.parser.next_event() {
+            let data = event.data.trim();
+            if data.is_empty() {
+                continue;
+            }
+            if data == "[DONE]" {
+                out.push(Planned::Event(StreamEvent::Done));
+            } else if self.plan.passes(data.as_bytes()) {
+                out.push(Planned::Event(stream_event(data)));
+            } else {
+                out.push(Planned::ToPlugin(data.to_owned()));
+            }
+        }
+    }
+}
+
+/// Most plans one provider keeps (models × keys); past it the cache starts
+/// over, so that it never grows without bound.
+const MAX_PLANS: usize = 4096;
+
+/// A provider's plans, by model and key: asked of the plugin once each
+/// (`None` kept too: the plugin plans nothing for that target).
+#[derive(Default)]
+pub struct PlanCache {
+    plans: RwLock<HashMap<String, KeyPlans>>,
+}
+
+/// One model's plans, by key number.
+type KeyPlans = Vec<(usize, Option<Arc<ChatPlan>>)>;
+
+impl PlanCache {
+    /// The plan for `target` on key number `key`, asked of `plugin` the
+    /// first time. A plugin that fails to plan is asked again next time
+    /// (its fault is counted like any other).
+    pub fn get(&self, plugin: &Arc<super::Plugin>, target: &Target<'_>, key: usize) -> Option<Arc<ChatPlan>> {
+        if !plugin.capabilities().plan {
+            return None;
+        }
+        {
+            let plans = self.plans.read().unwrap_or_else(|e| e.into_inner());
+            if let Some((_, plan)) = plans.get(target.model).and_then(|keys| keys.iter().find(|(k, _)| *k == key)) {
+                return plan.clone();
+            }
+        }
+        let plan = plugin.plan_chat(target).ok()?.map(Arc::new);
+        let mut plans = self.plans.write().unwrap_or_else(|e| e.into_inner());
+        if plans.values().map(Vec::len).sum::<usize>() >= MAX_PLANS {
+            plans.clear();
+        }
+        let keys = plans.entry(target.model.to_owned()).or_default();
+        if !keys.iter().any(|(k, _)| *k == key) {
+            keys.push((key, plan.clone()));
+        }
+        plan
+    }
+}
+
+impl std::fmt::Debug for PlanCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PlanCache")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn plan(drop: &[&str], stream_usage: bool) -> ChatPlan {
+        ChatPlan {
+            target: super::super::bindings::v03::api::Target {
+                base_url: "http://x/v1".to_owned(),
+                model: "up-model".to_owned(),
+                key: None,
+                options: Vec::new(),
+            },
+            method: Method::POST,
+            url: "http://x/v1/chat/completions".to_owned(),
+            headers: Vec::new(),
+            stream_headers: Vec::new(),
+            set: vec![("model".to_owned(), RawValue::from_string("\"up-model\"".to_owned()).unwrap())],
+            drop: drop.iter().map(|d| (*d).to_owned()).collect(),
+            stream_usage,
+            request_unless: vec![Finder::new("\"reasoning_details\"").into_owned()],
+            answer_unless: vec![Finder::new("\"reasoning\"").into_owned()],
+        }
+    }
+
+    fn built(plan: &ChatPlan, body: &Value, stream: bool) -> Value {
+        let request = plan.build(body.to_string().as_bytes(), stream).unwrap();
+        serde_json::from_slice(&request.body).unwrap()
+    }
+
+    #[test]
+    fn fields_are_set_and_dropped_and_the_rest_kept_as_written() {
+        let p = plan(&["seed"], true);
+        let body =
+            br#"{"model":"mine","messages":[{"role":"user","content":"h\u00e9 \"x\""}],"seed":7,"temperature":0.50}"#;
+        let request = p.build(body, false).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&request.body).unwrap(),
+            r#"{"messages":[{"role":"user","content":"h\u00e9 \"x\""}],"temperature":0.50,"model":"up-model"}"#
+        );
+    }
+
+    #[test]
+    fn a_stream_asks_for_usage_keeping_the_clients_stream_options() {
+        let p = plan(&[], true);
+        let v = built(&p, &json!({"model": "m", "stream": true}), true);
+        assert_eq!(v["stream_options"], json!({"include_usage": true}));
+        let v =
+            built(&p, &json!({"model": "m", "stream": true, "stream_options": {"x": 1, "include_usage": false}}), true);
+        assert_eq!(v["stream_options"], json!({"x": 1, "include_usage": true}));
+        let v = built(&p, &json!({"model": "m", "stream": true, "stream_options": null}), true);
+        assert_eq!(v["stream_options"], json!({"include_usage": true}));
+        let v = built(&p, &json!({"model": "m", "stream": true, "stream_options": 3}), true);
+        assert_eq!(v["stream_options"], json!(3), "the client's mistake is left for the upstream");
+        let v = built(&plan(&["stream_options"], true), &json!({"model": "m", "stream": true}), true);
+        assert!(v.get("stream_options").is_none());
+        let v = built(&plan(&[], false), &json!({"model": "m", "stream": true}), true);
+        assert!(v.get("stream_options").is_none());
+        let v = built(&p, &json!({"model": "m"}), false);
+        assert!(v.get("stream_options").is_none(), "only streams ask");
+    }
+
+    #[test]
+    fn escaped_names_are_matched_by_their_text() {
+        let p = plan(&["seed"], false);
+        let v = built(&p, &serde_json::from_str(r#"{"mo\u0064el":"mine","se\u0065d":1}"#).unwrap(), false);
+        assert_eq!(v, json!({"model": "up-model"}));
+    }
+
+    #[test]
+    fn the_plan_names_what_it_does_not_serve() {
+        let p = plan(&[], false);
+        assert!(p.serves(br#"{"messages":[{"role":"assistant","content":"x"}]}"#));
+        assert!(!p.serves(br#"{"messages":[{"role":"assistant","reasoning_details":[]}]}"#));
+        assert!(p.passes(br#"{"choices":[{"message":{"reasoning_content":"x"}}]}"#));
+        assert!(!p.passes(br#"{"choices":[{"message":{"reasoning":"x"}}]}"#));
+    }
+
+    #[test]
+    fn answers_are_checked_and_their_usage_read() {
+        let body = Bytes::from_static(br#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}}"#);
+        let decoded = check_answer(body.clone()).unwrap();
+        assert_eq!(decoded.body, body, "passed as it is");
+        assert_eq!(decoded.usage, Some(Usage { prompt_tokens: 3, completion_tokens: 4 }));
+        assert!(check_answer(Bytes::from_static(br#"{"error":{"message":"no"}}"#)).unwrap_err().contains("no"));
+        assert!(check_answer(Bytes::from_static(br#"{"data":[]}"#)).is_err());
+        assert!(check_answer(Bytes::from_static(b"<html>")).is_err());
+    }
+
+    #[test]
+    fn stream_events_pass_end_fail_or_go_to_the_plugin() {
+        let mut stream = PlannedStream::new(Arc::new(plan(&[], false)));
+        let mut out = Vec::new();
+        stream.push(b"data: {\"choices\":[]}\n\ndata: {\"choices\":[{\"delta\":{\"reasoning\":\"r\"}}]}\n", &mut out);
+        stream.push(b"\ndata: {\"error\":{\"message\":\"over\"}}\n\ndata: {\"choices\":[],\"usage\":", &mut out);
+        stream.push(b"{\"prompt_tokens\":1,\"completion_tokens\":2}}\n\ndata: [DONE]\n", &mut out);
+        stream.push(b"\n", &mut out);
+        stream.finish(&mut out);
+        let shown: Vec<String> = out
+            .iter()
+            .map(|e| match e {
+                Planned::Event(StreamEvent::Chunk { usage: Some(u), .. }) => format!("usage {}", u.total()),
+                Planned::Event(StreamEvent::Chunk { json, .. }) => String::from_utf8_lossy(json).into_owned(),
+                Planned::Event(StreamEvent::Done) => "done".to_owned(),
+                Planned::Event(StreamEvent::Error { message }) => format!("error {message}"),
+                Planned::ToPlugin(data) => format!("plugin {data}"),
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "{\"choices\":[]}",
+                "plugin {\"choices\":[{\"delta\":{\"reasoning\":\"r\"}}]}",
+                "error over",
+                "usage 3",
+                "done"
+            ]
+        );
+    }
+}
