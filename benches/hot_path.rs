@@ -121,7 +121,7 @@ fn hot_path(c: &mut Criterion) {
     group.bench_function("plan_stream_20_chunks", |b| {
         b.iter(|| {
             let Some(plan) = plans.get(&plugin, &target, 0) else { return Vec::new() };
-            let mut decoder = PluginStream::planned(plugin.clone(), plan);
+            let mut decoder = PluginStream::planned(plugin.clone(), plan, true);
             let mut out: Vec<StreamEvent> = Vec::with_capacity(32);
             for piece in stream.chunks(512) {
                 let _ = decoder.push(black_box(piece), &mut out);

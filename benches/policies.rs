@@ -93,6 +93,27 @@ fn bench(c: &mut Criterion) {
             black_box(req.state().model.clone())
         })
     });
+    // A bare model id: the sticky-session policy's `request` hook runs
+    // (fingerprint, pin look-up, pin), as for most clients' requests.
+    c.bench_function("policies/request_pipeline_bare_model", |b| {
+        b.iter(|| {
+            let router = router.clone();
+            let available_in = pins.clone();
+            let state = RequestState {
+                model: "model-0-8b".to_owned(),
+                requested: "model-0-8b".to_owned(),
+                messages: conversation.clone(),
+                availability: Some(Arc::new(move |name: &str| router.available(name, &*available_in))),
+                pins: Some(pins.clone()),
+                context_window: 131_072,
+                ..RequestState::default()
+            };
+            let req = PolicyRequest::new(state);
+            pipeline.on_request(&req, &metrics);
+            pipeline.on_prepare(&req, &metrics);
+            black_box(req.state().model.clone())
+        })
+    });
     // The built-in scripts without their declarations, from a folder.
     let Ok(undeclared_dir) = tempfile::tempdir() else { panic!("tempdir") };
     for (name, text) in freeway::policy::EMBEDDED {

@@ -243,8 +243,10 @@ pub trait StateStore: Send + Sync {
     /// The `provider/model` a conversation is pinned to, if the pin holds.
     fn pinned(&self, session: &str, now: Instant) -> Option<Arc<str>>;
 
-    /// Pins a conversation to `target` for `ttl` (at most [`MAX_PIN_TTL`]).
-    fn pin(&self, session: &str, target: &str, ttl: Duration, now: Instant);
+    /// Pins a conversation to `target` for `ttl` (at most [`MAX_PIN_TTL`]);
+    /// whether anything changed (a same-target pin refreshed moments ago
+    /// is left as it is: see [`pins::refresh`]).
+    fn pin(&self, session: &str, target: &str, ttl: Duration, now: Instant) -> bool;
 
     /// Pins in force (approximately: expired pins leave in the background).
     fn pins(&self) -> u64;

@@ -973,9 +973,11 @@ struct PlannedDecoding {
 }
 
 impl PluginStream {
-    /// A stream read by the host under `plan`, a plan of `plugin`.
-    pub fn planned(plugin: Arc<Plugin>, plan: Arc<ChatPlan>) -> Self {
-        let reader = PlannedStream::new(plan.clone());
+    /// A stream read by the host under `plan`, a plan of `plugin`;
+    /// `frames`: plain events may leave as [`StreamEvent::Frames`] (for a
+    /// relay that needs no chunk on its own).
+    pub fn planned(plugin: Arc<Plugin>, plan: Arc<ChatPlan>, frames: bool) -> Self {
+        let reader = PlannedStream::new(plan.clone(), frames);
         Self(Decoding::Planned(Box::new(PlannedDecoding { reader, plugin, plan, decoder: None, scratch: Vec::new() })))
     }
 

@@ -230,9 +230,20 @@ pub fn stream_event(data: &str) -> StreamEvent {
 /// The host's side of a planned stream: SSE events read here, each passed
 /// as it is or, when it holds one of the plan's texts, handed on its own
 /// to the plugin's decoder (made on first need).
+///
+/// With `frames`, runs of plain events (one `data:` line each, no usage,
+/// no error, none of the plan's texts) leave as the bytes they came in
+/// ([`StreamEvent::Frames`]), without being parsed into events and framed
+/// again; anything else (comments, other fields, several data lines, CR
+/// line ends, an event past the size bound) is read by the SSE parser, from
+/// that point on for the rest of the stream.
 pub struct PlannedStream {
-    parser: SseParser,
     plan: Arc<ChatPlan>,
+    /// Bytes after the last complete event, while reading by bytes.
+    buf: BytesMut,
+    /// Reading by bytes (until something calls for the parser).
+    frames: bool,
+    parser: Option<SseParser>,
 }
 
 /// What a planned stream found in the bytes it was given.
@@ -244,37 +255,116 @@ pub enum Planned {
 }
 
 impl PlannedStream {
-    /// A reader for one stream under `plan`.
-    pub fn new(plan: Arc<ChatPlan>) -> Self {
-        Self { parser: SseParser::new().max_buffer(MAX_EVENT_BYTES), plan }
+    /// A reader for one stream under `plan`; `frames`: plain events may
+    /// leave as [`StreamEvent::Frames`].
+    pub fn new(plan: Arc<ChatPlan>, frames: bool) -> Self {
+        let parser = (!frames).then(|| SseParser::new().max_buffer(MAX_EVENT_BYTES));
+        Self { plan, buf: BytesMut::new(), frames, parser }
     }
 
     /// The events that `bytes` complete.
     pub fn push(&mut self, bytes: &[u8], out: &mut Vec<Planned>) {
-        self.parser.feed(bytes);
+        if self.frames && memchr::memchr(b'\r', bytes).is_none() {
+            self.buf.extend_from_slice(bytes);
+            self.split(out);
+            if self.buf.len() <= MAX_EVENT_BYTES {
+                return;
+            }
+            // Longer than an event may be: the parser's bound decides.
+            self.parser();
+        } else {
+            self.parser().feed(bytes);
+        }
         self.drain(out);
     }
 
     /// The events left when the body ends.
     pub fn finish(&mut self, out: &mut Vec<Planned>) {
-        self.parser.finish();
+        self.parser().finish();
         self.drain(out);
     }
 
-    fn drain(&mut self, out: &mut Vec<Planned>) {
-        while let Some(event) = self.parser.next_event() {
-            let data = event.data.trim();
-            if data.is_empty() {
+    /// The SSE parser, from now on: it is given first what was not read
+    /// by bytes.
+    fn parser(&mut self) -> &mut SseParser {
+        let parser = self.parser.get_or_insert_with(|| SseParser::new().max_buffer(MAX_EVENT_BYTES));
+        if self.frames {
+            self.frames = false;
+            parser.feed(&self.buf.split());
+        }
+        parser
+    }
+
+    /// Complete events in `buf`: plain ones gathered into frames, the
+    /// others handled one by one.
+    fn split(&mut self, out: &mut Vec<Planned>) {
+        let mut run = BytesMut::new();
+        let mut chunks = 0;
+        while let Some(end) = memchr::memmem::find(&self.buf, b"\n\n") {
+            let event = self.buf.split_to(end + 2);
+            let line = &event[..end];
+            let data = match line.strip_prefix(b"data:") {
+                Some(data) if memchr::memchr(b'\n', line).is_none() => data.strip_prefix(b" ").unwrap_or(data),
+                // A comment, another field, several lines: the parser's.
+                _ => {
+                    flush(&mut run, &mut chunks, out);
+                    let parser = self.parser.get_or_insert_with(|| SseParser::new().max_buffer(MAX_EVENT_BYTES));
+                    parser.feed(&event);
+                    self.drain(out);
+                    continue;
+                }
+            };
+            let plain = !data.is_empty()
+                && data != b"[DONE]"
+                && memchr::memmem::find(data, b"\"error\"").is_none()
+                && memchr::memmem::find(data, b"\"usage\"").is_none()
+                && self.plan.passes(data);
+            if plain {
+                run.extend_from_slice(b"data: ");
+                run.extend_from_slice(data);
+                run.extend_from_slice(b"\n\n");
+                chunks += 1;
                 continue;
             }
-            if data == "[DONE]" {
-                out.push(Planned::Event(StreamEvent::Done));
-            } else if self.plan.passes(data.as_bytes()) {
-                out.push(Planned::Event(stream_event(data)));
-            } else {
-                out.push(Planned::ToPlugin(data.to_owned()));
+            flush(&mut run, &mut chunks, out);
+            if let Ok(text) = std::str::from_utf8(data) {
+                self.one(text.trim(), out);
             }
         }
+        flush(&mut run, &mut chunks, out);
+    }
+
+    fn drain(&mut self, out: &mut Vec<Planned>) {
+        let Some(parser) = self.parser.as_mut() else { return };
+        let mut events = Vec::new();
+        while let Some(event) = parser.next_event() {
+            events.push(event.data);
+        }
+        for data in events {
+            self.one(data.trim(), out);
+        }
+    }
+
+    /// One event's data.
+    fn one(&self, data: &str, out: &mut Vec<Planned>) {
+        if data.is_empty() {
+            return;
+        }
+        if data == "[DONE]" {
+            out.push(Planned::Event(StreamEvent::Done));
+        } else if self.plan.passes(data.as_bytes()) {
+            out.push(Planned::Event(stream_event(data)));
+        } else {
+            out.push(Planned::ToPlugin(data.to_owned()));
+        }
+    }
+}
+
+/// A run of plain events, out as frames.
+fn flush(run: &mut BytesMut, chunks: &mut usize, out: &mut Vec<Planned>) {
+    if *chunks > 0 {
+        out.push(Planned::Event(StreamEvent::Frames { sse: run.split().freeze(), chunks: *chunks }));
+        *chunks = 0;
     }
 }
 
@@ -416,9 +506,59 @@ mod tests {
         assert!(check_answer(Bytes::from_static(b"<html>")).is_err());
     }
 
+    /// What a planned stream with frames makes of `pieces`, as text.
+    fn frames_of(pieces: &[&[u8]]) -> Vec<String> {
+        let mut stream = PlannedStream::new(Arc::new(plan(&[], false)), true);
+        let mut out = Vec::new();
+        for piece in pieces {
+            stream.push(piece, &mut out);
+        }
+        stream.finish(&mut out);
+        out.iter()
+            .map(|e| match e {
+                Planned::Event(StreamEvent::Frames { sse, chunks }) => {
+                    format!("{chunks} frames {}", String::from_utf8_lossy(sse))
+                }
+                Planned::Event(StreamEvent::Chunk { json, usage }) => {
+                    format!("chunk {} {:?}", String::from_utf8_lossy(json), usage.map(|u| u.total()))
+                }
+                Planned::Event(StreamEvent::Done) => "done".to_owned(),
+                Planned::Event(StreamEvent::Error { message }) => format!("error {message}"),
+                Planned::ToPlugin(data) => format!("plugin {data}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn plain_events_leave_as_the_bytes_they_came_in() {
+        let shown = frames_of(&[
+            b"data: {\"a\":1}\n\ndata: {\"a\":2}\n\ndata:{\"b\":2}\n",
+            b"\n: ping\n\ndata: {\"c\":3}\n\ndata: {\"reasoning\":\"r\"}\n\n",
+            b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}\n\ndata: [DONE]\n\n",
+        ]);
+        assert_eq!(
+            shown,
+            [
+                "2 frames data: {\"a\":1}\n\ndata: {\"a\":2}\n\n",
+                "1 frames data: {\"b\":2}\n\n",
+                "1 frames data: {\"c\":3}\n\n",
+                "plugin {\"reasoning\":\"r\"}",
+                "chunk {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}} Some(2)",
+                "done"
+            ]
+        );
+        // An event of several data lines, or CR line ends from some point
+        // on, is the SSE parser's from there.
+        let shown = frames_of(&[b"data: {\"a\":\ndata: 1}\n\ndata: {\"b\":2}\n\n", b"data: {\"c\":3}\r\n\r\n"]);
+        assert_eq!(shown, ["chunk {\"a\":\n1} None", "1 frames data: {\"b\":2}\n\n", "chunk {\"c\":3} None"]);
+        // A last event without its blank line is dropped, as the parser
+        // drops it.
+        assert_eq!(frames_of(&[b"data: {\"a\":1}\n\ndata: {\"b\":2}\n"]), ["1 frames data: {\"a\":1}\n\n"]);
+    }
+
     #[test]
     fn stream_events_pass_end_fail_or_go_to_the_plugin() {
-        let mut stream = PlannedStream::new(Arc::new(plan(&[], false)));
+        let mut stream = PlannedStream::new(Arc::new(plan(&[], false)), false);
         let mut out = Vec::new();
         stream.push(b"data: {\"choices\":[]}\n\ndata: {\"choices\":[{\"delta\":{\"reasoning\":\"r\"}}]}\n", &mut out);
         stream.push(b"\ndata: {\"error\":{\"message\":\"over\"}}\n\ndata: {\"choices\":[],\"usage\":", &mut out);
@@ -432,6 +572,7 @@ mod tests {
                 Planned::Event(StreamEvent::Chunk { json, .. }) => String::from_utf8_lossy(json).into_owned(),
                 Planned::Event(StreamEvent::Done) => "done".to_owned(),
                 Planned::Event(StreamEvent::Error { message }) => format!("error {message}"),
+                Planned::Event(StreamEvent::Frames { .. }) => "frames (not asked for)".to_owned(),
                 Planned::ToPlugin(data) => format!("plugin {data}"),
             })
             .collect();

@@ -109,6 +109,15 @@ pub enum StreamEvent {
         /// Usage in this chunk.
         usage: Option<Usage>,
     },
+    /// Chunks already framed as SSE for the client (`data: {...}\n\n`
+    /// each), passed by the host under a plugin's plan as they came: none
+    /// carries usage or an error.
+    Frames {
+        /// The frames.
+        sse: Bytes,
+        /// How many chunks they are.
+        chunks: usize,
+    },
     /// The upstream ended the stream normally.
     Done,
     /// The upstream reported an error inside the stream.

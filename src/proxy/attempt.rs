@@ -248,6 +248,9 @@ async fn stream(
             Box::new(check) as Box<dyn Hold>
         }),
     };
+    // A planned stream may pass its plain chunks as the bytes they came in,
+    // unless a hold looks at each chunk.
+    let frames = settings.hold.is_none();
     // send, then wait for the first event
     let start = async {
         let response = proxy.upstream.send(upstream_request).await?;
@@ -258,7 +261,7 @@ async fn stream(
         }
         let limits = provider.plugin.read_limits(response.status().as_u16(), response.headers());
         let decoder = match std::mem::replace(translator, Translator::Gone) {
-            Translator::Planned { plan, .. } => Ok(PluginStream::planned(provider.plugin.clone(), plan)),
+            Translator::Planned { plan, .. } => Ok(PluginStream::planned(provider.plugin.clone(), plan, frames)),
             Translator::Called(session) => session.into_stream(target),
             Translator::Gone => provider.plugin.session().and_then(|s| s.into_stream(target)),
         };

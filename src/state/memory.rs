@@ -116,7 +116,7 @@ impl MemoryState {
 
     /// Pins `session` to `target` until `until` (an earlier run's pin).
     pub fn restore_pin(&self, session: &str, target: &str, until: Instant) {
-        self.pins.pin(session, target, until);
+        self.pins.pin(session, target, until, Instant::now());
     }
 
     /// The counter for `key` (and `model`), created for `limits`.
@@ -273,10 +273,8 @@ impl StateStore for MemoryState {
         self.pins.get(session, now)
     }
 
-    fn pin(&self, session: &str, target: &str, ttl: Duration, now: Instant) {
-        if let Some(until) = now.checked_add(ttl.min(MAX_PIN_TTL)) {
-            self.pins.pin(session, target, until);
-        }
+    fn pin(&self, session: &str, target: &str, ttl: Duration, now: Instant) -> bool {
+        now.checked_add(ttl.min(MAX_PIN_TTL)).is_some_and(|until| self.pins.pin(session, target, until, now))
     }
 
     fn pins(&self) -> u64 {

@@ -295,14 +295,17 @@ impl StateStore for PersistentState {
         self.memory.pinned(session, now)
     }
 
-    fn pin(&self, session: &str, target: &str, ttl: Duration, now: Instant) {
-        self.memory.pin(session, target, ttl, now);
+    fn pin(&self, session: &str, target: &str, ttl: Duration, now: Instant) -> bool {
+        if !self.memory.pin(session, target, ttl, now) {
+            return false;
+        }
         let ttl_ms = i64::try_from(ttl.min(MAX_PIN_TTL).as_millis()).unwrap_or(i64::MAX);
         self.journal.send(Write::Pin {
             session: Arc::from(session),
             target: Arc::from(target),
             until_ms: self.memory.clock().wall_ms(now).saturating_add(ttl_ms),
         });
+        true
     }
 
     fn pins(&self) -> u64 {

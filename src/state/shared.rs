@@ -337,14 +337,17 @@ impl StateStore for SharedState {
         self.inner.pinned(session, now)
     }
 
-    fn pin(&self, session: &str, target: &str, ttl: Duration, now: Instant) {
-        self.inner.pin(session, target, ttl, now);
+    fn pin(&self, session: &str, target: &str, ttl: Duration, now: Instant) -> bool {
+        if !self.inner.pin(session, target, ttl, now) {
+            return false;
+        }
         let ttl_ms = signed(u64::try_from(ttl.min(MAX_PIN_TTL).as_millis()).unwrap_or(u64::MAX));
         self.publish(Event::Pin {
             session: session.to_owned(),
             target: target.to_owned(),
             until_ms: self.link.clock.wall_ms(now).saturating_add(ttl_ms),
         });
+        true
     }
 
     fn pins(&self) -> u64 {

@@ -246,7 +246,7 @@ impl Relay {
         self.live.progress.store(progress.wrapping_add(1), Ordering::Relaxed);
         match self.poll_fill(cx, false) {
             Poll::Ready(()) => {
-                let next = self.state.pending.pop_front();
+                let next = self.state.take_pending();
                 self.live.waiting.store(next.is_some() && !self.is_finished(), Ordering::Relaxed);
                 Poll::Ready(next)
             }
@@ -331,6 +331,20 @@ impl Relay {
 }
 
 impl State {
+    /// Every frame ready for the client, as one piece: the events an
+    /// upstream read produced leave in one body frame (one chunk of the
+    /// client's chunked encoding), not one frame each.
+    fn take_pending(&mut self) -> Option<Bytes> {
+        if self.pending.len() <= 1 {
+            return self.pending.pop_front();
+        }
+        let mut out = BytesMut::with_capacity(self.pending.iter().map(Bytes::len).sum());
+        for frame in self.pending.drain(..) {
+            out.put_slice(&frame);
+        }
+        Some(out.freeze())
+    }
+
     fn absorb(&mut self) {
         self.heard |= !self.scratch.is_empty();
         for event in std::mem::take(&mut self.scratch) {
@@ -352,6 +366,12 @@ impl State {
                             self.take(step);
                         }
                     }
+                }
+                StreamEvent::Frames { sse, chunks } => {
+                    // Only a relay without a hold asks for frames.
+                    let sse = self.settings.redactor.redact_answer(sse);
+                    self.pending.push_back(sse);
+                    self.outcome.chunks += chunks;
                 }
                 StreamEvent::Done => {
                     if let Some(hold) = self.hold.as_mut() {

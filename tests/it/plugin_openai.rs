@@ -303,9 +303,23 @@ fn decode_stream(mut decoder: PluginStream, pieces: &[&str]) -> Vec<String> {
             StreamEvent::Chunk { json, usage } => {
                 format!("{} {usage:?}", serde_json::from_slice::<Value>(&json).unwrap())
             }
+            StreamEvent::Frames { sse, chunks } => {
+                // Frames are `data: {...}` events: each as the chunk it is.
+                let text = String::from_utf8(sse.to_vec()).unwrap();
+                let events: Vec<String> = text
+                    .split("\n\n")
+                    .filter(|e| !e.is_empty())
+                    .map(|e| {
+                        format!("{} None", serde_json::from_str::<Value>(e.strip_prefix("data: ").unwrap()).unwrap())
+                    })
+                    .collect();
+                assert_eq!(events.len(), chunks, "{text}");
+                events.join("\n")
+            }
             StreamEvent::Done => "done".to_owned(),
             StreamEvent::Error { message } => format!("error {message}"),
         })
+        .flat_map(|e| e.split('\n').map(str::to_owned).collect::<Vec<_>>())
         .collect()
 }
 
@@ -326,7 +340,11 @@ fn a_planned_stream_decodes_as_the_plugins_decoder_does() {
         "data: {}\n\ndata: {{\"error\":{{\"message\":\"upstream broke\"}}}}\n\n",
         chunk(json!({"content": "a"}))
     );
-    for (text, splits) in [(text.as_str(), [1, 40, 90, 200]), (error.as_str(), [3, 5, 60, 61])] {
+    // Without CR line ends, the host passes plain chunks as bytes (frames).
+    let lf_only = text.replace("\r\n", "\n");
+    for (text, splits) in
+        [(text.as_str(), [1, 40, 90, 200]), (lf_only.as_str(), [7, 100, 101, 300]), (error.as_str(), [3, 5, 60, 61])]
+    {
         let mut pieces = Vec::new();
         let mut at = 0;
         for split in splits.into_iter().filter(|s| *s < text.len()) {
@@ -335,8 +353,10 @@ fn a_planned_stream_decodes_as_the_plugins_decoder_does() {
         }
         pieces.push(&text[at..]);
         let by_plugin = decode_stream(plugin().session().unwrap().into_stream(&target).unwrap(), &pieces);
-        let planned = PluginStream::planned(plugin(), Arc::new(plan(&[])));
-        assert_eq!(decode_stream(planned, &pieces), by_plugin);
+        for frames in [false, true] {
+            let planned = PluginStream::planned(plugin(), Arc::new(plan(&[])), frames);
+            assert_eq!(decode_stream(planned, &pieces), by_plugin, "frames: {frames}");
+        }
         assert!(by_plugin.len() >= 2, "{by_plugin:?}");
     }
 }
