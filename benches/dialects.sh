@@ -22,7 +22,8 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
 STORE=${STORE:-true}
 TOOLS=${TOOLS:-false}
-need wrk python3 curl
+ensure_debian wrk
+need python3 curl
 
 log "building freeway and the mock upstream (release)"
 cargo build --release --bin freeway --example mock_upstream >&2

@@ -51,6 +51,29 @@ need() {
     done
 }
 
+# Installs the Debian packages of the named tools that are missing
+# (apt-get, with sudo unless root; `apt-get update` once if the first try
+# fails), then checks they are there. ensure_debian TOOL[=PACKAGE]...
+ensure_debian() {
+    local spec tool package missing=()
+    for spec in "$@"; do
+        tool=${spec%%=*}
+        package=${spec#*=}
+        command -v "$tool" >/dev/null 2>&1 || missing+=("$package")
+    done
+    if ((${#missing[@]})); then
+        local sudo=""
+        [[ $(id -u) -eq 0 ]] || sudo=sudo
+        log "installing ${missing[*]} from the Debian packages"
+        $sudo apt-get install -y "${missing[@]}" >/dev/null 2>&1 ||
+            { $sudo apt-get update >/dev/null 2>&1 && $sudo apt-get install -y "${missing[@]}" >/dev/null 2>&1; } ||
+            die "could not install ${missing[*]} (apt-get install ${missing[*]})"
+    fi
+    for spec in "$@"; do
+        need "${spec%%=*}"
+    done
+}
+
 # Waits until FILE has a line matching PATTERN (a server's start-up line),
 # as long as PID lives.
 wait_for_line() {

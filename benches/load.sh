@@ -18,8 +18,9 @@
 # stream; round 2 the same...), so that a drift of the machine during the
 # run (other users, thermal) hits all three alike:
 #   - nginx: a plain keep-alive reverse proxy (Debian's nginx, run in the
-#     foreground from a temp config on a loopback port; `apt-get install
-#     nginx` if missing), 2 worker processes like freeway's 2 worker threads;
+#     foreground from a temp config on a loopback port; installed with
+#     apt-get when missing, as wrk is), 2 worker processes like freeway's 2
+#     worker threads;
 #   - before: the freeway binary named by FREEWAY_BEFORE;
 #   - after: this tree's freeway (built here; FREEWAY_AFTER overrides it).
 # Both freeways run their built-in policies (the default) and get a
@@ -403,7 +404,8 @@ PY
 main_compare() {
     [[ -n "${FREEWAY_BEFORE:-}" ]] || die "--compare needs FREEWAY_BEFORE=/path/to/the/older/freeway"
     [[ -x "$FREEWAY_BEFORE" ]] || die "FREEWAY_BEFORE=$FREEWAY_BEFORE is not an executable"
-    need wrk nginx python3
+    ensure_debian wrk nginx
+    need python3
     build
     FREEWAY_BEFORE=$(realpath "$FREEWAY_BEFORE")
     FREEWAY_AFTER=$(realpath "${FREEWAY_AFTER:-$BIN_DIR/freeway}")
