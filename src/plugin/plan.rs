@@ -27,7 +27,6 @@ use super::types::{Decoded, StreamEvent, Target, UpstreamRequest, Usage};
 const MAX_EVENT_BYTES: usize = 8 << 20;
 
 /// A plugin's plan for chat requests to one target, checked and ready.
-#[derive(Debug)]
 pub struct ChatPlan {
     /// The target it was given for, as the plugin is called with it (for
     /// the events and answers that go to the plugin after all).
@@ -43,6 +42,20 @@ pub struct ChatPlan {
     pub(super) stream_usage: bool,
     pub(super) request_unless: Vec<Finder<'static>>,
     pub(super) answer_unless: Vec<Finder<'static>>,
+}
+
+/// Says where a plan sends requests and what it edits, never the key its
+/// target and headers hold.
+impl std::fmt::Debug for ChatPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatPlan")
+            .field("method", &self.method)
+            .field("url", &self.url)
+            .field("set", &self.set.iter().map(|(name, _)| name).collect::<Vec<_>>())
+            .field("drop", &self.drop)
+            .field("stream_usage", &self.stream_usage)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Longest list of texts or fields a plan may name: a plan is a handful of
@@ -484,6 +497,16 @@ mod tests {
         let p = plan(&["seed"], false);
         let v = built(&p, &serde_json::from_str(r#"{"mo\u0064el":"mine","se\u0065d":1}"#).unwrap(), false);
         assert_eq!(v, json!({"model": "up-model"}));
+    }
+
+    #[test]
+    fn a_plan_printed_shows_no_key() {
+        let mut p = plan(&["seed"], false);
+        p.target.key = Some("sk-secret-1234".to_owned());
+        p.headers.push((http::header::AUTHORIZATION, HeaderValue::from_static("Bearer sk-secret-1234")));
+        let shown = format!("{p:?}");
+        assert!(!shown.contains("sk-secret"), "{shown}");
+        assert!(shown.contains("chat/completions") && shown.contains("seed"), "{shown}");
     }
 
     #[test]
