@@ -397,8 +397,10 @@ type KeyPlans = Vec<(usize, Option<Arc<ChatPlan>>)>;
 
 impl PlanCache {
     /// The plan for `target` on key number `key`, asked of `plugin` the
-    /// first time. A plugin that fails to plan is asked again next time
-    /// (its fault is counted like any other).
+    /// first time. A plugin that fails to plan (a trap, a deadline, a plan
+    /// the host refuses) is counted once and not asked again for that
+    /// target: its requests are built by `build-chat`, as without a plan.
+    /// Only a plugin that had no instance free is asked again next time.
     pub fn get(&self, plugin: &Arc<super::Plugin>, target: &Target<'_>, key: usize) -> Option<Arc<ChatPlan>> {
         if !plugin.capabilities().plan {
             return None;
@@ -409,7 +411,11 @@ impl PlanCache {
                 return plan.clone();
             }
         }
-        let plan = plugin.plan_chat(target).ok()?.map(Arc::new);
+        let plan = match plugin.plan_chat(target) {
+            Ok(plan) => plan.map(Arc::new),
+            Err(e) if e.kind == super::PluginErrorKind::Unavailable => return None,
+            Err(_) => None,
+        };
         let mut plans = self.plans.write().unwrap_or_else(|e| e.into_inner());
         if plans.values().map(Vec::len).sum::<usize>() >= MAX_PLANS {
             plans.clear();

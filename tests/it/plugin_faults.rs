@@ -59,6 +59,25 @@ async fn a_trapping_looping_or_hogging_plugin_fails_one_attempt_and_the_request_
 }
 
 #[tokio::test]
+async fn a_plugin_that_traps_in_plan_chat_is_asked_once_and_its_requests_are_built_as_before() {
+    let bad = Mock::start().await;
+    let yaml = format!(
+        "plugins:\n  dir: {}\nproviders:\n  bad:\n    plugin: misbehave\n    base_url: {}\n    keys: [k]\n    models: [trap-plan]\n",
+        test_plugins("misbehave").display(),
+        bad.base_url(),
+    );
+    let gw = start(&yaml).await;
+    for _ in 0..3 {
+        let answer = gw.chat("bad/trap-plan").await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+    }
+    assert_eq!(bad.chats().len(), 3, "build-chat built every request");
+    let metrics = gw.get("/metrics", &[]).await.text();
+    let line = "freeway_plugin_failures_total{plugin=\"misbehave\",kind=\"trap\"} 1";
+    assert!(metrics.contains(line), "the failed plan is asked for once: missing `{line}` in:\n{metrics}");
+}
+
+#[tokio::test]
 async fn the_502_names_the_plugin_and_what_it_did() {
     let bad = Mock::start().await;
     let yaml = format!(

@@ -3,7 +3,8 @@
 //! it is stopped; `trap-stream` builds fine but its stream decoder traps on
 //! the second piece; `count` adds `?calls=N` to the URL, N counting the
 //! calls this instance has served (to see whether instances are reused);
-//! `escape` builds a URL outside the provider's base URL.
+//! `escape` builds a URL outside the provider's base URL; `trap-plan`
+//! panics in `plan-chat` only (it builds fine).
 //! Any other model gets a minimal OpenAI-compatible pass-through, so a
 //! well-behaved candidate can share the plugin.
 
@@ -46,7 +47,7 @@ impl Guest for Plugin {
         Descriptor {
             name: "misbehave".to_owned(),
             interface_version: INTERFACE_VERSION.to_owned(),
-            capabilities: Capabilities::CHAT | Capabilities::STREAM | Capabilities::LIMITS,
+            capabilities: Capabilities::CHAT | Capabilities::STREAM | Capabilities::LIMITS | Capabilities::PLAN,
         }
     }
 
@@ -85,8 +86,12 @@ impl Guest for Plugin {
         })
     }
 
-    /// No plan: the misbehaviours live in `build-chat` and the decoders.
-    fn plan_chat(_target: Target) -> Option<sdk::ChatPlan> {
+    /// No plan (the misbehaviours live in `build-chat` and the decoders),
+    /// except a trap for `trap-plan`.
+    fn plan_chat(target: Target) -> Option<sdk::ChatPlan> {
+        if target.model == "trap-plan" {
+            panic!("misbehaving in plan-chat on purpose");
+        }
         None
     }
 
