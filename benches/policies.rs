@@ -56,64 +56,31 @@ fn bench(c: &mut Criterion) {
     let pins = gateway.proxy().state().clone();
     let conversation = messages();
 
-    c.bench_function("policies/request_pipeline_10_turns_60_models", |b| {
-        b.iter(|| {
-            let router = router.clone();
-            let available_in = pins.clone();
-            let state = RequestState {
-                model: "auto".to_owned(),
-                requested: "auto".to_owned(),
-                messages: conversation.clone(),
-                availability: Some(Arc::new(move |name: &str| router.available(name, &*available_in))),
-                pins: Some(pins.clone()),
-                context_window: 131_072,
-                ..RequestState::default()
-            };
-            let req = PolicyRequest::new(state);
-            pipeline.on_request(&req, &metrics);
-            pipeline.on_prepare(&req, &metrics);
-            black_box(req.state().model.clone())
-        })
-    });
-    c.bench_function("policies/request_pipeline_explicit_model", |b| {
-        b.iter(|| {
-            let router = router.clone();
-            let available_in = pins.clone();
-            let state = RequestState {
-                model: "p0/model-0-8b".to_owned(),
-                requested: "p0/model-0-8b".to_owned(),
-                messages: conversation.clone(),
-                availability: Some(Arc::new(move |name: &str| router.available(name, &*available_in))),
-                pins: Some(pins.clone()),
-                ..RequestState::default()
-            };
-            let req = PolicyRequest::new(state);
-            pipeline.on_request(&req, &metrics);
-            pipeline.on_prepare(&req, &metrics);
-            black_box(req.state().model.clone())
-        })
-    });
+    // Both hook phases on the 10-turn conversation, the request naming
+    // `model`, as the proxy runs them once a hook acts (`window`: the first
+    // candidate's context window, 0 unknown).
+    let run = |model: &str, window: i64| {
+        let router = router.clone();
+        let available_in = pins.clone();
+        let state = RequestState {
+            model: model.to_owned(),
+            requested: model.to_owned(),
+            messages: conversation.clone(),
+            availability: Some(Arc::new(move |name: &str| router.available(name, &*available_in))),
+            pins: Some(pins.clone()),
+            context_window: window,
+            ..RequestState::default()
+        };
+        let req = PolicyRequest::new(state);
+        pipeline.on_request(&req, &metrics);
+        pipeline.on_prepare(&req, &metrics);
+        black_box(req.state().model.clone())
+    };
+    c.bench_function("policies/request_pipeline_10_turns_60_models", |b| b.iter(|| run("auto", 131_072)));
+    c.bench_function("policies/request_pipeline_explicit_model", |b| b.iter(|| run("p0/model-0-8b", 0)));
     // A bare model id: the sticky-session policy's `request` hook runs
     // (fingerprint, pin look-up, pin), as for most clients' requests.
-    c.bench_function("policies/request_pipeline_bare_model", |b| {
-        b.iter(|| {
-            let router = router.clone();
-            let available_in = pins.clone();
-            let state = RequestState {
-                model: "model-0-8b".to_owned(),
-                requested: "model-0-8b".to_owned(),
-                messages: conversation.clone(),
-                availability: Some(Arc::new(move |name: &str| router.available(name, &*available_in))),
-                pins: Some(pins.clone()),
-                context_window: 131_072,
-                ..RequestState::default()
-            };
-            let req = PolicyRequest::new(state);
-            pipeline.on_request(&req, &metrics);
-            pipeline.on_prepare(&req, &metrics);
-            black_box(req.state().model.clone())
-        })
-    });
+    c.bench_function("policies/request_pipeline_bare_model", |b| b.iter(|| run("model-0-8b", 131_072)));
     // The built-in scripts without their declarations, from a folder.
     let Ok(undeclared_dir) = tempfile::tempdir() else { panic!("tempdir") };
     for (name, text) in freeway::policy::EMBEDDED {

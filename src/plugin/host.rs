@@ -14,7 +14,7 @@ use wasmtime::component::{Component, Linker, ResourceAny};
 use wasmtime::{ResourceLimiter, Store, Trap};
 
 use super::bindings::v03::api;
-use super::plan::{ChatPlan, MAX_PLAN_ITEMS, Planned, PlannedStream};
+use super::plan::{ChatPlan, MAX_PLAN_ITEMS, Planned, PlannedStream, SetField};
 use super::types::{
     Capabilities, Decoded, ErrorKind, ModelRecord, QuotaWindow, RateReport, RateUnit, StreamEvent, Target,
     UpstreamRequest, Usage,
@@ -549,9 +549,10 @@ impl Plugin {
         }
         let mut set = Vec::with_capacity(p.set_fields.len());
         for (name, json) in p.set_fields {
-            let value = serde_json::value::RawValue::from_string(json)
-                .map_err(|e| self.refused(format!("planned field `{name}` with a value that is not JSON: {e}")))?;
-            set.push((name, value));
+            // A field also dropped is dropped (the plan's edits are: set, then drop).
+            if !p.drop_fields.contains(&name) {
+                set.push(SetField::new(name, json).map_err(|e| self.refused(e))?);
+            }
         }
         let finders = |texts: Vec<String>| {
             texts.iter().map(|t| memchr::memmem::Finder::new(t.as_bytes()).into_owned()).collect::<Vec<_>>()

@@ -35,13 +35,31 @@ pub struct ChatPlan {
     pub(super) url: String,
     pub(super) headers: Vec<(HeaderName, HeaderValue)>,
     pub(super) stream_headers: Vec<(HeaderName, HeaderValue)>,
-    /// Top-level fields set, with their JSON.
-    pub(super) set: Vec<(String, Box<RawValue>)>,
+    /// Top-level fields set (none that is also dropped).
+    pub(super) set: Vec<SetField>,
     /// Top-level fields taken off.
     pub(super) drop: Vec<String>,
     pub(super) stream_usage: bool,
     pub(super) request_unless: Vec<Finder<'static>>,
     pub(super) answer_unless: Vec<Finder<'static>>,
+}
+
+/// A top-level field a plan sets, its name written as JSON once, not per
+/// request.
+pub(super) struct SetField {
+    name: String,
+    quoted: String,
+    value: Box<RawValue>,
+}
+
+impl SetField {
+    /// Field `name` set to `json`, which must be JSON.
+    pub(super) fn new(name: String, json: String) -> Result<Self, String> {
+        let value = RawValue::from_string(json)
+            .map_err(|e| format!("planned field `{name}` with a value that is not JSON: {e}"))?;
+        let quoted = serde_json::to_string(&name).map_err(|e| e.to_string())?;
+        Ok(Self { name, quoted, value })
+    }
 }
 
 /// Says where a plan sends requests and what it edits, never the key its
@@ -51,7 +69,7 @@ impl std::fmt::Debug for ChatPlan {
         f.debug_struct("ChatPlan")
             .field("method", &self.method)
             .field("url", &self.url)
-            .field("set", &self.set.iter().map(|(name, _)| name).collect::<Vec<_>>())
+            .field("set", &self.set.iter().map(|f| &f.name).collect::<Vec<_>>())
             .field("drop", &self.drop)
             .field("stream_usage", &self.stream_usage)
             .finish_non_exhaustive()
@@ -98,7 +116,7 @@ impl ChatPlan {
         let mut usage_asked = false;
         for (name, value) in &fields {
             let key = unquoted(name);
-            if self.dropped(&key) || self.set.iter().any(|(n, _)| *n == key) {
+            if self.dropped(&key) || self.set.iter().any(|f| f.name == key) {
                 continue;
             }
             if ask_usage && key == "stream_options" {
@@ -113,12 +131,8 @@ impl ChatPlan {
             }
             field(&mut out, name.as_bytes(), value.get().as_bytes());
         }
-        for (name, value) in &self.set {
-            if self.dropped(name) {
-                continue;
-            }
-            let quoted = serde_json::to_string(name).map_err(|e| e.to_string())?;
-            field(&mut out, quoted.as_bytes(), value.get().as_bytes());
+        for set in &self.set {
+            field(&mut out, set.quoted.as_bytes(), set.value.get().as_bytes());
         }
         if ask_usage && !usage_asked && !self.dropped("stream_options") {
             field(&mut out, b"\"stream_options\"", b"{\"include_usage\":true}");
@@ -271,7 +285,7 @@ impl PlannedStream {
     /// A reader for one stream under `plan`; `frames`: plain events may
     /// leave as [`StreamEvent::Frames`].
     pub fn new(plan: Arc<ChatPlan>, frames: bool) -> Self {
-        let parser = (!frames).then(|| SseParser::new().max_buffer(MAX_EVENT_BYTES));
+        let parser = (!frames).then(sse_parser);
         Self { plan, buf: BytesMut::new(), frames, parser }
     }
 
@@ -300,7 +314,7 @@ impl PlannedStream {
     /// The SSE parser, from now on: it is given first what was not read
     /// by bytes.
     fn parser(&mut self) -> &mut SseParser {
-        let parser = self.parser.get_or_insert_with(|| SseParser::new().max_buffer(MAX_EVENT_BYTES));
+        let parser = self.parser.get_or_insert_with(sse_parser);
         if self.frames {
             self.frames = false;
             parser.feed(&self.buf.split());
@@ -321,7 +335,7 @@ impl PlannedStream {
                 // A comment, another field, several lines: the parser's.
                 _ => {
                     flush(&mut run, &mut chunks, out);
-                    let parser = self.parser.get_or_insert_with(|| SseParser::new().max_buffer(MAX_EVENT_BYTES));
+                    let parser = self.parser.get_or_insert_with(sse_parser);
                     parser.feed(&event);
                     self.drain(out);
                     continue;
@@ -371,6 +385,11 @@ impl PlannedStream {
             out.push(Planned::ToPlugin(data.to_owned()));
         }
     }
+}
+
+/// An SSE parser with the event size bound.
+fn sse_parser() -> SseParser {
+    SseParser::new().max_buffer(MAX_EVENT_BYTES)
 }
 
 /// A run of plain events, out as frames.
@@ -453,7 +472,10 @@ mod tests {
             url: "http://x/v1/chat/completions".to_owned(),
             headers: Vec::new(),
             stream_headers: Vec::new(),
-            set: vec![("model".to_owned(), RawValue::from_string("\"up-model\"".to_owned()).unwrap())],
+            set: vec![SetField::new("model".to_owned(), "\"up-model\"".to_owned()).unwrap()]
+                .into_iter()
+                .filter(|f| !drop.contains(&f.name.as_str()))
+                .collect(),
             drop: drop.iter().map(|d| (*d).to_owned()).collect(),
             stream_usage,
             request_unless: vec![Finder::new("\"reasoning_details\"").into_owned()],

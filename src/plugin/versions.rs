@@ -132,8 +132,12 @@ impl Instance {
     ) -> Call<Result<api::HttpRequest, api::BuildError>> {
         match self {
             Self::V03(p) => p.freeway_provider_translator().call_build_chat(s, request, t),
-            Self::V02(p) => p.freeway_provider_translator().call_build_chat(s, request, &target_0_2(t)).map(built_0_2),
-            Self::V01(p) => p.freeway_provider_translator().call_build_chat(s, request, &target(t)).map(built),
+            Self::V02(p) => {
+                p.freeway_provider_translator().call_build_chat(s, request, &from_0_2::target(t)).map(built_0_2)
+            }
+            Self::V01(p) => {
+                p.freeway_provider_translator().call_build_chat(s, request, &from_0_1::target(t)).map(built)
+            }
         }
     }
 
@@ -141,12 +145,14 @@ impl Instance {
     pub fn decode_chat(&self, s: &mut Store<State>, body: &[u8], t: &api::Target) -> Call<Result<api::Answer, String>> {
         match self {
             Self::V03(p) => p.freeway_provider_translator().call_decode_chat(s, body, t),
-            Self::V02(p) => {
-                p.freeway_provider_translator().call_decode_chat(s, body, &target_0_2(t)).map(|r| r.map(answer_0_2))
-            }
-            Self::V01(p) => {
-                p.freeway_provider_translator().call_decode_chat(s, body, &target(t)).map(|r| r.map(answer))
-            }
+            Self::V02(p) => p
+                .freeway_provider_translator()
+                .call_decode_chat(s, body, &from_0_2::target(t))
+                .map(|r| r.map(from_0_2::answer)),
+            Self::V01(p) => p
+                .freeway_provider_translator()
+                .call_decode_chat(s, body, &from_0_1::target(t))
+                .map(|r| r.map(from_0_1::answer)),
         }
     }
 
@@ -160,9 +166,11 @@ impl Instance {
         match self {
             Self::V03(p) => p.freeway_provider_translator().call_build_embeddings(s, request, t),
             Self::V02(p) => {
-                p.freeway_provider_translator().call_build_embeddings(s, request, &target_0_2(t)).map(built_0_2)
+                p.freeway_provider_translator().call_build_embeddings(s, request, &from_0_2::target(t)).map(built_0_2)
             }
-            Self::V01(p) => p.freeway_provider_translator().call_build_embeddings(s, request, &target(t)).map(built),
+            Self::V01(p) => {
+                p.freeway_provider_translator().call_build_embeddings(s, request, &from_0_1::target(t)).map(built)
+            }
         }
     }
 
@@ -178,11 +186,12 @@ impl Instance {
             Self::V03(p) => p.freeway_provider_translator().call_decode_embeddings(s, request, body, t),
             Self::V02(p) => p
                 .freeway_provider_translator()
-                .call_decode_embeddings(s, request, body, &target_0_2(t))
-                .map(|r| r.map(answer_0_2)),
-            Self::V01(p) => {
-                p.freeway_provider_translator().call_decode_embeddings(s, body, &target(t)).map(|r| r.map(answer))
-            }
+                .call_decode_embeddings(s, request, body, &from_0_2::target(t))
+                .map(|r| r.map(from_0_2::answer)),
+            Self::V01(p) => p
+                .freeway_provider_translator()
+                .call_decode_embeddings(s, body, &from_0_1::target(t))
+                .map(|r| r.map(from_0_1::answer)),
         }
     }
 
@@ -191,10 +200,14 @@ impl Instance {
     pub fn build_models(&self, s: &mut Store<State>, t: &api::Target) -> Call<Result<api::HttpRequest, String>> {
         match self {
             Self::V03(p) => p.freeway_provider_translator().call_build_models(s, t),
-            Self::V02(p) => {
-                p.freeway_provider_translator().call_build_models(s, &target_0_2(t)).map(|r| r.map(request_0_2))
-            }
-            Self::V01(p) => p.freeway_provider_translator().call_build_models(s, &target(t)).map(|r| r.map(request)),
+            Self::V02(p) => p
+                .freeway_provider_translator()
+                .call_build_models(s, &from_0_2::target(t))
+                .map(|r| r.map(from_0_2::request)),
+            Self::V01(p) => p
+                .freeway_provider_translator()
+                .call_build_models(s, &from_0_1::target(t))
+                .map(|r| r.map(from_0_1::request)),
         }
     }
 
@@ -209,12 +222,12 @@ impl Instance {
             Self::V03(p) => p.freeway_provider_translator().call_decode_models(s, body, t),
             Self::V02(p) => p
                 .freeway_provider_translator()
-                .call_decode_models(s, body, &target_0_2(t))
-                .map(|r| r.map(|records| records.into_iter().map(model_0_2).collect())),
+                .call_decode_models(s, body, &from_0_2::target(t))
+                .map(|r| r.map(|records| records.into_iter().map(from_0_2::model).collect())),
             Self::V01(p) => p
                 .freeway_provider_translator()
-                .call_decode_models(s, body, &target(t))
-                .map(|r| r.map(|records| records.into_iter().map(model).collect())),
+                .call_decode_models(s, body, &from_0_1::target(t))
+                .map(|r| r.map(|records| records.into_iter().map(from_0_1::model).collect())),
         }
     }
 
@@ -269,8 +282,8 @@ impl Instance {
     pub fn stream_new(&self, s: &mut Store<State>, t: &api::Target) -> Call<ResourceAny> {
         match self {
             Self::V03(p) => p.freeway_provider_translator().stream_decoder().call_constructor(s, t),
-            Self::V02(p) => p.freeway_provider_translator().stream_decoder().call_constructor(s, &target_0_2(t)),
-            Self::V01(p) => p.freeway_provider_translator().stream_decoder().call_constructor(s, &target(t)),
+            Self::V02(p) => p.freeway_provider_translator().stream_decoder().call_constructor(s, &from_0_2::target(t)),
+            Self::V01(p) => p.freeway_provider_translator().stream_decoder().call_constructor(s, &from_0_1::target(t)),
         }
     }
 
@@ -282,12 +295,12 @@ impl Instance {
                 .freeway_provider_translator()
                 .stream_decoder()
                 .call_push(s, decoder, bytes)
-                .map(|events| events.into_iter().map(event_0_2).collect()),
+                .map(|events| events.into_iter().map(from_0_2::event).collect()),
             Self::V01(p) => p
                 .freeway_provider_translator()
                 .stream_decoder()
                 .call_push(s, decoder, bytes)
-                .map(|events| events.into_iter().map(event).collect()),
+                .map(|events| events.into_iter().map(from_0_1::event).collect()),
         }
     }
 
@@ -299,27 +312,73 @@ impl Instance {
                 .freeway_provider_translator()
                 .stream_decoder()
                 .call_finish(s, decoder)
-                .map(|events| events.into_iter().map(event_0_2).collect()),
+                .map(|events| events.into_iter().map(from_0_2::event).collect()),
             Self::V01(p) => p
                 .freeway_provider_translator()
                 .stream_decoder()
                 .call_finish(s, decoder)
-                .map(|events| events.into_iter().map(event).collect()),
+                .map(|events| events.into_iter().map(from_0_1::event).collect()),
         }
     }
 }
 
-// 0.2's types into 0.3's (and a target the other way): the same records,
-// generated twice.
+/// The records an older version shares with 0.3 field for field (a target
+/// the other way): the same conversions for each version's generated types.
+macro_rules! same_records {
+    ($name:ident, $old:path) => {
+        mod $name {
+            use super::api;
+            use $old as old;
 
-fn target_0_2(t: &api::Target) -> v02api::Target {
-    v02api::Target {
-        base_url: t.base_url.clone(),
-        model: t.model.clone(),
-        key: t.key.clone(),
-        options: t.options.clone(),
-    }
+            pub fn target(t: &api::Target) -> old::Target {
+                old::Target {
+                    base_url: t.base_url.clone(),
+                    model: t.model.clone(),
+                    key: t.key.clone(),
+                    options: t.options.clone(),
+                }
+            }
+
+            pub fn request(r: old::HttpRequest) -> api::HttpRequest {
+                api::HttpRequest { method: r.method, url: r.url, headers: r.headers, body: r.body }
+            }
+
+            pub fn usage(u: old::Usage) -> api::Usage {
+                api::Usage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens }
+            }
+
+            pub fn answer(a: old::Answer) -> api::Answer {
+                api::Answer { body: a.body, usage: a.usage.map(usage) }
+            }
+
+            pub fn model(r: old::ModelRecord) -> api::ModelRecord {
+                api::ModelRecord {
+                    id: r.id,
+                    context_length: r.context_length,
+                    free: r.free,
+                    parameters: r.parameters,
+                    active_parameters: r.active_parameters,
+                    capabilities: r.capabilities,
+                }
+            }
+
+            pub fn event(e: old::StreamEvent) -> api::StreamEvent {
+                match e {
+                    old::StreamEvent::Chunk(c) => {
+                        api::StreamEvent::Chunk(api::Chunk { json: c.json, usage: c.usage.map(usage) })
+                    }
+                    old::StreamEvent::Done => api::StreamEvent::Done,
+                    old::StreamEvent::Error(message) => api::StreamEvent::Error(message),
+                }
+            }
+        }
+    };
 }
+
+same_records!(from_0_2, crate::plugin::bindings::v02::api);
+same_records!(from_0_1, crate::plugin::bindings::v01::api);
+
+// What differs: 0.2's capabilities, build errors, 429s and limit reports.
 
 fn capabilities_0_2(c: v02api::Capabilities) -> api::Capabilities {
     let mut out = api::Capabilities::empty();
@@ -338,34 +397,11 @@ fn capabilities_0_2(c: v02api::Capabilities) -> api::Capabilities {
     out
 }
 
-fn request_0_2(r: v02api::HttpRequest) -> api::HttpRequest {
-    api::HttpRequest { method: r.method, url: r.url, headers: r.headers, body: r.body }
-}
-
 fn built_0_2(r: Result<v02api::HttpRequest, v02api::BuildError>) -> Result<api::HttpRequest, api::BuildError> {
-    r.map(request_0_2).map_err(|e| match e {
+    r.map(from_0_2::request).map_err(|e| match e {
         v02api::BuildError::ClientError(message) => api::BuildError::ClientError(message),
         v02api::BuildError::Failed(message) => api::BuildError::Failed(message),
     })
-}
-
-fn usage_0_2(u: v02api::Usage) -> api::Usage {
-    api::Usage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens }
-}
-
-fn answer_0_2(a: v02api::Answer) -> api::Answer {
-    api::Answer { body: a.body, usage: a.usage.map(usage_0_2) }
-}
-
-fn model_0_2(r: v02api::ModelRecord) -> api::ModelRecord {
-    api::ModelRecord {
-        id: r.id,
-        context_length: r.context_length,
-        free: r.free,
-        parameters: r.parameters,
-        active_parameters: r.active_parameters,
-        capabilities: r.capabilities,
-    }
 }
 
 fn window_0_2(w: v02api::QuotaWindow) -> api::QuotaWindow {
@@ -406,22 +442,7 @@ fn report_0_2(r: v02api::RateReport) -> api::RateReport {
     }
 }
 
-fn event_0_2(e: v02api::StreamEvent) -> api::StreamEvent {
-    match e {
-        v02api::StreamEvent::Chunk(c) => {
-            api::StreamEvent::Chunk(api::Chunk { json: c.json, usage: c.usage.map(usage_0_2) })
-        }
-        v02api::StreamEvent::Done => api::StreamEvent::Done,
-        v02api::StreamEvent::Error(message) => api::StreamEvent::Error(message),
-    }
-}
-
-// 0.1's types into 0.3's (and a target the other way): the same records,
-// generated twice.
-
-fn target(t: &api::Target) -> old::Target {
-    old::Target { base_url: t.base_url.clone(), model: t.model.clone(), key: t.key.clone(), options: t.options.clone() }
-}
+// What differs in 0.1: its capabilities and its build errors.
 
 fn capabilities(c: old::Capabilities) -> api::Capabilities {
     let mut out = api::Capabilities::empty();
@@ -439,38 +460,7 @@ fn capabilities(c: old::Capabilities) -> api::Capabilities {
     out
 }
 
-fn request(r: old::HttpRequest) -> api::HttpRequest {
-    api::HttpRequest { method: r.method, url: r.url, headers: r.headers, body: r.body }
-}
-
 /// A 0.1 build error is a plain failure: 0.1 has no way to say "client error".
 fn built(r: Result<old::HttpRequest, String>) -> Result<api::HttpRequest, api::BuildError> {
-    r.map(request).map_err(api::BuildError::Failed)
-}
-
-fn usage(u: old::Usage) -> api::Usage {
-    api::Usage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens }
-}
-
-fn answer(a: old::Answer) -> api::Answer {
-    api::Answer { body: a.body, usage: a.usage.map(usage) }
-}
-
-fn model(r: old::ModelRecord) -> api::ModelRecord {
-    api::ModelRecord {
-        id: r.id,
-        context_length: r.context_length,
-        free: r.free,
-        parameters: r.parameters,
-        active_parameters: r.active_parameters,
-        capabilities: r.capabilities,
-    }
-}
-
-fn event(e: old::StreamEvent) -> api::StreamEvent {
-    match e {
-        old::StreamEvent::Chunk(c) => api::StreamEvent::Chunk(api::Chunk { json: c.json, usage: c.usage.map(usage) }),
-        old::StreamEvent::Done => api::StreamEvent::Done,
-        old::StreamEvent::Error(message) => api::StreamEvent::Error(message),
-    }
+    r.map(from_0_1::request).map_err(api::BuildError::Failed)
 }

@@ -301,14 +301,22 @@ async fn a_plugin_built_against_interface_0_2_still_loads_and_serves_without_a_p
     assert_eq!(kind, ErrorKind::RateLimited { retry_after: Some(Duration::from_secs(2)), window: QuotaWindow::Minute });
 
     // Through a gateway: chat, stream and embeddings.
+    serves_through_a_gateway("interface-0-2").await;
+}
+
+/// Provider `old` runs plugin `name` in front of a mock: chat, a stream
+/// and embeddings are served; the gateway and mock are handed back for
+/// more (model `refuse` is listed, and `other/m` beside it).
+async fn serves_through_a_gateway(name: &str) -> (Mock, crate::support::gateway::TestGateway) {
     let m = Mock::start().await;
     m.on_model("e", Behavior::Custom(Arc::new(|seen| {
         Reply::json(200, json!({"object": "list", "model": seen.model, "data": [{"object": "embedding", "index": 0, "embedding": [0.5]}]}).to_string())
     })));
     let yaml = format!(
-        "plugins:\n  dir: {}\nproviders:\n  old:\n    plugin: interface-0-2\n    base_url: {}\n    keys: [k]\n    models: [m, e]\n",
-        dir.display(),
+        "plugins:\n  dir: {}\nproviders:\n  old:\n    plugin: {name}\n    base_url: {}\n    keys: [k]\n    models: [m, e, refuse]\n{}routes:\n  r: {{ targets: [old/refuse, other/m] }}\n",
+        test_plugins(name).display(),
         m.base_url(),
+        provider("other", &m.base_url(), &["k2"], &["m"]),
     );
     let gw = start(&yaml).await;
     let answer = gw.chat("old/m").await;
@@ -318,6 +326,8 @@ async fn a_plugin_built_against_interface_0_2_still_loads_and_serves_without_a_p
     assert_eq!(stream.events().last().unwrap(), "[DONE]", "{:?}", stream.events());
     let embedded = gw.post("/v1/embeddings", &json!({"model": "old/e", "input": "hi"}).to_string(), &[]).await;
     assert_eq!(embedded.status, 200, "{}", embedded.text());
+    assert_eq!(embedded.json()["data"][0]["embedding"], json!([0.5]));
+    (m, gw)
 }
 
 #[tokio::test]
@@ -343,25 +353,7 @@ async fn a_plugin_built_against_interface_0_1_still_loads_and_serves() {
     );
 
     // Through a gateway: chat, stream, embeddings, and fallback from a refusal.
-    let m = Mock::start().await;
-    m.on_model("e", Behavior::Custom(Arc::new(|seen| {
-        Reply::json(200, json!({"object": "list", "model": seen.model, "data": [{"object": "embedding", "index": 0, "embedding": [0.5]}]}).to_string())
-    })));
-    let yaml = format!(
-        "plugins:\n  dir: {}\nproviders:\n  old:\n    plugin: interface-0-1\n    base_url: {}\n    keys: [k]\n    models: [m, e, refuse]\n{}routes:\n  r: {{ targets: [old/refuse, other/m] }}\n",
-        dir.display(),
-        m.base_url(),
-        provider("other", &m.base_url(), &["k2"], &["m"]),
-    );
-    let gw = start(&yaml).await;
-    let answer = gw.chat("old/m").await;
-    assert_eq!(answer.status, 200, "{}", answer.text());
-    assert_eq!(answer.routed_via(), "old/m");
-    let stream = Answer::read(gw.stream("old/m").await).await;
-    assert_eq!(stream.events().last().unwrap(), "[DONE]", "{:?}", stream.events());
-    let embedded = gw.post("/v1/embeddings", &json!({"model": "old/e", "input": "hi"}).to_string(), &[]).await;
-    assert_eq!(embedded.status, 200, "{}", embedded.text());
-    assert_eq!(embedded.json()["data"][0]["embedding"], json!([0.5]));
+    let (_mock, gw) = serves_through_a_gateway("interface-0-1").await;
     let fell_back = gw.chat("r").await;
     assert_eq!(fell_back.status, 200, "{}", fell_back.text());
     assert_eq!(fell_back.routed_via(), "other/m");
