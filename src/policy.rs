@@ -30,6 +30,7 @@
 //! with its file and line, and counted; the request goes on. Work that needs
 //! only the model set runs in `models`, so requests never pay for it.
 
+pub mod conversation;
 mod engine;
 mod model_set;
 pub mod prune;
@@ -212,19 +213,6 @@ impl Pipeline {
         self.policies.iter().any(|p| p.prepares(model, &tokens, window))
     }
 
-    /// Whether a request for `model` needs its conversation parsed into
-    /// values before routing: a `request` hook acts on it, or a `prepare`
-    /// hook does whatever its size (a size-bound one is decided after
-    /// routing, and rarely needs it).
-    pub fn needs_messages(&self, model: &str) -> bool {
-        self.requests_for(model)
-            || self.policies.iter().any(|p| {
-                p.prepare
-                    && p.declared.prepare_size.is_none()
-                    && p.declared.prepare.as_ref().is_none_or(|m| m.matches(model))
-            })
-    }
-
     /// The routing tables over `providers`: the config's and catalog's
     /// routes, then what the `models` hooks add or reorder (`free`,
     /// `auto:*`...). The gateway and `freeway replay` build them so.
@@ -309,6 +297,11 @@ impl Pipeline {
             |p, s| {
                 let window = s.context_window;
                 let model = s.model.clone();
+                // A conversation not parsed yet is bounded by its body's
+                // length first: it is parsed only if the bound may act.
+                if s.tokens_at_most().is_some_and(|bound| !p.prepares(&model, || bound, window)) {
+                    return false;
+                }
                 p.prepares(&model, || PolicyRequest::estimate(s), window)
             },
             metrics,

@@ -187,15 +187,14 @@ impl Proxy {
         let started = Instant::now();
         let pipeline = self.policies.current();
         let trace = Trace::current();
-        // parse; the conversation is read for the policies, and for a log
-        // that keeps it (`state.log_bodies`). Without either, the log's
-        // token estimate comes from the body's length: no request pays
-        // for a parse only the log would use.
+        // parse; the conversation is kept only for a log that keeps it
+        // (`state.log_bodies`). Otherwise the log's token estimate comes
+        // from the body's length, and the policies read from the body as
+        // much of the conversation as their hooks ask for.
         let parse = trace.phase("parse");
-        let keep_messages =
-            |model: &str| (self.logging && self.log_bodies) || pipeline.needs_messages(self.unalias(model));
+        let keep_messages = self.logging && self.log_bodies;
         let parsed = match operation {
-            Operation::Chat => ClientRequest::parse_keeping(body, keep_messages),
+            Operation::Chat => ClientRequest::parse(body, keep_messages),
             Operation::Embeddings => ClientRequest::parse_embeddings(body),
         };
         let mut request = match parsed {

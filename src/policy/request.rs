@@ -4,10 +4,11 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use bytes::Bytes;
 use rhai::{Array, Dynamic, ImmutableString};
 use serde_json::Value;
 
-use super::prune;
+use super::{conversation, prune};
 
 /// Whether a model name has a usable candidate right now.
 pub type Availability = Arc<dyn Fn(&str) -> bool + Send + Sync>;
@@ -23,8 +24,12 @@ pub struct RequestState {
     pub stream: bool,
     /// The request carries tools.
     pub has_tools: bool,
-    /// The conversation.
+    /// The conversation, once parsed (see [`RequestState::messages`]).
     pub messages: Vec<Value>,
+    /// The request body, while its conversation is not parsed: a hook that
+    /// reads the conversation parses it from here, and a fingerprint reads
+    /// only its opening.
+    pub raw: Option<Bytes>,
     /// The messages were changed (pruned).
     pub messages_changed: bool,
     /// `X-Session-ID`, when sent.
@@ -47,6 +52,31 @@ pub struct RequestState {
     pub answers: Vec<(String, String)>,
     /// What the helpers worked out, kept for the next call.
     pub derived: Derived,
+}
+
+impl RequestState {
+    /// The conversation, parsed from the body on first use.
+    pub fn messages(&mut self) -> &mut Vec<Value> {
+        if let Some(raw) = self.raw.take() {
+            self.messages = conversation::parse(&raw);
+        }
+        &mut self.messages
+    }
+
+    /// An upper bound of the token estimate while the conversation is not
+    /// parsed (`None` once it is).
+    pub fn tokens_at_most(&self) -> Option<i64> {
+        self.raw.as_deref().map(conversation::tokens_at_most)
+    }
+
+    /// The session fingerprint: from the opening messages alone while the
+    /// conversation is not parsed.
+    fn fingerprint(&self) -> String {
+        match &self.raw {
+            Some(raw) => fingerprint(&conversation::opening(raw)),
+            None => fingerprint(&self.messages),
+        }
+    }
 }
 
 /// A model a policy wants tried first.
@@ -102,7 +132,7 @@ impl PolicyRequest {
     fn last_user_lower(state: &mut RequestState) -> &str {
         if state.derived.lower_last_user.is_none() {
             let text = state
-                .messages
+                .messages()
                 .iter()
                 .rev()
                 .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
@@ -116,7 +146,7 @@ impl PolicyRequest {
     /// The token estimate of the conversation, counted once until it changes.
     pub(crate) fn estimate(state: &mut RequestState) -> i64 {
         if state.derived.tokens.is_none() || state.messages_changed {
-            state.derived.tokens = Some(prune::tokens(&state.messages) as i64);
+            state.derived.tokens = Some(prune::tokens(state.messages()) as i64);
         }
         state.derived.tokens.unwrap_or(0)
     }
@@ -165,9 +195,9 @@ pub fn register(engine: &mut rhai::Engine) {
         .register_get("requested", |r: &mut PolicyRequest| -> ImmutableString { r.state().requested.as_str().into() });
     engine.register_get("stream", |r: &mut PolicyRequest| r.state().stream);
     engine.register_get("has_tools", |r: &mut PolicyRequest| r.state().has_tools);
-    engine.register_get("turns", |r: &mut PolicyRequest| r.state().messages.len() as i64);
+    engine.register_get("turns", |r: &mut PolicyRequest| r.state().messages().len() as i64);
     engine.register_get("user_turns", |r: &mut PolicyRequest| {
-        r.state().messages.iter().filter(|m| m.get("role").and_then(Value::as_str) == Some("user")).count() as i64
+        r.state().messages().iter().filter(|m| m.get("role").and_then(Value::as_str) == Some("user")).count() as i64
     });
     engine.register_get("tokens", |r: &mut PolicyRequest| PolicyRequest::estimate(&mut r.state()));
     engine.register_get("last_user", |r: &mut PolicyRequest| -> ImmutableString {
@@ -179,9 +209,7 @@ pub fn register(engine: &mut rhai::Engine) {
     engine.register_get("session", |r: &mut PolicyRequest| -> ImmutableString {
         r.state().session_header.clone().unwrap_or_default().into()
     });
-    engine.register_get("fingerprint", |r: &mut PolicyRequest| -> ImmutableString {
-        fingerprint(&r.state().messages).into()
-    });
+    engine.register_get("fingerprint", |r: &mut PolicyRequest| -> ImmutableString { r.state().fingerprint().into() });
     engine.register_get_set(
         "context_window",
         |r: &mut PolicyRequest| r.state().context_window,
@@ -236,17 +264,17 @@ pub fn register(engine: &mut rhai::Engine) {
     });
     engine.register_fn("keep_last_turns", |r: &mut PolicyRequest, n: i64| {
         let mut s = r.state();
-        let dropped = prune::keep_last_turns(&mut s.messages, n.max(1) as usize).len();
+        let dropped = prune::keep_last_turns(s.messages(), n.max(1) as usize).len();
         PolicyRequest::after_prune(&mut s, dropped)
     });
     engine.register_fn("fit_tokens", |r: &mut PolicyRequest, budget: i64| {
         let mut s = r.state();
-        let dropped = prune::fit_tokens(&mut s.messages, budget.max(1) as usize).len();
+        let dropped = prune::fit_tokens(s.messages(), budget.max(1) as usize).len();
         PolicyRequest::after_prune(&mut s, dropped)
     });
     engine.register_fn("reservoir", |r: &mut PolicyRequest, budget: i64, summary_tokens: i64| {
         let mut s = r.state();
-        let dropped = prune::reservoir(&mut s.messages, budget.max(1) as usize, summary_tokens.max(0) as usize).len();
+        let dropped = prune::reservoir(s.messages(), budget.max(1) as usize, summary_tokens.max(0) as usize).len();
         PolicyRequest::after_prune(&mut s, dropped)
     });
 }
@@ -297,5 +325,53 @@ mod tests {
         assert_eq!(fingerprint(&a), fingerprint(&b));
         let c = vec![serde_json::json!({"role": "user", "content": "other"})];
         assert_ne!(fingerprint(&a), fingerprint(&c));
+    }
+
+    fn eval<T: Clone + Send + Sync + 'static>(req: &PolicyRequest, expr: &str) -> T {
+        let mut engine = rhai::Engine::new();
+        register(&mut engine);
+        let Ok(ast) = engine.compile(format!("fn f(req) {{ {expr} }}")) else { panic!("{expr}") };
+        match engine.call_fn::<T>(&mut rhai::Scope::new(), &ast, "f", (req.clone(),)) {
+            Ok(value) => value,
+            Err(e) => panic!("{expr}: {e}"),
+        }
+    }
+
+    const BODY: &[u8] = br#"{"model":"m","messages":[{"role":"system","content":"s"},{"role":"user","content":"first"},{"role":"assistant","content":"a"},{"role":"user","content":"next"}]}"#;
+
+    #[test]
+    fn a_fingerprint_leaves_the_conversation_unparsed_and_the_first_reader_parses_it() {
+        let req = PolicyRequest::new(RequestState { raw: Some(Bytes::from_static(BODY)), ..RequestState::default() });
+        let fp: ImmutableString = eval(&req, "req.fingerprint");
+        assert!(req.state().raw.is_some() && req.state().messages.is_empty(), "only the opening was read");
+        assert_eq!(fp.as_str(), fingerprint(&conversation::parse(BODY)));
+        assert_eq!(eval::<i64>(&req, "req.turns"), 4);
+        assert!(req.state().raw.is_none(), "parsed once, then kept");
+        assert_eq!(eval::<i64>(&req, "req.user_turns"), 2);
+        assert_eq!(eval::<ImmutableString>(&req, "req.fingerprint"), fp, "the same from the parsed conversation");
+        assert_eq!(eval::<i64>(&req, "req.keep_last_turns(1)"), 2);
+        assert!(req.state().messages_changed);
+    }
+
+    #[test]
+    fn a_size_bound_hook_leaves_a_short_conversation_unparsed() {
+        let Ok(pipeline) = crate::policy::Pipeline::compile(&crate::policy::Source::Embedded, &[], &Default::default())
+        else {
+            panic!("the built-in policies compile")
+        };
+        let metrics = crate::metrics::Metrics::new();
+        let state = |window| RequestState {
+            model: "p/m".to_owned(),
+            raw: Some(Bytes::from_static(BODY)),
+            context_window: window,
+            ..RequestState::default()
+        };
+        let req = PolicyRequest::new(state(8192));
+        pipeline.on_prepare(&req, &metrics);
+        assert!(req.state().raw.is_some(), "context-prune cannot act on ~100 tokens in 8 K");
+        // A window the body's bound may exceed: the conversation is read and counted.
+        let req = PolicyRequest::new(state(1100));
+        pipeline.on_prepare(&req, &metrics);
+        assert!(req.state().raw.is_none() && !req.state().messages_changed, "read, counted, and left alone");
     }
 }

@@ -35,7 +35,7 @@ pub async fn before_routing(proxy: &Proxy, ctx: &mut Context) {
     if !ctx.pipeline.requests_for(&ctx.request.model) {
         return;
     }
-    let Some(req) = view(proxy, ctx) else { return };
+    let req = view(proxy, ctx);
     let metrics = proxy.metrics();
     ctx.pipeline.on_request(&req, metrics);
     let questions = std::mem::take(&mut req.state().questions);
@@ -59,43 +59,29 @@ pub async fn before_routing(proxy: &Proxy, ctx: &mut Context) {
     ctx.policy = Some(PolicyRun { req });
 }
 
-/// The policies' view of the request, its conversation moved in: the one
-/// parsed with the body, or (when the body was parsed without it because
-/// no hook looked likely to need it) parsed now. `None` when it cannot be.
-fn view(proxy: &Proxy, ctx: &mut Context) -> Option<PolicyRequest> {
-    let messages = match ctx.request.messages.take() {
-        Some(messages) => messages,
-        None => {
-            /// Only the conversation of a body already checked whole.
-            #[derive(serde::Deserialize)]
-            struct Conversation {
-                messages: Vec<Value>,
-            }
-            serde_json::from_slice::<Conversation>(&ctx.request.raw).ok()?.messages
-        }
+/// The policies' view of the request: the conversation parsed with the
+/// body (kept for the log) moves in, or else the body itself, from which
+/// the hooks read only as much of the conversation as they ask for.
+fn view(proxy: &Proxy, ctx: &mut Context) -> PolicyRequest {
+    let (messages, raw) = match ctx.request.messages.take() {
+        Some(messages) => (messages, None),
+        None => (Vec::new(), Some(ctx.request.raw.clone())),
     };
     let routes = proxy.routes();
     let state = Arc::clone(proxy.state());
     let availability_state = Arc::clone(&state);
-    Some(PolicyRequest::new(RequestState {
+    PolicyRequest::new(RequestState {
         model: ctx.request.model.clone(),
         requested: ctx.request.model.clone(),
         stream: ctx.request.stream,
         has_tools: ctx.request.has_tools,
         messages,
+        raw,
         session_header: ctx.session.clone(),
         availability: Some(Arc::new(move |name: &str| routes.available(name, &*availability_state))),
         pins: Some(state),
         ..RequestState::default()
-    }))
-}
-
-/// An upper bound of the token estimate of a conversation read from its
-/// raw body: every message costs at least 11 bytes of JSON (`{"role":""}`)
-/// and counts 4 tokens plus a quarter of its text, whose characters each
-/// take at least a byte, so half the body's bytes is never less.
-fn tokens_at_most(raw: &[u8]) -> i64 {
-    i64::try_from(raw.len() / 2 + 1).unwrap_or(i64::MAX)
+    })
 }
 
 /// After routing: puts preferred and pinned models first among the
@@ -118,13 +104,12 @@ pub fn after_routing(proxy: &Proxy, ctx: &mut Context) -> Result<(), ApiError> {
         // only when a size-bound hook might act (or a hook acts on any size).
         let tokens = || match &ctx.request.messages {
             Some(messages) => i64::try_from(crate::policy::prune::tokens(messages)).unwrap_or(i64::MAX),
-            None => tokens_at_most(&ctx.request.raw),
+            None => crate::policy::conversation::tokens_at_most(&ctx.request.raw),
         };
         if !ctx.pipeline.prepares_for(&ctx.request.model, tokens, window) {
             return Ok(());
         }
-        let Some(req) = view(proxy, ctx) else { return Ok(()) };
-        ctx.policy = Some(PolicyRun { req });
+        ctx.policy = Some(PolicyRun { req: view(proxy, ctx) });
     }
     let Some(run) = &ctx.policy else { return Ok(()) };
     let prefer = run.req.state().prefer.clone();

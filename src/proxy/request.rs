@@ -179,18 +179,11 @@ fn check(raw: Option<&RawValue>, field: &'static str) -> Result<(), ApiError> {
 
 impl ClientRequest {
     /// Parses and checks a chat request body; `keep_messages` parses the
-    /// conversation into values for the policies. Every failure is a 400
-    /// that says which field is wrong.
+    /// conversation into values (for a log that keeps it). Every failure
+    /// is a 400 that says which field is wrong.
     pub fn parse(bytes: Bytes, keep_messages: bool) -> Result<Self, ApiError> {
-        Self::parse_keeping(bytes, |_| keep_messages)
-    }
-
-    /// [`ClientRequest::parse`], keeping the conversation when
-    /// `keep_messages` says so of the model asked for.
-    pub fn parse_keeping(bytes: Bytes, keep_messages: impl FnOnce(&str) -> bool) -> Result<Self, ApiError> {
         let head = head(&bytes)?;
         let model = model(head.model)?;
-        let keep_messages = keep_messages(&model);
         let stream = boolean(head.stream, "stream")?;
         let max_tokens = match head.max_completion_tokens.filter(|v| v.get() != "null") {
             Some(raw) => count(Some(raw), "max_completion_tokens")?,
