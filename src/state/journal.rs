@@ -237,6 +237,24 @@ impl Batch {
             && self.responses.is_empty()
     }
 
+    /// Empties the batch for the next flush, keeping its allocations: a
+    /// busy gateway logs thousands of requests per flush, and growing the
+    /// list again from nothing every time was a tenth of the writer's work.
+    fn clear(&mut self) {
+        // Named one by one, so that a new field cannot be left out.
+        let Self { usage, uncool, cooldowns, invalid, pins, models, requests, pending, early_tokens, responses } = self;
+        usage.clear();
+        uncool.clear();
+        cooldowns.clear();
+        invalid.clear();
+        pins.clear();
+        models.clear();
+        requests.clear();
+        pending.clear();
+        early_tokens.clear();
+        responses.clear();
+    }
+
     fn add(&mut self, write: Write) {
         match write {
             Write::Usage { provider, fingerprint, model, at_ms, requests, tokens } => {
@@ -351,8 +369,9 @@ impl Writer {
         if self.batch.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut self.batch);
-        match write_batch(&mut self.db, batch) {
+        let written = write_batch(&mut self.db, &self.batch);
+        self.batch.clear();
+        match written {
             Ok(added) => {
                 if self.failing.swap(false, Ordering::Relaxed) {
                     tracing::info!(path = %self.path.display(), "the state database is written again");
@@ -378,7 +397,7 @@ fn signed(fingerprint: u64) -> i64 {
 }
 
 /// Writes `batch` in one transaction; the bytes of stored responses added.
-fn write_batch(db: &mut Db, batch: Batch) -> rusqlite::Result<i64> {
+fn write_batch(db: &mut Db, batch: &Batch) -> rusqlite::Result<i64> {
     let tx = db.conn.transaction()?;
     {
         // A refund may arrive without its charge in the same batch: a
