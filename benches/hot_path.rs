@@ -111,7 +111,7 @@ fn hot_path(c: &mut Criterion) {
         b.iter(|| {
             let Some(plan) = plans.get(&plugin, &target, 0) else { return };
             if plan.serves(black_box(&request.raw)) {
-                let _ = black_box(plan.build(&request.raw, false));
+                let _ = black_box(plan.build(&request.raw, request.conversation(), false));
             }
             if plan.passes(black_box(&answer)) {
                 let _ = black_box(check_answer(answer.clone()));

@@ -11,6 +11,7 @@
 //! for byte, answers and stream events passed as they are once checked.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::{Arc, RwLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -97,11 +98,56 @@ impl ChatPlan {
     /// the parse phase): its top-level fields in order, those set or
     /// dropped left out, then those set, and `stream_options` given
     /// `include_usage` when the plan says so and the request streams.
-    pub fn build(&self, body: &[u8], stream: bool) -> Result<UpstreamRequest, String> {
+    ///
+    /// `conversation` is where the body's `messages` value lies, when the
+    /// parse phase found it: the rest of the body is read around it (a few
+    /// hundred bytes), and the conversation is copied through without
+    /// being scanned again.
+    pub fn build(
+        &self,
+        body: &[u8],
+        conversation: Option<Range<usize>>,
+        stream: bool,
+    ) -> Result<UpstreamRequest, String> {
+        let found = conversation.and_then(|at| {
+            let value = body.get(at.clone())?;
+            (value.first() == Some(&b'[') && value.last() == Some(&b']')).then_some((at, value))
+        });
+        match found {
+            Some((at, value)) => {
+                // The body with its conversation written as `0`.
+                let mut rest = Vec::with_capacity(body.len() - at.len() + 1);
+                rest.extend_from_slice(&body[..at.start]);
+                rest.push(b'0');
+                rest.extend_from_slice(&body[at.end..]);
+                self.write(&rest, Some((at.start, value)), body.len(), stream)
+            }
+            None => self.write(body, None, body.len(), stream),
+        }
+    }
+
+    /// Writes the request for the JSON object `text`, its value at byte
+    /// `conversation.0` replaced by `conversation.1`; `size` is about the
+    /// body's length.
+    fn write<'a>(
+        &self,
+        text: &'a [u8],
+        conversation: Option<(usize, &'a [u8])>,
+        size: usize,
+        stream: bool,
+    ) -> Result<UpstreamRequest, String> {
         let fields: Vec<(&str, &RawValue)> =
-            serde_json::from_slice::<TopLevel<'_>>(body).map_err(|e| format!("the request is not valid JSON: {e}"))?.0;
+            serde_json::from_slice::<TopLevel<'_>>(text).map_err(|e| format!("the request is not valid JSON: {e}"))?.0;
+        let value_of = |value: &'a RawValue| -> &'a [u8] {
+            match conversation {
+                Some((at, messages)) if (value.get().as_ptr() as usize).wrapping_sub(text.as_ptr() as usize) == at => {
+                    messages
+                }
+                _ => value.get().as_bytes(),
+            }
+        };
         let ask_usage = stream && self.stream_usage;
-        let mut out = BytesMut::with_capacity(body.len() + 64);
+        let mut out = BytesMut::with_capacity(size + 64);
         out.put_u8(b'{');
         let mut first = true;
         let mut field = |out: &mut BytesMut, name: &[u8], value: &[u8]| {
@@ -129,7 +175,7 @@ impl ChatPlan {
                 // for the upstream to refuse (as the plugin would).
                 usage_asked = true;
             }
-            field(&mut out, name.as_bytes(), value.get().as_bytes());
+            field(&mut out, name.as_bytes(), value_of(value));
         }
         for set in &self.set {
             field(&mut out, set.quoted.as_bytes(), set.value.get().as_bytes());
@@ -483,8 +529,50 @@ mod tests {
         }
     }
 
+    /// Where `messages` lies in `body`, as the parse phase finds it.
+    fn conversation(body: &[u8]) -> Option<Range<usize>> {
+        #[derive(Deserialize)]
+        struct Body<'a> {
+            #[serde(borrow)]
+            messages: &'a RawValue,
+        }
+        let found = serde_json::from_slice::<Body<'_>>(body).ok()?.messages.get();
+        let start = found.as_ptr() as usize - body.as_ptr() as usize;
+        Some(start..start + found.len())
+    }
+
+    /// The request built with the conversation's place known and without:
+    /// the same bytes either way.
+    fn build(plan: &ChatPlan, body: &[u8], stream: bool) -> UpstreamRequest {
+        let around = plan.build(body, conversation(body), stream).unwrap();
+        let scanned = plan.build(body, None, stream).unwrap();
+        assert_eq!(around.body, scanned.body, "{}", String::from_utf8_lossy(body));
+        around
+    }
+
+    #[test]
+    fn a_conversation_copied_around_is_the_conversation_scanned() {
+        let p = plan(&["seed"], true);
+        for body in [
+            r#"{"messages":[{"role":"user","content":"a ] , } \"x\""}],"model":"m","stream_options":null}"#,
+            r#"{ "model" : "m" , "messages" :  [ {"role":"user","content":"x"} ] , "seed": 1 }"#,
+            r#"{"model":"m","mess\u0061ges":[{"role":"user","content":"x"}],"stream":true}"#,
+        ] {
+            for stream in [false, true] {
+                let request = build(&p, body.as_bytes(), stream);
+                let sent: Value = serde_json::from_slice(&request.body).unwrap();
+                assert_eq!(sent["messages"][0]["role"], "user", "{body}");
+            }
+        }
+        // A place that is not an array is not trusted: the body is scanned.
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#;
+        let misplaced = p.build(body, Some(0..5), false).unwrap();
+        assert_eq!(misplaced.body, p.build(body, None, false).unwrap().body);
+        assert!(p.build(body, Some(40..400), false).is_ok(), "a place past the end is not trusted either");
+    }
+
     fn built(plan: &ChatPlan, body: &Value, stream: bool) -> Value {
-        let request = plan.build(body.to_string().as_bytes(), stream).unwrap();
+        let request = build(plan, body.to_string().as_bytes(), stream);
         serde_json::from_slice(&request.body).unwrap()
     }
 
@@ -493,7 +581,7 @@ mod tests {
         let p = plan(&["seed"], true);
         let body =
             br#"{"model":"mine","messages":[{"role":"user","content":"h\u00e9 \"x\""}],"seed":7,"temperature":0.50}"#;
-        let request = p.build(body, false).unwrap();
+        let request = build(&p, body, false);
         assert_eq!(
             std::str::from_utf8(&request.body).unwrap(),
             r#"{"messages":[{"role":"user","content":"h\u00e9 \"x\""}],"temperature":0.50,"model":"up-model"}"#

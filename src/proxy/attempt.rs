@@ -61,7 +61,9 @@ pub async fn attempt(
         };
         let (mut translator, built) = match plan.filter(|plan| plan.serves(&request.raw)) {
             Some(plan) => {
-                let built = plan.build(&request.raw, request.stream).map_err(|e| provider.plugin.refused(e));
+                let built = plan
+                    .build(&request.raw, request.conversation(), request.stream)
+                    .map_err(|e| provider.plugin.refused(e));
                 (Translator::Planned { plan, session: None }, built)
             }
             None => {

@@ -8,6 +8,7 @@
 //! The conversation is parsed into values only when a policy will read it.
 
 use std::fmt;
+use std::ops::Range;
 
 use bytes::Bytes;
 use serde::Deserialize;
@@ -52,6 +53,9 @@ pub struct ClientRequest {
     pub raw: Bytes,
     /// The conversation as values, when a policy reads it.
     pub messages: Option<Vec<Value>>,
+    /// Where `messages` lies in the body it was found in (that body's
+    /// address and length, and the span): see [`ClientRequest::conversation`].
+    conversation_at: Option<(usize, usize, Range<usize>)>,
     /// Its id in the request log (0: not logged).
     pub log_id: i64,
     /// The client whose budgets its answer's tokens count against.
@@ -199,6 +203,7 @@ impl ClientRequest {
         let Some(messages) = head.messages.filter(|m| m.get() != "null") else {
             return Err(ApiError::bad_request("missing `messages`", Some("messages")));
         };
+        let conversation_at = Some((bytes.as_ptr() as usize, bytes.len(), span_of(&bytes, messages.get().as_bytes())));
         let messages = if keep_messages {
             let values: Vec<Value> = serde_json::from_str(messages.get()).map_err(|e| messages_error(&e))?;
             for (i, m) in values.iter().enumerate() {
@@ -223,9 +228,18 @@ impl ClientRequest {
             wants_usage,
             raw: bytes,
             messages,
+            conversation_at,
             log_id: 0,
             client: None,
         })
+    }
+
+    /// Where the conversation (the `messages` value) lies in `raw`, while
+    /// `raw` is the body it was found in: a plan copies it through without
+    /// scanning it again.
+    pub fn conversation(&self) -> Option<Range<usize>> {
+        let (address, len, span) = self.conversation_at.as_ref()?;
+        (*address == self.raw.as_ptr() as usize && *len == self.raw.len()).then(|| span.clone())
     }
 
     /// Parses and checks an embeddings request body.
@@ -251,6 +265,7 @@ impl ClientRequest {
             wants_usage: false,
             raw: bytes,
             messages: None,
+            conversation_at: None,
             log_id: 0,
             client: None,
         })
@@ -264,6 +279,7 @@ impl ClientRequest {
         body.insert("messages".to_owned(), Value::Array(messages.to_vec()));
         let raw = serde_json::to_vec(&body).map_err(|e| ApiError::Internal(format!("writing a request: {e}")))?;
         self.raw = Bytes::from(raw);
+        self.conversation_at = None;
         Ok(())
     }
 }
@@ -314,6 +330,12 @@ fn boolean(raw: Option<&RawValue>, field: &'static str) -> Result<bool, ApiError
         Some("false") => Ok(false),
         Some(_) => Err(ApiError::bad_request(format!("`{field}` must be true or false"), Some(field))),
     }
+}
+
+/// The span of `part`, a slice of `whole`, within it.
+fn span_of(whole: &[u8], part: &[u8]) -> Range<usize> {
+    let start = (part.as_ptr() as usize).wrapping_sub(whole.as_ptr() as usize);
+    start..start + part.len()
 }
 
 fn count(raw: Option<&RawValue>, field: &'static str) -> Result<Option<u64>, ApiError> {

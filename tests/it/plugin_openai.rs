@@ -48,8 +48,14 @@ fn chat_body(request: Value, options: &[(String, String)]) -> Value {
     assert_eq!(built.url, format!("{BASE}/chat/completions"));
     let plan = plan(options);
     if plan.serves(text.as_bytes()) {
-        let planned = plan.build(text.as_bytes(), request["stream"].as_bool().unwrap_or(false)).unwrap();
+        let stream = request["stream"].as_bool().unwrap_or(false);
+        let planned = plan.build(text.as_bytes(), None, stream).unwrap();
         assert_eq!(shape(&planned), shape(&built), "the plan builds what build-chat builds, for {request}");
+        // As the gateway builds it: around the conversation the parse found.
+        if let Ok(parsed) = freeway::proxy::ClientRequest::parse(bytes::Bytes::from(text.clone()), false) {
+            let around = plan.build(&parsed.raw, parsed.conversation(), stream).unwrap();
+            assert_eq!(around.body, planned.body, "built around the conversation, for {request}");
+        }
     }
     serde_json::from_slice(&built.body).unwrap()
 }
