@@ -45,7 +45,8 @@
 #                   which no built-in policy acts on; `mock-model`, a bare
 #                   id, goes through the sticky-session policy)
 #   FREEWAY_BEFORE  --compare: the freeway binary to compare against (required)
-#   FREEWAY_AFTER   --compare: the freeway binary to compare (default: built here)
+#   FREEWAY_AFTER   --compare: the freeway binary to compare (default: built
+#                   here; given, nothing is built once the mock is)
 #   BEFORE_STATE, AFTER_STATE  --compare: the `state:` line of each freeway's
 #                   config (default: a database in the work folder). The cost
 #                   of persistence, in one run:
@@ -406,7 +407,14 @@ main_compare() {
     [[ -x "$FREEWAY_BEFORE" ]] || die "FREEWAY_BEFORE=$FREEWAY_BEFORE is not an executable"
     ensure_debian wrk nginx
     need python3
-    build
+    # Both freeways given and the mock built: nothing to build (a release
+    # build links with LTO, minutes after any change to the tree).
+    if [[ -n "${FREEWAY_AFTER:-}" && -x "$BIN_DIR/examples/mock_upstream" ]]; then
+        [[ -x "$FREEWAY_AFTER" ]] || die "FREEWAY_AFTER=$FREEWAY_AFTER is not an executable"
+        log "FREEWAY_AFTER given and the mock built: not building"
+    else
+        build
+    fi
     FREEWAY_BEFORE=$(realpath "$FREEWAY_BEFORE")
     FREEWAY_AFTER=$(realpath "${FREEWAY_AFTER:-$BIN_DIR/freeway}")
 
