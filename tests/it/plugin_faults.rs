@@ -31,6 +31,19 @@ async fn bad_and_good(extra: &str) -> (Mock, Mock, crate::support::gateway::Test
     (bad, good, gw)
 }
 
+/// Provider `name` alone, on the misbehaving plugin with `models`;
+/// `plugins` adds lines to the `plugins:` section (each `  key: value\n`).
+async fn misbehaving(name: &str, plugins: &str, models: &str) -> (Mock, crate::support::gateway::TestGateway) {
+    let m = Mock::start().await;
+    let yaml = format!(
+        "plugins:\n  dir: {}\n{plugins}providers:\n  {name}:\n    plugin: misbehave\n    base_url: {}\n    keys: [k]\n    models: [{models}]\n",
+        test_plugins("misbehave").display(),
+        m.base_url()
+    );
+    let gw = start(&yaml).await;
+    (m, gw)
+}
+
 #[tokio::test]
 async fn a_trapping_looping_or_hogging_plugin_fails_one_attempt_and_the_request_falls_back() {
     let (bad, good, gw) = bad_and_good("  call_timeout: 100ms\n  memory_limit: 16777216").await;
@@ -60,13 +73,7 @@ async fn a_trapping_looping_or_hogging_plugin_fails_one_attempt_and_the_request_
 
 #[tokio::test]
 async fn a_plugin_that_traps_in_plan_chat_is_asked_once_and_its_requests_are_built_as_before() {
-    let bad = Mock::start().await;
-    let yaml = format!(
-        "plugins:\n  dir: {}\nproviders:\n  bad:\n    plugin: misbehave\n    base_url: {}\n    keys: [k]\n    models: [trap-plan]\n",
-        test_plugins("misbehave").display(),
-        bad.base_url(),
-    );
-    let gw = start(&yaml).await;
+    let (bad, gw) = misbehaving("bad", "", "trap-plan").await;
     for _ in 0..3 {
         let answer = gw.chat("bad/trap-plan").await;
         assert_eq!(answer.status, 200, "{}", answer.text());
@@ -79,13 +86,7 @@ async fn a_plugin_that_traps_in_plan_chat_is_asked_once_and_its_requests_are_bui
 
 #[tokio::test]
 async fn the_502_names_the_plugin_and_what_it_did() {
-    let bad = Mock::start().await;
-    let yaml = format!(
-        "plugins:\n  dir: {}\n  call_timeout: 100ms\nproviders:\n  bad:\n    plugin: misbehave\n    base_url: {}\n    keys: [k]\n    models: [loop]\n",
-        test_plugins("misbehave").display(),
-        bad.base_url(),
-    );
-    let gw = start(&yaml).await;
+    let (_bad, gw) = misbehaving("bad", "  call_timeout: 100ms\n", "loop").await;
     let answer = gw.chat("bad/loop").await;
     assert_eq!(answer.status, 502);
     let reason = answer.json()["error"]["attempts"][0]["reason"].as_str().unwrap().to_owned();
@@ -168,13 +169,7 @@ async fn the_example_plugin_builds_loads_and_serves() {
 
 /// The `?calls=N` the counting model saw on each request.
 async fn counts(fresh: bool) -> Vec<String> {
-    let m = Mock::start().await;
-    let yaml = format!(
-        "plugins:\n  dir: {}\n  fresh_instances: {fresh}\nproviders:\n  p:\n    plugin: misbehave\n    base_url: {}\n    keys: [k]\n    models: [count]\n",
-        test_plugins("misbehave").display(),
-        m.base_url()
-    );
-    let gw = start(&yaml).await;
+    let (m, gw) = misbehaving("p", &format!("  fresh_instances: {fresh}\n"), "count").await;
     for _ in 0..3 {
         assert_eq!(gw.chat("p/count").await.status, 200);
     }
@@ -189,13 +184,7 @@ async fn clean_instances_are_reused_unless_fresh_instances_is_set() {
 
 #[tokio::test]
 async fn an_instance_that_trapped_is_never_reused() {
-    let m = Mock::start().await;
-    let yaml = format!(
-        "plugins:\n  dir: {}\nproviders:\n  p:\n    plugin: misbehave\n    base_url: {}\n    keys: [k]\n    models: [count, trap]\n",
-        test_plugins("misbehave").display(),
-        m.base_url()
-    );
-    let gw = start(&yaml).await;
+    let (m, gw) = misbehaving("p", "", "count, trap").await;
     assert_eq!(gw.chat("p/count").await.status, 200);
     assert_eq!(gw.chat("p/trap").await.status, 502);
     assert_eq!(gw.chat("p/count").await.status, 200);
@@ -225,13 +214,7 @@ async fn compiled_plugins_are_cached_on_disk_by_content() {
 /// plugin builds, a URL outside the provider's base URL is never sent.
 #[tokio::test]
 async fn a_plugin_built_url_outside_the_base_url_is_refused_and_never_sent() {
-    let m = Mock::start().await;
-    let yaml = format!(
-        "plugins:\n  dir: {}\nproviders:\n  p:\n    plugin: misbehave\n    base_url: {}\n    keys: [k]\n    models: [escape]\n",
-        test_plugins("misbehave").display(),
-        m.base_url()
-    );
-    let gw = start(&yaml).await;
+    let (m, gw) = misbehaving("p", "", "escape").await;
     let answer = gw.chat("p/escape").await;
     assert_eq!(answer.status, 502, "{}", answer.text());
     let reason = answer.json()["error"]["attempts"][0]["reason"].as_str().unwrap().to_owned();
@@ -245,13 +228,7 @@ async fn a_plugin_built_url_outside_the_base_url_is_refused_and_never_sent() {
 /// 38 MiB stayed resident): an instance that grew large is not pooled.
 #[tokio::test]
 async fn an_instance_whose_memory_grew_large_is_not_reused() {
-    let m = Mock::start().await;
-    let yaml = format!(
-        "plugins:\n  dir: {}\nproviders:\n  p:\n    plugin: misbehave\n    base_url: {}\n    keys: [k]\n    models: [count]\n",
-        test_plugins("misbehave").display(),
-        m.base_url()
-    );
-    let gw = start(&yaml).await;
+    let (m, gw) = misbehaving("p", "", "count").await;
     let big = serde_json::json!({"model": "p/count", "messages": [{"role": "user", "content": "x".repeat(4 << 20)}]});
     assert_eq!(gw.chat("p/count").await.status, 200);
     let answer = gw.post("/v1/chat/completions", &big.to_string(), &[]).await;
