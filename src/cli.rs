@@ -11,7 +11,7 @@ use crate::catalog::discovery::list_models;
 use crate::config::{Config, Env, Loaded, check_exposure, parse_listen};
 use crate::gateway::Gateway;
 use crate::plugin::Target;
-use crate::server::{serve, shutdown_signal};
+use crate::server::{serve_on_threads, shutdown_signal};
 
 mod replay;
 mod status;
@@ -169,7 +169,8 @@ async fn run_serve(config: Option<&Path>, listen: Option<&str>) -> Result<ExitCo
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!("freeway listening on http://{bound}/v1");
     let state = gateway.proxy().state().clone();
-    serve(gateway, listener, shutdown_signal()).await.map_err(|e| e.to_string())?;
+    let workers = gateway.config().server.worker_threads();
+    serve_on_threads(gateway, listener, workers, shutdown_signal()).await.map_err(|e| e.to_string())?;
     // What the last requests changed reaches the database before we go.
     if !state.flush(Duration::from_secs(5)) {
         tracing::warn!("the state database could not be written at shutdown");

@@ -107,7 +107,15 @@ pub struct ServerConfig {
     /// On SIGINT/SIGTERM, in-flight requests and streams get this long.
     /// 0 to 1h.
     pub shutdown_timeout: ConfigDuration,
+    /// Threads serving client connections (`freeway serve`), each with its
+    /// own single-threaded runtime and upstream connection pool; a
+    /// connection stays on the thread it was handed to. Unset: one per CPU
+    /// core. 1 to [`MAX_WORKERS`].
+    pub workers: Option<u32>,
 }
+
+/// The most `server.workers`.
+pub const MAX_WORKERS: u32 = 1024;
 
 /// One entry of `server.api_keys`: a bare token (no name, no budget), or a
 /// named client with its token, budgets and the models it may use.
@@ -190,11 +198,20 @@ impl Default for ServerConfig {
             header_read_timeout: ConfigDuration::secs(10),
             body_read_timeout: ConfigDuration::secs(30),
             shutdown_timeout: ConfigDuration::secs(30),
+            workers: None,
         }
     }
 }
 
 impl ServerConfig {
+    /// `workers`, or one per CPU core the process may use.
+    pub fn worker_threads(&self) -> usize {
+        match self.workers {
+            Some(n) => n as usize,
+            None => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+        }
+    }
+
     /// The listen address, once validated.
     pub fn listen_addr(&self) -> Result<SocketAddr, String> {
         parse_listen(&self.listen)

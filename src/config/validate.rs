@@ -309,6 +309,9 @@ fn server(cfg: &Config, r: &mut Report<'_>) {
         1,
         u64::from(MAX_STREAMS_PER_CONNECTION),
     );
+    if let Some(workers) = s.workers {
+        count_within(r, "server.workers", u64::from(workers), 1, u64::from(super::MAX_WORKERS));
+    }
     for (key, on, what) in
         [("protect_health", s.protect_health, "/health"), ("protect_metrics", s.protect_metrics, "/metrics")]
     {
@@ -721,6 +724,27 @@ mod tests {
         assert!(has(&problems("server: { max_in_flight: 0 }\n"), "server.max_in_flight: `0` is out of range"));
         assert!(has(&problems("server: { max_in_flight_bytes: 68719476737 }\n"), "must be between 1 and 68719476736"));
         assert!(problems("server: { max_in_flight: 1000, max_streams_per_connection: 1024 }\n").is_empty());
+    }
+
+    #[test]
+    fn workers_are_one_per_core_unless_set_within_bounds() {
+        for (yaml, expected) in [
+            ("server: { workers: 0 }\n", "line 1: server.workers: `0` is out of range: must be between 1 and 1024"),
+            (
+                "server:\n  workers: 1025\n",
+                "line 2: server.workers: `1025` is out of range: must be between 1 and 1024",
+            ),
+            ("server: { workers: two }\n", "server.workers: invalid type: string \"two\""),
+        ] {
+            assert!(has(&problems(yaml), expected), "missing `{expected}` in {:#?}", problems(yaml));
+        }
+        assert!(problems("server: { workers: 3 }\n").is_empty());
+        let d = Config::default();
+        assert_eq!(d.server.workers, None);
+        assert_eq!(d.server.worker_threads(), std::thread::available_parallelism().unwrap().get());
+        let mut three = d.server.clone();
+        three.workers = Some(3);
+        assert_eq!(three.worker_threads(), 3);
     }
 
     #[test]

@@ -633,7 +633,10 @@ pub const BLOCKING_INPUT: usize = 256 << 10;
 /// Runs a plugin call, in `block_in_place` when its input is large and this
 /// thread is a worker of a multi-thread tokio runtime (a current-thread
 /// runtime has no other thread to hand its tasks to, and `block_in_place`
-/// panics there; outside a runtime there is nothing to hand off).
+/// panics there; outside a runtime there is nothing to hand off). The
+/// worker threads of `freeway serve` ([`crate::server::serve_on_threads`])
+/// are current-thread runtimes: there a large call holds its thread's
+/// other connections for its length.
 fn off_the_workers<R>(input: usize, call: impl FnOnce() -> R) -> R {
     use tokio::runtime::{Handle, RuntimeFlavor};
     let multi_thread = || Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);

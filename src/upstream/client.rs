@@ -36,10 +36,17 @@ pub enum UpstreamError {
     Request(String),
 }
 
+type Pooled = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
 /// A shared, pooled HTTP client.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    inner: std::sync::Arc<Inner>,
+}
+
+struct Inner {
+    connector: HttpsConnector<HttpConnector>,
+    clients: thread_local::ThreadLocal<Pooled>,
 }
 
 impl Upstream {
@@ -57,13 +64,18 @@ impl Upstream {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .timer(TokioTimer::new())
-            .build(https);
-        Self { client }
+        Self { inner: std::sync::Arc::new(Inner { connector: https, clients: thread_local::ThreadLocal::new() }) }
+    }
+
+    fn client(&self) -> &Pooled {
+        self.inner.clients.get_or(|| {
+            Client::builder(TokioExecutor::new())
+                .pool_timer(TokioTimer::new())
+                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_max_idle_per_host(256)
+                .timer(TokioTimer::new())
+                .build(self.inner.connector.clone())
+        })
     }
 
     /// Sends a request; resolves when the response head has arrived.
@@ -76,7 +88,7 @@ impl Upstream {
             }
         }
         let request = builder.body(Full::new(req.body)).map_err(|e| UpstreamError::Request(e.to_string()))?;
-        self.client.request(request).await.map_err(|e| {
+        self.client().request(request).await.map_err(|e| {
             let detail = error_chain(&e);
             if e.is_connect() { UpstreamError::Connect(detail) } else { UpstreamError::Io(detail) }
         })

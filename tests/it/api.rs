@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 
 use freeway::{Catalog, Env};
 
-use crate::support::gateway::{chat_body, next_frame, provider, sse_events, start, start_with};
+use crate::support::gateway::{chat_body, next_frame, provider, sse_events, start, start_on_threads, start_with};
 use crate::support::mock::{Behavior, Mock};
 
 async fn one(extra: &str) -> (Mock, crate::support::gateway::TestGateway) {
@@ -291,6 +291,50 @@ async fn graceful_shutdown_lets_a_stream_in_flight_finish() {
     let events = sse_events(&String::from_utf8_lossy(&rest));
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
     tokio::time::timeout(Duration::from_secs(5), server).await.expect("server did not stop").unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn on_worker_threads_streams_on_each_run_and_a_shutdown_lets_them_finish() {
+    let m = Mock::start().await;
+    let yaml = format!("providers:\n{}", provider("p", &m.base_url(), &["k"], &["m"]));
+    let mut gw = start_on_threads(&yaml, 2).await;
+    let gate = Arc::new(Semaphore::new(0));
+    m.on_all(Behavior::Gated(gate.clone()));
+    // Two connections at once: one on each thread.
+    let mut bodies = Vec::new();
+    for _ in 0..2 {
+        let mut body = gw.stream("p/m").await.into_body();
+        let first = next_frame(&mut body, Duration::from_secs(5)).await.unwrap();
+        assert!(String::from_utf8_lossy(&first).contains("part0"));
+        bodies.push(body);
+    }
+    // A third connection, served while the first two are held.
+    assert_eq!(gw.get("/health", &[]).await.status, 200);
+
+    let server = gw.shutdown();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(TcpStream::connect(gw.addr).await.is_err(), "still accepting after shutdown began");
+    assert!(!server.is_finished(), "the server stopped with streams in flight");
+    gate.add_permits(2);
+    for body in bodies {
+        let rest = body.collect().await.expect("a stream was cut by shutdown").to_bytes();
+        let events = sse_events(&String::from_utf8_lossy(&rest));
+        assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    }
+    tokio::time::timeout(Duration::from_secs(5), server).await.expect("server did not stop").unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn on_worker_threads_a_shutdown_is_bounded_when_a_stream_never_ends() {
+    let m = Mock::start().await;
+    let yaml =
+        format!("server: {{ shutdown_timeout: 500ms }}\nproviders:\n{}", provider("p", &m.base_url(), &["k"], &["m"]));
+    let mut gw = start_on_threads(&yaml, 3).await;
+    m.on_all(Behavior::StallAfterFirst);
+    let mut body = gw.stream("p/m").await.into_body();
+    next_frame(&mut body, Duration::from_secs(5)).await.unwrap();
+    let server = gw.shutdown();
+    tokio::time::timeout(Duration::from_secs(5), server).await.expect("shutdown was not bounded").unwrap().unwrap();
 }
 
 #[tokio::test]

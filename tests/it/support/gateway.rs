@@ -40,17 +40,32 @@ pub async fn start_with(yaml: &str, catalog: Catalog, env: Env) -> TestGateway {
     start_at(yaml, catalog, env, Clock::system()).await
 }
 
+/// [`start_at`] with the connections served by `workers` threads, as
+/// `freeway serve` serves them.
+pub async fn start_on_threads(yaml: &str, workers: usize) -> TestGateway {
+    let env = Env::from_map(Vec::<(String, String)>::new());
+    launch(yaml, Catalog::empty(), env, Clock::system(), Some(workers)).await
+}
+
 /// [`start_with`] on `clock` (a wall clock started just before a reset).
 pub async fn start_at(yaml: &str, catalog: Catalog, env: Env, clock: Clock) -> TestGateway {
+    launch(yaml, catalog, env, clock, None).await
+}
+
+async fn launch(yaml: &str, catalog: Catalog, env: Env, clock: Clock, workers: Option<usize>) -> TestGateway {
     let yaml = if yaml.contains("policies:") { yaml.to_owned() } else { format!("{yaml}{NO_POLICIES}") };
     let loaded = Config::from_yaml(&yaml, "test config", &env, &catalog).unwrap_or_else(|e| panic!("{e}"));
     let gateway = Gateway::with_clock(loaded.config, catalog, &env, clock).await.unwrap_or_else(|e| panic!("{e:?}"));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(freeway::server::serve(gateway.clone(), listener, async move {
+    let shutdown = async move {
         let _ = rx.await;
-    }));
+    };
+    let task = match workers {
+        None => tokio::spawn(freeway::server::serve(gateway.clone(), listener, shutdown)),
+        Some(n) => tokio::spawn(freeway::server::serve_on_threads(gateway.clone(), listener, n, shutdown)),
+    };
     TestGateway { addr, gateway: gateway.clone(), shutdown: Some(tx), task: Some(task) }
 }
 
