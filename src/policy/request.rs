@@ -73,7 +73,7 @@ impl RequestState {
     /// conversation is not parsed.
     fn fingerprint(&self) -> String {
         match &self.raw {
-            Some(raw) => fingerprint(&conversation::opening(raw)),
+            Some(raw) => conversation::fingerprint(raw),
             None => fingerprint(&self.messages),
         }
     }
@@ -282,28 +282,86 @@ pub fn register(engine: &mut rhai::Engine) {
 /// A conversation's identity without a session header: its system prompt
 /// and first user message.
 pub fn fingerprint(messages: &[Value]) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    let mut seen_user = false;
+    let mut fingerprint = Fingerprinter::default();
     for m in messages {
-        match m.get("role").and_then(Value::as_str) {
-            Some("system" | "developer") => prune::text_of(m).hash(&mut hasher),
-            Some("user") if !seen_user => {
-                prune::text_of(m).hash(&mut hasher);
-                seen_user = true;
-            }
-            _ => {}
-        }
-        if seen_user {
+        let role = m.get("role").and_then(Value::as_str);
+        let text = if Fingerprinter::reads(role) { prune::text_of(m) } else { String::new() };
+        if fingerprint.add(role, &text) {
             break;
         }
     }
-    format!("fp-{:016x}", hasher.finish())
+    fingerprint.finish()
+}
+
+/// A session fingerprint, fed one message at a time from the first: the
+/// texts of the system (and developer) messages before the first user
+/// message, and of that message.
+///
+/// The hash is XXH3: its output is fixed by its specification, so a pin
+/// kept in the state file still matches its conversation after freeway is
+/// rebuilt (std's `DefaultHasher` promises no such thing), and it reads a
+/// long system prompt several times faster than SipHash.
+#[derive(Default)]
+pub(crate) struct Fingerprinter {
+    hasher: xxhash_rust::xxh3::Xxh3Default,
+    complete: bool,
+}
+
+impl Fingerprinter {
+    /// Whether the text of a message of `role` is part of a fingerprint.
+    fn reads(role: Option<&str>) -> bool {
+        matches!(role, Some("system" | "developer" | "user"))
+    }
+
+    /// Adds the next message, with its text as [`prune::text_of`] makes
+    /// it; returns whether the fingerprint is complete (that was the first
+    /// user message: nothing after it counts).
+    pub(crate) fn add(&mut self, role: Option<&str>, text: &str) -> bool {
+        if !self.complete && Self::reads(role) {
+            // Each text ends with a byte no UTF-8 text holds, so that
+            // moving text from one message to the next changes the hash.
+            self.hasher.update(text.as_bytes());
+            self.hasher.update(&[0xff]);
+            self.complete = role == Some("user");
+        }
+        self.complete
+    }
+
+    /// Whether the first user message is in.
+    pub(crate) fn is_complete(&self) -> bool {
+        self.complete
+    }
+
+    pub(crate) fn finish(self) -> String {
+        format!("fp-{:016x}", self.hasher.digest())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fingerprint_is_xxh3_of_the_opening_texts_so_pins_outlive_a_rebuild() {
+        // The value XXH3-64 gives for b"be brief\xffhello\xff" (Python's
+        // xxhash package): a pin written by one build matches in the next.
+        let messages = serde_json::json!([
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "hello"}]},
+            {"role": "assistant", "content": "hi"},
+            {"role": "user", "content": "more"}
+        ]);
+        let messages = messages.as_array().unwrap();
+        assert_eq!(fingerprint(messages), "fp-ad1f59c76e94bf0b");
+        assert_eq!(
+            conversation::fingerprint(serde_json::json!({ "messages": messages }).to_string().as_bytes()),
+            "fp-ad1f59c76e94bf0b"
+        );
+        // The same texts cut differently are another conversation.
+        let moved =
+            serde_json::json!([{"role": "system", "content": "be"}, {"role": "user", "content": "brief\u{ff}hello"}]);
+        assert_ne!(fingerprint(moved.as_array().unwrap()), "fp-ad1f59c76e94bf0b");
+    }
 
     #[test]
     fn mentions_matches_whole_words_and_phrases() {
