@@ -5,6 +5,7 @@
 //! space once. Per-gateway limits (deadline, memory) are set on each store.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, UpdateDeadline};
@@ -74,17 +75,97 @@ fn build() -> Result<Engine, String> {
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     let engine = Engine::new(&config).map_err(|e| format!("cannot start the plugin engine: {e:#}"))?;
     let weak = engine.weak();
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("freeway-epoch".to_owned())
-        .spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(EPOCH_TICK);
-            }
-        })
+        .spawn(move || TICKER.run(&weak))
         .map_err(|e| format!("cannot start the plugin deadline ticker: {e}"))?;
+    let _ = TICKER.thread.set(thread.thread().clone());
     Ok(engine)
+}
+
+/// Ticks the ticker waits with no plugin call before it parks: an idle
+/// gateway wakes no thread 500 times a second, while under load (a call
+/// every few milliseconds or more often) the ticker never parks at all.
+const IDLE_TICKS: u32 = 5;
+
+/// The epoch ticker's state. It advances the epoch every [`EPOCH_TICK`]
+/// while plugin calls run or have started lately, and parks once none has
+/// for [`IDLE_TICKS`]; the next call to start wakes it.
+struct Ticker {
+    /// Calls running now. The ticker never parks while one runs: the call
+    /// would then never reach its deadline.
+    running: AtomicUsize,
+    /// A call started since the ticker last looked.
+    started: AtomicBool,
+    /// The ticker is parked, or about to park.
+    parked: AtomicBool,
+    thread: OnceLock<std::thread::Thread>,
+}
+
+static TICKER: Ticker = Ticker {
+    running: AtomicUsize::new(0),
+    started: AtomicBool::new(false),
+    parked: AtomicBool::new(false),
+    thread: OnceLock::new(),
+};
+
+impl Ticker {
+    fn run(&self, engine: &wasmtime::EngineWeak) {
+        let mut idle = 0;
+        while let Some(engine) = engine.upgrade() {
+            engine.increment_epoch();
+            drop(engine);
+            std::thread::sleep(EPOCH_TICK);
+            let busy = self.started.swap(false, Ordering::Relaxed) || self.running.load(Ordering::SeqCst) > 0;
+            idle = if busy { 0 } else { idle + 1 };
+            if idle < IDLE_TICKS {
+                continue;
+            }
+            idle = 0;
+            // With `Running::start`, a store-then-load pair on each side
+            // (SeqCst): either this load sees the call that starts, or
+            // that call sees `parked` and wakes the thread.
+            self.parked.store(true, Ordering::SeqCst);
+            if self.running.load(Ordering::SeqCst) > 0 {
+                self.parked.store(false, Ordering::SeqCst);
+                continue;
+            }
+            // Spurious wake-ups, and a wake-up left over from a call that
+            // found the flag set just as this thread cleared it, go round.
+            while self.parked.load(Ordering::SeqCst) {
+                std::thread::park();
+            }
+        }
+    }
+}
+
+/// A plugin call in progress: while one exists the epoch advances, so that
+/// the call's deadline is checked. Made just before the guest is entered,
+/// dropped when it returns.
+#[must_use = "the ticker may park while the call runs if this is dropped"]
+pub struct Running(());
+
+impl Running {
+    /// Counts a call as running and wakes the ticker if it is parked.
+    pub fn start() -> Self {
+        TICKER.running.fetch_add(1, Ordering::SeqCst);
+        if !TICKER.started.load(Ordering::Relaxed) {
+            TICKER.started.store(true, Ordering::Relaxed);
+        }
+        if TICKER.parked.load(Ordering::SeqCst)
+            && TICKER.parked.swap(false, Ordering::SeqCst)
+            && let Some(thread) = TICKER.thread.get()
+        {
+            thread.unpark();
+        }
+        Self(())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        TICKER.running.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Epoch ticks that cover `time` (at least 1, rounded up, plus one for the

@@ -105,11 +105,18 @@ pub(super) struct State {
 
 impl State {
     /// Readies the store for one call: a new deadline, no fault yet.
-    fn start_call(store: &mut Store<Self>) {
+    fn arm(store: &mut Store<Self>) {
         let state = store.data_mut();
         state.memory_exceeded = false;
         let ticks = state.deadline.start_call();
         store.set_epoch_deadline(ticks);
+    }
+
+    /// [`Self::arm`], and the call counted as running (so that the epoch
+    /// advances and its deadline is checked) until the guard is dropped.
+    fn start_call(store: &mut Store<Self>) -> engine::Running {
+        Self::arm(store);
+        engine::Running::start()
     }
 }
 
@@ -356,8 +363,11 @@ impl Plugin {
                 }
             }
         };
-        State::start_call(&mut warm.store);
-        match warm.instance.read_limits(&mut warm.store, status, &headers) {
+        let read = {
+            let _running = State::start_call(&mut warm.store);
+            warm.instance.read_limits(&mut warm.store, status, &headers)
+        };
+        match read {
             Ok(reports) => {
                 self.put_back(warm);
                 rate_reports(reports, std::time::SystemTime::now())
@@ -420,7 +430,7 @@ impl Plugin {
         let mut store = Store::new(self.engine, state);
         store.limiter(|state| state);
         store.epoch_deadline_callback(|mut store| Ok(store.data_mut().deadline.on_tick()));
-        State::start_call(&mut store);
+        State::arm(&mut store);
         store
     }
 
@@ -452,7 +462,10 @@ impl Plugin {
             Ok(instance) => instance,
             Err(e) => return Err(self.fault(&store, e, PluginErrorKind::Unavailable)),
         };
-        f(&mut store, &instance).map_err(|e| self.fault(&store, e, PluginErrorKind::Trap))
+        let running = engine::Running::start();
+        let result = f(&mut store, &instance);
+        drop(running);
+        result.map_err(|e| self.fault(&store, e, PluginErrorKind::Trap))
     }
 
     fn fault(&self, store: &Store<State>, error: wasmtime::Error, default: PluginErrorKind) -> PluginError {
@@ -665,8 +678,10 @@ impl PluginSession {
         let Some(Warm { store, instance, .. }) = self.warm.as_mut() else {
             return Err(self.plugin.refused("the instance is gone".to_owned()));
         };
-        State::start_call(store);
-        match off_the_workers(input, || f(store, instance)) {
+        let running = State::start_call(store);
+        let result = off_the_workers(input, || f(store, instance));
+        drop(running);
+        match result {
             Ok(v) => Ok(v),
             Err(e) => {
                 self.poisoned = true;
@@ -1045,7 +1060,7 @@ impl Drop for PluginDecoder {
             return;
         }
         let Some(Warm { store, .. }) = self.session.warm.as_mut() else { return };
-        State::start_call(store);
+        let _running = State::start_call(store);
         if self.resource.resource_drop(&mut *store).is_err() {
             self.session.poisoned = true;
         }

@@ -83,6 +83,8 @@ impl Pre {
 
     /// A new instance in `store`.
     pub fn instantiate(&self, store: &mut Store<State>) -> wasmtime::Result<Instance> {
+        // A component's start functions run guest code under the deadline.
+        let _running = super::engine::Running::start();
         Ok(match self {
             Self::V03(pre) => Instance::V03(pre.instantiate(store)?),
             Self::V02(pre) => Instance::V02(pre.instantiate(store)?),

@@ -389,3 +389,55 @@ async fn kill_9_loses_at_most_the_last_second_of_state() {
     assert_eq!(statuses, [429], "the day's 3 requests were forgotten by kill -9");
     assert_eq!(mock.chats().len(), 3);
 }
+
+/// The voluntary context switches of `pid`'s thread named `name` so far
+/// (Linux: /proc); each is the thread waking up.
+#[cfg(target_os = "linux")]
+fn wakeups(pid: u32, name: &str) -> u64 {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().map_while(Result::ok) {
+        if std::fs::read_to_string(task.path().join("comm")).unwrap_or_default().trim() == name {
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap();
+            let line = status.lines().find(|l| l.starts_with("voluntary_ctxt_switches:")).unwrap();
+            return line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        }
+    }
+    panic!("no thread named {name} in process {pid}");
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn an_idle_gateway_parks_its_plugin_ticker_and_a_looping_plugin_still_meets_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = std::path::PathBuf::from(env!("FREEWAY_TEST_PLUGINS")).join("misbehave");
+    let config = write(
+        &dir,
+        "freeway.yaml",
+        &format!(
+            "state: {{ path: \"\" }}\nplugins:\n  dir: {}\n  call_timeout: 100ms\nproviders:\n  bad:\n    plugin: misbehave\n    base_url: http://127.0.0.1:9/v1\n    keys: [k]\n    models: [loop, fine]\n",
+            plugins.display()
+        ),
+    );
+    let served = spawn_serve(freeway(), &["--config", config.to_str().unwrap()]);
+    let pid = served.child.id();
+    // Idle: the 2 ms ticker parks after a few ticks instead of waking 500
+    // times a second.
+    for round in 0..2 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = wakeups(pid, "freeway-epoch");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let woke = wakeups(pid, "freeway-epoch") - before;
+        assert!(woke < 50, "round {round}: the idle ticker woke {woke} times in a second");
+        // A plugin call that never returns wakes it, and is stopped at its
+        // deadline (a parked ticker would let it run forever).
+        let started = std::time::Instant::now();
+        let answer = Answer::read(
+            send(&format!("http://{}/v1/chat/completions", served.addr), "POST", &chat_body("bad/loop", false), &[])
+                .await,
+        )
+        .await;
+        assert_eq!(answer.status, 502, "{}", answer.text());
+        let reason = answer.json()["error"]["attempts"][0]["reason"].as_str().unwrap().to_owned();
+        assert!(reason.contains("deadline"), "{reason}");
+        assert!(started.elapsed() < Duration::from_secs(5), "the loop ran {:?}", started.elapsed());
+    }
+}
