@@ -1,6 +1,7 @@
 //! Prometheus metrics, one registry per gateway (no global state, so an
 //! embedding application or a test can run several gateways side by side).
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +13,10 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::plugin::Usage;
+
+mod handles;
+
+use handles::{AttemptKey, Handles, ModelKey, PolicyKey, series};
 
 /// Requests by endpoint and status.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -176,6 +181,8 @@ pub struct Metrics {
     policy_tags: Family<TagLabels, Counter>,
     /// The (tag, value) pairs with a series of their own, capped.
     tag_series: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
+    /// Each thread's handles on the series counted on every request.
+    handles: thread_local::ThreadLocal<RefCell<Handles>>,
 }
 
 /// Distinct (tag, value) series policies may create; later ones share the
@@ -272,6 +279,7 @@ impl Metrics {
             policy_errors: Family::default(),
             policy_tags: Family::default(),
             tag_series: std::sync::Mutex::new(std::collections::HashSet::new()),
+            handles: thread_local::ThreadLocal::new(),
             registry: Registry::default(),
         };
         registry.register("requests", "HTTP requests answered, by endpoint and status", m.requests.clone());
@@ -366,15 +374,29 @@ impl Metrics {
 
     /// One answered request.
     pub fn request(&self, route: &'static str, status: u16, elapsed: Duration) {
-        self.requests.get_or_create(&RequestLabels { route, status }).inc();
-        self.request_duration.get_or_create(&RouteLabels { route }).observe(elapsed.as_secs_f64());
+        let mut handles = self.handles();
+        let (count, latency) = handles.requests.entry((route, status)).or_insert_with(|| {
+            (
+                self.requests.get_or_create_owned(&RequestLabels { route, status }),
+                self.request_duration.get_or_create_owned(&RouteLabels { route }),
+            )
+        });
+        count.inc();
+        latency.observe(elapsed.as_secs_f64());
     }
 
     /// One upstream attempt.
     pub fn attempt(&self, provider: &Arc<str>, model: &Arc<str>, outcome: &'static str, elapsed: Duration) {
-        let labels = AttemptLabels { provider: provider.clone(), model: model.clone(), outcome };
-        self.attempts.get_or_create(&labels).inc();
-        self.attempt_duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
+        let mut handles = self.handles();
+        let key = AttemptKey { provider, model, outcome };
+        let (count, latency) = series(&mut handles.attempts, &key, || {
+            let labels = key.owned(provider, model);
+            let series =
+                (self.attempts.get_or_create_owned(&labels), self.attempt_duration.get_or_create_owned(&labels));
+            (labels, series)
+        });
+        count.inc();
+        latency.observe(elapsed.as_secs_f64());
     }
 
     /// The dispatcher moved on after an attempt failed with `reason`.
@@ -389,10 +411,18 @@ impl Metrics {
 
     /// Usage an upstream reported.
     pub fn tokens(&self, provider: &Arc<str>, model: &Arc<str>, usage: Usage) {
-        for (kind, n) in [("prompt", usage.prompt_tokens), ("completion", usage.completion_tokens)] {
-            let labels = TokenLabels { provider: provider.clone(), model: model.clone(), kind };
-            self.tokens.get_or_create(&labels).inc_by(n);
-        }
+        let mut handles = self.handles();
+        let counters = series(&mut handles.tokens, &ModelKey { provider, model }, || {
+            let counter = |kind| {
+                self.tokens.get_or_create_owned(&TokenLabels { provider: provider.clone(), model: model.clone(), kind })
+            };
+            (
+                ModelLabels { provider: provider.clone(), model: model.clone() },
+                [counter("prompt"), counter("completion")],
+            )
+        });
+        counters[0].inc_by(usage.prompt_tokens);
+        counters[1].inc_by(usage.completion_tokens);
     }
 
     /// A model request of `client` answered with `status`.
@@ -452,8 +482,13 @@ impl Metrics {
 
     /// One policy hook call.
     pub fn policy_call(&self, policy: &Arc<str>, hook: &'static str, elapsed: Duration) {
-        let labels = PolicyLabels { policy: policy.clone(), hook };
-        self.policy_duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
+        let mut handles = self.handles();
+        let latency = series(&mut handles.policy_calls, &PolicyKey { policy, hook }, || {
+            let labels = PolicyLabels { policy: policy.clone(), hook };
+            let latency = self.policy_duration.get_or_create_owned(&labels);
+            (labels, latency)
+        });
+        latency.observe(elapsed.as_secs_f64());
     }
 
     /// A policy hook failed.
@@ -487,6 +522,12 @@ impl Metrics {
         }
     }
 
+    /// This thread's handles.
+    fn handles(&self) -> std::cell::RefMut<'_, Handles> {
+        // No metrics call makes another, so the cell is never borrowed twice.
+        self.handles.get_or_default().borrow_mut()
+    }
+
     /// The Prometheus text (OpenMetrics) exposition, with `gauges` read at
     /// scrape time.
     pub fn render(&self, gauges: Gauges) -> String {
@@ -508,3 +549,59 @@ impl Metrics {
 
 /// The content type of [`Metrics::render`].
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value of the rendered series whose line starts with `name{` and
+    /// holds every one of `labels`.
+    fn value(text: &str, name: &str, labels: &[&str]) -> f64 {
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) && labels.iter().all(|x| l.contains(x)))
+            .collect();
+        assert_eq!(lines.len(), 1, "{name} {labels:?} in:\n{text}");
+        lines[0].rsplit(' ').next().unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn series_counted_on_many_threads_add_up_in_their_own_gateways_metrics() {
+        let (a, b) = (Arc::new(Metrics::new()), Arc::new(Metrics::new()));
+        let (groq, llama, gemma): (Arc<str>, Arc<str>, Arc<str>) = ("groq".into(), "llama".into(), "gemma".into());
+        let policy: Arc<str> = "sticky".into();
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for i in 0..100 {
+                        let ms = Duration::from_millis(1);
+                        a.request("/v1/chat/completions", if i % 4 == 0 { 429 } else { 200 }, ms);
+                        a.attempt(&groq, &llama, "ok", ms);
+                        a.attempt(&groq, &gemma, if i % 2 == 0 { "ok" } else { "timeout" }, ms);
+                        a.tokens(&groq, &llama, Usage { prompt_tokens: 3, completion_tokens: 2 });
+                        a.policy_call(&policy, "request", ms);
+                        b.attempt(&groq, &llama, "ok", ms);
+                    }
+                });
+            }
+        });
+        let text = a.render(Gauges::default());
+        assert_eq!(value(&text, "freeway_requests_total", &["status=\"200\""]), 300.0);
+        assert_eq!(value(&text, "freeway_requests_total", &["status=\"429\""]), 100.0);
+        assert_eq!(value(&text, "freeway_request_duration_seconds_count", &["chat"]), 400.0);
+        assert_eq!(value(&text, "freeway_upstream_attempts_total", &["\"llama\"", "\"ok\""]), 400.0);
+        assert_eq!(value(&text, "freeway_upstream_attempts_total", &["\"gemma\"", "\"ok\""]), 200.0);
+        assert_eq!(value(&text, "freeway_upstream_attempts_total", &["\"gemma\"", "\"timeout\""]), 200.0);
+        assert_eq!(
+            value(&text, "freeway_upstream_attempt_duration_seconds_count", &["\"gemma\"", "\"timeout\""]),
+            200.0
+        );
+        assert_eq!(value(&text, "freeway_tokens_total", &["\"llama\"", "\"prompt\""]), 1200.0);
+        assert_eq!(value(&text, "freeway_tokens_total", &["\"llama\"", "\"completion\""]), 800.0);
+        assert_eq!(value(&text, "freeway_policy_duration_seconds_count", &["sticky"]), 400.0);
+        // The other gateway's counts are its own, though the same threads made both.
+        let text = b.render(Gauges::default());
+        assert_eq!(value(&text, "freeway_upstream_attempts_total", &["\"llama\"", "\"ok\""]), 400.0);
+        assert!(!text.contains("gemma") && !text.contains("freeway_requests_total{"), "{text}");
+    }
+}
