@@ -13,10 +13,12 @@
 # ratio, added p50/p99 latency, and freeway's CPU time per request (from
 # /proc, so Linux only).
 #
-# --compare: three servers side by side in front of the same mock, in
-# interleaved rounds (round 1: nginx, before, after for non-stream, then for
-# stream; round 2 the same...), so that a drift of the machine during the
-# run (other users, thermal) hits all three alike:
+# --compare: three servers side by side in front of the same mock, and the
+# mock alone, in interleaved rounds (round 1: direct, nginx, before, after
+# for non-stream, then for stream; round 2 the same...), so that a drift of
+# the machine during the run (other users, thermal) hits all alike:
+#   - direct: wrk straight to the mock, the baseline of the latency each
+#     server adds (its row's CPU is the mock's own);
 #   - nginx: a plain keep-alive reverse proxy (Debian's nginx, run in the
 #     foreground from a temp config on a loopback port; installed with
 #     apt-get when missing, as wrk is), 2 worker processes like freeway's 2
@@ -27,7 +29,8 @@
 # `mock/mock-model` request (`MODEL` below). Each run reports req/s and the CPU time per
 # request of the server's whole process tree (utime + stime of the process
 # and its descendants, from /proc/PID/stat), then a summary with the median
-# of the rounds. The load generator is wrk (Debian's package), not oha: it
+# of the rounds, each server's CPU as a multiple of nginx's, and the p50
+# latency each adds over the direct run of its round. The load generator is wrk (Debian's package), not oha: it
 # installs in seconds where oha compiles for minutes, and being C with one
 # event-loop thread it takes less of the shared cores away from the servers
 # it measures; CPU per request is read from /proc either way.
@@ -335,6 +338,7 @@ LUA
 compare_run() {
     local server=$1 mode=$2 conc=$3 round=$4 port pid
     case "$server" in
+        direct) port=$MOCK_PORT pid=$MOCK_PID ;;
         nginx) port=$NGINX_PORT pid=$NGINX_PID ;;
         before) port=$BEFORE_PORT pid=$BEFORE_PID ;;
         after) port=$AFTER_PORT pid=$AFTER_PID ;;
@@ -367,7 +371,8 @@ print_compare() {
     echo "$(wrk --version 2>&1 | head -n1 | cut -d' ' -f1-2), 1 thread; nginx $(nginx -v 2>&1 | sed 's/.*\///'); ${DURATION}s per run, $ROUNDS interleaved rounds"
     echo "before: $FREEWAY_BEFORE"
     echo "after:  $FREEWAY_AFTER"
-    echo "(wrk, the server and the mock share these CPUs; cpu us/req = the server's process tree)"
+    echo "(wrk, the server and the mock share these CPUs; cpu us/req = the server's process tree;"
+    echo " direct = wrk straight to the mock, whose own CPU that row shows)"
     echo
     python3 - "${RESULTS[@]}" <<'PY'
 import sys, statistics
@@ -376,19 +381,31 @@ print(f"{'server':<8} {'mode':<10} {'conc':>4} {'round':>5} {'req/s':>8} {'cpu u
 for s, m, c, r, rps, cpu, p50, p99, err in rows:
     print(f"{s:<8} {m:<10} {c:>4} {r:>5} {rps:>8} {cpu:>10} {p50:>8} {p99:>8} {err:>6}")
 print()
-print("median of the rounds (min-max):")
-print(f"{'server':<8} {'mode':<10} {'conc':>4} {'req/s':>16} {'cpu us/req':>18}")
+print("median of the rounds (min-max); x nginx = median cpu over nginx's:")
+print(f"{'server':<8} {'mode':<10} {'conc':>4} {'req/s':>16} {'cpu us/req':>18} {'x nginx':>8}")
 seen = []
 for s, m, c, *_ in rows:
     if (m, c, s) not in seen:
         seen.append((m, c, s))
-order = {"nginx": 0, "before": 1, "after": 2}
+order = {"direct": 0, "nginx": 1, "before": 2, "after": 3}
+def sel(m, c, s):
+    return [r for r in rows if (r[1], r[2], r[0]) == (m, c, s)]
 for m, c, s in sorted(seen, key=lambda k: (k[0], int(k[1]), order.get(k[2], 9))):
-    sel = [r for r in rows if (r[1], r[2], r[0]) == (m, c, s)]
-    rps = [float(r[4]) for r in sel]
-    cpu = [float(r[5]) for r in sel]
+    rps = [float(r[4]) for r in sel(m, c, s)]
+    cpu = [float(r[5]) for r in sel(m, c, s)]
+    nginx = [float(r[5]) for r in sel(m, c, "nginx")]
+    ratio = f"{statistics.median(cpu) / statistics.median(nginx):>7.2f}x" if nginx and s != "direct" else ""
     print(f"{s:<8} {m:<10} {c:>4} {statistics.median(rps):>8.0f} ({min(rps):.0f}-{max(rps):.0f})"
-          f" {statistics.median(cpu):>7.1f} ({min(cpu):.1f}-{max(cpu):.1f})")
+          f" {statistics.median(cpu):>7.1f} ({min(cpu):.1f}-{max(cpu):.1f}) {ratio:>8}")
+print()
+print("p50 latency added over direct, us (median of the rounds, each round's own direct run; min-max):")
+for m, c, s in sorted(seen, key=lambda k: (k[0], int(k[1]), order.get(k[2], 9))):
+    if s == "direct":
+        continue
+    direct = {r[3]: float(r[6]) for r in sel(m, c, "direct")}
+    added = [(float(r[6]) - direct[r[3]]) * 1000 for r in sel(m, c, s) if r[3] in direct]
+    if added:
+        print(f"{s:<8} {m:<10} {c:>4} {statistics.median(added):>8.0f} ({min(added):.0f}-{max(added):.0f})")
 PY
     local errors=0 row
     for row in "${RESULTS[@]}"; do
@@ -436,8 +453,9 @@ main_compare() {
     AFTER_PID=$STARTED_PID
 
     local server port err
-    for server in nginx before after; do
+    for server in direct nginx before after; do
         case "$server" in
+            direct) port=$MOCK_PORT err="$WORK_DIR/mock.err" ;;
             nginx) port=$NGINX_PORT err="$WORK_DIR/nginx/error.log" ;;
             before) port=$BEFORE_PORT err="$WORK_DIR/before.err" ;;
             after) port=$AFTER_PORT err="$WORK_DIR/after.err" ;;
@@ -454,7 +472,7 @@ main_compare() {
     for ((round = 1; round <= ROUNDS; round++)); do
         for mode in non-stream stream; do
             for conc in $CONCURRENCY; do
-                for server in nginx before after; do
+                for server in direct nginx before after; do
                     compare_run "$server" "$mode" "$conc" "$round"
                 done
             done
