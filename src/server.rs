@@ -65,21 +65,23 @@ pub async fn serve_on_threads(
         threads.push(Worker::start(&gateway, index)?);
     }
     tokio::pin!(shutdown);
+    let mut failed = None;
     loop {
         tokio::select! {
             biased;
             () = &mut shutdown => break,
             accepted = accept(&listener) => {
-                let Some(worker) = threads.iter().min_by_key(|w| w.load.load(Ordering::Relaxed)) else { break };
-                // Counted now, so that a burst of accepts spreads before
-                // the worker has taken the first.
-                worker.load.fetch_add(1, Ordering::Relaxed);
-                let handed = accepted.into_std().map_err(|e| e.to_string()).and_then(|stream| {
-                    worker.streams.send(stream).map_err(|_| "the worker thread is gone".to_owned())
-                });
-                if let Err(e) = handed {
-                    worker.load.fetch_sub(1, Ordering::Relaxed);
-                    tracing::warn!(error = %e, worker = worker.index, "a connection could not be handed to its worker");
+                let stream = match accepted.into_std() {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "an accepted connection could not be handed on");
+                        continue;
+                    }
+                };
+                if let Err(e) = hand_off(&mut threads, stream) {
+                    tracing::error!("{e}");
+                    failed = Some(e);
+                    break;
                 }
             }
         }
@@ -93,7 +95,35 @@ pub async fn serve_on_threads(
         let _ = end.await;
     }
     gateway.flush_telemetry().await;
-    Ok(())
+    failed.map_or(Ok(()), Err)
+}
+
+/// Hands `stream` to the worker serving the fewest connections. A worker
+/// whose thread has ended (only a bug can end one) is dropped from
+/// `workers` and the connection goes to the next; with none left, the
+/// gateway cannot serve and says so rather than drop every connection.
+fn hand_off(workers: &mut Vec<Worker>, mut stream: std::net::TcpStream) -> io::Result<()> {
+    loop {
+        let Some(at) = (0..workers.len()).min_by_key(|&i| workers[i].load.load(Ordering::Relaxed)) else {
+            return Err(io::Error::other("every worker thread has ended; the gateway cannot serve"));
+        };
+        let worker = &workers[at];
+        // Counted now, so that a burst of accepts spreads before the worker
+        // has taken the first.
+        worker.load.fetch_add(1, Ordering::Relaxed);
+        match worker.streams.send(stream) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::SendError(back)) => {
+                tracing::error!(
+                    worker = worker.index,
+                    left = workers.len() - 1,
+                    "a worker thread has ended; its share of the connections goes to the others"
+                );
+                workers.swap_remove(at);
+                stream = back;
+            }
+        }
+    }
 }
 
 /// Waits for the next connection; backs off on EMFILE and friends instead
@@ -204,8 +234,10 @@ impl Connections {
         let connection = self.builder.serve_connection(TokioIo::new(stream), service).into_owned();
         let connection = self.graceful.watch(connection);
         let header_timeout = self.header_timeout;
-        let load = self.load.clone();
+        // Given back when the task ends, even by a panic in a handler.
+        let counted = self.load.clone().map(Counted);
         self.running.spawn(async move {
+            let _counted = counted;
             // hyper's header timeout starts once it knows the protocol; a
             // client that sends nothing (or half an HTTP/2 preface) must not
             // hold the connection either.
@@ -217,9 +249,6 @@ impl Connections {
                         log_connection_end(connection.await);
                     }
                 }
-            }
-            if let Some(load) = load {
-                load.fetch_sub(1, Ordering::Relaxed);
             }
         });
     }
@@ -244,6 +273,15 @@ impl Connections {
         }
         self.running.abort_all();
         while self.running.join_next().await.is_some() {}
+    }
+}
+
+/// One connection counted in its worker's load until dropped.
+struct Counted(Arc<AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -274,5 +312,62 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => tracing::info!("SIGINT received"),
         () = terminate => tracing::info!("SIGTERM received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker without a thread: its receiving end, or none when its
+    /// thread "has ended".
+    fn worker(
+        index: usize,
+        load: usize,
+        alive: bool,
+    ) -> (Worker, Option<mpsc::UnboundedReceiver<std::net::TcpStream>>) {
+        let (streams, incoming) = mpsc::unbounded_channel();
+        let (_done, ended) = oneshot::channel();
+        let worker = Worker { index, load: Arc::new(AtomicUsize::new(load)), streams, ended };
+        (worker, alive.then_some(incoming))
+    }
+
+    fn connection(listener: &std::net::TcpListener) -> std::net::TcpStream {
+        std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_connection_skips_a_worker_whose_thread_ended_and_with_none_left_serving_stops() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (dead, _) = worker(0, 0, false);
+        let (live, incoming) = worker(1, 5, true);
+        let mut incoming = incoming.unwrap();
+        let live_load = live.load.clone();
+        let mut workers = vec![dead, live];
+        // The dead worker serves the fewest, so it is tried first.
+        hand_off(&mut workers, connection(&listener)).unwrap();
+        assert_eq!(workers.len(), 1);
+        assert_eq!(workers[0].index, 1);
+        assert!(incoming.try_recv().is_ok(), "the connection reached the live worker");
+        assert_eq!(live_load.load(Ordering::Relaxed), 6);
+        hand_off(&mut workers, connection(&listener)).unwrap();
+        assert!(incoming.try_recv().is_ok());
+        drop(incoming);
+        let e = hand_off(&mut workers, connection(&listener)).unwrap_err();
+        assert!(e.to_string().contains("every worker thread has ended"), "{e}");
+        assert!(workers.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_task_panics_still_gives_back_its_place_in_the_load() {
+        let load = Arc::new(AtomicUsize::new(1));
+        let counted = Counted(load.clone());
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async move {
+            let _counted = counted;
+            panic!("a handler's bug");
+        });
+        assert!(tasks.join_next().await.unwrap().unwrap_err().is_panic());
+        assert_eq!(load.load(Ordering::Relaxed), 0);
     }
 }
