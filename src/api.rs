@@ -195,29 +195,33 @@ where
         r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(endpoint.allow()));
         r
     } else {
-        match endpoint {
-            Endpoint::ChatCompletions => chat::chat(gateway, request).await,
-            Endpoint::Embeddings => chat::embeddings(gateway, request).await,
-            Endpoint::Messages => messages::messages(gateway, request).await,
-            Endpoint::CountTokens => messages::count_tokens(gateway, request).await,
-            Endpoint::Responses => responses::responses(gateway, request).await,
-            Endpoint::Models => models::list(gateway, &request),
-            Endpoint::Health => health::health(gateway),
-            Endpoint::Metrics => metrics::scrape(gateway),
-            Endpoint::AdminStatus => admin::status(gateway),
-            Endpoint::AdminRoutes => admin::routes::routes(gateway),
-            Endpoint::AdminSettings => admin::settings::settings(gateway, request).await,
-            Endpoint::AdminCooldownsReset => admin::reset_cooldowns(gateway, request).await,
-            Endpoint::AdminRequests => admin::requests::list(gateway, request.uri().query()).await,
-            Endpoint::AdminUsage => admin::usage::summary(gateway, request.uri().query()).await,
-            Endpoint::AdminPolicies => admin::policies::policies(gateway),
-            Endpoint::AdminPlayground => admin::playground::playground(gateway, request).await,
-            Endpoint::AdminDashboard => admin::dashboard::serve(path, request.headers()),
-            Endpoint::AdminKeys => admin::keys::keys(gateway, request).await,
-            Endpoint::AdminKey => admin::keys::key(gateway, request).await,
-            Endpoint::AdminKeyTest => admin::keys::test(gateway, path).await,
-            Endpoint::Other => ApiError::UnknownEndpoint(path.to_owned()).into_response(),
-        }
+        let answer = async move {
+            let path = request.uri().path();
+            match endpoint {
+                Endpoint::ChatCompletions => chat::chat(gateway, request).await,
+                Endpoint::Embeddings => chat::embeddings(gateway, request).await,
+                Endpoint::Messages => messages::messages(gateway, request).await,
+                Endpoint::CountTokens => messages::count_tokens(gateway, request).await,
+                Endpoint::Responses => responses::responses(gateway, request).await,
+                Endpoint::Models => models::list(gateway, &request),
+                Endpoint::Health => health::health(gateway),
+                Endpoint::Metrics => metrics::scrape(gateway),
+                Endpoint::AdminStatus => admin::status(gateway),
+                Endpoint::AdminRoutes => admin::routes::routes(gateway),
+                Endpoint::AdminSettings => admin::settings::settings(gateway, request).await,
+                Endpoint::AdminCooldownsReset => admin::reset_cooldowns(gateway, request).await,
+                Endpoint::AdminRequests => admin::requests::list(gateway, request.uri().query()).await,
+                Endpoint::AdminUsage => admin::usage::summary(gateway, request.uri().query()).await,
+                Endpoint::AdminPolicies => admin::policies::policies(gateway),
+                Endpoint::AdminPlayground => admin::playground::playground(gateway, request).await,
+                Endpoint::AdminDashboard => admin::dashboard::serve(path, request.headers()),
+                Endpoint::AdminKeys => admin::keys::keys(gateway, request).await,
+                Endpoint::AdminKey => admin::keys::key(gateway, request).await,
+                Endpoint::AdminKeyTest => admin::keys::test(gateway, path).await,
+                Endpoint::Other => ApiError::UnknownEndpoint(path.to_owned()).into_response(),
+            }
+        };
+        guarded(endpoint, answer).await
     };
     // Every error of the Messages API, whatever raised it (the token, the
     // method, the body, the routing, the upstream), in Anthropic's shape.
@@ -237,6 +241,28 @@ where
     gateway.metrics().request(endpoint.label(), response.status().as_u16(), elapsed);
     tracing::debug!(endpoint = endpoint.label(), status = response.status().as_u16(), ?elapsed, "answered");
     response
+}
+
+/// Waits for an endpoint's answer. A panic while it is made (a bug, never
+/// the client's input) is logged and answered 500 in the endpoint's error
+/// shape, instead of dropping the client's connection without an answer.
+async fn guarded(
+    endpoint: Endpoint,
+    answer: impl std::future::Future<Output = Response<ResponseBody>>,
+) -> Response<ResponseBody> {
+    use futures_util::FutureExt;
+    match std::panic::AssertUnwindSafe(answer).catch_unwind().await {
+        Ok(response) => response,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_owned());
+            tracing::error!(endpoint = endpoint.label(), panic = %what, "a request handler panicked; answered 500");
+            ApiError::Internal(what).into_response()
+        }
+    }
 }
 
 /// Reads a request body under the size limit (413) and the read timeout
@@ -289,4 +315,33 @@ fn json_response(body: Bytes) -> Response<ResponseBody> {
     let mut r = Response::new(ResponseBody::full(body));
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_of(response: Response<ResponseBody>) -> serde_json::Value {
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_handler_that_panics_is_answered_500_and_one_that_does_not_as_it_answered() {
+        let answered = guarded(Endpoint::Health, async { ApiError::Unauthorized.into_response() }).await;
+        assert_eq!(answered.status(), 401);
+        let answered = guarded(Endpoint::ChatCompletions, async {
+            if Endpoint::of("/v1/chat/completions") == Endpoint::ChatCompletions {
+                panic!("a bug in a handler");
+            }
+            ApiError::Unauthorized.into_response()
+        })
+        .await;
+        assert_eq!(answered.status(), 500);
+        assert_eq!(answered.headers()[header::CONTENT_TYPE], "application/json");
+        let body = body_of(answered).await;
+        assert_eq!(body["error"]["code"], "internal_error", "{body}");
+        // The panic's text is for the log, not the client.
+        assert!(!body.to_string().contains("a bug in a handler"), "{body}");
+    }
 }
