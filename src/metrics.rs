@@ -390,7 +390,7 @@ impl Metrics {
         let mut handles = self.handles();
         let key = AttemptKey { provider, model, outcome };
         let (count, latency) = series(&mut handles.attempts, &key, || {
-            let labels = key.owned(provider, model);
+            let labels = AttemptLabels { provider: provider.clone(), model: model.clone(), outcome };
             let series =
                 (self.attempts.get_or_create_owned(&labels), self.attempt_duration.get_or_create_owned(&labels));
             (labels, series)

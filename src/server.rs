@@ -25,13 +25,13 @@ use crate::gateway::Gateway;
 /// streams finish for up to `server.shutdown_timeout`, and drops whatever is
 /// left.
 pub async fn serve(gateway: Gateway, listener: TcpListener, shutdown: impl Future<Output = ()>) -> io::Result<()> {
-    let mut connections = Connections::new(&gateway, None);
+    let mut connections = Connections::new(&gateway);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             biased;
             () = &mut shutdown => break,
-            accepted = accept(&listener) => connections.serve(accepted),
+            accepted = accept(&listener) => connections.serve(accepted, None),
             () = connections.reap() => {}
         }
     }
@@ -155,20 +155,22 @@ impl Worker {
         let (streams, mut incoming) = mpsc::unbounded_channel::<std::net::TcpStream>();
         let (done, ended) = oneshot::channel();
         let load = Arc::new(AtomicUsize::new(0));
-        let (gateway, counted) = (gateway.clone(), load.clone());
+        let (gateway, served) = (gateway.clone(), load.clone());
         std::thread::Builder::new().name(format!("freeway-worker-{index}")).spawn(move || {
             runtime.block_on(async {
-                let mut connections = Connections::new(&gateway, Some(counted.clone()));
+                let mut connections = Connections::new(&gateway);
                 loop {
                     tokio::select! {
                         stream = incoming.recv() => match stream {
-                            Some(stream) => match tokio::net::TcpStream::from_std(stream) {
-                                Ok(stream) => connections.serve(stream),
-                                Err(e) => {
-                                    counted.fetch_sub(1, Ordering::Relaxed);
-                                    tracing::warn!(error = %e, "a connection could not join its worker's runtime");
+                            Some(stream) => {
+                                // Its place in the load (taken by `hand_off`),
+                                // given back however the connection ends.
+                                let counted = Counted(served.clone());
+                                match tokio::net::TcpStream::from_std(stream) {
+                                    Ok(stream) => connections.serve(stream, Some(counted)),
+                                    Err(e) => tracing::warn!(error = %e, "a connection could not join its worker's runtime"),
                                 }
-                            },
+                            }
                             None => break,
                         },
                         () = connections.reap() => {}
@@ -195,13 +197,10 @@ struct Connections {
     header_timeout: Duration,
     graceful: GracefulShutdown,
     running: JoinSet<()>,
-    /// Counts the connections not yet ended, for the thread that hands them
-    /// out.
-    load: Option<Arc<AtomicUsize>>,
 }
 
 impl Connections {
-    fn new(gateway: &Gateway, load: Option<Arc<AtomicUsize>>) -> Self {
+    fn new(gateway: &Gateway) -> Self {
         let settings = &gateway.config().server;
         let header_timeout = settings.header_read_timeout.get();
         let mut builder = Builder::new(TokioExecutor::new());
@@ -217,11 +216,12 @@ impl Connections {
             header_timeout,
             graceful: GracefulShutdown::new(),
             running: JoinSet::new(),
-            load,
         }
     }
 
-    fn serve(&mut self, stream: tokio::net::TcpStream) {
+    /// Serves `stream`; `counted`, its place in a worker's load, is held
+    /// until the connection's task ends (even by a panic in a handler).
+    fn serve(&mut self, stream: tokio::net::TcpStream, counted: Option<Counted>) {
         let _ = stream.set_nodelay(true);
         let gateway = self.gateway.clone();
         let served = Arc::new(AtomicBool::new(false));
@@ -234,8 +234,6 @@ impl Connections {
         let connection = self.builder.serve_connection(TokioIo::new(stream), service).into_owned();
         let connection = self.graceful.watch(connection);
         let header_timeout = self.header_timeout;
-        // Given back when the task ends, even by a panic in a handler.
-        let counted = self.load.clone().map(Counted);
         self.running.spawn(async move {
             let _counted = counted;
             // hyper's header timeout starts once it knows the protocol; a

@@ -14,7 +14,6 @@
 //! families hold (their labels come from the config and the catalog).
 
 use std::hash::Hash;
-use std::sync::Arc;
 
 use hashbrown::{Equivalent, HashMap};
 use prometheus_client::metrics::counter::Counter;
@@ -60,12 +59,6 @@ impl Equivalent<AttemptLabels> for AttemptKey<'_> {
     }
 }
 
-impl AttemptKey<'_> {
-    pub fn owned(&self, provider: &Arc<str>, model: &Arc<str>) -> AttemptLabels {
-        AttemptLabels { provider: provider.clone(), model: model.clone(), outcome: self.outcome }
-    }
-}
-
 /// [`ModelLabels`] borrowed.
 #[derive(Hash)]
 pub(super) struct ModelKey<'a> {
@@ -95,6 +88,7 @@ impl Equivalent<PolicyLabels> for PolicyKey<'_> {
 #[cfg(test)]
 mod tests {
     use std::hash::BuildHasher;
+    use std::sync::Arc;
 
     use super::*;
 
