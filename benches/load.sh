@@ -55,6 +55,11 @@
 #                   of persistence, in one run:
 #                     FREEWAY_BEFORE=target/release/freeway \
 #                     BEFORE_STATE='state: { path: "" }' benches/load.sh --compare
+#   BEFORE_SERVER, AFTER_SERVER  --compare: more `server:` settings of each
+#                   freeway, after its listen address. Busy polling against
+#                   the same binary without it, at concurrency 1:
+#                     FREEWAY_BEFORE=target/release/freeway AFTER_SERVER='busy_poll: 200us' \
+#                     CONCURRENCY=1 benches/load.sh --compare
 #   KEEP_WORK=1     keep the temp dir (configs, logs, raw reports)
 set -euo pipefail
 
@@ -119,11 +124,12 @@ ensure_oha() {
 # (so the built-in policies run).
 # A third argument replaces the `state:` line: by default each server keeps
 # its state in its own database in the work folder (persistence is on by
-# default); `state: { path: "" }` measures memory-only.
+# default); `state: { path: "" }` measures memory-only. A fourth adds
+# `server:` settings (`busy_poll: 200us`).
 write_freeway_config() {
-    local port=$1 file=$2 state=${3:-"state: { path: ${2%.yaml}.db }"}
+    local port=$1 file=$2 state=${3:-"state: { path: ${2%.yaml}.db }"} server=${4:+, $4}
     cat >"$file" <<EOF
-server: { listen: 127.0.0.1:$port }
+server: { listen: 127.0.0.1:$port$server }
 providers:
   mock:
     plugin: openai-compat
@@ -444,11 +450,11 @@ main_compare() {
     start_mock
     start_nginx
     BEFORE_PORT=$(free_port)
-    write_freeway_config "$BEFORE_PORT" "$WORK_DIR/before.yaml" "${BEFORE_STATE:-}"
+    write_freeway_config "$BEFORE_PORT" "$WORK_DIR/before.yaml" "${BEFORE_STATE:-}" "${BEFORE_SERVER:-}"
     start_freeway "$FREEWAY_BEFORE" "$WORK_DIR/before.yaml" "$BEFORE_PORT" warn before
     BEFORE_PID=$STARTED_PID
     AFTER_PORT=$(free_port)
-    write_freeway_config "$AFTER_PORT" "$WORK_DIR/after.yaml" "${AFTER_STATE:-}"
+    write_freeway_config "$AFTER_PORT" "$WORK_DIR/after.yaml" "${AFTER_STATE:-}" "${AFTER_SERVER:-}"
     start_freeway "$FREEWAY_AFTER" "$WORK_DIR/after.yaml" "$AFTER_PORT" warn after
     AFTER_PID=$STARTED_PID
 

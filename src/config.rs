@@ -12,6 +12,7 @@ mod validate;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use indexmap::IndexMap;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -112,10 +113,21 @@ pub struct ServerConfig {
     /// connection stays on the thread it was handed to. Unset: one per CPU
     /// core. 1 to [`MAX_WORKERS`].
     pub workers: Option<u32>,
+    /// After a request arrives and again when its answer is ready, its
+    /// worker thread keeps polling its connections for this long instead
+    /// of sleeping, so that what comes next (the upstream's reply, the
+    /// client's next request) is read at once rather than after the
+    /// thread is woken. Trades CPU for latency at low concurrency. 0 (the
+    /// default): off. 0 to [`MAX_BUSY_POLL`].
+    pub busy_poll: ConfigDuration,
 }
 
 /// The most `server.workers`.
 pub const MAX_WORKERS: u32 = 1024;
+
+/// The longest `server.busy_poll`: past it a worker only burns CPU between
+/// requests that are far apart anyway.
+pub const MAX_BUSY_POLL: Duration = Duration::from_millis(10);
 
 /// One entry of `server.api_keys`: a bare token (no name, no budget), or a
 /// named client with its token, budgets and the models it may use.
@@ -199,6 +211,7 @@ impl Default for ServerConfig {
             body_read_timeout: ConfigDuration::secs(30),
             shutdown_timeout: ConfigDuration::secs(30),
             workers: None,
+            busy_poll: ConfigDuration::millis(0),
         }
     }
 }

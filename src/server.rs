@@ -20,6 +20,8 @@ use tokio::task::JoinSet;
 
 use crate::gateway::Gateway;
 
+mod busy_poll;
+
 /// Serves `gateway` on `listener`, on the runtime it is called from, until
 /// `shutdown` resolves, then stops accepting, lets in-flight requests and
 /// streams finish for up to `server.shutdown_timeout`, and drops whatever is
@@ -158,6 +160,10 @@ impl Worker {
         let (gateway, served) = (gateway.clone(), load.clone());
         std::thread::Builder::new().name(format!("freeway-worker-{index}")).spawn(move || {
             runtime.block_on(async {
+                let busy_poll = gateway.config().server.busy_poll.get();
+                if !busy_poll.is_zero() {
+                    tokio::spawn(busy_poll::spin(busy_poll));
+                }
                 let mut connections = Connections::new(&gateway);
                 loop {
                     tokio::select! {
@@ -228,8 +234,13 @@ impl Connections {
         let seen = served.clone();
         let service = service_fn(move |request: hyper::Request<Incoming>| {
             seen.store(true, Ordering::Relaxed);
+            busy_poll::active();
             let gateway = gateway.clone();
-            async move { Ok::<_, Infallible>(gateway.handle(request).await) }
+            async move {
+                let response = gateway.handle(request).await;
+                busy_poll::active();
+                Ok::<_, Infallible>(response)
+            }
         });
         let connection = self.builder.serve_connection(TokioIo::new(stream), service).into_owned();
         let connection = self.graceful.watch(connection);

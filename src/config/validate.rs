@@ -332,6 +332,7 @@ fn server(cfg: &Config, r: &mut Report<'_>) {
     // 0 drops in-flight work at once; an hour is longer than any supervisor
     // waits before it kills the process anyway.
     within(r, "server.shutdown_timeout", s.shutdown_timeout, Duration::ZERO, HOUR);
+    within(r, "server.busy_poll", s.busy_poll, Duration::ZERO, super::MAX_BUSY_POLL);
 }
 
 /// The object entries of `server.api_keys`: a unique, well-formed name,
@@ -724,6 +725,19 @@ mod tests {
         assert!(has(&problems("server: { max_in_flight: 0 }\n"), "server.max_in_flight: `0` is out of range"));
         assert!(has(&problems("server: { max_in_flight_bytes: 68719476737 }\n"), "must be between 1 and 68719476736"));
         assert!(problems("server: { max_in_flight: 1000, max_streams_per_connection: 1024 }\n").is_empty());
+    }
+
+    #[test]
+    fn busy_polling_is_off_unless_set_and_at_most_ten_milliseconds() {
+        assert_eq!(Config::default().server.busy_poll.get(), std::time::Duration::ZERO);
+        assert!(problems("server: { busy_poll: 200us }\n").is_empty());
+        assert!(problems("server: { busy_poll: 10ms }\n").is_empty());
+        for (yaml, expected) in [
+            ("server:\n  busy_poll: 11ms\n", "line 2: server.busy_poll: `11ms` is out of range: must be at most 10ms"),
+            ("server: { busy_poll: fast }\n", "server.busy_poll: `fast` is not a duration"),
+        ] {
+            assert!(has(&problems(yaml), expected), "missing `{expected}` in {:#?}", problems(yaml));
+        }
     }
 
     #[test]

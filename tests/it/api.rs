@@ -325,6 +325,34 @@ async fn on_worker_threads_streams_on_each_run_and_a_shutdown_lets_them_finish()
 }
 
 #[tokio::test]
+async fn on_worker_threads_busy_polling_answers_wakes_for_a_slow_reply_and_shuts_down() {
+    let m = Mock::start().await;
+    let yaml = format!("server: {{ busy_poll: 2ms }}\nproviders:\n{}", provider("p", &m.base_url(), &["k"], &["m"]));
+    let mut gw = start_on_threads(&yaml, 2).await;
+    for _ in 0..20 {
+        let answer = gw.chat("p/m").await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+    }
+    // A reply that comes long after the window closed: the worker went
+    // back to sleep, and is woken by it.
+    let gate = Arc::new(Semaphore::new(0));
+    m.on_all(Behavior::Gated(gate.clone()));
+    let mut body = gw.stream("p/m").await.into_body();
+    let first = next_frame(&mut body, Duration::from_secs(5)).await.unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("part0"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gate.add_permits(1);
+    let rest = tokio::time::timeout(Duration::from_secs(5), body.collect())
+        .await
+        .expect("the rest of the stream never came")
+        .expect("the stream broke")
+        .to_bytes();
+    assert_eq!(sse_events(&String::from_utf8_lossy(&rest)).last().map(String::as_str), Some("[DONE]"));
+    let server = gw.shutdown();
+    tokio::time::timeout(Duration::from_secs(5), server).await.expect("server did not stop").unwrap().unwrap();
+}
+
+#[tokio::test]
 async fn on_worker_threads_a_shutdown_is_bounded_when_a_stream_never_ends() {
     let m = Mock::start().await;
     let yaml =
