@@ -113,12 +113,13 @@ pub struct ServerConfig {
     /// connection stays on the thread it was handed to. Unset: one per CPU
     /// core. 1 to [`MAX_WORKERS`].
     pub workers: Option<u32>,
-    /// After a request arrives and again when its answer is ready, its
-    /// worker thread keeps polling its connections for this long instead
-    /// of sleeping, so that what comes next (the upstream's reply, the
-    /// client's next request) is read at once rather than after the
-    /// thread is woken. Trades CPU for latency at low concurrency. 0 (the
-    /// default): off. 0 to [`MAX_BUSY_POLL`].
+    /// At low concurrency (a worker serving one request on at most two
+    /// connections), after a request arrives and again when its answer is
+    /// ready, its worker thread keeps polling its connections for this
+    /// long instead of sleeping, so that what comes next (the upstream's
+    /// reply, the client's next request) is read at once rather than after
+    /// the thread is woken. Trades CPU for latency. 100µs by default; 0:
+    /// off. 0 to [`MAX_BUSY_POLL`].
     pub busy_poll: ConfigDuration,
 }
 
@@ -211,7 +212,7 @@ impl Default for ServerConfig {
             body_read_timeout: ConfigDuration::secs(30),
             shutdown_timeout: ConfigDuration::secs(30),
             workers: None,
-            busy_poll: ConfigDuration::millis(0),
+            busy_poll: ConfigDuration(Duration::from_micros(100)),
         }
     }
 }

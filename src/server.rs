@@ -162,7 +162,7 @@ impl Worker {
             runtime.block_on(async {
                 let busy_poll = gateway.config().server.busy_poll.get();
                 if !busy_poll.is_zero() {
-                    tokio::spawn(busy_poll::spin(busy_poll));
+                    tokio::spawn(busy_poll::spin(busy_poll, served.clone()));
                 }
                 let mut connections = Connections::new(&gateway);
                 loop {
@@ -234,11 +234,11 @@ impl Connections {
         let seen = served.clone();
         let service = service_fn(move |request: hyper::Request<Incoming>| {
             seen.store(true, Ordering::Relaxed);
-            busy_poll::active();
+            let serving = busy_poll::Serving::arrived();
             let gateway = gateway.clone();
             async move {
                 let response = gateway.handle(request).await;
-                busy_poll::active();
+                drop(serving);
                 Ok::<_, Infallible>(response)
             }
         });

@@ -728,8 +728,9 @@ mod tests {
     }
 
     #[test]
-    fn busy_polling_is_off_unless_set_and_at_most_ten_milliseconds() {
-        assert_eq!(Config::default().server.busy_poll.get(), std::time::Duration::ZERO);
+    fn busy_polling_is_a_tenth_of_a_millisecond_unless_set_and_at_most_ten_milliseconds() {
+        assert_eq!(Config::default().server.busy_poll.get(), std::time::Duration::from_micros(100));
+        assert!(problems("server: { busy_poll: 0s }\n").is_empty());
         assert!(problems("server: { busy_poll: 200us }\n").is_empty());
         assert!(problems("server: { busy_poll: 10ms }\n").is_empty());
         for (yaml, expected) in [
