@@ -119,7 +119,8 @@ pub async fn spin(window: Duration, connections: Arc<AtomicUsize>) {
         }
     }
     SPINNER.with(|spinner| {
-        *spinner.borrow_mut() = Some(Spinner { window, connections, marked: None, serving: 0, asleep: None, rounds: 0 });
+        *spinner.borrow_mut() =
+            Some(Spinner { window, connections, marked: None, serving: 0, asleep: None, rounds: 0 });
     });
     let _installed = Installed;
     loop {
