@@ -56,11 +56,10 @@ impl Spinner {
             && self.marked.is_some_and(|at| at.elapsed() < self.window)
     }
 
-    fn mark(&mut self) {
+    /// The spinner's task to wake, if it sleeps.
+    fn mark(&mut self) -> Option<Waker> {
         self.marked = Some(Instant::now());
-        if let Some(task) = self.asleep.take() {
-            task.wake();
-        }
+        self.asleep.take()
     }
 }
 
@@ -76,29 +75,33 @@ pub struct Serving(());
 impl Serving {
     /// A request arrived.
     pub fn arrived() -> Self {
-        with_spinner(|spinner| {
-            spinner.serving += 1;
-            spinner.mark();
-        });
+        mark(|spinner| spinner.serving += 1);
         Self(())
     }
 }
 
 impl Drop for Serving {
     fn drop(&mut self) {
-        with_spinner(|spinner| {
-            spinner.serving = spinner.serving.saturating_sub(1);
-            spinner.mark();
-        });
+        mark(|spinner| spinner.serving = spinner.serving.saturating_sub(1));
     }
 }
 
-fn with_spinner(f: impl FnOnce(&mut Spinner)) {
-    SPINNER.with(|spinner| {
-        if let Some(spinner) = spinner.borrow_mut().as_mut() {
-            f(spinner);
-        }
-    });
+/// Counts with `change` and marks this thread's spinner, if it has one
+/// (and the thread is not being torn down); its task is woken once the
+/// spinner is let go.
+fn mark(change: impl FnOnce(&mut Spinner)) {
+    let asleep = SPINNER
+        .try_with(|spinner| {
+            let mut spinner = spinner.borrow_mut();
+            let spinner = spinner.as_mut()?;
+            change(spinner);
+            spinner.mark()
+        })
+        .ok()
+        .flatten();
+    if let Some(task) = asleep {
+        task.wake();
+    }
 }
 
 /// Rounds of polling this thread's spinner has made.
@@ -115,7 +118,7 @@ pub async fn spin(window: Duration, connections: Arc<AtomicUsize>) {
     struct Installed;
     impl Drop for Installed {
         fn drop(&mut self) {
-            SPINNER.with(|spinner| spinner.borrow_mut().take());
+            let _ = SPINNER.try_with(|spinner| spinner.borrow_mut().take());
         }
     }
     SPINNER.with(|spinner| {
