@@ -1,4 +1,4 @@
-# Helpers shared by benches/load.sh and benches/soak.sh: sourced, not run.
+# Helpers shared by the bench scripts (load.sh, hops.sh, soak.sh, ...): sourced, not run.
 #
 # The sourcing script sets `set -euo pipefail` first. This file defines
 # REPO_ROOT, BIN_DIR (where cargo puts release binaries: $CARGO_TARGET_DIR
@@ -240,4 +240,88 @@ machine_line() {
     local cpu_model
     cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
     echo "machine: $(nproc) CPUs, ${cpu_model:-unknown CPU}; $(date -u '+%Y-%m-%d %H:%M UTC')"
+}
+
+# The freeway config: the mock as the only provider, everything else default
+# (so the built-in policies run).
+# A third argument replaces the `state:` line: by default each server keeps
+# its state in its own database in the work folder (persistence is on by
+# default); `state: { path: "" }` measures memory-only. A fourth adds
+# `server:` settings (`busy_poll: 200us`).
+write_freeway_config() {
+    local port=$1 file=$2 state=${3:-"state: { path: ${2%.yaml}.db }"} server=${4:+, $4}
+    cat >"$file" <<EOF
+server: { listen: 127.0.0.1:$port$server }
+providers:
+  mock:
+    plugin: openai-compat
+    base_url: http://127.0.0.1:$MOCK_PORT/v1
+    keys: [bench-key]
+    models: [mock-model]
+$state
+EOF
+}
+
+# A plain keep-alive reverse proxy in front of the mock (Debian's nginx, in
+# the work folder); sets NGINX_PORT and NGINX_PID.
+start_nginx() {
+    need nginx
+    NGINX_PORT=$(free_port)
+    local dir="$WORK_DIR/nginx"
+    mkdir -p "$dir"
+    # Workers run as nobody when the master is root: let them into the temp dir.
+    chmod 755 "$WORK_DIR" "$dir"
+    cat >"$dir/nginx.conf" <<EOF
+daemon off;
+worker_processes 2;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $dir/body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    upstream mock {
+        server 127.0.0.1:$MOCK_PORT;
+        keepalive 64;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / {
+            proxy_pass http://mock;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+    # -e: the error log before the config is read (else /var/log/nginx).
+    nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" >"$dir/stdout" 2>"$dir/stderr" &
+    NGINX_PID=$!
+    track "$NGINX_PID"
+    wait_http "http://127.0.0.1:$NGINX_PORT/v1/models" "$NGINX_PID" ||
+        die "nginx did not start: $(cat "$dir/stderr" "$dir/error.log" 2>/dev/null)"
+    log "nginx on 127.0.0.1:$NGINX_PORT (pid $NGINX_PID, $(nginx -v 2>&1 | sed 's/.*: //'))"
+}
+
+# A wrk script: POST the body; at the end, print one line of figures.
+write_wrk_script() {
+    local body_file=$1 out=$2
+    {
+        echo 'wrk.method = "POST"'
+        echo 'wrk.headers["Content-Type"] = "application/json"'
+        echo 'wrk.headers["Authorization"] = "Bearer bench-key"'
+        printf 'wrk.body = [==[%s]==]\n' "$(cat "$body_file")"
+        cat <<'LUA'
+done = function(summary, latency, requests)
+    local e = summary.errors
+    io.write(string.format("WRK %d %d %d %d %d %d %d %d %d\n",
+        summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout,
+        latency:percentile(50), latency:percentile(99)))
+end
+LUA
+    } >"$out"
 }
