@@ -50,14 +50,22 @@ struct Spinner {
 }
 
 impl Spinner {
-    fn open(&self) -> bool {
-        self.serving <= 1
-            && self.connections.load(Ordering::Relaxed) <= FEW_CONNECTIONS
-            && self.marked.is_some_and(|at| at.elapsed() < self.window)
+    /// Low concurrency: polling may pay.
+    fn quiet(&self) -> bool {
+        self.serving <= 1 && self.connections.load(Ordering::Relaxed) <= FEW_CONNECTIONS
     }
 
-    /// The spinner's task to wake, if it sleeps.
+    fn open(&self) -> bool {
+        self.quiet() && self.marked.is_some_and(|at| at.elapsed() < self.window)
+    }
+
+    /// Opens the window from now, when the thread is quiet: the spinner's
+    /// task to wake, if it sleeps. A busier thread reads no clock and
+    /// wakes nothing.
     fn mark(&mut self) -> Option<Waker> {
+        if !self.quiet() {
+            return None;
+        }
         self.marked = Some(Instant::now());
         self.asleep.take()
     }
@@ -86,20 +94,20 @@ impl Drop for Serving {
     }
 }
 
-/// Counts with `change` and marks this thread's spinner, if it has one
-/// (and the thread is not being torn down); its task is woken once the
-/// spinner is let go.
+/// `f` on this thread's spinner: `None` when the thread has none (or is
+/// being torn down).
+fn with_spinner<R>(f: impl FnOnce(&mut Spinner) -> R) -> Option<R> {
+    SPINNER.try_with(|spinner| spinner.borrow_mut().as_mut().map(f)).ok().flatten()
+}
+
+/// Counts with `change` and marks this thread's spinner; its task is woken
+/// once the spinner is let go.
 fn mark(change: impl FnOnce(&mut Spinner)) {
-    let asleep = SPINNER
-        .try_with(|spinner| {
-            let mut spinner = spinner.borrow_mut();
-            let spinner = spinner.as_mut()?;
-            change(spinner);
-            spinner.mark()
-        })
-        .ok()
-        .flatten();
-    if let Some(task) = asleep {
+    let asleep = with_spinner(|spinner| {
+        change(spinner);
+        spinner.mark()
+    });
+    if let Some(task) = asleep.flatten() {
         task.wake();
     }
 }
@@ -107,7 +115,7 @@ fn mark(change: impl FnOnce(&mut Spinner)) {
 /// Rounds of polling this thread's spinner has made.
 #[cfg(test)]
 fn rounds() -> u64 {
-    SPINNER.with(|spinner| spinner.borrow().as_ref().map_or(0, |s| s.rounds))
+    with_spinner(|spinner| spinner.rounds).unwrap_or(0)
 }
 
 /// The spinner of the current thread's runtime (a current-thread runtime:
@@ -118,6 +126,7 @@ pub async fn spin(window: Duration, connections: Arc<AtomicUsize>) {
     struct Installed;
     impl Drop for Installed {
         fn drop(&mut self) {
+            // Not in `with_spinner`: the spinner is taken out, not lent.
             let _ = SPINNER.try_with(|spinner| spinner.borrow_mut().take());
         }
     }
@@ -129,25 +138,22 @@ pub async fn spin(window: Duration, connections: Arc<AtomicUsize>) {
     loop {
         // Asleep until a mark opens the window.
         std::future::poll_fn(|cx| {
-            SPINNER.with(|spinner| {
-                let mut spinner = spinner.borrow_mut();
-                let Some(spinner) = spinner.as_mut() else { return Poll::Pending };
-                if spinner.open() {
-                    Poll::Ready(())
-                } else {
+            let open = with_spinner(|spinner| {
+                let open = spinner.open();
+                if !open {
                     spinner.asleep = Some(cx.waker().clone());
-                    Poll::Pending
                 }
-            })
+                open
+            });
+            if open == Some(true) { Poll::Ready(()) } else { Poll::Pending }
         })
         .await;
         // Polling while it stays open (each mark moves its end).
-        while SPINNER.with(|spinner| {
-            let mut spinner = spinner.borrow_mut();
-            let Some(spinner) = spinner.as_mut() else { return false };
+        while with_spinner(|spinner| {
             spinner.rounds += 1;
             spinner.open()
-        }) {
+        }) == Some(true)
+        {
             tokio::task::yield_now().await;
         }
     }
